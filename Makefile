@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Both install what they need, idempotently.
+SYSTEM_PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXAMPLES ?= examples/services
+PYTEST_ARGS ?=
+
+.PHONY: setup host venv test demo lint bench clean
+
+setup: host venv
+
+host:
+	@bash scripts/setup-host.sh
+
+# Debian's bcc lives in the system site-packages of Debian's python3, so the venv must see them.
+$(VENV)/.installed: pyproject.toml | host
+	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/xlb model -f $(EXAMPLES)
+
+lint: venv
+	@echo "lint: ruff check + ruff format --check"
+	$(VENV)/bin/ruff check controlplane tests bench
+	$(VENV)/bin/ruff format --check controlplane tests bench
+
+bench: setup
+	$(PY) -m pytest bench --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

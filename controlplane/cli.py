@@ -1,0 +1,196 @@
+"""The `xlb` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .model import Level, TranslateConfig, translate
+from .model.state import Algorithm, DesiredState, Frontend
+from .sources.cluster import ClusterConfig
+from .sources.manifests import load_cluster
+
+
+def _backend_text(fe: Frontend) -> list[str]:
+    lines = []
+    for b in fe.backends:
+        flags = [x for x, on in (("local", b.local), ("terminating", b.terminating)) if on]
+        lines.append(
+            f"  -> {b.name:<24} {b.node_name or '-':<10} {b.target or '-':<34} "
+            f"{','.join(flags)}".rstrip()
+        )
+    for b in fe.draining:
+        lines.append(
+            f"  -> {b.name:<24} {b.node_name or '-':<10} {b.target or '-':<34} "
+            "draining (existing flows only)"
+        )
+    if not fe.backends:
+        lines.append(f"  (no backend: {fe.no_backend})")
+    return lines
+
+
+def _same_backends(a: Frontend, b: Frontend) -> bool:
+    return (a.backends, a.draining, a.no_backend) == (b.backends, b.draining, b.no_backend)
+
+
+def render_model(state: DesiredState, node_name: str) -> str:
+    """ipvsadm -Ln style: one block per frontend, grouped by Service, then the diagnostics.
+    An address served alike to outside and inside traffic is shown once, scope "both"."""
+    out = [f"Frontends programmed on node {node_name or '(none)'}: {len(state.frontends)}"]
+    current = None
+    frontends = list(state.frontends)
+    for i, fe in enumerate(frontends):
+        if fe is None:
+            continue
+        if fe.service != current:
+            current = fe.service
+            out += ["", f"Service {fe.service}"]
+        scope, algo = str(fe.scope), str(fe.algorithm)
+        twin = frontends[i + 1] if i + 1 < len(frontends) else None
+        if (
+            twin is not None
+            and twin.address == fe.address
+            and twin.port == fe.port
+            and twin.protocol == fe.protocol
+            and twin.scope != fe.scope
+            and _same_backends(fe, twin)
+        ):
+            frontends[i + 1] = None
+            scope = "both"
+            algo = algo if twin.algorithm == fe.algorithm else f"{algo}/{twin.algorithm}"
+        extra = []
+        if fe.affinity_timeout:
+            extra.append(f"affinity=ClientIP/{fe.affinity_timeout}s")
+        if fe.preserve_client_ip:
+            extra.append("policy=Local")
+        if fe.source_ranges:
+            extra.append("sources=" + ",".join(fe.source_ranges))
+        out.append(
+            f"{fe.protocol:<4} {fe.endpoint:<30} {fe.kind:<12} {scope:<8} "
+            f"{algo:<14} port={fe.port_name or '-'} {' '.join(extra)}".rstrip()
+        )
+        out += _backend_text(fe)
+    if state.health_checks:
+        out += ["", "Health check node ports"]
+        for hc in state.health_checks:
+            out.append(f"  :{hc.port:<6} {hc.service:<40} localEndpoints={hc.local_endpoints}")
+    if state.diagnostics:
+        out += ["", "Diagnostics"]
+        out += [f"  {d}" for d in state.diagnostics]
+    return "\n".join(out)
+
+
+def _model_json(state: DesiredState, node_name: str) -> dict:
+    def backend(b):
+        return {
+            "address": b.address,
+            "port": b.port,
+            "node": b.node_name,
+            "local": b.local,
+            "terminating": b.terminating,
+            "target": b.target,
+        }
+
+    return {
+        "node": node_name,
+        "frontends": [
+            {
+                "service": f.service,
+                "portName": f.port_name,
+                "kind": str(f.kind),
+                "scope": str(f.scope),
+                "address": f.address,
+                "port": f.port,
+                "protocol": str(f.protocol),
+                "algorithm": str(f.algorithm),
+                "affinityTimeout": f.affinity_timeout,
+                "noBackend": str(f.no_backend),
+                "preserveClientIP": f.preserve_client_ip,
+                "sourceRanges": list(f.source_ranges),
+                "backends": [backend(b) for b in f.backends],
+                "draining": [backend(b) for b in f.draining],
+            }
+            for f in state.frontends
+        ],
+        "healthChecks": [
+            {"service": h.service, "port": h.port, "localEndpoints": h.local_endpoints}
+            for h in state.health_checks
+        ],
+        "diagnostics": [d.as_dict() for d in state.diagnostics],
+    }
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    cluster = load_cluster(args.filename, ClusterConfig(nodes=args.nodes))
+    nodes = {n.name: n for n in cluster.nodes}
+    node_name = args.node or (cluster.nodes[0].name if cluster.nodes else "")
+    if node_name not in nodes:
+        print(
+            f"xlb model: no node {node_name!r}; nodes: {', '.join(nodes) or 'none'}",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = TranslateConfig(
+        external_algorithm=Algorithm(args.external_algorithm),
+        internal_algorithm=Algorithm(args.internal_algorithm),
+    )
+    state = translate(cluster.services, cluster.slices, nodes[node_name], cfg)
+    state = DesiredState(
+        state.frontends, state.health_checks, tuple(cluster.diagnostics) + state.diagnostics
+    )
+    if args.json:
+        print(json.dumps(_model_json(state, node_name), indent=2))
+    else:
+        print(render_model(state, node_name))
+    errors = sum(1 for d in state.diagnostics if d.level is Level.ERROR)
+    return 1 if (errors and args.strict) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xlb", description="eBPF/XDP Service load balancer: a kube-proxy replacement."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    model = sub.add_parser(
+        "model",
+        help="print what would be programmed for these manifests (no kernel needed)",
+        description="Read kubectl-style manifests and print every frontend, its backends and "
+        "policy, and every problem found, as a node would program them.",
+    )
+    model.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE|DIR",
+        help="manifest file or directory (repeatable)",
+    )
+    model.add_argument("--node", help="the node to translate for (default: the first node)")
+    model.add_argument(
+        "--nodes",
+        type=int,
+        default=2,
+        help="nodes to synthesise when the manifests hold no Node (default 2)",
+    )
+    algos = [a.value for a in Algorithm]
+    model.add_argument("--external-algorithm", choices=algos, default="maglev")
+    model.add_argument("--internal-algorithm", choices=algos, default="random")
+    model.add_argument("--json", action="store_true", help="machine-readable output")
+    model.add_argument(
+        "--strict", action="store_true", help="exit 1 when any diagnostic is an error"
+    )
+    model.set_defaults(func=cmd_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Typed, immutable views of the Kubernetes objects xlb reads.
+
+Only the fields kube-proxy acts on are kept. Every default is already applied (the API server's
+defaulting), so the translator never has to ask "was this set?".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Protocol(StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+
+class Family(StrEnum):
+    IPv4 = "IPv4"
+    IPv6 = "IPv6"
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+    EXTERNAL_NAME = "ExternalName"
+
+
+class TrafficPolicy(StrEnum):
+    CLUSTER = "Cluster"
+    LOCAL = "Local"
+
+
+# The API server's default and maximum for sessionAffinityConfig.clientIP.timeoutSeconds.
+DEFAULT_AFFINITY_TIMEOUT = 10800
+MAX_AFFINITY_TIMEOUT = 86400
+
+# Labels and annotations with meaning to a service proxy.
+LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
+LABEL_HEADLESS = "service.kubernetes.io/headless"
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+LABEL_SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
+LABEL_ZONE = "topology.kubernetes.io/zone"
+ANNOTATION_ALGORITHM = "xlb.io/lb-algorithm"
+ANNOTATION_TOPOLOGY_MODE = "service.kubernetes.io/topology-mode"
+ANNOTATION_TOPOLOGY_HINTS = "service.kubernetes.io/topology-aware-hints"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """namespace/name of an object, printed the way kubectl users read it."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    protocol: Protocol
+    port: int
+    target_port: int | str  # a number or the name of a container port
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: ServiceType = ServiceType.CLUSTER_IP
+    cluster_ips: tuple[str, ...] = ()  # empty when headless ("None") or not yet allocated
+    headless: bool = False
+    ip_families: tuple[Family, ...] = ()
+    ip_family_policy: str = ""  # "" means SingleStack, as the API server defaults it
+    ports: tuple[ServicePort, ...] = ()
+    selector: dict[str, str] | None = None
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ip: str = ""  # spec.loadBalancerIP: a request, not an allocation
+    ingress_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip with ipMode VIP
+    load_balancer_source_ranges: tuple[str, ...] = ()
+    session_affinity_timeout: int = 0  # 0: sessionAffinity None
+    external_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
+    internal_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
+    health_check_node_port: int = 0
+    allocate_lb_node_ports: bool = True
+    publish_not_ready: bool = False
+    traffic_distribution: str = ""
+    external_name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Service", self.namespace, self.name)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def __hash__(self) -> int:  # dict fields are not hashable; identity is namespace/name
+        return hash(("Service", self.namespace, self.name))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool = True  # the API's nil already mapped to True
+    serving: bool = True  # nil maps to the value of ready
+    terminating: bool = False
+    node_name: str = ""
+    zone: str = ""
+    hostname: str = ""
+    target: str = ""  # the pod (or other object) behind it, for display
+    zone_hints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EndpointPort:
+    name: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    namespace: str
+    name: str
+    service_name: str
+    address_type: str  # IPv4, IPv6 or FQDN
+    endpoints: tuple[Endpoint, ...] = ()
+    ports: tuple[EndpointPort, ...] = ()
+    trigger_time: str = ""  # endpoints.kubernetes.io/last-change-trigger-time
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.service_name}"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    addresses: tuple[str, ...] = ()  # InternalIP first, then ExternalIP
+    labels: dict[str, str] = field(default_factory=dict)
+    pod_cidrs: tuple[str, ...] = ()
+
+    @property
+    def zone(self) -> str:
+        return self.labels.get(LABEL_ZONE, "")
+
+    def __hash__(self) -> int:
+        return hash(("Node", self.name))

@@ -1,0 +1,227 @@
+"""API-server validation and strict decoding: each bad field gets one precise diagnostic."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.model import Level
+from controlplane.model.parse import (
+    parse_endpoint_slice,
+    parse_endpoints,
+    parse_node,
+    parse_service,
+)
+from tests.helpers import svc
+
+
+def errors(obj, strict=True):
+    parsed, diags = parse_service(obj, strict=strict)
+    return parsed, [(d.field, d.message) for d in diags if d.level is Level.ERROR]
+
+
+@pytest.mark.parametrize(
+    "description,spec,field,words",
+    [
+        ("unknown type", {"type": "Ingress"}, "spec.type", "ClusterIP, NodePort"),
+        ("port out of range", {"ports": [{"port": 70000}]}, "spec.ports[0].port", "1-65535"),
+        ("port not a number", {"ports": [{"port": "http"}]}, "spec.ports[0].port", "1-65535"),
+        (
+            "unnamed ports in a multi-port Service",
+            {"ports": [{"port": 80}, {"name": "b", "port": 81}]},
+            "spec.ports[0].name",
+            "more than one",
+        ),
+        (
+            "duplicate port",
+            {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]},
+            "spec.ports[1]",
+            "duplicate TCP port 80",
+        ),
+        (
+            "bad protocol",
+            {"ports": [{"port": 80, "protocol": "ICMP"}]},
+            "spec.ports[0].protocol",
+            "TCP, UDP or SCTP",
+        ),
+        (
+            "bad named targetPort",
+            {"ports": [{"port": 80, "targetPort": "Not_A_Name"}]},
+            "spec.ports[0].targetPort",
+            "port name",
+        ),
+        (
+            "nodePort on ClusterIP",
+            {"ports": [{"port": 80, "nodePort": 30001}]},
+            "spec.ports[0].nodePort",
+            "NodePort or LoadBalancer",
+        ),
+        ("bad clusterIP", {"clusterIP": "10.96.0.300"}, "spec.clusterIPs[0]", "not a valid IP"),
+        ("bad externalIP", {"externalIPs": ["nope"]}, "spec.externalIPs[0]", "not a valid IP"),
+        (
+            "affinity timeout too long",
+            {
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}},
+            },
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            "between 1 and 86400",
+        ),
+        (
+            "unknown affinity",
+            {"sessionAffinity": "Cookie"},
+            "spec.sessionAffinity",
+            "None or ClientIP",
+        ),
+        (
+            "externalTrafficPolicy on plain ClusterIP",
+            {"externalTrafficPolicy": "Local"},
+            "spec.externalTrafficPolicy",
+            "externally-accessible",
+        ),
+        (
+            "bad traffic policy",
+            {"type": "NodePort", "externalTrafficPolicy": "Nearest"},
+            "spec.externalTrafficPolicy",
+            "Cluster or Local",
+        ),
+        (
+            "healthCheckNodePort without Local",
+            {"type": "LoadBalancer", "healthCheckNodePort": 32000},
+            "spec.healthCheckNodePort",
+            "externalTrafficPolicy is Local",
+        ),
+        (
+            "SingleStack with two IPs",
+            {"clusterIPs": ["10.96.0.10", "fd00::10"], "ipFamilyPolicy": "SingleStack"},
+            "spec.ipFamilyPolicy",
+            "one family",
+        ),
+        (
+            "family mismatch",
+            {"clusterIP": "10.96.0.10", "ipFamilies": ["IPv6"]},
+            "spec.ipFamilies[0]",
+            "does not match",
+        ),
+        (
+            "bad source range",
+            {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/33"]},
+            "spec.loadBalancerSourceRanges[0]",
+            "not a CIDR",
+        ),
+        (
+            "misspelled spec field",
+            {"selecter": {"app": "x"}},
+            "spec.selecter",
+            "did you mean 'selector'",
+        ),
+    ],
+)
+def test_invalid_service_is_rejected_with_field_and_fix(description, spec, field, words):
+    parsed, errs = errors(svc(**spec))
+    assert parsed is None, description
+    assert any(f == field and words in m for f, m in errs), (description, errs)
+
+
+def test_missing_name_and_spec():
+    assert errors({"kind": "Service", "metadata": {}})[1] == [
+        ("metadata.name", "required; give the Service a name")
+    ]
+    parsed, errs = errors({"kind": "Service", "metadata": {"name": "x"}})
+    assert parsed is None and errs[0][0] == "spec"
+
+
+def test_defaults_applied():
+    parsed, diags = parse_service(svc(ports=[{"port": 80}]))
+    assert diags == []
+    (port,) = parsed.ports
+    assert (port.name, port.protocol, port.target_port) == ("", "TCP", 80)
+    assert parsed.namespace == "default" and parsed.ip_families == ("IPv4",)
+
+
+def test_numeric_string_target_port_is_a_number():
+    parsed, _ = parse_service(svc(ports=[{"port": 80, "targetPort": "8080"}]))
+    assert parsed.ports[0].target_port == 8080
+
+
+def test_strict_only_for_manifests():
+    obj = svc(futureField=True)
+    assert parse_service(obj, strict=False)[0] is not None  # a newer API server's field
+    assert parse_service(obj, strict=True)[0] is None
+
+
+def test_global_is_the_old_spelling_of_cluster():
+    parsed, diags = parse_service(svc(type="NodePort", externalTrafficPolicy="Global"))
+    assert parsed.external_traffic_policy == "Cluster" and diags == []
+
+
+def test_endpoint_slice_conditions_nil_semantics():
+    obj = {
+        "kind": "EndpointSlice",
+        "addressType": "IPv4",
+        "metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "web"}},
+        "endpoints": [
+            {"addresses": ["10.0.0.1"]},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+            {"addresses": ["10.0.0.3"], "conditions": {"ready": False, "terminating": True}},
+            {"addresses": ["fd00::1"]},
+        ],
+        "ports": [{"port": 80}],
+    }
+    parsed, diags = parse_endpoint_slice(obj)
+    got = [(e.addresses[0], e.ready, e.serving, e.terminating) for e in parsed.endpoints]
+    assert got == [
+        ("10.0.0.1", True, True, False),
+        ("10.0.0.2", False, True, False),
+        ("10.0.0.3", False, True, True),
+    ]
+    assert [d.field for d in diags] == ["endpoints[3].addresses[0]"]  # wrong family, skipped
+
+
+def test_endpoint_slice_without_service_label_is_ignored_with_a_warning():
+    obj = {
+        "kind": "EndpointSlice",
+        "addressType": "IPv4",
+        "metadata": {"name": "s"},
+        "endpoints": [],
+        "ports": [],
+    }
+    parsed, diags = parse_endpoint_slice(obj)
+    assert parsed is None and "kubernetes.io/service-name" in diags[0].message
+
+
+def test_endpoints_are_mirrored_per_family():
+    obj = {
+        "kind": "Endpoints",
+        "metadata": {"name": "db"},
+        "subsets": [
+            {
+                "addresses": [{"ip": "10.0.0.1", "nodeName": "n1"}, {"ip": "fd00::1"}],
+                "ports": [{"name": "sql", "port": 3306}],
+            }
+        ],
+    }
+    slices, diags = parse_endpoints(obj, strict=True)
+    assert diags == []
+    assert [(s.address_type, [e.addresses[0] for e in s.endpoints]) for s in slices] == [
+        ("IPv4", ["10.0.0.1"]),
+        ("IPv6", ["fd00::1"]),
+    ]
+    assert slices[0].endpoints[0].node_name == "n1" and slices[0].ports[0].name == "sql"
+
+
+def test_node_addresses_internal_first():
+    obj = {
+        "kind": "Node",
+        "metadata": {"name": "n1", "labels": {"a": "b"}},
+        "spec": {"podCIDRs": ["10.244.1.0/24"]},
+        "status": {
+            "addresses": [
+                {"type": "Hostname", "address": "n1"},
+                {"type": "ExternalIP", "address": "203.0.113.5"},
+                {"type": "InternalIP", "address": "192.168.0.5"},
+            ]
+        },
+    }
+    node, _ = parse_node(obj)
+    assert node.addresses == ("192.168.0.5", "203.0.113.5")
+    assert node.pod_cidrs == ("10.244.1.0/24",)

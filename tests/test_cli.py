@@ -1,0 +1,49 @@
+"""The `xlb` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.helpers import EXAMPLES, REPO
+
+
+def xlb(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "controlplane.cli", *args], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_help_lists_every_command_with_one_line():
+    out = xlb("--help")
+    assert out.returncode == 0
+    assert "model" in out.stdout and "print what would be programmed" in out.stdout
+
+
+def test_model_prints_frontends_backends_and_diagnostics():
+    out = xlb("model", "-f", str(EXAMPLES / "services"), "-f", str(EXAMPLES / "quirks"))
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "Service default/nginx-clusterip-svc-with-ip" in text
+    assert "TCP  10.68.100.100:8000" in text
+    assert "1.2.3.4:8000" in text and "LoadBalancer" in text
+    assert "affinity=ClientIP/2s" in text and "policy=Local" in text
+    assert "error: Service default/hdls-nodeport: spec.ports[0].nodePort: 8000 is outside" in text
+    assert "(no backend: reject)" in text
+
+
+def test_model_json_and_strict_exit_code():
+    out = xlb("model", "-f", str(EXAMPLES / "services"), "--json", "--node", "node-2")
+    doc = json.loads(out.stdout)
+    assert doc["node"] == "node-2"
+    fe = [f for f in doc["frontends"] if f["address"] == "10.97.97.97"][0]
+    assert fe["service"] == "default/redis-svc" and fe["backends"][0]["port"] == 6379
+    assert xlb("model", "-f", str(EXAMPLES / "quirks"), "--strict").returncode == 1
+    assert xlb("model", "-f", str(EXAMPLES / "services"), "--strict").returncode == 0
+
+
+def test_model_unknown_node_is_one_clear_line():
+    out = xlb("model", "-f", str(EXAMPLES / "services"), "--node", "nope")
+    assert out.returncode == 2
+    assert out.stderr.strip() == "xlb model: no node 'nope'; nodes: node-1, node-2"
