@@ -1,0 +1,72 @@
+/* Backend selection for a new flow: Maglev ring, source hash, or random over the slots. */
+#ifndef XLB_MAGLEV_H
+#define XLB_MAGLEV_H
+
+/* One murmur3 round: mixes word k into h. */
+static __always_inline __u32 xlb_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = (k << 15) | (k >> 17);
+	k *= 0x1b873593;
+	h ^= k;
+	h = (h << 13) | (h >> 19);
+	return h * 5 + 0xe6546b64;
+}
+
+/* murmur3's finaliser: every input bit affects every output bit. */
+static __always_inline __u32 xlb_fmix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+#define XLB_HASH_SEED 0x786c6221 /* the same on every node, so every node picks alike */
+
+/* Hash of a client address: stable for the client, whatever its ports. */
+static __always_inline __u32 xlb_hash_addr(const union xlb_addr *a)
+{
+	__u32 h = XLB_HASH_SEED;
+	h = xlb_mix(h, a->u32[0]);
+	h = xlb_mix(h, a->u32[1]);
+	h = xlb_mix(h, a->u32[2]);
+	h = xlb_mix(h, a->u32[3]);
+	return xlb_fmix(h ^ 16);
+}
+
+/* Hash of a flow's 5-tuple as the client sent it. */
+static __always_inline __u32 xlb_hash_flow(const struct xlb_pkt *p)
+{
+	__u32 h = XLB_HASH_SEED;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		h = xlb_mix(h, p->saddr.u32[i]);
+		h = xlb_mix(h, p->daddr.u32[i]);
+	}
+	h = xlb_mix(h, ((__u32)p->sport << 16) | p->dport);
+	h = xlb_mix(h, p->proto);
+	return xlb_fmix(h ^ 37);
+}
+
+/* The backend id for a new flow of p to svc (svc->count > 0), or 0 when none is found. */
+static __always_inline __u32 xlb_select(const struct xlb_svc *svc, const struct xlb_pkt *p)
+{
+	if (svc->algorithm == XLB_ALG_MAGLEV) {
+		__u32 idx = (svc->ring * 2 + (svc->ring_gen & 1)) * XLB_RING_SIZE +
+			    xlb_hash_flow(p) % XLB_RING_SIZE;
+		__u32 *id = xlb_rings.lookup(&idx);
+		return id ? *id : 0;
+	}
+	struct xlb_slot_key k = {.group = svc->group};
+	if (svc->algorithm == XLB_ALG_SOURCE_HASH)
+		k.slot = 1 + xlb_hash_addr(&p->saddr) % svc->count;
+	else
+		k.slot = 1 + bpf_get_prandom_u32() % svc->count;
+	__u32 *id = xlb_slots.lookup(&k);
+	return id ? *id : 0;
+}
+
+#endif

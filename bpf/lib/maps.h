@@ -1,0 +1,192 @@
+/* Every map and every struct the datapath shares with the control plane: the single source of
+ * their layouts. The control plane reads them back through bcc's generated Key/Leaf types.
+ * Sizes come from the loader (-D), so the C and the config always agree. */
+#ifndef XLB_MAPS_H
+#define XLB_MAPS_H
+
+#ifndef XLB_PIN_ROOT
+#define XLB_PIN_ROOT "/sys/fs/bpf/xlb"
+#endif
+#ifndef XLB_MAX_SERVICES
+#define XLB_MAX_SERVICES 65536
+#endif
+#ifndef XLB_MAX_BACKENDS
+#define XLB_MAX_BACKENDS 65536
+#endif
+#ifndef XLB_MAX_SLOTS
+#define XLB_MAX_SLOTS 262144
+#endif
+#ifndef XLB_MAX_RINGS
+#define XLB_MAX_RINGS 64
+#endif
+#ifndef XLB_RING_SIZE
+#define XLB_RING_SIZE 16381 /* Maglev M: prime */
+#endif
+#ifndef XLB_CT_SIZE
+#define XLB_CT_SIZE 262144
+#endif
+#ifndef XLB_AFFINITY_SIZE
+#define XLB_AFFINITY_SIZE 65536
+#endif
+#ifndef XLB_MAX_SOURCE_RANGES
+#define XLB_MAX_SOURCE_RANGES 16384
+#endif
+
+/* An address of either family: IPv4 is stored IPv4-mapped (::ffff:a.b.c.d), so one key layout
+ * serves both and the two can never collide. */
+union xlb_addr {
+	__u8 u8[16];
+	__be32 u32[4];
+	__u64 u64[2];
+};
+
+/* Frontend scope: which hook looks the frontend up. */
+#define XLB_SCOPE_INTERNAL 0 /* socket hooks: traffic that starts on the node or its pods */
+#define XLB_SCOPE_EXTERNAL 1 /* XDP on the uplink: traffic from outside */
+
+struct xlb_svc_key {
+	union xlb_addr addr;
+	__be16 port;
+	__u8 proto;
+	__u8 scope;
+};
+
+/* Backend selection for new flows. */
+#define XLB_ALG_RANDOM 0
+#define XLB_ALG_MAGLEV 1
+#define XLB_ALG_SOURCE_HASH 2
+
+#define XLB_SVC_F_PRESERVE_CLIENT 0x1 /* externalTrafficPolicy Local: never SNAT */
+#define XLB_SVC_F_DROP_EMPTY 0x2      /* no usable backend: drop (not reject) */
+#define XLB_SVC_F_SOURCE_RANGES 0x4   /* only clients in xlb_source_ranges may connect */
+
+struct xlb_svc {
+	__u32 id;               /* this frontend: counters */
+	__u32 group;            /* its backend group: slots and affinity are per group */
+	__u32 ring;             /* Maglev ring of the group (XLB_ALG_MAGLEV only) */
+	__u32 affinity_timeout; /* seconds; 0: no session affinity */
+	__u16 count;            /* slots 1..count hold the candidates for new flows */
+	__u8 algorithm;
+	__u8 ring_gen;          /* which half of the ring is live: flipped in one write */
+	__u16 flags;
+	__u16 pad;
+};
+
+struct xlb_slot_key {
+	__u32 group;
+	__u32 slot;
+};
+
+#define XLB_BE_F_LOCAL 0x1       /* runs on this node: deliver, never SNAT */
+#define XLB_BE_F_TERMINATING 0x2 /* existing flows only */
+
+struct xlb_backend {
+	union xlb_addr addr;
+	__be16 port;
+	__u8 flags;
+	__u8 pad;
+};
+
+/* Connection tracking for outside traffic. Forward entries are keyed by the client's tuple as
+ * it arrived; reverse entries by the backend's reply tuple, to restore the frontend. */
+struct xlb_ct_key {
+	union xlb_addr saddr;
+	union xlb_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+#define XLB_CT_F_REVERSE 0x1 /* a reply entry: restores the frontend as the source */
+#define XLB_CT_F_SNAT 0x2    /* the forward flow was SNATed to the node address */
+
+/* The tuple a hit rewrites the packet to, in either direction. */
+struct xlb_ct {
+	union xlb_addr nat_saddr;
+	union xlb_addr nat_daddr;
+	__be16 nat_sport;
+	__be16 nat_dport;
+	__u16 flags;
+	__u16 pad;
+	__u32 backend; /* forward: the backend id, checked on every hit */
+	__u32 svc;     /* the frontend id, for counters */
+	__u64 last_seen; /* ns, bpf_ktime_get_ns, refreshed at most once a second */
+};
+
+struct xlb_affinity_key {
+	__u32 group;
+	__u32 pad;
+	union xlb_addr client;
+};
+
+struct xlb_affinity {
+	__u32 backend;
+	__u32 pad;
+	__u64 last_used; /* ns */
+};
+
+/* loadBalancerSourceRanges: LPM over (frontend id, client address). prefixlen counts the 32
+ * bits of the id plus the address bits (IPv4 ranges have 96 mapped bits in front). */
+struct xlb_range_key {
+	__u32 prefixlen;
+	__u32 svc;
+	union xlb_addr addr;
+};
+
+/* Per-frontend counters (per CPU). */
+struct xlb_svc_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+	__u64 drops;
+};
+
+/* Why a packet was not balanced. Each reason has a per-CPU counter; the control plane names
+ * them from this list, so keep the numbers stable. */
+#define XLB_R_PASS_NOT_IP 0        /* not IPv4/IPv6 (ARP, LLDP, ...) */
+#define XLB_R_PASS_VLAN 1          /* 802.1Q/ad tagged: not on an untagged uplink's services */
+#define XLB_R_PASS_TRUNCATED 2     /* frame ends inside a header */
+#define XLB_R_PASS_BAD_IP 3        /* bad version, IHL or length */
+#define XLB_R_PASS_FRAGMENT 4      /* no L4 ports to match */
+#define XLB_R_PASS_IPV6_EXT 5      /* IPv6 extension headers */
+#define XLB_R_PASS_NOT_L4 6        /* neither TCP nor UDP */
+#define XLB_R_PASS_NO_SERVICE 7    /* not addressed to a frontend */
+#define XLB_R_DROP_NO_BACKEND 8    /* Local policy, no local backend */
+#define XLB_R_REJECT_NO_BACKEND 9  /* no backend anywhere: RST / ICMP unreachable */
+#define XLB_R_DROP_SOURCE_RANGE 10 /* client outside loadBalancerSourceRanges */
+#define XLB_R_DROP_BACKEND_GONE 11 /* slot or ring named a backend that is not there */
+#define XLB_R_DROP_FIB 12          /* no route / neighbour towards a remote backend */
+#define XLB_R_DROP_SNAT_EXHAUSTED 13
+#define XLB_R_DROP_HEADROOM 14     /* could not make room to build a reply */
+#define XLB_R_MAX 16
+
+/* Node-wide settings, written by the agent. */
+struct xlb_config {
+	union xlb_addr node_addr4; /* source for SNAT of IPv4 flows to remote backends */
+	union xlb_addr node_addr6;
+	__u32 uplink_ifindex;
+	__u16 snat_port_min;
+	__u16 snat_port_max;
+};
+
+BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_MAX_SERVICES,
+		 XLB_PIN_ROOT "/services");
+BPF_TABLE_PINNED("hash", struct xlb_slot_key, __u32, xlb_slots, XLB_MAX_SLOTS,
+		 XLB_PIN_ROOT "/slots");
+BPF_TABLE_PINNED("hash", __u32, struct xlb_backend, xlb_backends, XLB_MAX_BACKENDS,
+		 XLB_PIN_ROOT "/backends");
+BPF_TABLE_PINNED("array", __u32, __u32, xlb_rings, XLB_MAX_RINGS * 2 * XLB_RING_SIZE,
+		 XLB_PIN_ROOT "/rings");
+BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct, XLB_CT_SIZE,
+		 XLB_PIN_ROOT "/ct");
+BPF_TABLE_PINNED("lru_hash", struct xlb_affinity_key, struct xlb_affinity, xlb_affinity,
+		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity");
+BPF_TABLE_PINNED("lpm_trie", struct xlb_range_key, __u8, xlb_source_ranges,
+		 XLB_MAX_SOURCE_RANGES, XLB_PIN_ROOT "/source_ranges", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("percpu_array", __u32, struct xlb_svc_stats, xlb_stats, XLB_MAX_SERVICES,
+		 XLB_PIN_ROOT "/stats");
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, xlb_reasons, XLB_R_MAX, XLB_PIN_ROOT "/reasons");
+BPF_TABLE_PINNED("array", __u32, struct xlb_config, xlb_config, 1, XLB_PIN_ROOT "/config");
+
+#endif

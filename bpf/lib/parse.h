@@ -1,0 +1,129 @@
+/* Packet parsing for XDP: Ethernet, IPv4/IPv6, TCP/UDP, every read bounds-checked.
+ * A packet that cannot be balanced is named by an XLB_R_PASS_* reason and left to the stack. */
+#ifndef XLB_PARSE_H
+#define XLB_PARSE_H
+
+#define XLB_OK 255
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+struct xlb_pkt {
+	union xlb_addr saddr;
+	union xlb_addr daddr;
+	__u32 l3_off;  /* IP header, from data */
+	__u32 l4_off;  /* TCP/UDP header, from data */
+	__u32 l4_len;  /* from the L4 header to the end of the IP payload */
+	__be16 sport;
+	__be16 dport;
+	__u8 family;   /* 4 or 6 */
+	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 tcp_flags;
+	__u8 pad;
+};
+
+#define XLB_TCP_FIN 0x01
+#define XLB_TCP_SYN 0x02
+#define XLB_TCP_RST 0x04
+#define XLB_TCP_ACK 0x10
+
+/* Stores an IPv4 address as IPv4-mapped IPv6 (::ffff:a.b.c.d). */
+static __always_inline void xlb_addr_set4(union xlb_addr *a, __be32 v4)
+{
+	a->u64[0] = 0;
+	a->u32[2] = bpf_htonl(0xffff);
+	a->u32[3] = v4;
+}
+
+static __always_inline int xlb_addr_eq(const union xlb_addr *a, const union xlb_addr *b)
+{
+	return a->u64[0] == b->u64[0] && a->u64[1] == b->u64[1];
+}
+
+/* Reads ports and flags of the L4 header at p->l4_off; XLB_OK or a pass reason. */
+static __always_inline int xlb_parse_l4(void *data, void *data_end, struct xlb_pkt *p)
+{
+	void *l4 = data + p->l4_off;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return XLB_R_PASS_TRUNCATED;
+		if (th->doff < 5 || p->l4_len < th->doff * 4)
+			return XLB_R_PASS_BAD_IP;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		return XLB_OK;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return XLB_R_PASS_TRUNCATED;
+		if (bpf_ntohs(uh->len) < sizeof(*uh) || bpf_ntohs(uh->len) > p->l4_len)
+			return XLB_R_PASS_BAD_IP;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		return XLB_OK;
+	}
+	return XLB_R_PASS_NOT_L4;
+}
+
+/* Parses an Ethernet frame into p; XLB_OK or a pass reason. */
+static __always_inline int xlb_parse(void *data, void *data_end, struct xlb_pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XLB_R_PASS_TRUNCATED;
+	__be16 proto = eth->h_proto;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+		return XLB_R_PASS_VLAN;
+	p->l3_off = sizeof(*eth);
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + sizeof(*eth);
+		if ((void *)(ip + 1) > data_end)
+			return XLB_R_PASS_TRUNCATED;
+		if (ip->version != 4 || ip->ihl < 5)
+			return XLB_R_PASS_BAD_IP;
+		__u32 ihl = ip->ihl * 4;
+		__u32 tot = bpf_ntohs(ip->tot_len);
+		if ((void *)ip + ihl > data_end)
+			return XLB_R_PASS_TRUNCATED;
+		if (tot < ihl || (void *)ip + tot > data_end)
+			return XLB_R_PASS_BAD_IP;
+		if (ip->frag_off & bpf_htons(0x3fff)) /* MF set or an offset: not a whole datagram */
+			return XLB_R_PASS_FRAGMENT;
+		p->family = 4;
+		p->proto = ip->protocol;
+		xlb_addr_set4(&p->saddr, ip->saddr);
+		xlb_addr_set4(&p->daddr, ip->daddr);
+		p->l4_off = sizeof(*eth) + ihl;
+		p->l4_len = tot - ihl;
+		return xlb_parse_l4(data, data_end, p);
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + sizeof(*eth);
+		if ((void *)(ip6 + 1) > data_end)
+			return XLB_R_PASS_TRUNCATED;
+		if (ip6->version != 6)
+			return XLB_R_PASS_BAD_IP;
+		__u32 plen = bpf_ntohs(ip6->payload_len);
+		if ((void *)(ip6 + 1) + plen > data_end)
+			return XLB_R_PASS_BAD_IP;
+		p->family = 6;
+		p->proto = ip6->nexthdr;
+		if (p->proto == 44)
+			return XLB_R_PASS_FRAGMENT;
+		if (p->proto == 0 || p->proto == 43 || p->proto == 60 || p->proto == 51)
+			return XLB_R_PASS_IPV6_EXT;
+		__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
+		p->l4_off = sizeof(*eth) + sizeof(*ip6);
+		p->l4_len = plen;
+		return xlb_parse_l4(data, data_end, p);
+	}
+	return XLB_R_PASS_NOT_IP;
+}
+
+#endif

@@ -1,0 +1,183 @@
+/* xdp_lb: Services for traffic from outside, at XDP on the node's uplink.
+ *
+ * A packet of a known flow is rewritten from its conntrack entry. A packet to a frontend
+ * (NodePort, externalIP, LoadBalancer IP) starts a flow: source ranges, then a backend by
+ * session affinity or the Service's algorithm, then DNAT (and SNAT to the node when the
+ * backend is on another node), a forward and a reverse conntrack entry, and delivery: to the
+ * stack for a local backend, out again via the FIB for a remote one. Everything else passes
+ * untouched, counted by reason. */
+#include "lib/headers.h"
+#include "lib/maps.h"
+#include "lib/stats.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/nat.h"
+#include "lib/conntrack.h"
+#include "lib/maglev.h"
+#include "lib/affinity.h"
+#include "lib/forward.h"
+#include "lib/reject.h"
+
+#define XLB_SNAT_TRIES 8
+
+/* Whether a forward conntrack hit may keep its backend: the backend must still exist with the
+ * same address, and a terminating backend takes no new TCP connection. */
+static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct xlb_pkt *p)
+{
+	if (ct->flags & XLB_CT_F_REVERSE)
+		return 1;
+	__u32 id = ct->backend;
+	struct xlb_backend *be = xlb_backends.lookup(&id);
+	if (!be || !xlb_addr_eq(&be->addr, &ct->nat_daddr) || be->port != ct->nat_dport)
+		return 0;
+	if ((be->flags & XLB_BE_F_TERMINATING) && p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK)) == XLB_TCP_SYN)
+		return 0;
+	return 1;
+}
+
+/* A source port on the node address for a flow to a remote backend, unused by any other
+ * flow to that backend; 0 when the tries run out. */
+static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
+					    const struct xlb_pkt *p,
+					    const union xlb_addr *node,
+					    const struct xlb_backend *be)
+{
+	__u32 range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
+	if (cfg->snat_port_max < cfg->snat_port_min)
+		return 0;
+	__u32 h = xlb_hash_flow(p);
+	struct xlb_ct_key k = {};
+	k.saddr = be->addr;
+	k.daddr = *node;
+	k.sport = be->port;
+	k.proto = p->proto;
+#pragma unroll
+	for (int i = 0; i < XLB_SNAT_TRIES; i++) {
+		k.dport = bpf_htons(cfg->snat_port_min + (h + i * 7919) % range);
+		if (!xlb_ct.lookup(&k))
+			return k.dport;
+	}
+	return 0;
+}
+
+/* Whether the client may reach this frontend (loadBalancerSourceRanges). */
+static __always_inline int xlb_source_allowed(const struct xlb_svc *svc, const struct xlb_pkt *p)
+{
+	struct xlb_range_key k = {.prefixlen = 32 + 128, .svc = svc->id};
+	k.addr = p->saddr;
+	return xlb_source_ranges.lookup(&k) != 0;
+}
+
+/* Rewrites a packet of a tracked flow and sends it on. */
+static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
+				       struct xlb_ct *ct, __u32 len, __u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u16 flags = ct->flags;
+	xlb_ct_touch(ct, now);
+	xlb_count_svc(ct->svc, len, 0, 0);
+	if (xlb_rewrite(data, data_end, p, &ct->nat_saddr, ct->nat_sport, &ct->nat_daddr,
+			ct->nat_dport))
+		return XDP_DROP;
+	if (flags & XLB_CT_F_SNAT)
+		return xlb_fib_forward(ctx, p); /* to a remote backend, or its reply to the client */
+	return XDP_PASS;                        /* to a local backend, through the stack */
+}
+
+int xdp_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_pkt p = {};
+	int r = xlb_parse(data, data_end, &p);
+	if (r != XLB_OK) {
+		xlb_count_reason(r);
+		return XDP_PASS;
+	}
+	__u32 len = data_end - data;
+	__u64 now = bpf_ktime_get_ns();
+
+	struct xlb_ct_key ck = {};
+	xlb_ct_key_of(&p, &ck);
+	struct xlb_ct *ct = xlb_ct.lookup(&ck);
+	if (ct && xlb_ct_usable(ct, &p))
+		return xlb_tracked(ctx, &p, ct, len, now);
+
+	struct xlb_svc_key sk = {};
+	sk.addr = p.daddr;
+	sk.port = p.dport;
+	sk.proto = p.proto;
+	sk.scope = XLB_SCOPE_EXTERNAL;
+	struct xlb_svc *found = xlb_services.lookup(&sk);
+	if (!found) {
+		xlb_count_reason(XLB_R_PASS_NO_SERVICE);
+		return XDP_PASS;
+	}
+	struct xlb_svc svc = *found;
+
+	if ((svc.flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(&svc, &p)) {
+		xlb_count_svc(svc.id, len, 0, 1);
+		xlb_count_reason(XLB_R_DROP_SOURCE_RANGE);
+		return XDP_DROP;
+	}
+	if (svc.count == 0) {
+		xlb_count_svc(svc.id, len, 0, 1);
+		if (svc.flags & XLB_SVC_F_DROP_EMPTY) {
+			xlb_count_reason(XLB_R_DROP_NO_BACKEND);
+			return XDP_DROP;
+		}
+		xlb_count_reason(XLB_R_REJECT_NO_BACKEND);
+		if (p.proto == IPPROTO_TCP)
+			return xlb_reject_tcp(ctx, &p);
+		return xlb_reject_udp(ctx, &p);
+	}
+
+	__u32 id = svc.affinity_timeout ? xlb_affinity_get(&svc, &p.saddr, now) : 0;
+	struct xlb_backend *be = id ? xlb_backends.lookup(&id) : 0;
+	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
+		id = xlb_select(&svc, &p);
+		be = id ? xlb_backends.lookup(&id) : 0;
+	}
+	if (!be) {
+		xlb_count_svc(svc.id, len, 0, 1);
+		xlb_count_reason(XLB_R_DROP_BACKEND_GONE);
+		return XDP_DROP;
+	}
+	struct xlb_backend backend = *be;
+	if (svc.affinity_timeout)
+		xlb_affinity_set(&svc, &p.saddr, id, now);
+
+	struct xlb_ct flow = {};
+	flow.nat_saddr = p.saddr;
+	flow.nat_sport = p.sport;
+	flow.nat_daddr = backend.addr;
+	flow.nat_dport = backend.port;
+	flow.backend = id;
+	flow.svc = svc.id;
+	flow.last_seen = now;
+	if (!(backend.flags & XLB_BE_F_LOCAL) && !(svc.flags & XLB_SVC_F_PRESERVE_CLIENT)) {
+		__u32 zero = 0;
+		struct xlb_config *cfg = xlb_config.lookup(&zero);
+		if (!cfg)
+			return XDP_PASS;
+		flow.nat_saddr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
+		flow.nat_sport = xlb_snat_port(cfg, &p, &flow.nat_saddr, &backend);
+		if (!flow.nat_sport) {
+			xlb_count_svc(svc.id, len, 0, 1);
+			xlb_count_reason(XLB_R_DROP_SNAT_EXHAUSTED);
+			return XDP_DROP;
+		}
+		flow.flags = XLB_CT_F_SNAT;
+	}
+	xlb_ct_create(&ck, &flow);
+	xlb_count_svc(svc.id, len, 1, 0);
+	__u16 flags = flow.flags;
+	if (xlb_rewrite(data, data_end, &p, &flow.nat_saddr, flow.nat_sport, &flow.nat_daddr,
+			flow.nat_dport))
+		return XDP_DROP;
+	if (flags & XLB_CT_F_SNAT)
+		return xlb_fib_forward(ctx, &p);
+	return XDP_PASS;
+}

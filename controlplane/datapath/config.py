@@ -1,0 +1,58 @@
+"""Sizes and places of the datapath's maps: one config shared by the loader (as -D flags for
+the C) and the sync, and the memory each size costs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..maglev import DEFAULT_M, is_prime
+
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/xlb"
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    pin_root: str = DEFAULT_PIN_ROOT
+    max_services: int = 65536  # frontends (address, port, protocol, scope)
+    max_backends: int = 65536
+    max_slots: int = 262144  # backends over all groups
+    max_rings: int = 64  # backend groups that use Maglev at once
+    ring_size: int = DEFAULT_M  # Maglev M, prime
+    ct_size: int = 262144  # tracked flows from outside (two entries each)
+    affinity_size: int = 65536
+    max_source_ranges: int = 16384
+    snat_ports: tuple[int, int] = (61000, 65535)  # clear of Linux's ephemeral 32768-60999
+
+    def __post_init__(self) -> None:
+        if not is_prime(self.ring_size):
+            raise ValueError(f"ring_size must be prime, got {self.ring_size}")
+        lo, hi = self.snat_ports
+        if not 1024 <= lo <= hi <= 65535:
+            raise ValueError(f"snat_ports must be a range within 1024-65535, got {lo}-{hi}")
+
+    def cflags(self) -> list[str]:
+        return [
+            f'-DXLB_PIN_ROOT="{self.pin_root}"',
+            f"-DXLB_MAX_SERVICES={self.max_services}",
+            f"-DXLB_MAX_BACKENDS={self.max_backends}",
+            f"-DXLB_MAX_SLOTS={self.max_slots}",
+            f"-DXLB_MAX_RINGS={self.max_rings}",
+            f"-DXLB_RING_SIZE={self.ring_size}",
+            f"-DXLB_CT_SIZE={self.ct_size}",
+            f"-DXLB_AFFINITY_SIZE={self.affinity_size}",
+            f"-DXLB_MAX_SOURCE_RANGES={self.max_source_ranges}",
+        ]
+
+    def memory(self, cpus: int = 1) -> dict[str, int]:
+        """Approximate kernel memory per map, in bytes (value and key sizes from maps.h,
+        plus the kernel's per-element overhead for hash maps of about 48 bytes)."""
+        hash_overhead = 48
+        return {
+            "services": self.max_services * (20 + 24 + hash_overhead),
+            "slots": self.max_slots * (8 + 4 + hash_overhead),
+            "backends": self.max_backends * (4 + 20 + hash_overhead),
+            "rings": self.max_rings * 2 * self.ring_size * 4,
+            "ct": self.ct_size * (40 + 56 + hash_overhead),
+            "affinity": self.affinity_size * (24 + 16 + hash_overhead),
+            "stats": self.max_services * 32 * cpus,
+        }

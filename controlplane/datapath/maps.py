@@ -1,0 +1,208 @@
+"""Typed access to the pinned maps, through bcc's generated Key/Leaf types (maps.h is the one
+source of every layout; nothing here restates a struct)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ..model.objects import Protocol
+from ..model.state import Algorithm, Scope
+from .programs import Program
+
+PROTO_NUM = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
+PROTO_NAME = {v: k for k, v in PROTO_NUM.items()}
+SCOPE_NUM = {Scope.INTERNAL: 0, Scope.EXTERNAL: 1}
+SCOPE_NAME = {v: k for k, v in SCOPE_NUM.items()}
+ALG_NUM = {Algorithm.RANDOM: 0, Algorithm.MAGLEV: 1, Algorithm.SOURCE_HASH: 2}
+ALG_NAME = {v: k for k, v in ALG_NUM.items()}
+
+SVC_F_PRESERVE_CLIENT = 0x1
+SVC_F_DROP_EMPTY = 0x2
+SVC_F_SOURCE_RANGES = 0x4
+BE_F_LOCAL = 0x1
+BE_F_TERMINATING = 0x2
+
+# Reason numbers from maps.h (XLB_R_*), in order.
+REASONS = (
+    "pass_not_ip",
+    "pass_vlan",
+    "pass_truncated",
+    "pass_bad_ip",
+    "pass_fragment",
+    "pass_ipv6_ext",
+    "pass_not_l4",
+    "pass_no_service",
+    "drop_no_backend",
+    "reject_no_backend",
+    "drop_source_range",
+    "drop_backend_gone",
+    "drop_fib",
+    "drop_snat_exhausted",
+    "drop_headroom",
+)
+
+
+def addr_bytes(address: str) -> bytes:
+    """16 bytes as the datapath stores an address: IPv4 as IPv4-mapped IPv6."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return bytes(10) + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def addr_text(raw: bytes) -> str:
+    ip = ipaddress.IPv6Address(bytes(raw))
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+
+
+def set_addr(field: Any, address: str) -> None:
+    ct.memmove(ct.addressof(field), addr_bytes(address), 16)
+
+
+def get_addr(field: Any) -> str:
+    return addr_text(ct.string_at(ct.addressof(field), 16))
+
+
+def htons(port: int) -> int:
+    return socket.htons(port)
+
+
+def ntohs(port: int) -> int:
+    return socket.ntohs(port)
+
+
+@dataclass(frozen=True)
+class SvcValue:
+    """The service entry as the sync reasons about it; written as xlb_svc."""
+
+    id: int
+    group: int
+    ring: int
+    affinity_timeout: int
+    count: int
+    algorithm: int
+    ring_gen: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class BackendValue:
+    address: str
+    port: int
+    flags: int
+
+
+class Maps:
+    """The pinned maps, opened through any compiled program that includes maps.h."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        t = program.table
+        self.services = t("xlb_services")
+        self.slots = t("xlb_slots")
+        self.backends = t("xlb_backends")
+        self.rings = t("xlb_rings")
+        self.ct = t("xlb_ct")
+        self.affinity = t("xlb_affinity")
+        self.source_ranges = t("xlb_source_ranges")
+        self.stats = t("xlb_stats")
+        self.reasons = t("xlb_reasons")
+        self.config = t("xlb_config")
+
+    # -- services ------------------------------------------------------------------------------
+
+    def svc_key(self, address: str, port: int, protocol: Protocol, scope: Scope) -> Any:
+        k = self.services.Key()
+        set_addr(k.addr, address)
+        k.port = htons(port)
+        k.proto = PROTO_NUM[protocol]
+        k.scope = SCOPE_NUM[scope]
+        return k
+
+    def svc_leaf(self, v: SvcValue) -> Any:
+        leaf = self.services.Leaf()
+        for name in (
+            "id",
+            "group",
+            "ring",
+            "affinity_timeout",
+            "count",
+            "algorithm",
+            "ring_gen",
+            "flags",
+        ):
+            setattr(leaf, name, getattr(v, name))
+        return leaf
+
+    def read_services(self) -> dict[tuple[str, int, Protocol, Scope], SvcValue]:
+        out = {}
+        for k, v in self.services.items():
+            key = (get_addr(k.addr), ntohs(k.port), PROTO_NAME[k.proto], SCOPE_NAME[k.scope])
+            out[key] = SvcValue(
+                v.id, v.group, v.ring, v.affinity_timeout, v.count, v.algorithm, v.ring_gen, v.flags
+            )
+        return out
+
+    # -- backends and slots ----------------------------------------------------------------------
+
+    def backend_leaf(self, v: BackendValue) -> Any:
+        leaf = self.backends.Leaf()
+        set_addr(leaf.addr, v.address)
+        leaf.port = htons(v.port)
+        leaf.flags = v.flags
+        return leaf
+
+    def read_backends(self) -> dict[int, BackendValue]:
+        return {
+            k.value: BackendValue(get_addr(v.addr), ntohs(v.port), v.flags)
+            for k, v in self.backends.items()
+        }
+
+    def slot_key(self, group: int, slot: int) -> Any:
+        k = self.slots.Key()
+        k.group = group
+        k.slot = slot
+        return k
+
+    def read_slots(self) -> dict[int, dict[int, int]]:
+        out: dict[int, dict[int, int]] = {}
+        for k, v in self.slots.items():
+            out.setdefault(k.group, {})[k.slot] = v.value
+        return out
+
+    # -- source ranges ---------------------------------------------------------------------------
+
+    def range_key(self, svc_id: int, cidr: str) -> Any:
+        net = ipaddress.ip_network(cidr, strict=False)
+        k = self.source_ranges.Key()
+        k.prefixlen = 32 + (96 + net.prefixlen if net.version == 4 else net.prefixlen)
+        k.svc = svc_id
+        set_addr(k.addr, str(net.network_address))
+        return k
+
+    def read_source_ranges(self) -> dict[int, set[str]]:
+        out: dict[int, set[str]] = {}
+        for k, _ in self.source_ranges.items():
+            addr = get_addr(k.addr)
+            bits = k.prefixlen - 32 - (96 if ":" not in addr else 0)
+            out.setdefault(k.svc, set()).add(str(ipaddress.ip_network(f"{addr}/{bits}")))
+        return out
+
+    # -- counters ---------------------------------------------------------------------------------
+
+    def reason_counts(self) -> dict[str, int]:
+        out = {}
+        for i, name in enumerate(REASONS):
+            out[name] = sum(self.reasons[ct.c_uint32(i)])
+        return out
+
+    def svc_counts(self, svc_id: int) -> dict[str, int]:
+        per_cpu = self.stats[ct.c_uint32(svc_id)]
+        return {
+            f: sum(getattr(c, f) for c in per_cpu)
+            for f in ("packets", "bytes", "new_flows", "drops")
+        }

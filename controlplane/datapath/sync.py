@@ -1,0 +1,287 @@
+"""DesiredState -> the maps, with the smallest set of writes, in an order that never lets a
+packet see a half-built Service:
+
+  backends -> slots -> the idle half of each Maglev ring -> service entries (which flip to the
+  new ring half in the same write) -> then, in reverse, stale service entries, slots past the
+  new count, rings and backends nobody uses any more.
+
+Identities are stable: a backend keeps its id for as long as it exists (conntrack entries
+name backends by id), a frontend keeps its id (its counters), a group of frontends sharing one
+backend list keeps its slots and ring. A new Syncer reads all of them back from the pinned
+maps, so a restarted agent rewrites nothing that is already right and breaks no flow.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..maglev import build_table
+from ..model.state import Algorithm, Backend, DesiredState, Frontend, FrontendKind, NoBackend
+from .config import DatapathConfig
+from .maps import (
+    ALG_NUM,
+    BE_F_LOCAL,
+    BE_F_TERMINATING,
+    SVC_F_DROP_EMPTY,
+    SVC_F_PRESERVE_CLIENT,
+    SVC_F_SOURCE_RANGES,
+    BackendValue,
+    Maps,
+    SvcValue,
+    set_addr,
+)
+
+FrontendKey = tuple  # (address, port, Protocol, Scope)
+GroupKey = tuple[str, str, str, str, bool]
+
+
+def group_key(fe: Frontend) -> GroupKey:
+    """Frontends that always share one backend list: the same Service port, family and scope,
+    and either the ClusterIP (internalTrafficPolicy) or the external addresses."""
+    return (
+        fe.service,
+        fe.port_name,
+        str(fe.family),
+        str(fe.scope),
+        fe.kind is FrontendKind.CLUSTER_IP,
+    )
+
+
+@dataclass
+class Group:
+    id: int
+    backends: tuple[int, ...] = ()  # backend ids in slots 1..n
+    ring: int = -1  # -1: no Maglev ring
+    ring_gen: int = 0
+    table: np.ndarray | None = None  # the live half as written; None: unknown, rewrite
+
+
+@dataclass
+class SyncResult:
+    writes: int = 0
+    deletes: int = 0
+    ring_writes: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+class Syncer:
+    def __init__(self, maps: Maps, cfg: DatapathConfig) -> None:
+        self.maps, self.cfg = maps, cfg
+        self.frontends: dict[FrontendKey, SvcValue] = maps.read_services()
+        self.backends: dict[int, BackendValue] = maps.read_backends()
+        self.backend_ids = {(v.address, v.port): i for i, v in self.backends.items()}
+        self.ranges: dict[int, set[str]] = maps.read_source_ranges()
+        self.groups: dict[int, Group] = {}
+        slots = maps.read_slots()
+        for v in self.frontends.values():
+            if v.group not in self.groups:
+                by_slot = slots.get(v.group, {})
+                self.groups[v.group] = Group(
+                    v.group,
+                    tuple(by_slot[s] for s in sorted(by_slot)),
+                    v.ring if v.algorithm == ALG_NUM[Algorithm.MAGLEV] else -1,
+                    v.ring_gen,
+                )
+        self.group_ids: dict[GroupKey, int] = {}
+        self.config_value: tuple | None = None
+
+    # -- identities ------------------------------------------------------------------------------
+
+    def _backend_id(self, b: Backend) -> int:
+        key = (b.address, b.port)
+        if key not in self.backend_ids:
+            self.backend_ids[key] = max(self.backends, default=0) + 1
+            self.backends.setdefault(self.backend_ids[key], BackendValue("", 0, 0))
+        return self.backend_ids[key]
+
+    def _adopt_groups(self, wanted: dict[GroupKey, list[Frontend]]) -> None:
+        """Each wanted group takes the id its frontends already have in the maps, if free."""
+        taken = set(self.group_ids.values())
+        for gk, fes in wanted.items():
+            if gk in self.group_ids:
+                continue
+            for fe in fes:
+                old = self.frontends.get(fe.key)
+                if old is not None and old.group not in taken and old.group in self.groups:
+                    self.group_ids[gk] = old.group
+                    taken.add(old.group)
+                    break
+        next_id = max([*self.groups, *taken], default=0) + 1
+        for gk in wanted:
+            if gk not in self.group_ids:
+                self.group_ids[gk] = next_id
+                self.groups[next_id] = Group(next_id)
+                next_id += 1
+
+    def _free_ring(self) -> int:
+        used = {g.ring for g in self.groups.values() if g.ring >= 0}
+        return next((r for r in range(self.cfg.max_rings) if r not in used), -1)
+
+    # -- the sync ----------------------------------------------------------------------------------
+
+    def sync(
+        self, state: DesiredState, node_addr4: str = "0.0.0.0", node_addr6: str = "::"
+    ) -> SyncResult:
+        start = time.perf_counter()
+        res = SyncResult()
+        m = self.maps
+
+        wanted: dict[GroupKey, list[Frontend]] = {}
+        for fe in state.frontends:
+            wanted.setdefault(group_key(fe), []).append(fe)
+        self.group_ids = {gk: gid for gk, gid in self.group_ids.items() if gk in wanted}
+        self._adopt_groups(wanted)
+
+        # 1. backends, new-flow candidates and draining ones alike
+        flags: dict[tuple[str, int], int] = {}
+        for fe in state.frontends:
+            for b in fe.backends + fe.draining:
+                f = (BE_F_LOCAL if b.local else 0) | (BE_F_TERMINATING if b.terminating else 0)
+                flags[(b.address, b.port)] = flags.get((b.address, b.port), 0) | f
+        live_backends: set[int] = set()
+        for (address, port), f in flags.items():
+            bid = self._backend_id(Backend(address, port))
+            live_backends.add(bid)
+            value = BackendValue(address, port, f)
+            if self.backends.get(bid) != value:
+                m.backends[ct.c_uint32(bid)] = m.backend_leaf(value)
+                self.backends[bid] = value
+                res.writes += 1
+
+        # 2. slots and 3. rings, per group
+        old_counts: dict[int, int] = {}
+        algorithms: dict[int, Algorithm] = {}
+        for gk, fes in wanted.items():
+            group = self.groups[self.group_ids[gk]]
+            ordered = sorted(fes[0].backends, key=lambda b: b.name)
+            ids = tuple(self._backend_id(b) for b in ordered)
+            old_counts[group.id] = len(group.backends)
+            for slot, bid in enumerate(ids, start=1):
+                if slot > len(group.backends) or group.backends[slot - 1] != bid:
+                    m.slots[m.slot_key(group.id, slot)] = ct.c_uint32(bid)
+                    res.writes += 1
+            group.backends = ids
+            algorithms[group.id] = self._ring(group, fes[0], ordered, res)
+
+        # 4. service entries (and their source ranges, written before the entry enables them)
+        wanted_keys = set()
+        used_ids = {v.id for v in self.frontends.values()}  # stale ones are freed next sync
+        free_ids = iter(i for i in range(self.cfg.max_services) if i not in used_ids)
+        for fe in state.frontends:
+            wanted_keys.add(fe.key)
+            group = self.groups[self.group_ids[group_key(fe)]]
+            old = self.frontends.get(fe.key)
+            svc_id = old.id if old is not None else next(free_ids)
+            self._sync_ranges(svc_id, set(fe.source_ranges), res)
+            value = SvcValue(
+                id=svc_id,
+                group=group.id,
+                ring=max(group.ring, 0),
+                affinity_timeout=fe.affinity_timeout,
+                count=len(group.backends),
+                algorithm=ALG_NUM[algorithms[group.id]],
+                ring_gen=group.ring_gen,
+                flags=(
+                    (SVC_F_PRESERVE_CLIENT if fe.preserve_client_ip else 0)
+                    | (SVC_F_DROP_EMPTY if fe.no_backend is NoBackend.DROP else 0)
+                    | (SVC_F_SOURCE_RANGES if fe.source_ranges else 0)
+                ),
+            )
+            if old != value:
+                m.services[m.svc_key(*fe.key)] = m.svc_leaf(value)
+                self.frontends[fe.key] = value
+                res.writes += 1
+
+        # 5. deletes, in reverse order of dependence
+        for key in [k for k in self.frontends if k not in wanted_keys]:
+            old = self.frontends.pop(key)
+            del m.services[m.svc_key(*key)]
+            res.deletes += 1
+            self._sync_ranges(old.id, set(), res)
+        used_groups = {self.group_ids[gk] for gk in wanted}
+        for gid, group in list(self.groups.items()):
+            first_stale = len(group.backends) + 1 if gid in used_groups else 1
+            for slot in range(first_stale, max(old_counts.get(gid, 0), len(group.backends)) + 1):
+                self._delete(m.slots, m.slot_key(gid, slot), res)
+            if gid not in used_groups:
+                del self.groups[gid]
+        for bid in [b for b in self.backends if b not in live_backends]:
+            value = self.backends.pop(bid)
+            self.backend_ids.pop((value.address, value.port), None)
+            self._delete(m.backends, ct.c_uint32(bid), res)
+
+        self._sync_config(node_addr4, node_addr6, res)
+        res.seconds = time.perf_counter() - start
+        return res
+
+    def _ring(
+        self, group: Group, fe: Frontend, ordered: list[Backend], res: SyncResult
+    ) -> Algorithm:
+        """Writes the group's Maglev table into the idle half of its ring and flips the
+        generation; the flip reaches packets with the service entries. Returns the algorithm
+        the group's frontends will use (source-hash when no ring is free)."""
+        if fe.algorithm is not Algorithm.MAGLEV:
+            group.ring = -1
+            group.table = None
+            return fe.algorithm
+        if group.ring < 0:
+            group.ring = self._free_ring()
+            group.table = None
+            if group.ring < 0:
+                res.warnings.append(
+                    f"{fe.service}: no free Maglev ring (max_rings={self.cfg.max_rings}); "
+                    "using source-hash for it: raise max_rings"
+                )
+                return Algorithm.SOURCE_HASH
+        if not ordered:
+            return Algorithm.MAGLEV  # count 0: the ring is never read
+        size = self.cfg.ring_size
+        index = build_table([b.name for b in ordered], size)
+        table = np.asarray(group.backends, dtype=np.uint32)[index]
+        if group.table is not None and np.array_equal(group.table, table):
+            return Algorithm.MAGLEV
+        gen = group.ring_gen ^ 1
+        base = (group.ring * 2 + gen) * size
+        keys = (ct.c_uint32 * size).from_buffer(np.arange(base, base + size, dtype=np.uint32))
+        values = (ct.c_uint32 * size).from_buffer(np.ascontiguousarray(table))
+        self.maps.rings.items_update_batch(keys, values)
+        group.ring_gen, group.table = gen, table
+        res.ring_writes += 1
+        return Algorithm.MAGLEV
+
+    def _sync_ranges(self, svc_id: int, wanted: set[str], res: SyncResult) -> None:
+        current = self.ranges.get(svc_id, set())
+        for cidr in wanted - current:
+            self.maps.source_ranges[self.maps.range_key(svc_id, cidr)] = ct.c_uint8(1)
+            res.writes += 1
+        for cidr in current - wanted:
+            self._delete(self.maps.source_ranges, self.maps.range_key(svc_id, cidr), res)
+        if wanted:
+            self.ranges[svc_id] = set(wanted)
+        else:
+            self.ranges.pop(svc_id, None)
+
+    def _sync_config(self, addr4: str, addr6: str, res: SyncResult) -> None:
+        value = (addr4, addr6, self.cfg.snat_ports)
+        if value == self.config_value:
+            return
+        leaf = self.maps.config.Leaf()
+        set_addr(leaf.node_addr4, addr4)
+        set_addr(leaf.node_addr6, addr6)
+        leaf.snat_port_min, leaf.snat_port_max = self.cfg.snat_ports
+        self.maps.config[ct.c_uint32(0)] = leaf
+        self.config_value = value
+        res.writes += 1
+
+    @staticmethod
+    def _delete(table, key, res: SyncResult) -> None:
+        try:
+            del table[key]
+            res.deletes += 1
+        except KeyError:
+            pass

@@ -1,0 +1,55 @@
+"""Kernel-state helpers for tests: unique names, network namespaces, pins; all removable."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def unique(prefix: str, length: int = 15) -> str:
+    """A name no other run uses: prefix, pid and randomness, cut to fit interface names."""
+    tag = f"{os.getpid() % 10000:04d}{uuid.uuid4().hex[:6]}"
+    return f"{prefix}{tag}"[:length]
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def netns(name: str | None = None) -> Iterator[str]:
+    """A network namespace that is deleted afterwards, whatever happens."""
+    name = name or unique("xlbt-")
+    sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[None]:
+    """Runs the body of the with-statement in network namespace name (this thread only)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        yield
+    finally:
+        _libc.setns(own, CLONE_NEWNET)
+        os.close(own)
+        os.close(target)
+
+
+def remove_pins(root: str) -> None:
+    if os.path.isdir(root):
+        shutil.rmtree(root, ignore_errors=True)
