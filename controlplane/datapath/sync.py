@@ -153,6 +153,15 @@ class Syncer:
                 self.backends[bid] = value
                 res.writes += 1
 
+        # Rings of groups this sync removes can be reused at once; their frontends stay live
+        # until the deletes at the end, so a new owner must write the half they do not read.
+        used_groups = {self.group_ids[gk] for gk in wanted}
+        recycled: dict[int, int] = {}
+        for gid, group in self.groups.items():
+            if gid not in used_groups and group.ring >= 0:
+                recycled[group.ring] = group.ring_gen
+                group.ring = -1
+
         # 2. slots and 3. rings, per group
         old_counts: dict[int, int] = {}
         algorithms: dict[int, Algorithm] = {}
@@ -166,7 +175,7 @@ class Syncer:
                     m.slots[m.slot_key(group.id, slot)] = ct.c_uint32(bid)
                     res.writes += 1
             group.backends = ids
-            algorithms[group.id] = self._ring(group, fes[0], ordered, res)
+            algorithms[group.id] = self._ring(group, fes[0], ordered, recycled, res)
 
         # 4. service entries (and their source ranges, written before the entry enables them)
         wanted_keys = set()
@@ -203,7 +212,6 @@ class Syncer:
             del m.services[m.svc_key(*key)]
             res.deletes += 1
             self._sync_ranges(old.id, set(), res)
-        used_groups = {self.group_ids[gk] for gk in wanted}
         for gid, group in list(self.groups.items()):
             first_stale = len(group.backends) + 1 if gid in used_groups else 1
             for slot in range(first_stale, max(old_counts.get(gid, 0), len(group.backends)) + 1):
@@ -220,7 +228,12 @@ class Syncer:
         return res
 
     def _ring(
-        self, group: Group, fe: Frontend, ordered: list[Backend], res: SyncResult
+        self,
+        group: Group,
+        fe: Frontend,
+        ordered: list[Backend],
+        recycled: dict[int, int],
+        res: SyncResult,
     ) -> Algorithm:
         """Writes the group's Maglev table into the idle half of its ring and flips the
         generation; the flip reaches packets with the service entries. Returns the algorithm
@@ -231,6 +244,7 @@ class Syncer:
             return fe.algorithm
         if group.ring < 0:
             group.ring = self._free_ring()
+            group.ring_gen = recycled.get(group.ring, group.ring_gen)
             group.table = None
             if group.ring < 0:
                 res.warnings.append(

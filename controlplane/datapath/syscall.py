@@ -34,7 +34,7 @@ class _TestRunAttr(ct.Structure):
 
 
 class XdpMd(ct.Structure):
-    """struct xdp_md as BPF_PROG_TEST_RUN takes it for context (data fields must be zero)."""
+    """struct xdp_md as BPF_PROG_TEST_RUN takes it: data 0, data_end the packet's length."""
 
     _fields_ = [
         (n, ct.c_uint32)
@@ -79,7 +79,7 @@ def prog_test_run(
     if not flags & BPF_F_TEST_XDP_LIVE_FRAMES:
         attr.data_size_out = out_size
         attr.data_out = ct.addressof(data_out)
-    ctx = XdpMd(ingress_ifindex=ifindex)
+    ctx = XdpMd(data_end=len(packet), ingress_ifindex=ifindex)  # the kernel wants data_end
     if ifindex:
         attr.ctx_in = ct.addressof(ctx)
         attr.ctx_size_in = ct.sizeof(ctx)

@@ -1,4 +1,5 @@
-"""The real programs, compiled once per session against maps pinned under a unique root."""
+"""Shared fixtures. The real BPF programs are compiled once per session, only when a test asks,
+against maps pinned under a unique root that is removed afterwards."""
 
 from __future__ import annotations
 

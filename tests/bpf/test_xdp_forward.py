@@ -1,0 +1,170 @@
+"""Remote backends: DNAT + SNAT to the node address, FIB lookup, XDP_TX; and the backend's
+reply translated back to the client. Runs inside a namespace with real routes and neighbours,
+because bpf_fib_lookup consults them."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from controlplane.datapath.syscall import prog_test_run
+from controlplane.model.state import Backend, DesiredState
+from tests.bpf.packets import CLIENT_MAC, checksums_valid, tcp, udp
+from tests.bpf.test_xdp_lb import CLIENT4, CLIENT6, NODE4, NODE6, XDP_DROP, XDP_TX, frontend
+from tests.kernel import inside, netns, sh
+
+NODE2_MAC = "02:00:00:00:00:22"
+REMOTE4, REMOTE6 = "10.244.2.5", "fd00:10:244:2::5"
+
+
+def remote(address: str, port: int) -> Backend:
+    return Backend(address, port, "node-2", False)
+
+
+STATE = DesiredState(
+    frontends=(
+        frontend(NODE4, 30080, "TCP", [remote(REMOTE4, 8080)]),
+        frontend(NODE4, 30053, "UDP", [remote(REMOTE4, 5353)]),
+        frontend(NODE6, 30080, "TCP", [remote(REMOTE6, 8080)]),
+        frontend("192.168.198.20", 80, "TCP", [remote("10.99.0.1", 80)]),  # no route there
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def lan():
+    """A node's uplink with routes to node-2's pods and to the clients, neighbours static."""
+    with netns() as ns:
+
+        def ip(*args):
+            sh("ip", "-n", ns, *args)
+
+        ip("link", "add", "up0", "type", "veth", "peer", "name", "peer0")
+        for cmd in (
+            ("link", "set", "up0", "up"),
+            ("link", "set", "peer0", "up"),
+            ("addr", "add", f"{NODE4}/24", "dev", "up0"),
+            ("addr", "add", f"{NODE6}/64", "dev", "up0", "nodad"),
+            (
+                "neigh",
+                "add",
+                "192.168.198.202",
+                "lladdr",
+                NODE2_MAC,
+                "dev",
+                "up0",
+                "nud",
+                "permanent",
+            ),
+            (
+                "neigh",
+                "add",
+                "fd00:198::202",
+                "lladdr",
+                NODE2_MAC,
+                "dev",
+                "up0",
+                "nud",
+                "permanent",
+            ),
+            (
+                "neigh",
+                "add",
+                "192.168.198.1",
+                "lladdr",
+                CLIENT_MAC,
+                "dev",
+                "up0",
+                "nud",
+                "permanent",
+            ),
+            ("neigh", "add", "fd00:198::1", "lladdr", CLIENT_MAC, "dev", "up0", "nud", "permanent"),
+            ("route", "add", "10.244.2.0/24", "via", "192.168.198.202"),
+            ("route", "add", "fd00:10:244:2::/64", "via", "fd00:198::202"),
+            ("route", "add", "203.0.113.0/24", "via", "192.168.198.1"),
+            ("route", "add", "2001:db8::/64", "via", "fd00:198::1"),
+        ):
+            ip(*cmd)
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        )
+        with inside(ns):
+            yield ns, socket.if_nametoindex("up0"), _mac(ns, "up0")
+
+
+def _mac(ns: str, dev: str) -> str:
+    return sh("ip", "-n", ns, "-br", "link", "show", dev).stdout.split()[2]
+
+
+@pytest.fixture
+def run(xdp, maps, syncer, lan):
+    syncer.sync(STATE, NODE4, NODE6)
+    fd = xdp.functions["xdp_lb"].fd
+    _, ifindex, _ = lan
+    return lambda pkt: prog_test_run(fd, bytes(pkt), ifindex=ifindex)
+
+
+@pytest.mark.parametrize(
+    "family,pkt,backend,bport",
+    [
+        (4, tcp(CLIENT4, 40000, NODE4, 30080, flags="S"), REMOTE4, 8080),
+        (4, udp(CLIENT4, 40001, NODE4, 30053), REMOTE4, 5353),
+        (6, tcp(CLIENT6, 40002, NODE6, 30080, flags="S"), REMOTE6, 8080),
+    ],
+)
+def test_remote_backend_round_trip(run, lan, family, pkt, backend, bport):
+    _, _, up_mac = lan
+    l3, l4 = (IP, TCP if TCP in pkt else UDP) if family == 4 else (IPv6, TCP)
+    node = NODE4 if family == 4 else NODE6
+    out = run(pkt)
+    assert out.retval == XDP_TX
+    fwd = Ether(out.data)
+    assert (fwd.src, fwd.dst) == (up_mac, NODE2_MAC)
+    assert (fwd[l3].src, fwd[l3].dst, fwd[l4].dport) == (node, backend, bport)
+    snat_port = fwd[l4].sport
+    assert 61000 <= snat_port <= 65535
+    assert checksums_valid(out.data)
+
+    # the backend answers the node; the node answers the client as the frontend
+    reply = (
+        Ether(src=NODE2_MAC, dst=up_mac)
+        / l3(src=backend, dst=node)
+        / l4(sport=bport, dport=snat_port)
+        / b"reply"
+    )
+    if l4 is TCP:
+        reply[TCP].flags = "SA"
+    back = run(reply)
+    assert back.retval == XDP_TX
+    got = Ether(back.data)
+    assert (got.src, got.dst) == (up_mac, CLIENT_MAC)
+    assert (got[l3].src, got[l3].dst) == (node, pkt[l3].src)
+    assert (got[l4].sport, got[l4].dport) == (pkt[l4].dport, pkt[l4].sport)
+    assert checksums_valid(back.data)
+
+    # the rest of the flow keeps the same source port on the node
+    again = Ether(run(pkt).data)
+    assert again[l4].sport == snat_port
+
+
+def test_two_clients_with_one_port_get_distinct_snat_ports(run):
+    a = Ether(run(tcp(CLIENT4, 40500, NODE4, 30080)).data)[TCP].sport
+    b = Ether(run(tcp("203.0.113.8", 40500, NODE4, 30080)).data)[TCP].sport
+    assert a != b
+
+
+def test_no_route_to_backend_drops_and_counts(run, maps):
+    before = maps.reason_counts()["drop_fib"]
+    assert run(tcp(CLIENT4, 40600, "192.168.198.20", 80)).retval == XDP_DROP
+    assert maps.reason_counts()["drop_fib"] - before == 1

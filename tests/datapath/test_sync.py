@@ -1,0 +1,165 @@
+"""The sync against the real pinned maps: smallest writes, safe order, restart read-back."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.datapath.maps import Maps
+from controlplane.datapath.sync import Syncer
+from controlplane.model.state import Algorithm, DesiredState, Scope
+from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend, local
+
+WEB = [local(f"10.244.1.{i}", 8080) for i in range(1, 4)]
+
+
+def web(backends=WEB, **kw) -> DesiredState:
+    return DesiredState(
+        frontends=(
+            frontend(NODE4, 30080, "TCP", backends, service="default/web", **kw),
+            frontend("192.168.198.240", 80, "TCP", backends, service="default/web", **kw),
+        )
+    )
+
+
+class Recorder:
+    """Wraps a bcc table and records every write in order."""
+
+    def __init__(self, name, table, log):
+        self._name, self._table, self._log = name, table, log
+
+    def __setitem__(self, k, v):
+        self._log.append((self._name, "set"))
+        self._table[k] = v
+
+    def __delitem__(self, k):
+        self._log.append((self._name, "del"))
+        del self._table[k]
+
+    def items_update_batch(self, keys, values):
+        self._log.append((self._name, "set"))
+        self._table.items_update_batch(keys, values)
+
+    def __getattr__(self, attr):
+        return getattr(self._table, attr)
+
+
+@pytest.fixture
+def recorded(maps):
+    log = []
+    for name in ("services", "slots", "backends", "rings"):
+        setattr(maps, name, Recorder(name, getattr(maps, name), log))
+    yield maps, log
+    for name in ("services", "slots", "backends", "rings"):
+        setattr(maps, name, getattr(maps, name)._table)
+
+
+def test_second_identical_sync_writes_nothing(syncer):
+    first = syncer.sync(web(), NODE4, NODE6)
+    assert first.writes > 0
+    again = syncer.sync(web(), NODE4, NODE6)
+    assert (again.writes, again.deletes, again.ring_writes) == (0, 0, 0)
+
+
+def test_frontends_of_one_service_port_share_slots_and_ring(syncer):
+    syncer.sync(web(), NODE4, NODE6)
+    a = syncer.frontends[(NODE4, 30080, "TCP", Scope.EXTERNAL)]
+    b = syncer.frontends[("192.168.198.240", 80, "TCP", Scope.EXTERNAL)]
+    assert (a.group, a.ring) == (b.group, b.ring) and a.id != b.id
+
+
+def test_one_endpoint_added_writes_only_what_changed(syncer):
+    syncer.sync(web(), NODE4, NODE6)
+    res = syncer.sync(web(WEB + [local("10.244.1.9", 8080)]), NODE4, NODE6)
+    # one backend, one slot, one ring half, two service entries (count and generation)
+    assert (res.writes, res.deletes, res.ring_writes) == (1 + 1 + 2, 0, 1)
+
+
+def test_writes_come_in_an_order_that_never_exposes_a_half_built_service(syncer, recorded):
+    maps, log = recorded
+    syncer.sync(web(), NODE4, NODE6)
+    log.clear()
+    other = DesiredState(
+        frontends=(
+            frontend(
+                NODE4,
+                30081,
+                "TCP",
+                [local("10.244.1.20", 80), local("10.244.1.21", 80)],
+                service="default/api",
+            ),
+        )
+    )
+    syncer.sync(other, NODE4, NODE6)
+    phases = [
+        ("backends", "set"),
+        ("slots", "set"),
+        ("rings", "set"),
+        ("services", "set"),
+        ("services", "del"),
+        ("slots", "del"),
+        ("backends", "del"),
+    ]
+    positions = [[i for i, e in enumerate(log) if e == p] for p in phases]
+    assert all(positions), log
+    for earlier, later in zip(positions, positions[1:], strict=False):
+        assert max(earlier) < min(later), log
+
+
+def test_removed_service_leaves_nothing_behind(syncer, maps):
+    syncer.sync(web(), NODE4, NODE6)
+    syncer.sync(DesiredState(), NODE4, NODE6)
+    assert (len(maps.services), len(maps.slots), len(maps.backends)) == (0, 0, 0)
+
+
+def test_restart_reads_back_ids_and_rewrites_nothing_but_rings(syncer, maps, dp_config):
+    state = web(affinity_timeout=30)
+    syncer.sync(state, NODE4, NODE6)
+    restarted = Syncer(Maps(maps.program), dp_config)
+    assert restarted.frontends == syncer.frontends
+    assert restarted.backend_ids == syncer.backend_ids
+    res = restarted.sync(state, NODE4, NODE6)
+    # rings are rebuilt once, identically, into the idle half; the entries flip to it
+    assert res.ring_writes == 1 and res.deletes == 0
+    assert res.writes == 2 + 1  # two entries (generation), the node config
+    assert restarted.backend_ids == syncer.backend_ids
+
+
+def test_out_of_rings_falls_back_to_source_hash_with_a_warning(syncer, dp_config):
+    fes = tuple(
+        frontend(NODE4, 30000 + i, "TCP", WEB, service=f"default/s{i}")
+        for i in range(dp_config.max_rings + 1)
+    )
+    res = syncer.sync(DesiredState(frontends=fes), NODE4, NODE6)
+    algos = [
+        syncer.frontends[(NODE4, 30000 + i, "TCP", Scope.EXTERNAL)].algorithm
+        for i in range(dp_config.max_rings + 1)
+    ]
+    assert algos.count(2) == 1 and "raise max_rings" in res.warnings[0]
+
+
+def test_source_ranges_follow_the_frontend(syncer, maps):
+    syncer.sync(web(source_ranges=("203.0.113.0/24", "2001:db8::/32")), NODE4, NODE6)
+    assert len(maps.read_source_ranges()) == 2  # one set per frontend
+    syncer.sync(web(), NODE4, NODE6)
+    assert maps.read_source_ranges() == {}
+
+
+def test_algorithm_and_policy_flags(syncer):
+    syncer.sync(
+        DesiredState(
+            frontends=(
+                frontend(
+                    NODE4,
+                    30080,
+                    "TCP",
+                    WEB,
+                    algorithm=Algorithm.SOURCE_HASH,
+                    preserve_client_ip=True,
+                ),
+            )
+        ),
+        NODE4,
+        NODE6,
+    )
+    v = syncer.frontends[(NODE4, 30080, "TCP", Scope.EXTERNAL)]
+    assert (v.algorithm, v.flags, v.count) == (2, 0x1, 3)
