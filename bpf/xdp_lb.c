@@ -137,7 +137,7 @@ int xdp_lb(struct xdp_md *ctx)
 	__u32 id = svc.affinity_timeout ? xlb_affinity_get(&svc, &p.saddr, now) : 0;
 	struct xlb_backend *be = id ? xlb_backends.lookup(&id) : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
-		id = xlb_select(&svc, &p);
+		id = xlb_select(&svc, xlb_hash_flow(&p), xlb_hash_addr(&p.saddr));
 		be = id ? xlb_backends.lookup(&id) : 0;
 	}
 	if (!be) {

@@ -50,3 +50,14 @@ def maps(xdp) -> Maps:
 @pytest.fixture
 def syncer(maps, dp_config) -> Syncer:
     return Syncer(maps, dp_config)
+
+
+@pytest.fixture(scope="session")
+def tc(xdp, dp_config):
+    """tc_lb, sharing xdp_lb's pinned maps (compiled after it, so the pins exist)."""
+    import bcc
+
+    program = compile_program("tc_lb.c", dp_config)
+    program.function("tc_lb", bcc.BPF.SCHED_CLS)
+    yield program
+    program.cleanup()

@@ -2,8 +2,6 @@
 #ifndef XLB_CONNTRACK_H
 #define XLB_CONNTRACK_H
 
-#define XLB_NS_PER_SEC 1000000000ULL
-
 /* The conntrack key of p's tuple as it is now. */
 static __always_inline void xlb_ct_key_of(const struct xlb_pkt *p, struct xlb_ct_key *k)
 {

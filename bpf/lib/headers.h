@@ -13,6 +13,8 @@
 #include <uapi/linux/icmpv6.h>
 #include <uapi/linux/pkt_cls.h>
 
+#define XLB_NS_PER_SEC 1000000000ULL
+
 /* Every helper is static __always_inline: bcc gives each non-static function its own section
  * and does not link calls between sections, so BPF-to-BPF calls are not available. Large
  * temporaries are kept few and short-lived to stay within the 512-byte stack. */

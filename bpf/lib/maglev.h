@@ -37,7 +37,7 @@ static __always_inline __u32 xlb_hash_addr(const union xlb_addr *a)
 	return xlb_fmix(h ^ 16);
 }
 
-/* Hash of a flow's 5-tuple as the client sent it. */
+/* Hash of a flow's 5-tuple as the client sent it (needs parse.h's struct xlb_pkt). */
 static __always_inline __u32 xlb_hash_flow(const struct xlb_pkt *p)
 {
 	__u32 h = XLB_HASH_SEED;
@@ -51,18 +51,28 @@ static __always_inline __u32 xlb_hash_flow(const struct xlb_pkt *p)
 	return xlb_fmix(h ^ 37);
 }
 
-/* The backend id for a new flow of p to svc (svc->count > 0), or 0 when none is found. */
-static __always_inline __u32 xlb_select(const struct xlb_svc *svc, const struct xlb_pkt *p)
+/* Hash of a 64-bit identity (a socket or network namespace cookie). */
+static __always_inline __u32 xlb_hash_u64(__u64 v)
+{
+	__u32 h = xlb_mix(XLB_HASH_SEED, (__u32)v);
+	return xlb_fmix(xlb_mix(h, (__u32)(v >> 32)) ^ 8);
+}
+
+/* The backend id for a new flow to svc (svc->count > 0), or 0 when none is found.
+ * flow_hash spreads flows over the Maglev ring; client_hash keeps a client on one slot
+ * (source-hash). Both are the same on every node for the same flow and client. */
+static __always_inline __u32 xlb_select(const struct xlb_svc *svc, __u32 flow_hash,
+					__u32 client_hash)
 {
 	if (svc->algorithm == XLB_ALG_MAGLEV) {
 		__u32 idx = (svc->ring * 2 + (svc->ring_gen & 1)) * XLB_RING_SIZE +
-			    xlb_hash_flow(p) % XLB_RING_SIZE;
+			    flow_hash % XLB_RING_SIZE;
 		__u32 *id = xlb_rings.lookup(&idx);
 		return id ? *id : 0;
 	}
 	struct xlb_slot_key k = {.group = svc->group};
 	if (svc->algorithm == XLB_ALG_SOURCE_HASH)
-		k.slot = 1 + xlb_hash_addr(&p->saddr) % svc->count;
+		k.slot = 1 + client_hash % svc->count;
 	else
 		k.slot = 1 + bpf_get_prandom_u32() % svc->count;
 	__u32 *id = xlb_slots.lookup(&k);

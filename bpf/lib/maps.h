@@ -28,6 +28,9 @@
 #ifndef XLB_AFFINITY_SIZE
 #define XLB_AFFINITY_SIZE 65536
 #endif
+#ifndef XLB_SOCK_REV_SIZE
+#define XLB_SOCK_REV_SIZE 65536
+#endif
 #ifndef XLB_MAX_SOURCE_RANGES
 #define XLB_MAX_SOURCE_RANGES 16384
 #endif
@@ -134,6 +137,22 @@ struct xlb_range_key {
 	union xlb_addr addr;
 };
 
+/* Socket-level translation: which frontend a socket's peer stands for, so recvmsg and
+ * getpeername show the Service address instead of the backend chosen at connect time. */
+struct xlb_sock_key {
+	__u64 cookie; /* bpf_get_socket_cookie */
+	union xlb_addr addr;
+	__be16 port;
+	__u16 pad[3];
+};
+
+struct xlb_sock_rev {
+	union xlb_addr addr;
+	__be16 port;
+	__u16 pad;
+	__u32 svc;
+};
+
 /* Per-frontend counters (per CPU). */
 struct xlb_svc_stats {
 	__u64 packets;
@@ -182,6 +201,8 @@ BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct, XLB_CT_SI
 		 XLB_PIN_ROOT "/ct");
 BPF_TABLE_PINNED("lru_hash", struct xlb_affinity_key, struct xlb_affinity, xlb_affinity,
 		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity");
+BPF_TABLE_PINNED("lru_hash", struct xlb_sock_key, struct xlb_sock_rev, xlb_sock_rev,
+		 XLB_SOCK_REV_SIZE, XLB_PIN_ROOT "/sock_rev");
 BPF_TABLE_PINNED("lpm_trie", struct xlb_range_key, __u8, xlb_source_ranges,
 		 XLB_MAX_SOURCE_RANGES, XLB_PIN_ROOT "/source_ranges", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_array", __u32, struct xlb_svc_stats, xlb_stats, XLB_MAX_SERVICES,

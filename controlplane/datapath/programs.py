@@ -66,7 +66,7 @@ class Program:
 
     def function(self, name: str, prog_type: int, **kw: Any) -> Any:
         if name not in self.functions:
-            self.functions[name] = self.bpf.load_func(name, prog_type, **kw)
+            self.functions[name] = self.bpf.load_func(name.encode(), prog_type, **kw)
         return self.functions[name]
 
     def table(self, name: str) -> Any:
@@ -105,3 +105,74 @@ def detach_xdp(ifname: str) -> None:
     for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
         with contextlib.suppress(Exception):  # nothing attached in that mode
             bcc.BPF.remove_xdp(ifname, flags)
+
+
+# sock_lb.c's entry points and the cgroup hook each is attached to.
+SOCK_HOOKS = (
+    ("sock_connect4", "CGROUP_INET4_CONNECT"),
+    ("sock_connect6", "CGROUP_INET6_CONNECT"),
+    ("sock_sendmsg4", "CGROUP_UDP4_SENDMSG"),
+    ("sock_sendmsg6", "CGROUP_UDP6_SENDMSG"),
+    ("sock_recvmsg4", "CGROUP_UDP4_RECVMSG"),
+    ("sock_recvmsg6", "CGROUP_UDP6_RECVMSG"),
+    ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME"),
+    ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME"),
+)
+
+
+def load_sock_hooks(program: Program) -> None:
+    bcc = import_bcc()
+    for name, hook in SOCK_HOOKS:
+        program.function(
+            name, bcc.BPF.CGROUP_SOCK_ADDR, attach_type=getattr(bcc.BPFAttachType, hook)
+        )
+
+
+def _cgroup_fd(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise DatapathError(
+            f"xlb: cgroup {path}: {exc.strerror}; give a cgroup v2 "
+            "directory (e.g. /sys/fs/cgroup/unified or /sys/fs/cgroup)"
+        ) from None
+
+
+def attach_sock(program: Program, cgroup: str) -> None:
+    """Attaches every socket hook to the cgroup v2 directory (replacing xlb's previous ones:
+    attaching without BPF_F_ALLOW_MULTI swaps the program in one step)."""
+    bcc = import_bcc()
+    load_sock_hooks(program)
+    fd = _cgroup_fd(cgroup)
+    try:
+        for name, hook in SOCK_HOOKS:
+            bcc.BPF.attach_func(program.functions[name], fd, getattr(bcc.BPFAttachType, hook))
+    except Exception as exc:
+        raise DatapathError(f"xlb: cannot attach socket hooks to {cgroup}: {exc}") from None
+    finally:
+        os.close(fd)
+
+
+def detach_sock(program: Program, cgroup: str) -> None:
+    bcc = import_bcc()
+    load_sock_hooks(program)
+    fd = _cgroup_fd(cgroup)
+    try:
+        for name, hook in SOCK_HOOKS:
+            with contextlib.suppress(Exception):
+                bcc.BPF.detach_func(program.functions[name], fd, getattr(bcc.BPFAttachType, hook))
+    finally:
+        os.close(fd)
+
+
+def cgroup2_root() -> str:
+    """Where cgroup v2 is mounted (/sys/fs/cgroup on unified hosts, .../unified on hybrid)."""
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            parts = line.split()
+            if parts[2] == "cgroup2":
+                return parts[1]
+    raise DatapathError(
+        "xlb: no cgroup v2 mounted; mount it (mount -t cgroup2 none "
+        "/sys/fs/cgroup/unified) to use the socket hooks"
+    )

@@ -1,0 +1,39 @@
+/* tc_lb: on the uplink's egress, replies of local backends to clients from outside.
+ *
+ * xdp_lb hands a flow to a backend on this node through the stack (DNAT, XDP_PASS); the
+ * backend's reply is routed out of the uplink by the stack, past this hook, which restores
+ * the frontend the client addressed as the reply's source. */
+#include "lib/headers.h"
+#include "lib/maps.h"
+#include "lib/stats.h"
+#include "lib/parse.h"
+#include "lib/skb_nat.h"
+
+#define XLB_PULL_LEN (sizeof(struct ethhdr) + 60 + sizeof(struct tcphdr))
+
+int tc_lb(struct __sk_buff *skb)
+{
+	if (skb->data_end - skb->data < XLB_PULL_LEN)
+		bpf_skb_pull_data(skb, XLB_PULL_LEN); /* short packets stay short: parse decides */
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct xlb_pkt p = {};
+	if (xlb_parse(data, data_end, &p) != XLB_OK)
+		return TC_ACT_OK;
+
+	struct xlb_ct_key k = {};
+	k.saddr = p.saddr;
+	k.daddr = p.daddr;
+	k.sport = p.sport;
+	k.dport = p.dport;
+	k.proto = p.proto;
+	struct xlb_ct *ct = xlb_ct.lookup(&k);
+	if (!ct || (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) != XLB_CT_F_REVERSE)
+		return TC_ACT_OK; /* not a reply of a flow xdp_lb handed to a local backend */
+	union xlb_addr frontend = ct->nat_saddr;
+	__be16 fport = ct->nat_sport;
+	__u32 svc = ct->svc;
+	xlb_count_svc(svc, skb->len, 0, 0);
+	xlb_skb_snat(skb, &p, &frontend, fport);
+	return TC_ACT_OK;
+}

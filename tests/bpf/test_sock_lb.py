@@ -1,0 +1,226 @@
+"""sock_lb with real sockets: clients in a cgroup carrying the hooks reach Services by their
+ClusterIP; the backends are real listeners in a network namespace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from controlplane.datapath.programs import attach_sock, cgroup2_root, compile_program, detach_sock
+from controlplane.model.objects import Protocol
+from controlplane.model.state import (
+    Algorithm,
+    Backend,
+    DesiredState,
+    Frontend,
+    FrontendKind,
+    NoBackend,
+    Scope,
+)
+from tests.kernel import inside, netns, sh, unique
+
+B4 = ["10.244.1.5", "10.244.1.6"]
+B6 = ["fd00:10:244:1::5", "fd00:10:244:1::6"]
+
+
+def cluster_ip(address, port, proto, backends, **kw) -> Frontend:
+    return Frontend(
+        service=f"default/{address}-{port}",
+        port_name="",
+        kind=FrontendKind.CLUSTER_IP,
+        scope=Scope.INTERNAL,
+        address=address,
+        port=port,
+        protocol=Protocol(proto),
+        backends=tuple(Backend(a, p) for a, p in backends),
+        algorithm=kw.pop("algorithm", Algorithm.RANDOM),
+        **kw,
+    )
+
+
+STATE = DesiredState(
+    frontends=(
+        cluster_ip("10.96.0.10", 80, "TCP", [(a, 8080) for a in B4]),
+        cluster_ip("10.96.0.10", 53, "UDP", [(a, 5353) for a in B4]),
+        cluster_ip("fd00:10:96::10", 80, "TCP", [(a, 8080) for a in B6]),
+        cluster_ip("fd00:10:96::10", 53, "UDP", [(a, 5353) for a in B6]),
+        cluster_ip("10.96.0.11", 80, "TCP", []),
+        cluster_ip("10.96.0.12", 80, "TCP", [], no_backend=NoBackend.DROP),
+        cluster_ip("10.96.0.13", 80, "TCP", [(a, 8080) for a in B4], affinity_timeout=600),
+        cluster_ip("10.96.0.14", 80, "TCP", [(a, 8080) for a in B4], algorithm=Algorithm.MAGLEV),
+    )
+)
+
+
+def _serve(listeners: list[socket.socket], stop: threading.Event) -> None:
+    """Each backend answers with its own address, so a client learns where it landed."""
+    while not stop.is_set():
+        ready, _, _ = select.select(listeners, [], [], 0.1)
+        for s in ready:
+            try:
+                if s.type == socket.SOCK_STREAM:
+                    conn, _ = s.accept()
+                    with conn:
+                        conn.sendall(f"{s.getsockname()[0]}\n".encode())
+                else:
+                    _, peer = s.recvfrom(100)
+                    s.sendto(f"{s.getsockname()[0]}\n".encode(), peer)
+            except OSError:
+                continue
+
+
+@pytest.fixture(scope="module")
+def pod_net(xdp, dp_config):
+    """A namespace with the backends listening, and a cgroup with the socket hooks attached."""
+    program = compile_program("sock_lb.c", dp_config)
+    cgroup = os.path.join(cgroup2_root(), unique("xlbt-", 30))
+    os.mkdir(cgroup)
+    stop = threading.Event()
+    listeners: list[socket.socket] = []
+    try:
+        with netns() as ns:
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            # no dummy driver on every kernel: a veth pair kept in the namespace holds the IPs
+            sh("ip", "-n", ns, "link", "add", "pods", "type", "veth", "peer", "name", "pods-p")
+            sh("ip", "-n", ns, "link", "set", "pods", "up")
+            sh("ip", "-n", ns, "link", "set", "pods-p", "up")
+            for a in B4:
+                sh("ip", "-n", ns, "addr", "add", f"{a}/32", "dev", "pods")
+            for a in B6:
+                sh("ip", "-n", ns, "addr", "add", f"{a}/128", "dev", "pods", "nodad")
+            with inside(ns):
+                for a in B4 + B6:
+                    fam = socket.AF_INET6 if ":" in a else socket.AF_INET
+                    for kind, port in ((socket.SOCK_STREAM, 8080), (socket.SOCK_DGRAM, 5353)):
+                        s = socket.socket(fam, kind)
+                        s.bind((a, port))
+                        if kind == socket.SOCK_STREAM:
+                            s.listen(64)
+                        listeners.append(s)
+            server = threading.Thread(target=_serve, args=(listeners, stop), daemon=True)
+            server.start()
+            attach_sock(program, cgroup)
+            yield ns, cgroup
+            detach_sock(program, cgroup)
+            stop.set()
+            server.join(2)
+    finally:
+        for s in listeners:
+            s.close()
+        with contextlib.suppress(OSError):
+            os.rmdir(cgroup)
+        program.cleanup()
+
+
+@pytest.fixture
+def client(pod_net, maps, syncer):
+    syncer.sync(STATE)
+    ns, cgroup = pod_net
+
+    def join_cgroup():
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+
+    def run(code: str) -> list[str]:
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            preexec_fn=join_cgroup,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    return run
+
+
+TCP_CLIENT = """
+import socket
+s = socket.create_connection(({addr!r}, {port}), timeout=3)
+peer = s.getpeername()
+print(peer[0], peer[1], s.recv(100).decode().strip())
+"""
+
+
+@pytest.mark.parametrize("vip,backends", [("10.96.0.10", B4), ("fd00:10:96::10", B6)])
+def test_tcp_connect_reaches_a_backend_and_getpeername_shows_the_service(client, vip, backends):
+    seen = set()
+    for _ in range(12):
+        peer, port, landed = client(TCP_CLIENT.format(addr=vip, port=80))
+        assert (peer, port) == (vip, "80")
+        seen.add(landed)
+    assert seen == set(backends)  # random over both
+
+
+def test_connected_udp(client):
+    code = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect(("10.96.0.10", 53))
+s.send(b"q")
+data = s.recv(100).decode().strip()
+peer = s.getpeername()
+print(peer[0], peer[1], data)
+"""
+    peer, port, landed = client(code)
+    assert (peer, port) == ("10.96.0.10", "53") and landed in B4
+
+
+@pytest.mark.parametrize("vip,backends", [("10.96.0.10", B4), ("fd00:10:96::10", B6)])
+def test_unconnected_udp_reply_comes_from_the_service(client, vip, backends):
+    fam = "AF_INET6" if ":" in vip else "AF_INET"
+    code = f"""
+import socket
+s = socket.socket(socket.{fam}, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"q", ({vip!r}, 53))
+data, peer = s.recvfrom(100)
+print(peer[0], peer[1], data.decode().strip())
+"""
+    peer, port, landed = client(code)
+    assert (peer, port) == (vip, "53") and landed in backends
+
+
+def test_no_backend_is_refused_at_once(client):
+    code = """
+import errno, socket, time
+for addr in ("10.96.0.11", "10.96.0.12"):
+    t = time.monotonic()
+    try:
+        socket.create_connection((addr, 80), timeout=3)
+        print("connected", 0)
+    except OSError as e:
+        print(errno.errorcode[e.errno], round((time.monotonic() - t) * 1000))
+"""
+    refused, ms1, unreachable, ms2 = client(code)
+    assert refused == "ECONNREFUSED" and unreachable == "EHOSTUNREACH"
+    assert int(ms1) < 100 and int(ms2) < 100
+
+
+def test_session_affinity_keeps_a_pod_on_one_backend(client):
+    code = """
+import socket
+for _ in range(10):
+    s = socket.create_connection(("10.96.0.13", 80), timeout=3)
+    print(s.recv(100).decode().strip())
+"""
+    assert len(set(client(code))) == 1
+
+
+def test_maglev_for_connect_time_choices(client):
+    seen = {client(TCP_CLIENT.format(addr="10.96.0.14", port=80))[2] for _ in range(10)}
+    assert seen <= set(B4) and seen
+
+
+def test_other_destinations_are_untouched(client):
+    peer, port, landed = client(TCP_CLIENT.format(addr="10.244.1.6", port=8080))
+    assert (peer, landed) == ("10.244.1.6", "10.244.1.6")

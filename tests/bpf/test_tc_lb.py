@@ -1,0 +1,58 @@
+"""tc_lb on uplink egress: a local backend's reply leaves as the frontend."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from controlplane.datapath.syscall import prog_test_run
+from tests.bpf.packets import CLIENT_MAC, NODE_MAC, checksums_valid, tcp, udp
+from tests.bpf.test_xdp_lb import CLIENT4, CLIENT6, NODE4, NODE6, STATE
+
+TC_ACT_OK = 0
+
+
+@pytest.fixture
+def fds(xdp, tc, maps, syncer):
+    syncer.sync(STATE, NODE4, NODE6)
+    return xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd
+
+
+@pytest.mark.parametrize(
+    "request_pkt,l3,l4",
+    [
+        (tcp(CLIENT4, 50000, NODE4, 30080), IP, TCP),
+        (udp(CLIENT4, 50001, NODE4, 30053), IP, UDP),
+        (tcp(CLIENT6, 50002, NODE6, 30080), IPv6, TCP),
+        (udp(CLIENT6, 50003, NODE6, 30053), IPv6, UDP),
+    ],
+)
+def test_reply_of_local_backend_leaves_as_the_frontend(fds, request_pkt, l3, l4):
+    xdp_fd, tc_fd = fds
+    to_backend = Ether(prog_test_run(xdp_fd, bytes(request_pkt)).data)
+    backend, bport = to_backend[l3].dst, to_backend[l4].dport
+    reply = (
+        Ether(src=NODE_MAC, dst=CLIENT_MAC)
+        / l3(src=backend, dst=request_pkt[l3].src)
+        / l4(sport=bport, dport=request_pkt[l4].sport)
+        / b"response"
+    )
+    out = prog_test_run(tc_fd, bytes(reply))
+    assert out.retval == TC_ACT_OK
+    got = Ether(out.data)
+    assert (got[l3].src, got[l4].sport) == (request_pkt[l3].dst, request_pkt[l4].dport)
+    assert (got[l3].dst, got[l4].dport) == (request_pkt[l3].src, request_pkt[l4].sport)
+    assert checksums_valid(out.data)
+
+
+def test_other_egress_traffic_is_untouched(fds):
+    _, tc_fd = fds
+    for pkt in (
+        tcp("10.244.1.5", 8080, "203.0.113.99", 1234),
+        udp(NODE4, 53, CLIENT4, 9999),
+        Ether() / IP() / b"x",
+    ):
+        out = prog_test_run(tc_fd, bytes(pkt))
+        assert (out.retval, out.data) == (TC_ACT_OK, bytes(pkt))
