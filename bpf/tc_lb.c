@@ -18,7 +18,7 @@ int tc_lb(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct xlb_pkt p = {};
-	if (xlb_parse(data, data_end, &p) != XLB_OK)
+	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK)
 		return TC_ACT_OK;
 
 	struct xlb_ct_key k = {};

@@ -91,7 +91,7 @@ int xdp_lb(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct xlb_pkt p = {};
-	int r = xlb_parse(data, data_end, &p);
+	int r = xlb_parse(data, data_end, data_end - data, &p);
 	if (r != XLB_OK) {
 		xlb_count_reason(r);
 		return XDP_PASS;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -148,6 +149,83 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 1 if (errors and args.strict) else 0
 
 
+def _node_state(args: argparse.Namespace):
+    """The cluster in the manifests, this node, and what it must program."""
+    cluster = load_cluster(args.filename, ClusterConfig(nodes=args.nodes))
+    nodes = {n.name: n for n in cluster.nodes}
+    name = args.node or (cluster.nodes[0].name if cluster.nodes else "")
+    if name not in nodes:
+        raise SystemExit(f"xlb: no node {name!r}; nodes: {', '.join(nodes) or 'none'}")
+    state = translate(cluster.services, cluster.slices, nodes[name])
+    return cluster, nodes[name], state
+
+
+def _datapath_config(args: argparse.Namespace):
+    from .datapath.config import DatapathConfig
+
+    return DatapathConfig(
+        pin_root=args.pin_root,
+        max_rings=args.max_rings,
+        ring_size=args.ring_size,
+        ct_size=args.ct_size,
+    )
+
+
+def cmd_datapath_up(args: argparse.Namespace) -> int:
+    from .datapath.attach import cgroup2_root
+    from .datapath.node import NodeDatapath, ensure_sysctls
+    from .datapath.programs import BPF_DIR, expand
+
+    cluster, node, state = _node_state(args)
+    cfg = _datapath_config(args)
+    if args.ebpf:
+        for source in ("xdp_lb.c", "tc_lb.c", "sock_lb.c"):
+            print(f"// cflags: {' '.join(cfg.cflags())}")
+            print(expand(BPF_DIR / source))
+        return 0
+    for d in list(cluster.diagnostics) + list(state.diagnostics):
+        if d.level is not Level.INFO:
+            print(d, file=sys.stderr)
+    addrs = args.node_ip or list(node.addresses)
+    addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")
+    addr6 = next((a for a in addrs if ":" in a), "::")
+    for line in ensure_sysctls():
+        print(f"xlb: {line}")
+    dp = NodeDatapath.load(cfg)
+    cgroup = args.cgroup or cgroup2_root()
+    dp.attach(args.uplink, cgroup, native=not args.generic_xdp)
+    res = dp.apply(state, addr4, addr6)
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    mib = sum(cfg.memory(os.cpu_count() or 1).values()) / 2**20
+    print(
+        f"xlb: node {node.name}: {len(state.frontends)} frontends on {args.uplink} (XDP, tc) "
+        f"and cgroup {cgroup}; {res.writes} writes, {res.deletes} deletes, "
+        f"{res.ring_writes} Maglev rings in {res.seconds * 1000:.1f} ms; maps under "
+        f"{cfg.pin_root} reserve about {mib:.0f} MiB"
+    )
+    return 0
+
+
+def cmd_datapath_down(args: argparse.Namespace) -> int:
+    from .datapath.attach import cgroup2_root
+    from .datapath.node import unload
+
+    unload(args.uplink, args.cgroup or cgroup2_root(), args.pin_root)
+    print(f"xlb: detached from {args.uplink or '(no uplink)'} and removed {args.pin_root}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .datapath.maps import Maps
+    from .datapath.programs import open_pinned
+    from .datapath.status import collect, render
+
+    status = collect(Maps(open_pinned(args.pin_root)))
+    print(json.dumps(status, indent=2) if args.json else render(status))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xlb", description="eBPF/XDP Service load balancer: a kube-proxy replacement."
@@ -184,12 +262,74 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="exit 1 when any diagnostic is an error"
     )
     model.set_defaults(func=cmd_model)
+
+    dp = sub.add_parser(
+        "datapath", help="load, attach and program the BPF datapath once (up), or remove it (down)"
+    )
+    dp_sub = dp.add_subparsers(dest="action", metavar="ACTION")
+    dp_sub.required = True
+    up = dp_sub.add_parser(
+        "up",
+        help="compile, attach and sync from manifests, then exit; "
+        "the programs and pinned maps stay",
+    )
+    up.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR")
+    up.add_argument("--node", help="this node's name (default: the first node)")
+    up.add_argument("--nodes", type=int, default=2, help="nodes to synthesise (default 2)")
+    up.add_argument(
+        "--node-ip", action="append", help="this node's address for SNAT (default: from its Node)"
+    )
+    up.add_argument("--uplink", required=True, help="the node's network interface to the LAN")
+    up.add_argument(
+        "--cgroup", help="cgroup v2 directory for the socket hooks (default: the cgroup v2 root)"
+    )
+    up.add_argument(
+        "--generic-xdp",
+        action="store_true",
+        help="attach XDP in generic (skb) mode, for drivers without native XDP",
+    )
+    up.add_argument(
+        "--ebpf",
+        action="store_true",
+        help="print the C the programs are compiled from, with flags, and exit",
+    )
+    down = dp_sub.add_parser("down", help="detach everything xlb attached and remove its pins")
+    down.add_argument("--uplink")
+    down.add_argument("--cgroup")
+    for p in (up, down):
+        p.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
+    up.add_argument(
+        "--max-rings",
+        type=int,
+        default=64,
+        help="Maglev rings (groups using Maglev at once; default 64)",
+    )
+    up.add_argument("--ring-size", type=int, default=16381, help="Maglev M, prime")
+    up.add_argument("--ct-size", type=int, default=262144, help="conntrack entries")
+    up.set_defaults(func=cmd_datapath_up)
+    down.set_defaults(func=cmd_datapath_down)
+
+    status = sub.add_parser(
+        "status",
+        help="show what the datapath holds: frontends, "
+        "backends, counters, conntrack, drops (reads the pinned maps)",
+    )
+    status.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .datapath import BccMissing
+    from .datapath.programs import DatapathError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (BccMissing, DatapathError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -187,6 +187,8 @@ struct xlb_config {
 	__u32 uplink_ifindex;
 	__u16 snat_port_min;
 	__u16 snat_port_max;
+	__u32 ring_size; /* Maglev M, for readers that did not compile with it */
+	__u32 pad;
 };
 
 BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_MAX_SERVICES,

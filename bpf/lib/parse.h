@@ -69,8 +69,9 @@ static __always_inline int xlb_parse_l4(void *data, void *data_end, struct xlb_p
 	return XLB_R_PASS_NOT_L4;
 }
 
-/* Parses an Ethernet frame into p; XLB_OK or a pass reason. */
-static __always_inline int xlb_parse(void *data, void *data_end, struct xlb_pkt *p)
+/* Parses an Ethernet frame of len bytes into p; XLB_OK or a pass reason. Headers are read
+ * from data..data_end; len may be longer (a tc skb's payload need not be linear). */
+static __always_inline int xlb_parse(void *data, void *data_end, __u32 len, struct xlb_pkt *p)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
@@ -90,7 +91,7 @@ static __always_inline int xlb_parse(void *data, void *data_end, struct xlb_pkt 
 		__u32 tot = bpf_ntohs(ip->tot_len);
 		if ((void *)ip + ihl > data_end)
 			return XLB_R_PASS_TRUNCATED;
-		if (tot < ihl || (void *)ip + tot > data_end)
+		if (tot < ihl || sizeof(*eth) + tot > len)
 			return XLB_R_PASS_BAD_IP;
 		if (ip->frag_off & bpf_htons(0x3fff)) /* MF set or an offset: not a whole datagram */
 			return XLB_R_PASS_FRAGMENT;
@@ -109,7 +110,7 @@ static __always_inline int xlb_parse(void *data, void *data_end, struct xlb_pkt 
 		if (ip6->version != 6)
 			return XLB_R_PASS_BAD_IP;
 		__u32 plen = bpf_ntohs(ip6->payload_len);
-		if ((void *)(ip6 + 1) + plen > data_end)
+		if (sizeof(*eth) + sizeof(*ip6) + plen > len)
 			return XLB_R_PASS_BAD_IP;
 		p->family = 6;
 		p->proto = ip6->nexthdr;

@@ -8,7 +8,6 @@ restarted agent, opens the same maps and traffic never stops.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -21,9 +20,6 @@ from .config import DatapathConfig
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
-
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
 
 
 class DatapathError(RuntimeError):
@@ -76,103 +72,47 @@ class Program:
         self.bpf.cleanup()
 
 
-def compile_program(source: str, cfg: DatapathConfig, debug: int = 0) -> Program:
-    """Compiles bpf/<source> against cfg's sizes, opening (or creating) the pinned maps."""
+def _compile(source: str, pin_root: str, cflags: list[str], debug: int = 0) -> Program:
     bcc = import_bcc()
-    ensure_bpffs(cfg.pin_root)
+    ensure_bpffs(pin_root)
     text = expand(BPF_DIR / source)
     try:
-        bpf = bcc.BPF(
-            text=text.encode(), cflags=cfg.cflags() + ["-Wno-unused-function"], debug=debug
-        )
+        bpf = bcc.BPF(text=text.encode(), cflags=cflags + ["-Wno-unused-function"], debug=debug)
     except Exception as exc:  # bcc raises plain Exception for compile and map errors
         raise DatapathError(f"xlb: cannot load bpf/{source}: {exc}") from None
     return Program(source, bpf)
 
 
-def attach_xdp(program: Program, ifname: str, native: bool = True) -> None:
-    """Attaches xdp_lb to ifname (native mode unless the driver lacks it)."""
-    bcc = import_bcc()
-    fn = program.function("xdp_lb", bcc.BPF.XDP)
-    try:
-        bcc.BPF.attach_xdp(ifname, fn, XDP_FLAGS_DRV_MODE if native else XDP_FLAGS_SKB_MODE)
-    except Exception as exc:
-        raise DatapathError(f"xlb: cannot attach XDP to {ifname}: {exc}") from None
+def compile_program(source: str, cfg: DatapathConfig, debug: int = 0) -> Program:
+    """Compiles bpf/<source> against cfg's sizes, opening (or creating) the pinned maps."""
+    return _compile(source, cfg.pin_root, cfg.cflags(), debug)
 
 
-def detach_xdp(ifname: str) -> None:
-    bcc = import_bcc()
-    for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
-        with contextlib.suppress(Exception):  # nothing attached in that mode
-            bcc.BPF.remove_xdp(ifname, flags)
+# Pinned map file -> the size macro it was created with (stats shares XLB_MAX_SERVICES).
+_SIZE_MACROS = {
+    "services": "XLB_MAX_SERVICES",
+    "backends": "XLB_MAX_BACKENDS",
+    "slots": "XLB_MAX_SLOTS",
+    "ct": "XLB_CT_SIZE",
+    "affinity": "XLB_AFFINITY_SIZE",
+    "source_ranges": "XLB_MAX_SOURCE_RANGES",
+    "sock_rev": "XLB_SOCK_REV_SIZE",
+}
 
 
-# sock_lb.c's entry points and the cgroup hook each is attached to.
-SOCK_HOOKS = (
-    ("sock_connect4", "CGROUP_INET4_CONNECT"),
-    ("sock_connect6", "CGROUP_INET6_CONNECT"),
-    ("sock_sendmsg4", "CGROUP_UDP4_SENDMSG"),
-    ("sock_sendmsg6", "CGROUP_UDP6_SENDMSG"),
-    ("sock_recvmsg4", "CGROUP_UDP4_RECVMSG"),
-    ("sock_recvmsg6", "CGROUP_UDP6_RECVMSG"),
-    ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME"),
-    ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME"),
-)
+def open_pinned(pin_root: str) -> Program:
+    """The maps an agent pinned under pin_root, whatever sizes it chose (read from the pins),
+    for readers such as `xlb status` that run beside the agent or without it."""
+    from .syscall import pinned_map_info
 
-
-def load_sock_hooks(program: Program) -> None:
-    bcc = import_bcc()
-    for name, hook in SOCK_HOOKS:
-        program.function(
-            name, bcc.BPF.CGROUP_SOCK_ADDR, attach_type=getattr(bcc.BPFAttachType, hook)
-        )
-
-
-def _cgroup_fd(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
+    if not os.path.exists(os.path.join(pin_root, "services")):
         raise DatapathError(
-            f"xlb: cgroup {path}: {exc.strerror}; give a cgroup v2 "
-            "directory (e.g. /sys/fs/cgroup/unified or /sys/fs/cgroup)"
-        ) from None
-
-
-def attach_sock(program: Program, cgroup: str) -> None:
-    """Attaches every socket hook to the cgroup v2 directory (replacing xlb's previous ones:
-    attaching without BPF_F_ALLOW_MULTI swaps the program in one step)."""
-    bcc = import_bcc()
-    load_sock_hooks(program)
-    fd = _cgroup_fd(cgroup)
-    try:
-        for name, hook in SOCK_HOOKS:
-            bcc.BPF.attach_func(program.functions[name], fd, getattr(bcc.BPFAttachType, hook))
-    except Exception as exc:
-        raise DatapathError(f"xlb: cannot attach socket hooks to {cgroup}: {exc}") from None
-    finally:
-        os.close(fd)
-
-
-def detach_sock(program: Program, cgroup: str) -> None:
-    bcc = import_bcc()
-    load_sock_hooks(program)
-    fd = _cgroup_fd(cgroup)
-    try:
-        for name, hook in SOCK_HOOKS:
-            with contextlib.suppress(Exception):
-                bcc.BPF.detach_func(program.functions[name], fd, getattr(bcc.BPFAttachType, hook))
-    finally:
-        os.close(fd)
-
-
-def cgroup2_root() -> str:
-    """Where cgroup v2 is mounted (/sys/fs/cgroup on unified hosts, .../unified on hybrid)."""
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            parts = line.split()
-            if parts[2] == "cgroup2":
-                return parts[1]
-    raise DatapathError(
-        "xlb: no cgroup v2 mounted; mount it (mount -t cgroup2 none "
-        "/sys/fs/cgroup/unified) to use the socket hooks"
-    )
+            f"xlb: no xlb maps pinned under {pin_root}; is the datapath "
+            "loaded on this node (xlb datapath up), or is it another --pin-root?"
+        )
+    flags = [f'-DXLB_PIN_ROOT="{pin_root}"']
+    for name, macro in _SIZE_MACROS.items():
+        flags.append(f"-D{macro}={pinned_map_info(os.path.join(pin_root, name)).max_entries}")
+    ring_entries = pinned_map_info(os.path.join(pin_root, "rings")).max_entries
+    flags += ["-DXLB_MAX_RINGS=1", f"-DXLB_RING_SIZE={ring_entries // 2}"]
+    return _compile("maps.c", pin_root, flags)

@@ -288,6 +288,7 @@ class Syncer:
         set_addr(leaf.node_addr4, addr4)
         set_addr(leaf.node_addr6, addr6)
         leaf.snat_port_min, leaf.snat_port_max = self.cfg.snat_ports
+        leaf.ring_size = self.cfg.ring_size
         self.maps.config[ct.c_uint32(0)] = leaf
         self.config_value = value
         res.writes += 1

@@ -87,3 +87,68 @@ def prog_test_run(
         err = ct.get_errno()
         raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
     return TestRun(attr.retval, data_out.raw[: attr.data_size_out], attr.duration)
+
+
+_BPF_OBJ_GET = 7
+_BPF_PROG_DETACH = 9
+_BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+class _ObjGetAttr(ct.Structure):
+    _fields_ = [("pathname", ct.c_uint64), ("bpf_fd", ct.c_uint32), ("file_flags", ct.c_uint32)]
+
+
+class _InfoAttr(ct.Structure):
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+class MapInfo(ct.Structure):
+    """The head of struct bpf_map_info: enough to size a map."""
+
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+    ]
+
+
+class _DetachAttr(ct.Structure):
+    _fields_ = [
+        ("target_fd", ct.c_uint32),
+        ("attach_bpf_fd", ct.c_uint32),
+        ("attach_type", ct.c_uint32),
+        ("attach_flags", ct.c_uint32),
+    ]
+
+
+def _bpf(cmd: int, attr: ct.Structure) -> int:
+    ret = _libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
+    if ret < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def pinned_map_info(path: str) -> MapInfo:
+    """Type and sizes of the map pinned at path."""
+    raw = path.encode()
+    buf = ct.create_string_buffer(raw)
+    fd = _bpf(_BPF_OBJ_GET, _ObjGetAttr(pathname=ct.addressof(buf)))
+    try:
+        info = MapInfo()
+        _bpf(
+            _BPF_OBJ_GET_INFO_BY_FD,
+            _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)),
+        )
+        return info
+    finally:
+        os.close(fd)
+
+
+def prog_detach(target_fd: int, attach_type: int) -> None:
+    """Detaches the one program attached (without BPF_F_ALLOW_MULTI) at target for type."""
+    _bpf(_BPF_PROG_DETACH, _DetachAttr(target_fd=target_fd, attach_type=attach_type))

@@ -13,7 +13,8 @@ import threading
 
 import pytest
 
-from controlplane.datapath.programs import attach_sock, cgroup2_root, compile_program, detach_sock
+from controlplane.datapath.attach import attach_sock, cgroup2_root, detach_sock
+from controlplane.datapath.programs import compile_program
 from controlplane.model.objects import Protocol
 from controlplane.model.state import (
     Algorithm,
@@ -108,7 +109,7 @@ def pod_net(xdp, dp_config):
             server.start()
             attach_sock(program, cgroup)
             yield ns, cgroup
-            detach_sock(program, cgroup)
+            detach_sock(cgroup)
             stop.set()
             server.join(2)
     finally:

@@ -1,0 +1,70 @@
+"""One node's datapath: the three programs compiled against the same pinned maps, attached to
+the uplink and a cgroup, and a Syncer to program them."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model.state import DesiredState
+from . import attach
+from .config import DatapathConfig
+from .maps import Maps
+from .programs import Program, compile_program
+from .sync import Syncer, SyncResult
+
+# What forwarding to backends needs from the kernel: bpf_fib_lookup refuses to route when
+# forwarding is off, and local backends are reached through the stack's forwarding path.
+SYSCTLS = {
+    "/proc/sys/net/ipv4/ip_forward": "1",
+    "/proc/sys/net/ipv6/conf/all/forwarding": "1",
+}
+
+
+def ensure_sysctls() -> list[str]:
+    """Sets what SYSCTLS lists; returns a line per change, for the user to see."""
+    changed = []
+    for path, value in SYSCTLS.items():
+        p = Path(path)
+        if p.exists() and p.read_text().strip() != value:
+            p.write_text(value)
+            changed.append(f"set {path.removeprefix('/proc/sys/').replace('/', '.')}={value}")
+    return changed
+
+
+@dataclass
+class NodeDatapath:
+    cfg: DatapathConfig
+    xdp: Program
+    tc: Program
+    sock: Program
+    maps: Maps
+    syncer: Syncer
+
+    @classmethod
+    def load(cls, cfg: DatapathConfig) -> NodeDatapath:
+        """Compiles the programs; the first creates the pinned maps, the rest open them."""
+        xdp = compile_program("xdp_lb.c", cfg)
+        tc = compile_program("tc_lb.c", cfg)
+        sock = compile_program("sock_lb.c", cfg)
+        maps = Maps(xdp)
+        return cls(cfg, xdp, tc, sock, maps, Syncer(maps, cfg))
+
+    def attach(self, uplink: str, cgroup: str, native: bool = True) -> None:
+        attach.attach_xdp(self.xdp, uplink, native)
+        attach.attach_tc(self.tc, uplink)
+        attach.attach_sock(self.sock, cgroup)
+
+    def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
+        return self.syncer.sync(state, node_addr4, node_addr6)
+
+
+def unload(uplink: str | None, cgroup: str | None, pin_root: str) -> None:
+    """Detaches everything xlb attached and removes its pins; safe to repeat."""
+    if uplink:
+        attach.detach_xdp(uplink)
+        attach.detach_tc(uplink)
+    if cgroup:
+        attach.detach_sock(cgroup)
+    shutil.rmtree(pin_root, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""What the datapath holds right now, read from the pinned maps (no agent needed)."""
+
+from __future__ import annotations
+
+import ctypes as ct
+from typing import Any
+
+from .maps import ALG_NAME, BE_F_LOCAL, BE_F_TERMINATING, Maps
+
+FLAG_NAMES = {0x1: "preserve-client", 0x2: "drop-if-empty", 0x4: "source-ranges"}
+
+
+def collect(maps: Maps) -> dict[str, Any]:
+    backends = maps.read_backends()
+    slots = maps.read_slots()
+    config = maps.config[ct.c_uint32(0)]
+    frontends = []
+    for (address, port, proto, scope), v in sorted(
+        maps.read_services().items(), key=lambda kv: (kv[1].group, kv[1].id)
+    ):
+        ids = [slots.get(v.group, {}).get(s) for s in range(1, v.count + 1)]
+        frontends.append(
+            {
+                "address": address,
+                "port": port,
+                "protocol": str(proto),
+                "scope": str(scope),
+                "id": v.id,
+                "group": v.group,
+                "algorithm": str(ALG_NAME.get(v.algorithm, "?")),
+                "ring": v.ring if v.algorithm == 1 else None,
+                "ringGeneration": v.ring_gen,
+                "affinityTimeout": v.affinity_timeout,
+                "flags": [n for bit, n in FLAG_NAMES.items() if v.flags & bit],
+                "backends": [
+                    f"{backends[i].address}:{backends[i].port}"
+                    if i in backends
+                    else f"#{i} (missing)"
+                    for i in ids
+                ],
+                **maps.svc_counts(v.id),
+            }
+        )
+    ct_entries = sum(1 for _ in maps.ct)
+    return {
+        "frontends": frontends,
+        "backends": [
+            {
+                "id": i,
+                "address": b.address,
+                "port": b.port,
+                "local": bool(b.flags & BE_F_LOCAL),
+                "terminating": bool(b.flags & BE_F_TERMINATING),
+            }
+            for i, b in sorted(backends.items())
+        ],
+        "conntrack": {
+            "entries": ct_entries,
+            "capacity": maps.ct.max_entries,
+            "flows": ct_entries // 2,
+        },
+        "maglevRingSize": config.ring_size,
+        "reasons": maps.reason_counts(),
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    out = [
+        f"{'PROTO':<5} {'FRONTEND':<32} {'SCOPE':<8} {'ALGO':<12} {'PKTS':>9} "
+        f"{'BYTES':>11} {'FLOWS':>7} {'DROPS':>6}  BACKENDS"
+    ]
+    for f in status["frontends"]:
+        addr = (
+            f"[{f['address']}]:{f['port']}"
+            if ":" in f["address"]
+            else (f"{f['address']}:{f['port']}")
+        )
+        algo = f["algorithm"] + (f"/g{f['ringGeneration']}" if f["ring"] is not None else "")
+        extra = ",".join(f["flags"]) + (
+            f" affinity={f['affinityTimeout']}s" if f["affinityTimeout"] else ""
+        )
+        backends = ", ".join(f["backends"]) or "(none)"
+        out.append(
+            f"{f['protocol']:<5} {addr:<32} {f['scope']:<8} {algo:<12} "
+            f"{f['packets']:>9} {f['bytes']:>11} {f['new_flows']:>7} {f['drops']:>6}  "
+            f"{backends}{'  ' + extra if extra.strip() else ''}"
+        )
+    c = status["conntrack"]
+    out += [
+        "",
+        f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries)",
+        f"maglev ring size: {status['maglevRingSize']}",
+        "",
+        "packets not balanced, by reason:",
+    ]
+    out += [f"  {name:<22} {count}" for name, count in status["reasons"].items() if count]
+    return "\n".join(out)
