@@ -8,6 +8,7 @@
 #include "lib/maps.h"
 #include "lib/stats.h"
 #include "lib/parse.h"
+#include "lib/conntrack.h"
 #include "lib/maglev.h"
 #include "lib/affinity.h"
 
@@ -75,12 +76,12 @@ static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	union xlb_addr client = {};
 	client.u64[0] = netns;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 id = svc.affinity_timeout ? xlb_affinity_get(&svc, &client, now) : 0;
-	struct xlb_backend *be = id ? xlb_backends.lookup(&id) : 0;
+	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
 		id = xlb_select(&svc, xlb_hash_u64(cookie), xlb_hash_u64(netns));
-		be = id ? xlb_backends.lookup(&id) : 0;
+		be = id ? xlb_backend_get(id) : 0;
 	}
 	if (!be) {
 		xlb_count_svc(svc.id, 0, 0, 1);

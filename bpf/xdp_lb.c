@@ -26,8 +26,7 @@ static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct x
 {
 	if (ct->flags & XLB_CT_F_REVERSE)
 		return 1;
-	__u32 id = ct->backend;
-	struct xlb_backend *be = xlb_backends.lookup(&id);
+	struct xlb_backend *be = xlb_backend_get(ct->backend);
 	if (!be || !xlb_addr_eq(&be->addr, &ct->nat_daddr) || be->port != ct->nat_dport)
 		return 0;
 	if ((be->flags & XLB_BE_F_TERMINATING) && p->proto == IPPROTO_TCP &&
@@ -71,12 +70,11 @@ static __always_inline int xlb_source_allowed(const struct xlb_svc *svc, const s
 
 /* Rewrites a packet of a tracked flow and sends it on. */
 static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
-				       struct xlb_ct *ct, __u32 len, __u64 now)
+				       struct xlb_ct *ct, __u32 len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u16 flags = ct->flags;
-	xlb_ct_touch(ct, now);
 	xlb_count_svc(ct->svc, len, 0, 0);
 	if (xlb_rewrite(data, data_end, p, &ct->nat_saddr, ct->nat_sport, &ct->nat_daddr,
 			ct->nat_dport))
@@ -97,34 +95,34 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	__u32 len = data_end - data;
-	__u64 now = bpf_ktime_get_ns();
 
 	struct xlb_ct_key ck = {};
 	xlb_ct_key_of(&p, &ck);
 	struct xlb_ct *ct = xlb_ct.lookup(&ck);
 	if (ct && xlb_ct_usable(ct, &p))
-		return xlb_tracked(ctx, &p, ct, len, now);
+		return xlb_tracked(ctx, &p, ct, len);
 
 	struct xlb_svc_key sk = {};
 	sk.addr = p.daddr;
 	sk.port = p.dport;
 	sk.proto = p.proto;
 	sk.scope = XLB_SCOPE_EXTERNAL;
-	struct xlb_svc *found = xlb_services.lookup(&sk);
-	if (!found) {
+	struct xlb_svc *svc = xlb_services.lookup(&sk);
+	if (!svc) {
 		xlb_count_reason(XLB_R_PASS_NO_SERVICE);
 		return XDP_PASS;
 	}
-	struct xlb_svc svc = *found;
+	/* svc and be point into maps the sync may rewrite meanwhile; a copy would be no more
+	 * atomic, and each field read is a value the sync did write */
 
-	if ((svc.flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(&svc, &p)) {
-		xlb_count_svc(svc.id, len, 0, 1);
+	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, &p)) {
+		xlb_count_svc(svc->id, len, 0, 1);
 		xlb_count_reason(XLB_R_DROP_SOURCE_RANGE);
 		return XDP_DROP;
 	}
-	if (svc.count == 0) {
-		xlb_count_svc(svc.id, len, 0, 1);
-		if (svc.flags & XLB_SVC_F_DROP_EMPTY) {
+	if (svc->count == 0) {
+		xlb_count_svc(svc->id, len, 0, 1);
+		if (svc->flags & XLB_SVC_F_DROP_EMPTY) {
 			xlb_count_reason(XLB_R_DROP_NO_BACKEND);
 			return XDP_DROP;
 		}
@@ -134,49 +132,49 @@ int xdp_lb(struct xdp_md *ctx)
 		return xlb_reject_udp(ctx, &p);
 	}
 
-	__u32 id = svc.affinity_timeout ? xlb_affinity_get(&svc, &p.saddr, now) : 0;
-	struct xlb_backend *be = id ? xlb_backends.lookup(&id) : 0;
+	__u64 now = bpf_ktime_get_coarse_ns(); /* only new flows read a clock */
+	__u32 id = svc->affinity_timeout ? xlb_affinity_get(svc, &p.saddr, now) : 0;
+	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
-		id = xlb_select(&svc, xlb_hash_flow(&p), xlb_hash_addr(&p.saddr));
-		be = id ? xlb_backends.lookup(&id) : 0;
+		id = xlb_select(svc, xlb_hash_flow(&p), xlb_hash_addr(&p.saddr));
+		be = id ? xlb_backend_get(id) : 0;
 	}
 	if (!be) {
-		xlb_count_svc(svc.id, len, 0, 1);
+		xlb_count_svc(svc->id, len, 0, 1);
 		xlb_count_reason(XLB_R_DROP_BACKEND_GONE);
 		return XDP_DROP;
 	}
-	struct xlb_backend backend = *be;
-	if (svc.affinity_timeout)
-		xlb_affinity_set(&svc, &p.saddr, id, now);
+	if (svc->affinity_timeout)
+		xlb_affinity_set(svc, &p.saddr, id, now);
 
 	struct xlb_ct flow = {};
 	flow.nat_saddr = p.saddr;
 	flow.nat_sport = p.sport;
-	flow.nat_daddr = backend.addr;
-	flow.nat_dport = backend.port;
+	flow.nat_daddr = be->addr;
+	flow.nat_dport = be->port;
 	flow.backend = id;
-	flow.svc = svc.id;
-	flow.last_seen = now;
-	if (!(backend.flags & XLB_BE_F_LOCAL) && !(svc.flags & XLB_SVC_F_PRESERVE_CLIENT)) {
+	flow.svc = svc->id;
+	flow.created = now;
+	if (!(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT)) {
 		__u32 zero = 0;
 		struct xlb_config *cfg = xlb_config.lookup(&zero);
 		if (!cfg)
 			return XDP_PASS;
 		flow.nat_saddr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
-		flow.nat_sport = xlb_snat_port(cfg, &p, &flow.nat_saddr, &backend);
+		flow.nat_sport = xlb_snat_port(cfg, &p, &flow.nat_saddr, be);
 		if (!flow.nat_sport) {
-			xlb_count_svc(svc.id, len, 0, 1);
+			xlb_count_svc(svc->id, len, 0, 1);
 			xlb_count_reason(XLB_R_DROP_SNAT_EXHAUSTED);
 			return XDP_DROP;
 		}
 		flow.flags = XLB_CT_F_SNAT;
 	}
-	xlb_ct_create(&ck, &flow);
-	xlb_count_svc(svc.id, len, 1, 0);
-	__u16 flags = flow.flags;
+	xlb_count_svc(svc->id, len, 1, 0);
 	if (xlb_rewrite(data, data_end, &p, &flow.nat_saddr, flow.nat_sport, &flow.nat_daddr,
 			flow.nat_dport))
 		return XDP_DROP;
+	__u16 flags = flow.flags;
+	xlb_ct_create(&ck, &flow); /* after the rewrite: it turns flow into the reverse entry */
 	if (flags & XLB_CT_F_SNAT)
 		return xlb_fib_forward(ctx, &p);
 	return XDP_PASS;

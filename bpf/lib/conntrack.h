@@ -12,38 +12,37 @@ static __always_inline void xlb_ct_key_of(const struct xlb_pkt *p, struct xlb_ct
 	k->proto = p->proto;
 }
 
-/* Marks a hit as seen now, writing at most once a second to keep the cache line clean. */
-static __always_inline void xlb_ct_touch(struct xlb_ct *ct, __u64 now)
+/* The backend with this id, or NULL when there is none (an empty array slot). */
+static __always_inline struct xlb_backend *xlb_backend_get(__u32 id)
 {
-	if (now - ct->last_seen > XLB_NS_PER_SEC)
-		ct->last_seen = now;
+	struct xlb_backend *be = xlb_backends.lookup(&id);
+	return be && be->port ? be : 0;
 }
 
-/* Records a new flow: fwd_val under fwd (the client's tuple) and the matching reverse entry under
- * the backend's reply tuple. 0, or -1 if the table refused (LRU: practically never). */
-static __always_inline int xlb_ct_create(struct xlb_ct_key *fwd, struct xlb_ct *fwd_val)
+/* Records a new flow: val under key (the client's tuple), then the matching reverse entry
+ * under the backend's reply tuple. key and val are turned into the reverse entry in place
+ * (their forward contents are gone afterwards): no second pair on the stack. 0, or -1 if the
+ * table refused (LRU: practically never). */
+static __always_inline int xlb_ct_create(struct xlb_ct_key *key, struct xlb_ct *val)
 {
-	if (xlb_ct.update(fwd, fwd_val))
+	if (xlb_ct.update(key, val))
 		return -1;
-
 	/* the reply comes from the backend to whoever it saw as the client, and must look like
 	 * it comes from the frontend the client addressed */
-	struct xlb_ct_key rev = {};
-	rev.saddr = fwd_val->nat_daddr;
-	rev.daddr = fwd_val->nat_saddr;
-	rev.sport = fwd_val->nat_dport;
-	rev.dport = fwd_val->nat_sport;
-	rev.proto = fwd->proto;
-	struct xlb_ct r = {};
-	r.nat_saddr = fwd->daddr;
-	r.nat_daddr = fwd->saddr;
-	r.nat_sport = fwd->dport;
-	r.nat_dport = fwd->sport;
-	r.flags = fwd_val->flags | XLB_CT_F_REVERSE;
-	r.backend = fwd_val->backend;
-	r.svc = fwd_val->svc;
-	r.last_seen = fwd_val->last_seen;
-	return xlb_ct.update(&rev, &r) ? -1 : 0;
+	union xlb_addr tmp = key->saddr;
+	__be16 tmp_port = key->sport;
+	key->saddr = val->nat_daddr;
+	key->sport = val->nat_dport;
+	val->nat_daddr = tmp;
+	val->nat_dport = tmp_port;
+	tmp = key->daddr;
+	tmp_port = key->dport;
+	key->daddr = val->nat_saddr;
+	key->dport = val->nat_sport;
+	val->nat_saddr = tmp;
+	val->nat_sport = tmp_port;
+	val->flags |= XLB_CT_F_REVERSE;
+	return xlb_ct.update(key, val) ? -1 : 0;
 }
 
 #endif

@@ -10,17 +10,21 @@ static __always_inline __u16 xlb_csum_fold(__u32 csum)
 	return (__u16)csum;
 }
 
-/* The checksum field after n bytes (multiple of 4) at from became to: HC' = ~(~HC + ~m + m'). */
-static __always_inline __u16 xlb_csum_update(__u16 check, void *from, void *to, __u32 n)
+/* Adds the change of one 32-bit word from old to new to a running sum (RFC 1624, eqn. 3):
+ * a 32-bit word is two 16-bit words modulo 0xffff, so no helper call is needed. */
+static __always_inline __u64 xlb_csum_add32(__u64 sum, __u32 old, __u32 new)
 {
-	__u32 sum = bpf_csum_diff(from, n, to, n, (__u32)(__u16)~check);
-	return ~xlb_csum_fold(sum);
+	return sum + (__u32)~old + new;
 }
 
-/* Adds a difference to a running partial sum (seed of the next bpf_csum_diff). */
-static __always_inline __u32 xlb_csum_add(__u32 sum, void *from, void *to, __u32 n)
+/* Folds a 64-bit running sum to 16 bits with end-around carries. */
+static __always_inline __u16 xlb_csum_fold64(__u64 s)
 {
-	return bpf_csum_diff(from, n, to, n, sum);
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
 }
 
 /* A UDP checksum that computes to zero is sent as all ones (RFC 768); zero means "none". */

@@ -114,7 +114,7 @@ struct xlb_ct {
 	__u16 pad;
 	__u32 backend; /* forward: the backend id, checked on every hit */
 	__u32 svc;     /* the frontend id, for counters */
-	__u64 last_seen; /* ns, bpf_ktime_get_ns, refreshed at most once a second */
+	__u64 created; /* ns, coarse clock: the hot path reads no clock, LRU order is recency */
 };
 
 struct xlb_affinity_key {
@@ -126,7 +126,7 @@ struct xlb_affinity_key {
 struct xlb_affinity {
 	__u32 backend;
 	__u32 pad;
-	__u64 last_used; /* ns */
+	__u64 last_used; /* ns, bpf_ktime_get_coarse_ns */
 };
 
 /* loadBalancerSourceRanges: LPM over (frontend id, client address). prefixlen counts the 32
@@ -195,14 +195,17 @@ BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_M
 		 XLB_PIN_ROOT "/services");
 BPF_TABLE_PINNED("hash", struct xlb_slot_key, __u32, xlb_slots, XLB_MAX_SLOTS,
 		 XLB_PIN_ROOT "/slots");
-BPF_TABLE_PINNED("hash", __u32, struct xlb_backend, xlb_backends, XLB_MAX_BACKENDS,
+/* An array indexed by backend id (0 is never used): the JIT inlines the lookup, so checking
+ * a tracked flow's backend on every packet costs almost nothing. port 0: no backend. */
+BPF_TABLE_PINNED("array", __u32, struct xlb_backend, xlb_backends, XLB_MAX_BACKENDS,
 		 XLB_PIN_ROOT "/backends");
 BPF_TABLE_PINNED("array", __u32, __u32, xlb_rings, XLB_MAX_RINGS * 2 * XLB_RING_SIZE,
 		 XLB_PIN_ROOT "/rings");
+/* Per-CPU LRU lists (one shared table): inserting a new flow does not contend on one lock. */
 BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct, XLB_CT_SIZE,
-		 XLB_PIN_ROOT "/ct");
+		 XLB_PIN_ROOT "/ct", BPF_F_NO_COMMON_LRU);
 BPF_TABLE_PINNED("lru_hash", struct xlb_affinity_key, struct xlb_affinity, xlb_affinity,
-		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity");
+		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity", BPF_F_NO_COMMON_LRU);
 BPF_TABLE_PINNED("lru_hash", struct xlb_sock_key, struct xlb_sock_rev, xlb_sock_rev,
 		 XLB_SOCK_REV_SIZE, XLB_PIN_ROOT "/sock_rev");
 BPF_TABLE_PINNED("lpm_trie", struct xlb_range_key, __u8, xlb_source_ranges,

@@ -10,8 +10,9 @@ static __always_inline int xlb_rewrite(void *data, void *data_end, struct xlb_pk
 				       const union xlb_addr *daddr, __be16 dport)
 {
 	__u32 l4_off = p->l4_off & 0xff; /* bounded for the verifier: at most 14 + 60 */
-	__be16 old_ports[2] = {p->sport, p->dport};
-	__be16 new_ports[2] = {sport, dport};
+	/* both ports as one 32-bit word, in the order they sit in the header */
+	__u32 old_ports = ((__u32)p->dport << 16) | p->sport;
+	__u32 new_ports = ((__u32)dport << 16) | sport;
 	__u16 *l4_check;
 
 	if (p->proto == IPPROTO_TCP) {
@@ -27,39 +28,41 @@ static __always_inline int xlb_rewrite(void *data, void *data_end, struct xlb_pk
 	}
 	__u16 check = *l4_check;
 	int udp_none = p->proto == IPPROTO_UDP && check == 0;
+	__u64 sum = (__u16)~check;
+	sum = xlb_csum_add32(sum, old_ports, new_ports);
 
 	if (p->family == 4) {
 		struct iphdr *ip = data + sizeof(struct ethhdr);
 		if ((void *)(ip + 1) > data_end)
 			return -1;
-		__be32 old_addrs[2] = {ip->saddr, ip->daddr};
-		__be32 new_addrs[2] = {saddr->u32[3], daddr->u32[3]};
-		ip->check = xlb_csum_update(ip->check, old_addrs, new_addrs, sizeof(old_addrs));
-		if (!udp_none) {
-			__u32 sum = (__u16)~check;
-			sum = xlb_csum_add(sum, old_addrs, new_addrs, sizeof(old_addrs));
-			sum = xlb_csum_add(sum, old_ports, new_ports, sizeof(old_ports));
-			check = ~xlb_csum_fold(sum);
-		}
-		ip->saddr = new_addrs[0];
-		ip->daddr = new_addrs[1];
+		__be32 ns = saddr->u32[3], nd = daddr->u32[3];
+		__u64 ip_sum = (__u16)~ip->check;
+		ip_sum = xlb_csum_add32(ip_sum, ip->saddr, ns);
+		ip_sum = xlb_csum_add32(ip_sum, ip->daddr, nd);
+		ip->check = ~xlb_csum_fold64(ip_sum);
+		sum = xlb_csum_add32(sum, ip->saddr, ns);
+		sum = xlb_csum_add32(sum, ip->daddr, nd);
+		ip->saddr = ns;
+		ip->daddr = nd;
 	} else {
 		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
-		__u32 sum = (__u16)~check;
-		sum = xlb_csum_add(sum, &p->saddr, (void *)saddr, 16);
-		sum = xlb_csum_add(sum, &p->daddr, (void *)daddr, 16);
-		sum = xlb_csum_add(sum, old_ports, new_ports, sizeof(old_ports));
-		check = ~xlb_csum_fold(sum);
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			sum = xlb_csum_add32(sum, p->saddr.u32[i], saddr->u32[i]);
+			sum = xlb_csum_add32(sum, p->daddr.u32[i], daddr->u32[i]);
+		}
 		__builtin_memcpy(&ip6->saddr, saddr, 16);
 		__builtin_memcpy(&ip6->daddr, daddr, 16);
 	}
-	if (p->proto == IPPROTO_UDP && !udp_none)
-		check = xlb_udp_csum_mangle(check);
+	if (!udp_none) {
+		check = ~xlb_csum_fold64(sum);
+		if (p->proto == IPPROTO_UDP)
+			check = xlb_udp_csum_mangle(check);
+	}
 
-	/* the L4 header is re-derived: the IP writes above do not move it, but the verifier
-	 * forgets packet bounds across helper calls */
+	/* the L4 header is re-derived: the verifier forgets packet bounds across the writes */
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = data + l4_off;
 		if ((void *)(th + 1) > data_end)

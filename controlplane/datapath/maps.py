@@ -157,9 +157,12 @@ class Maps:
         return leaf
 
     def read_backends(self) -> dict[int, BackendValue]:
+        """The occupied slots of the backends array (port 0 marks an empty one), in one
+        batch lookup rather than a syscall per slot."""
         return {
-            k.value: BackendValue(get_addr(v.addr), ntohs(v.port), v.flags)
-            for k, v in self.backends.items()
+            getattr(k, "value", k): BackendValue(get_addr(v.addr), ntohs(v.port), v.flags)
+            for k, v in self.backends.items_lookup_batch()
+            if v.port
         }
 
     def slot_key(self, group: int, slot: int) -> Any:

@@ -93,10 +93,14 @@ class Syncer:
     # -- identities ------------------------------------------------------------------------------
 
     def _backend_id(self, b: Backend) -> int:
+        """The id of the backend at b's address and port: its slot in the backends array.
+        A new backend takes the lowest free slot (0 is never used); a tracked flow whose
+        backend's slot was reused notices because the address no longer matches."""
         key = (b.address, b.port)
         if key not in self.backend_ids:
-            self.backend_ids[key] = max(self.backends, default=0) + 1
-            self.backends.setdefault(self.backend_ids[key], BackendValue("", 0, 0))
+            free = next(i for i in range(1, self.cfg.max_backends) if i not in self.backends)
+            self.backend_ids[key] = free
+            self.backends[free] = BackendValue("", 0, 0)  # reserved until written
         return self.backend_ids[key]
 
     def _adopt_groups(self, wanted: dict[GroupKey, list[Frontend]]) -> None:

@@ -16,7 +16,7 @@ from controlplane.datapath.syscall import prog_test_run
 from controlplane.model.state import DesiredState
 from tests.bpf.packets import tcp
 from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend, local
-from tests.kernel import remove_pins, unique
+from tests.kernel import owned, remove_pins
 
 BACKENDS = [local(f"10.244.1.{i}", 8080) for i in range(1, 31)]
 FLOWS = [(f"198.51.{i // 200}.{i % 200 + 1}", 20000 + i) for i in range(3000)]
@@ -29,9 +29,7 @@ def state(backends) -> DesiredState:
 @pytest.fixture(scope="module")
 def other_agent(dp_config):
     """A second, independent agent: its own compile, its own pinned maps."""
-    cfg = DatapathConfig(
-        **{**dp_config.__dict__, "pin_root": f"/sys/fs/bpf/{unique('xlb-test-b-', 40)}"}
-    )
+    cfg = DatapathConfig(**{**dp_config.__dict__, "pin_root": f"/sys/fs/bpf/{owned('xlb-test-')}"})
     try:
         program = compile_program("xdp_lb.c", cfg)
         program.function("xdp_lb", bcc.BPF.XDP)

@@ -25,7 +25,7 @@ from controlplane.model.state import (
     NoBackend,
     Scope,
 )
-from tests.kernel import inside, netns, sh, unique
+from tests.kernel import inside, netns, owned, reap, sh
 
 B4 = ["10.244.1.5", "10.244.1.6"]
 B6 = ["fd00:10:244:1::5", "fd00:10:244:1::6"]
@@ -81,7 +81,8 @@ def _serve(listeners: list[socket.socket], stop: threading.Event) -> None:
 def pod_net(xdp, dp_config):
     """A namespace with the backends listening, and a cgroup with the socket hooks attached."""
     program = compile_program("sock_lb.c", dp_config)
-    cgroup = os.path.join(cgroup2_root(), unique("xlbt-", 30))
+    reap(cgroup2_root(), "xlbt-")
+    cgroup = os.path.join(cgroup2_root(), owned("xlbt-"))
     os.mkdir(cgroup)
     stop = threading.Event()
     listeners: list[socket.socket] = []

@@ -352,3 +352,79 @@ def test_malformed_packets_pass_untouched_and_are_counted(run, maps, description
     out = run(raw)
     assert (out.retval, out.data) == (XDP_PASS, raw), description
     assert reasons(maps)[reason] - before[reason] == 1, description
+
+
+# -- terminating backends, source hash, IPv6 policies --------------------------------------------
+
+
+def test_terminating_backend_keeps_its_flows_and_gets_no_new_ones(xdp, maps, syncer):
+    fd = xdp.functions["xdp_lb"].fd
+    a, b = local("10.244.1.21", 80), local("10.244.1.22", 80)
+    syncer.sync(DesiredState(frontends=(frontend("192.168.198.30", 80, "TCP", [a]),)), NODE4, NODE6)
+    first = tcp(CLIENT4, 48000, "192.168.198.30", 80)
+    assert Ether(prog_test_run(fd, bytes(first)).data)[IP].dst == a.address
+    # a terminates (kept draining), b takes new flows
+    draining = Backend(a.address, a.port, "node-1", True, terminating=True)
+    syncer.sync(
+        DesiredState(frontends=(frontend("192.168.198.30", 80, "TCP", [b], draining=(draining,)),)),
+        NODE4,
+        NODE6,
+    )
+    mid_flow = tcp(CLIENT4, 48000, "192.168.198.30", 80, flags="PA", payload=b"more")
+    assert Ether(prog_test_run(fd, bytes(mid_flow)).data)[IP].dst == a.address
+    for sport in range(48001, 48021):
+        new = tcp(CLIENT4, sport, "192.168.198.30", 80)
+        assert Ether(prog_test_run(fd, bytes(new)).data)[IP].dst == b.address
+    # a new connection that reuses the old tuple is not kept on the terminating backend
+    assert Ether(prog_test_run(fd, bytes(first)).data)[IP].dst == b.address
+
+
+def test_source_hash_keeps_a_client_without_affinity_state(xdp, maps, syncer):
+    fd = xdp.functions["xdp_lb"].fd
+    backends = [local(f"10.244.1.{i}", 80) for i in range(30, 36)]
+    syncer.sync(
+        DesiredState(
+            frontends=(
+                frontend("192.168.198.31", 80, "TCP", backends, algorithm=Algorithm.SOURCE_HASH),
+            )
+        ),
+        NODE4,
+        NODE6,
+    )
+    for client in ("203.0.113.50", "203.0.113.51", "203.0.113.52"):
+        seen = {
+            Ether(prog_test_run(fd, bytes(tcp(client, sport, "192.168.198.31", 80))).data)[IP].dst
+            for sport in range(49000, 49010)
+        }
+        assert len(seen) == 1
+    assert maps.affinity.items() == []  # no per-client state was needed
+
+
+def test_ipv6_affinity_and_source_ranges(xdp, maps, syncer):
+    fd = xdp.functions["xdp_lb"].fd
+    backends = [local(f"fd00:10:244:1::{i}", 80) for i in (40, 41, 42)]
+    syncer.sync(
+        DesiredState(
+            frontends=(
+                frontend(
+                    "fd00:198::40",
+                    80,
+                    "TCP",
+                    backends,
+                    algorithm=Algorithm.RANDOM,
+                    affinity_timeout=60,
+                    kind=FrontendKind.LOAD_BALANCER,
+                    source_ranges=("2001:db8::/64",),
+                ),
+            )
+        ),
+        NODE4,
+        NODE6,
+    )
+    seen = {
+        Ether(prog_test_run(fd, bytes(tcp(CLIENT6, sport, "fd00:198::40", 80))).data)[IPv6].dst
+        for sport in range(49100, 49120)
+    }
+    assert len(seen) == 1
+    outsider = prog_test_run(fd, bytes(tcp("2001:db9::1", 1, "fd00:198::40", 80)))
+    assert outsider.retval == XDP_DROP

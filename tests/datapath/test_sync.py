@@ -108,7 +108,7 @@ def test_writes_come_in_an_order_that_never_exposes_a_half_built_service(syncer,
 def test_removed_service_leaves_nothing_behind(syncer, maps):
     syncer.sync(web(), NODE4, NODE6)
     syncer.sync(DesiredState(), NODE4, NODE6)
-    assert (len(maps.services), len(maps.slots), len(maps.backends)) == (0, 0, 0)
+    assert (len(maps.services), len(maps.slots), maps.read_backends()) == (0, 0, {})
 
 
 def test_restart_reads_back_ids_and_rewrites_nothing_but_rings(syncer, maps, dp_config):

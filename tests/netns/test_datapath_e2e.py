@@ -15,7 +15,7 @@ import pytest
 
 from controlplane.datapath.attach import cgroup2_root
 from tests.helpers import REPO
-from tests.kernel import netns, remove_pins, sh, unique
+from tests.kernel import netns, owned, reap, remove_pins, sh, unique
 
 NODE_IP, CLIENT_IP = "192.168.198.201", "192.168.198.100"
 PODS = {"web-1": "10.244.1.5", "web-2": "10.244.1.6"}
@@ -117,8 +117,10 @@ class Topology:
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    pin_root = f"/sys/fs/bpf/{unique('xlb-e2e-', 40)}"
-    cgroup = os.path.join(cgroup2_root(), unique("xlbt-", 30))
+    reap("/sys/fs/bpf", "xlb-test-")
+    reap(cgroup2_root(), "xlbt-")
+    pin_root = f"/sys/fs/bpf/{owned('xlb-test-')}"
+    cgroup = os.path.join(cgroup2_root(), owned("xlbt-"))
     os.mkdir(cgroup)
     servers = []
     with contextlib.ExitStack() as stack:

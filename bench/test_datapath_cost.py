@@ -1,0 +1,115 @@
+"""Nanoseconds per packet in the kernel for each path of xdp_lb and tc_lb, as measured by
+BPF_PROG_TEST_RUN itself (program time only). `make bench`; never part of `make test`.
+
+Targets (issue "Benchmarks"): established flow ≤ 80 ns, new flow ≤ 200 ns.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from controlplane.datapath.syscall import prog_test_run
+from controlplane.model.state import Algorithm, DesiredState
+from tests.bpf.packets import CLIENT_MAC, NODE_MAC, tcp
+from tests.bpf.test_xdp_lb import CLIENT4, NODE4, NODE6, frontend, local
+
+RUNS = 3000
+BACKENDS = [local(f"10.244.1.{i}", 8080) for i in range(1, 11)]
+STATE = DesiredState(
+    frontends=(
+        frontend(NODE4, 30080, "TCP", BACKENDS),
+        # a backend that is the frontend itself: DNAT rewrites a packet to the same tuple, so a
+        # long repeat stays on the established path with all its work
+        frontend(NODE4, 30099, "TCP", [local(NODE4, 30099)]),
+        frontend(NODE4, 30081, "TCP", BACKENDS, algorithm=Algorithm.RANDOM, affinity_timeout=600),
+        *(
+            frontend(
+                f"192.168.{200 + i // 250}.{i % 250}",
+                80,
+                "TCP",
+                BACKENDS[:2],
+                algorithm=Algorithm.RANDOM,
+            )
+            for i in range(500)
+        ),
+    )
+)
+
+
+def median_ns(fd: int, packets: list[bytes]) -> float:
+    return statistics.median(prog_test_run(fd, p).duration_ns for p in packets)
+
+
+@pytest.fixture(scope="module")
+def programmed(xdp, tc, dp_config):
+    from controlplane.datapath.maps import Maps
+    from controlplane.datapath.sync import Syncer
+
+    maps = Maps(xdp)
+    maps.ct.clear()
+    Syncer(maps, dp_config).sync(STATE, NODE4, NODE6)
+    return xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd
+
+
+def record(benchmark, name: str, ns: float) -> None:
+    benchmark.extra_info[name] = round(ns, 1)
+    print(f"\n{name}: {ns:.1f} ns/packet (median of {RUNS})")
+
+
+def test_not_a_service(benchmark, programmed):
+    fd, _ = programmed
+    pkt = bytes(tcp(CLIENT4, 1234, NODE4, 22))
+    out = benchmark.pedantic(prog_test_run, (fd, pkt, 100000), rounds=3, iterations=1)
+    record(benchmark, "not_a_service", out.duration_ns)
+
+
+def test_new_flow_maglev(benchmark, programmed):
+    fd, _ = programmed
+    packets = [
+        bytes(tcp(f"198.18.{i // 250}.{i % 250}", 10000 + i % 50000, NODE4, 30080))
+        for i in range(RUNS)
+    ]
+    ns = benchmark.pedantic(median_ns, (fd, packets), rounds=1, iterations=1)
+    record(benchmark, "new_flow_maglev", ns)
+
+
+def test_new_flow_affinity_hit(benchmark, programmed):
+    fd, _ = programmed
+    prog_test_run(fd, bytes(tcp(CLIENT4, 9, NODE4, 30081)))  # pins the client
+    packets = [bytes(tcp(CLIENT4, 20000 + i, NODE4, 30081)) for i in range(RUNS)]
+    ns = benchmark.pedantic(median_ns, (fd, packets), rounds=1, iterations=1)
+    record(benchmark, "new_flow_affinity_hit", ns)
+
+
+def test_established_flow(benchmark, programmed):
+    fd, _ = programmed
+    prog_test_run(fd, bytes(tcp(CLIENT4, 40000, NODE4, 30099)))
+    ack = bytes(tcp(CLIENT4, 40000, NODE4, 30099, flags="A", payload=b"x" * 100))
+    out = benchmark.pedantic(prog_test_run, (fd, ack, 100000), rounds=3, iterations=1)
+    assert out.data == ack  # really the established rewrite, every time
+    record(benchmark, "established", out.duration_ns)
+
+
+def test_timer_overhead_of_single_runs(benchmark, programmed):
+    """What a repeat=1 measurement adds: subtract it from the new-flow figures."""
+    fd, _ = programmed
+    pkt = bytes(tcp(CLIENT4, 1234, NODE4, 22))
+    single = benchmark.pedantic(median_ns, (fd, [pkt] * RUNS), rounds=1, iterations=1)
+    record(benchmark, "repeat1_overhead", single - prog_test_run(fd, pkt, 100000).duration_ns)
+
+
+def test_reply_translation_tc(benchmark, programmed):
+    fd, tc_fd = programmed
+    out = Ether(prog_test_run(fd, bytes(tcp(CLIENT4, 41000, NODE4, 30080))).data)
+    reply = bytes(
+        Ether(src=NODE_MAC, dst=CLIENT_MAC)
+        / IP(src=out[IP].dst, dst=CLIENT4)
+        / TCP(sport=out[TCP].dport, dport=41000, flags="A")
+        / (b"y" * 100)
+    )
+    ns = benchmark.pedantic(median_ns, (tc_fd, [reply] * RUNS), rounds=1, iterations=1)
+    record(benchmark, "reply_translation_tc", ns)
