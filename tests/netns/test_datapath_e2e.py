@@ -196,6 +196,12 @@ def test_cluster_ip_from_the_node_via_socket_hooks(topo):
     assert curl(topo, topo.node, "http://10.96.0.50/", cgroup=True).startswith("web-1 ")
 
 
+def test_node_port_from_the_node_itself_via_socket_hooks(topo):
+    """The node's own processes reach external addresses through the socket hooks (scope
+    internal), never through XDP, which only sees traffic arriving on the uplink."""
+    assert curl(topo, topo.node, f"http://{NODE_IP}:30080/", cgroup=True).startswith("web-1 ")
+
+
 def test_cluster_ip_from_a_pod(topo):
     assert curl(topo, topo.pods["web-2"], "http://10.96.0.50/", cgroup=True).startswith("web-1 ")
 
