@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .model import Level, TranslateConfig, translate
 from .model.state import Algorithm, DesiredState, Frontend
@@ -216,6 +217,77 @@ def cmd_datapath_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    import logging
+
+    from .agent import AgentConfig, run_agent
+    from .datapath.attach import cgroup2_root
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = AgentConfig(
+        node=args.node,
+        uplink=args.uplink,
+        cgroup=args.cgroup or cgroup2_root(),
+        pin_root=args.pin_root,
+        node_ips=args.node_ip or [],
+        poll_interval=args.poll_interval,
+        min_interval=args.min_sync_interval,
+        native_xdp=not args.generic_xdp,
+    )
+    return run_agent(cfg, args.filename, _datapath_config(args))
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "services"
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from .lab.lab import Lab
+
+    lab = Lab(args.name)
+    if args.action == "up":
+        lab.up(args.filename or [str(EXAMPLES)], nodes=args.nodes)
+        print(
+            f"try: xlb lab exec --name {args.name} client -- curl -s http://192.168.198.201:"
+            "<nodePort>/   (xlb lab status shows the Services)"
+        )
+        return 0
+    if args.action == "down":
+        lab.down()
+        return 0
+    if args.action == "apply":
+        lab.apply(args.filename)
+        return 0
+    if args.action == "exec":
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not cmd:
+            raise SystemExit("xlb lab exec: give a command after --")
+        return lab.exec(args.target, cmd).returncode
+    return lab_status(lab)
+
+
+def lab_status(lab) -> int:
+    from .datapath.maps import Maps
+    from .datapath.programs import open_pinned
+    from .datapath.status import collect, render
+    from .lab.lab import _alive
+
+    state = lab.load()
+    print(f"lab {state.name}: manifests {', '.join(state.manifests)}")
+    print(f"\n{'NODE':<10} {'ADDRESSES':<34} AGENT")
+    for n in state.nodes:
+        agent = f"running (pid {n.agent_pid})" if _alive(n.agent_pid) else "NOT RUNNING"
+        print(f"{n.name:<10} {' '.join(n.addresses):<34} {agent}")
+    print(f"\n{'POD':<44} {'NODE':<10} IPS")
+    for p in state.pods:
+        print(f"{p.namespace + '/' + p.name:<44} {p.node:<10} {' '.join(p.ips)}")
+    if state.ext_ips:
+        print(f"{'(host for hand-written endpoints)':<44} {'-':<10} {' '.join(state.ext_ips)}")
+    for n in state.nodes:
+        print(f"\n== programmed on {n.name} ==")
+        print(render(collect(Maps(open_pinned(n.pin_root)))))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .datapath.maps import Maps
     from .datapath.programs import open_pinned
@@ -309,6 +381,71 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_datapath_up)
     down.set_defaults(func=cmd_datapath_down)
 
+    lab = sub.add_parser(
+        "lab",
+        help="a multi-node cluster in network namespaces on this "
+        "machine: up, apply, exec, status, down",
+    )
+    lab_sub = lab.add_subparsers(dest="action", metavar="ACTION")
+    lab_sub.required = True
+    lab_up = lab_sub.add_parser("up", help="build the lab and start one agent per node")
+    lab_up.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE|DIR",
+        help="manifests (default: the shipped examples)",
+    )
+    lab_up.add_argument("--nodes", type=int, default=2)
+    lab_apply = lab_sub.add_parser(
+        "apply", help="change the manifests live (scale, delete a pod, edit a Service)"
+    )
+    lab_apply.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE|DIR",
+        help="new manifests (default: the ones given to up, re-read)",
+    )
+    lab_exec = lab_sub.add_parser("exec", help="run a command in the client, a node or a pod")
+    lab_exec.add_argument("target", help="client, a node name, or a pod name")
+    lab_exec.add_argument("cmd", nargs=argparse.REMAINDER)
+    lab_sub.add_parser("status", help="nodes, pods and what each agent programmed")
+    lab_sub.add_parser("down", help="remove everything the lab made (also after a crash)")
+    for p in lab_sub.choices.values():
+        p.add_argument("--name", default="lab", help="the lab's name (default lab)")
+    lab.set_defaults(func=cmd_lab)
+
+    agent = sub.add_parser(
+        "agent",
+        help="run on a node: keep the datapath in sync with the manifests "
+        "(the Kubernetes API comes next)",
+    )
+    agent.add_argument("--source", choices=["manifests"], default="manifests")
+    agent.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR")
+    agent.add_argument("--node", required=True, help="this node's name")
+    agent.add_argument("--node-ip", action="append")
+    agent.add_argument("--uplink", required=True)
+    agent.add_argument("--cgroup")
+    agent.add_argument("--generic-xdp", action="store_true")
+    agent.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
+    agent.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.1,
+        help="seconds between looks at the sources (default 0.1)",
+    )
+    agent.add_argument(
+        "--min-sync-interval",
+        type=float,
+        default=0.1,
+        help="at least this many seconds between syncs (default 0.1)",
+    )
+    agent.add_argument("--max-rings", type=int, default=64)
+    agent.add_argument("--ring-size", type=int, default=16381)
+    agent.add_argument("--ct-size", type=int, default=262144)
+    agent.set_defaults(func=cmd_agent)
+
     status = sub.add_parser(
         "status",
         help="show what the datapath holds: frontends, "
@@ -323,11 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .datapath import BccMissing
     from .datapath.programs import DatapathError
+    from .lab.topology import LabError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (BccMissing, DatapathError) as exc:
+    except (BccMissing, DatapathError, LabError) as exc:
         print(exc, file=sys.stderr)
         return 1
 

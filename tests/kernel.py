@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
+from controlplane.lab.topology import inside  # noqa: F401  (tests enter namespaces with it)
 
 
 def unique(prefix: str, length: int = 15) -> str:
@@ -57,21 +55,6 @@ def netns(name: str | None = None) -> Iterator[str]:
         yield name
     finally:
         sh("ip", "netns", "del", name, check=False)
-
-
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """Runs the body of the with-statement in network namespace name (this thread only)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        yield
-    finally:
-        _libc.setns(own, CLONE_NEWNET)
-        os.close(own)
-        os.close(target)
 
 
 def remove_pins(root: str) -> None:

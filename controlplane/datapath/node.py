@@ -3,7 +3,10 @@ the uplink and a cgroup, and a Syncer to program them."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +61,27 @@ class NodeDatapath:
 
     def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
         return self.syncer.sync(state, node_addr4, node_addr6)
+
+
+def warm_neighbours(addresses: Iterable[str]) -> int:
+    """Has the kernel resolve the next hop towards each address, by sending one empty UDP
+    datagram to its discard port. bpf_fib_lookup only finds neighbours that are resolved
+    already, and an XDP program cannot resolve one: without this, the first flows to a
+    backend on another node would be dropped (drop_fib) until something else talked to it."""
+    sent = 0
+    for address in addresses:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+            s.setblocking(False)
+            s.sendto(b"", (address, 9))
+            sent += 1
+    return sent
+
+
+def remote_addresses(state: DesiredState, node_addresses: Iterable[str]) -> set[str]:
+    """Where XDP may forward to: backends on other nodes, and the other nodes themselves."""
+    out = {b.address for fe in state.frontends for b in fe.backends + fe.draining if not b.local}
+    return out | set(node_addresses)
 
 
 def unload(uplink: str | None, cgroup: str | None, pin_root: str) -> None:

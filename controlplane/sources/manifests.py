@@ -108,7 +108,7 @@ def _containers_ports(pod_spec: dict[str, Any]) -> tuple[ContainerPort, ...]:
     return tuple(ports)
 
 
-def _workload_pods(obj: dict[str, Any], nodes: list[Node]) -> tuple[list[Pod], list[Diagnostic]]:
+def workload_pods(obj: dict[str, Any], nodes: list[Node]) -> tuple[list[Pod], list[Diagnostic]]:
     kind = obj["kind"]
     meta = obj.get("metadata") or {}
     ns, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
@@ -154,7 +154,7 @@ def _workload_pods(obj: dict[str, Any], nodes: list[Node]) -> tuple[list[Pod], l
     return pods, diag.items
 
 
-def _pod(obj: dict[str, Any]) -> Pod | None:
+def pod_from(obj: dict[str, Any]) -> Pod | None:
     meta = obj.get("metadata") or {}
     if not meta.get("name"):
         return None
@@ -248,10 +248,10 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
     pods: list[Pod] = []
     for doc in docs:
         if doc.obj["kind"] in _WORKLOADS:
-            more, d = _workload_pods(doc.obj, cluster.nodes)
+            more, d = workload_pods(doc.obj, cluster.nodes)
             pods += more
             cluster.diagnostics += d
-        elif doc.obj["kind"] == "Pod" and (pod := _pod(doc.obj)):
+        elif doc.obj["kind"] == "Pod" and (pod := pod_from(doc.obj)):
             pods.append(pod)
     cluster.pods, d = place_pods(pods, cluster.nodes)
     cluster.diagnostics += d

@@ -1,0 +1,179 @@
+"""The agent: sources -> model -> one coalesced sync, for as long as it runs.
+
+Changes that arrive within one poll interval become one sync, and syncs are at least
+min_interval apart. Each diagnostic is logged once, when it first appears. On exit the
+datapath stays as it is: traffic never depends on the agent running (a restarted agent reads
+the pinned maps back and carries on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .datapath.node import remote_addresses, warm_neighbours
+from .model import Level, translate
+from .model.diagnostics import Diagnostic
+from .model.state import DesiredState
+from .model.translate import TranslateConfig
+from .sources.cluster import Cluster, ClusterConfig
+from .sources.manifests import load_cluster, manifest_files
+
+log = logging.getLogger("xlb.agent")
+
+
+@dataclass
+class AgentConfig:
+    node: str
+    uplink: str
+    cgroup: str
+    pin_root: str
+    node_ips: list[str] = field(default_factory=list)
+    poll_interval: float = 0.1
+    min_interval: float = 0.1
+    native_xdp: bool = True
+    neighbour_refresh: float = 30.0  # seconds between re-resolving next hops
+
+
+class ManifestWatch:
+    """Notices any change to the manifest files (added, removed, rewritten) by their identity:
+    path, size, modification time and inode, without reading them."""
+
+    def __init__(self, paths: Iterable[str | Path]) -> None:
+        self.paths = list(paths)
+        self.last = ""
+
+    def digest(self) -> str:
+        files, _ = manifest_files(self.paths)
+        h = hashlib.sha256()
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
+        return h.hexdigest()
+
+    def changed(self) -> bool:
+        now = self.digest()
+        if now == self.last:
+            return False
+        self.last = now
+        return True
+
+
+def desired_state(
+    cluster: Cluster, node_name: str, cfg: TranslateConfig | None = None
+) -> tuple[DesiredState, list[str]]:
+    """This node's desired state and its addresses (for SNAT)."""
+    node = next((n for n in cluster.nodes if n.name == node_name), None)
+    if node is None:
+        diag = Diagnostic(
+            Level.ERROR,
+            "Node",
+            "",
+            node_name,
+            "",
+            "not in the cluster: check --node against the Node objects",
+        )
+        return DesiredState(diagnostics=(diag,)), []
+    state = translate(cluster.services, cluster.slices, node, cfg)
+    return DesiredState(
+        state.frontends, state.health_checks, tuple(cluster.diagnostics) + state.diagnostics
+    ), list(node.addresses)
+
+
+class Agent:
+    def __init__(
+        self, cfg: AgentConfig, paths: list[str], datapath, cluster_cfg: ClusterConfig | None = None
+    ) -> None:
+        self.cfg, self.paths, self.datapath = cfg, paths, datapath
+        self.cluster_cfg = cluster_cfg or ClusterConfig()
+        self.watch = ManifestWatch(paths)
+        self.reported: set[Diagnostic] = set()
+        self.stop = threading.Event()
+        self.syncs = 0
+        self.last_sync = 0.0
+        self.remote: set[str] = set()
+        self.last_warm = 0.0
+
+    def sync_once(self) -> None:
+        cluster = load_cluster(self.paths, self.cluster_cfg)
+        state, addresses = desired_state(cluster, self.cfg.node)
+        for d in state.diagnostics:
+            if d not in self.reported and d.level is not Level.INFO:
+                log.warning("%s", d)
+        self.reported = set(state.diagnostics)
+        addrs = self.cfg.node_ips or addresses
+        addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")
+        addr6 = next((a for a in addrs if ":" in a), "::")
+        res = self.datapath.apply(state, addr4, addr6)
+        own = set(addresses) | set(self.cfg.node_ips)
+        others = {a for n in cluster.nodes for a in n.addresses} - own
+        self.remote = remote_addresses(state, others)
+        self.warm()
+        self.syncs += 1
+        self.last_sync = time.monotonic()
+        for w in res.warnings:
+            log.warning("%s", w)
+        if res.writes or res.deletes:
+            log.info(
+                "sync %d: %d frontends; %d writes, %d deletes, %d rings in %.1f ms",
+                self.syncs,
+                len(state.frontends),
+                res.writes,
+                res.deletes,
+                res.ring_writes,
+                res.seconds * 1000,
+            )
+
+    def warm(self) -> None:
+        warm_neighbours(self.remote)
+        self.last_warm = time.monotonic()
+
+    def run(self, on_sync: Callable[[], None] | None = None) -> None:
+        while not self.stop.is_set():
+            if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
+                self.warm()
+            if self.watch.changed():
+                wait = self.cfg.min_interval - (time.monotonic() - self.last_sync)
+                if wait > 0:
+                    self.stop.wait(wait)
+                try:
+                    self.sync_once()
+                except Exception:  # one bad round must not stop the agent; the next may work
+                    log.exception("sync failed; the datapath keeps its last state")
+                    self.watch.last = ""  # try again on the next poll
+                if on_sync:
+                    on_sync()
+            self.stop.wait(self.cfg.poll_interval)
+
+
+def run_agent(cfg: AgentConfig, paths: list[str], dp_cfg) -> int:
+    """Loads and attaches the datapath, then keeps it in sync until SIGTERM/SIGINT."""
+    from .datapath.node import NodeDatapath, ensure_sysctls
+
+    for line in ensure_sysctls():
+        log.info("%s", line)
+    datapath = NodeDatapath.load(dp_cfg)
+    datapath.attach(cfg.uplink, cfg.cgroup, native=cfg.native_xdp)
+    agent = Agent(cfg, paths, datapath)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop.set())
+    log.info(
+        "agent for node %s on %s (pid %d): watching %s",
+        cfg.node,
+        cfg.uplink,
+        os.getpid(),
+        ", ".join(paths),
+    )
+    agent.run()
+    log.info("stopping; the datapath stays in place")
+    return 0

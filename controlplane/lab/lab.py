@@ -1,0 +1,577 @@
+"""`xlb lab`: up, apply, exec, status, down.
+
+The lab plays the cluster: it runs the pods (each a network namespace with the built-in pod
+server, its processes in its node's cgroup), decides where they run and which IPs they get,
+and writes what an API server would hold (Nodes, Pods with their IPs and readiness, the
+user's Services and Endpoints) into files that one `xlb agent` per node watches. A pod keeps
+its node and IPs for as long as it exists: scaling never moves the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..sources.cluster import ClusterConfig, Pod, place_pods, synthesize_nodes
+from ..sources.manifests import load_cluster, load_documents, pod_from, workload_pods
+from . import topology as topo
+from .topology import CLIENT4, CLIENT6, EXT4, EXT6, LabError
+
+STATE_ROOT = Path("/run/xlb")
+WORKLOADS = {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Pod"}
+
+
+@dataclass
+class NodeState:
+    name: str
+    netns: str
+    addresses: list[str]
+    pod_cidrs: list[str]
+    zone: str
+    cgroup: str
+    pin_root: str
+    agent_pid: int = 0
+
+
+@dataclass
+class PodState:
+    name: str
+    namespace: str
+    node: str
+    ips: list[str]
+    labels: dict[str, str]
+    ports: list[list]  # [name, port, protocol]
+    netns: str
+    host_veth: str
+    pid: int = 0
+    owner: str = ""
+
+
+@dataclass
+class LabState:
+    name: str
+    manifests: list[str]
+    nodes: list[NodeState] = field(default_factory=list)
+    pods: list[PodState] = field(default_factory=list)
+    ext_ips: list[str] = field(default_factory=list)
+    ext_ports: list[list] = field(default_factory=list)
+    ext_pid: int = 0
+
+
+class Lab:
+    def __init__(self, name: str = "lab") -> None:
+        if not name.replace("-", "").isalnum() or len(name) > 20:
+            raise LabError(f"xlb lab: name {name!r}: use up to 20 letters, digits and dashes")
+        self.name = name
+        self.dir = STATE_ROOT / f"lab-{name}"
+        self.prefix = f"xlb-{name}-"
+        self.pin_base = f"/sys/fs/bpf/xlb-lab-{name}"
+
+    # -- names and state ---------------------------------------------------------------------------
+
+    @property
+    def lan_ns(self) -> str:
+        return f"{self.prefix}lan"
+
+    @property
+    def client_ns(self) -> str:
+        return f"{self.prefix}client"
+
+    @property
+    def ext_ns(self) -> str:
+        return f"{self.prefix}ext"
+
+    def cgroup_base(self) -> str:
+        from ..datapath.attach import cgroup2_root
+
+        return os.path.join(cgroup2_root(), f"xlb-lab-{self.name}")
+
+    def load(self) -> LabState:
+        path = self.dir / "state.json"
+        if not path.exists():
+            raise LabError(
+                f"xlb lab: no lab named {self.name!r} is up (xlb lab up --name {self.name})"
+            )
+        raw = json.loads(path.read_text())
+        return LabState(
+            name=raw["name"],
+            manifests=raw["manifests"],
+            nodes=[NodeState(**n) for n in raw["nodes"]],
+            pods=[PodState(**p) for p in raw["pods"]],
+            ext_ips=raw["ext_ips"],
+            ext_ports=raw["ext_ports"],
+            ext_pid=raw["ext_pid"],
+        )
+
+    def save(self, state: LabState) -> None:
+        tmp = self.dir / "state.json.tmp"
+        tmp.write_text(json.dumps(asdict(state), indent=2))
+        tmp.replace(self.dir / "state.json")
+
+    # -- up ----------------------------------------------------------------------------------------
+
+    def up(self, manifests: list[str], nodes: int = 2, log=print) -> LabState:
+        if (self.dir / "state.json").exists() or topo.netns_list(self.prefix):
+            raise LabError(
+                f"xlb lab: lab {self.name!r} is already up; `xlb lab down --name {self.name}` first"
+            )
+        if nodes < 1:
+            raise LabError("xlb lab: --nodes must be at least 1")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "agent").mkdir(exist_ok=True)
+        state = LabState(self.name, [str(Path(m).resolve()) for m in manifests])
+        try:
+            self._build(state, nodes, log)
+        except BaseException:
+            self.down(quiet=True)
+            raise
+        return state
+
+    def _build(self, state: LabState, nodes: int, log) -> None:
+        cfg = ClusterConfig(nodes=nodes)
+        xdp_pass = self._xdp_pass()
+        topo.lan(self.lan_ns)
+        topo.add_netns(self.client_ns)
+        topo.attach_to_lan(self.lan_ns, self.client_ns, f"{self.name}/client", [CLIENT4, CLIENT6])
+        os.makedirs(self.cgroup_base(), exist_ok=True)
+        for node in synthesize_nodes(cfg):
+            ns = f"{self.prefix}{node.name}"
+            topo.add_netns(ns)
+            topo.attach_to_lan(
+                self.lan_ns, ns, f"{self.name}/{node.name}", list(node.addresses), xdp_pass
+            )
+            topo.sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+            cgroup = os.path.join(self.cgroup_base(), node.name)
+            os.makedirs(cgroup, exist_ok=True)
+            state.nodes.append(
+                NodeState(
+                    node.name,
+                    ns,
+                    list(node.addresses),
+                    list(node.pod_cidrs),
+                    node.zone,
+                    cgroup,
+                    f"{self.pin_base}/{node.name}",
+                )
+            )
+        for a in state.nodes:  # each node reaches the others' pods through them
+            for b in state.nodes:
+                if a is not b:
+                    for cidr, via in zip(b.pod_cidrs, b.addresses, strict=False):
+                        topo.route(a.netns, cidr, via)
+        log(
+            f"lab {self.name}: LAN 192.168.198.0/24 and fd00:198::/64, client {CLIENT4}, "
+            + ", ".join(f"{n.name} {n.addresses[0]}" for n in state.nodes)
+        )
+        self._reconcile(state, log)
+        for node in state.nodes:
+            node.agent_pid = self._start_agent(node)
+        self.save(state)
+        self._wait_for_agents(state)
+        log(
+            f"lab {self.name}: {len(state.pods)} pods, agents running on "
+            f"{', '.join(n.name for n in state.nodes)}"
+        )
+
+    # -- apply: the lab's controllers --------------------------------------------------------------
+
+    def apply(self, manifests: list[str] | None = None, log=print) -> LabState:
+        state = self.load()
+        if manifests:
+            state.manifests = [str(Path(m).resolve()) for m in manifests]
+        self._reconcile(state, log)
+        self.save(state)
+        return state
+
+    def _reconcile(self, state: LabState, log) -> None:
+        """Pods to match the workloads, the host for hand-written endpoints, the agents'
+        view of the cluster, and the client's routes to external addresses."""
+        docs, diags = load_documents(state.manifests)
+        for d in diags:
+            log(str(d))
+        nodes = self._node_objects(state)
+        wanted: list[Pod] = []
+        for doc in docs:
+            kind = doc.obj["kind"]
+            if kind in WORKLOADS - {"Pod"}:
+                more, d = workload_pods(doc.obj, nodes)
+                wanted += more
+                for x in d:
+                    log(str(x))
+            elif kind == "Pod" and (p := pod_from(doc.obj)):
+                wanted.append(p)
+        current = {(p.namespace, p.name): p for p in state.pods}
+        fixed = [
+            Pod(p.namespace, p.name, p.labels, (), p.node, tuple(p.ips), owner=p.owner)
+            for p in state.pods
+        ]
+        new = [p for p in wanted if (p.namespace, p.name) not in current]
+        placed, _ = place_pods(fixed + new, nodes)
+        keep = {(p.namespace, p.name) for p in wanted}
+        for p in [p for p in state.pods if (p.namespace, p.name) not in keep]:
+            self._delete_pod(p)
+            state.pods.remove(p)
+            log(f"pod {p.namespace}/{p.name} deleted")
+        by_key = {(p.namespace, p.name): p for p in wanted}
+        for p in placed:
+            key = (p.namespace, p.name)
+            if key in current or key not in by_key:
+                continue
+            ps = self._create_pod(state, by_key[key], p.node_name, list(p.ips))
+            state.pods.append(ps)
+            log(f"pod {p.namespace}/{p.name} on {p.node_name} {' '.join(p.ips)}")
+        self._ext_host(state, [d for d in docs if d.obj["kind"] in ("Endpoints", "EndpointSlice")])
+        for p in state.pods:
+            self._wait_listening(p.netns, p.ports)
+        self._write_agent_view(state, [d.obj for d in docs if d.obj["kind"] not in WORKLOADS])
+        self._client_routes(state)
+
+    @staticmethod
+    def _xdp_pass():
+        """bpf/xdp_pass.c, loaded once; its attachments outlive this process."""
+        from ..datapath import import_bcc
+        from ..datapath.programs import BPF_DIR
+
+        bcc = import_bcc()
+        bpf = bcc.BPF(text=(BPF_DIR / "xdp_pass.c").read_bytes())
+        return bpf.load_func(b"xdp_pass", bcc.BPF.XDP)
+
+    def _node_objects(self, state: LabState):
+        from ..model.objects import LABEL_ZONE, Node
+
+        return [
+            Node(n.name, tuple(n.addresses), {LABEL_ZONE: n.zone}, tuple(n.pod_cidrs))
+            for n in state.nodes
+        ]
+
+    def _create_pod(self, state: LabState, pod: Pod, node_name: str, ips: list[str]) -> PodState:
+        node = next(n for n in state.nodes if n.name == node_name)
+        ns = f"{self.prefix}pod-{pod.namespace}-{pod.name}"[:60]
+        host_veth = topo.short(self.name, pod.namespace, pod.name)
+        topo.add_netns(ns)
+        gateways = [str(ipaddress.ip_network(c).network_address + 1) for c in node.pod_cidrs]
+        topo.pod_link(node.netns, ns, host_veth, ips, gateways)
+        ports = [[c.name, c.port, str(c.protocol)] for c in pod.ports]
+        listen = [f"{proto.lower()}/{port}" for _, port, proto in ports]
+        pid = self._spawn(
+            ns,
+            node.cgroup,
+            f"pod-{pod.namespace}-{pod.name}.log",
+            [
+                sys.executable,
+                "-m",
+                "controlplane.lab.podserver",
+                "--pod",
+                pod.name,
+                "--node",
+                node.name,
+                *[f"--listen={x}" for x in listen],
+            ],
+        )
+        return PodState(
+            pod.name,
+            pod.namespace,
+            node.name,
+            ips,
+            dict(pod.labels),
+            ports,
+            ns,
+            host_veth,
+            pid,
+            pod.owner,
+        )
+
+    def _delete_pod(self, p: PodState) -> None:
+        for pid in topo.pids_in(p.netns) + [p.pid]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        topo.run("ip", "netns", "del", p.netns, check=False)
+
+    def _ext_host(self, state: LabState, docs) -> None:
+        """Hand-written endpoints outside every pod CIDR get a host on the LAN that answers
+        like a pod, so that selector-less Services can be tried for real."""
+        pod_nets = [ipaddress.ip_network(c) for n in state.nodes for c in n.pod_cidrs]
+        ips: set[str] = set()
+        ports: set[tuple[str, int]] = set()
+        for doc in docs:
+            obj = doc.obj
+            subsets = obj.get("subsets") or []
+            addrs = [
+                a.get("ip")
+                for s in subsets
+                if isinstance(s, dict)
+                for a in (s.get("addresses") or [])
+                if isinstance(a, dict)
+            ]
+            pts = [p for s in subsets if isinstance(s, dict) for p in (s.get("ports") or [])]
+            if obj["kind"] == "EndpointSlice":
+                addrs = [a for e in obj.get("endpoints") or [] for a in e.get("addresses") or []]
+                pts = obj.get("ports") or []
+            for a in addrs:
+                with contextlib.suppress(ValueError, TypeError):
+                    if not any(ipaddress.ip_address(a) in n for n in pod_nets):
+                        ips.add(str(ipaddress.ip_address(a)))
+            for p in pts:
+                if isinstance(p, dict) and isinstance(p.get("port"), int):
+                    ports.add(((p.get("protocol") or "TCP").lower(), p["port"]))
+        if sorted(ips) == state.ext_ips and sorted(ports) == [tuple(p) for p in state.ext_ports]:
+            return
+        if state.ext_pid:
+            for pid in topo.pids_in(self.ext_ns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            topo.run("ip", "netns", "del", self.ext_ns, check=False)
+            state.ext_pid = 0
+        state.ext_ips, state.ext_ports = sorted(ips), [list(p) for p in sorted(ports)]
+        if not ips:
+            return
+        topo.add_netns(self.ext_ns)
+        topo.attach_to_lan(self.lan_ns, self.ext_ns, f"{self.name}/ext", [EXT4, EXT6])
+        for a in ips:
+            v6 = ":" in a
+            topo.ip(self.ext_ns, "addr", "add", f"{a}/{128 if v6 else 32}", "dev", "lo")
+            for node in state.nodes:
+                topo.route(node.netns, a, EXT6 if v6 else EXT4)
+        state.ext_pid = self._spawn(
+            self.ext_ns,
+            None,
+            "ext.log",
+            [
+                sys.executable,
+                "-m",
+                "controlplane.lab.podserver",
+                "--pod",
+                "external-host",
+                "--node",
+                "-",
+                *[f"--listen={proto}/{port}" for proto, port in sorted(ports)],
+            ],
+        )
+        self._wait_listening(self.ext_ns, [[None, p, proto] for proto, p in sorted(ports)])
+
+    def _write_agent_view(self, state: LabState, objects: list[dict]) -> None:
+        """What the API server would hold, in the files the agents watch."""
+        cluster = []
+        for n in state.nodes:
+            cluster.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": n.name, "labels": {"topology.kubernetes.io/zone": n.zone}},
+                    "spec": {"podCIDRs": n.pod_cidrs},
+                    "status": {
+                        "addresses": [{"type": "InternalIP", "address": a} for a in n.addresses]
+                    },
+                }
+            )
+        for p in state.pods:
+            cluster.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                    "spec": {
+                        "nodeName": p.node,
+                        "containers": [
+                            {
+                                "name": "server",
+                                "ports": [
+                                    {"name": name, "containerPort": port, "protocol": proto}
+                                    if name
+                                    else {"containerPort": port, "protocol": proto}
+                                    for name, port, proto in p.ports
+                                ],
+                            }
+                        ],
+                    },
+                    "status": {
+                        "podIPs": [{"ip": a} for a in p.ips],
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                }
+            )
+        agent_dir = self.dir / "agent"
+        for fname, docs in (("services.yaml", objects), ("cluster.yaml", cluster)):
+            tmp = agent_dir / f".{fname}.tmp"
+            tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+            tmp.replace(agent_dir / fname)  # agents never read a half-written file
+
+    def _client_routes(self, state: LabState) -> None:
+        """Routes on the client to externalIPs and LoadBalancer IPs, via the first node
+        (until LoadBalancer IPs are announced on the LAN)."""
+        cluster = load_cluster([self.dir / "agent"])
+        first = state.nodes[0].addresses
+        for svc in cluster.services:
+            for a in list(svc.external_ips) + list(svc.ingress_ips):
+                via = next((x for x in first if (":" in x) == (":" in a)), None)
+                if via:
+                    topo.route(self.client_ns, a, via)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _spawn(self, ns: str, cgroup: str | None, logname: str, cmd: list[str]) -> int:
+        def join() -> None:
+            os.setsid()
+            if cgroup:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+
+        out = open(self.dir / logname, "ab")  # noqa: SIM115 (the child keeps it)
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{ns}", *cmd],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=join,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        out.close()
+        return proc.pid
+
+    def _start_agent(self, node: NodeState) -> int:
+        return self._spawn(
+            node.netns,
+            None,
+            f"agent-{node.name}.log",
+            [
+                sys.executable,
+                "-m",
+                "controlplane.cli",
+                "agent",
+                "-f",
+                str(self.dir / "agent"),
+                "--node",
+                node.name,
+                "--uplink",
+                "eth0",
+                "--cgroup",
+                node.cgroup,
+                "--pin-root",
+                node.pin_root,
+                "--max-rings",
+                "32",
+                "--ct-size",
+                "65536",
+            ],
+        )
+
+    def restart_agent(self, node_name: str) -> int:
+        state = self.load()
+        node = next(n for n in state.nodes if n.name == node_name)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(node.agent_pid, signal.SIGKILL)
+        node.agent_pid = self._start_agent(node)
+        self.save(state)
+        return node.agent_pid
+
+    def _wait_for_agents(self, state: LabState, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for node in state.nodes:
+            log_path = self.dir / f"agent-{node.name}.log"
+            while "sync 1:" not in (log_path.read_text() if log_path.exists() else ""):
+                if time.monotonic() > deadline or not _alive(node.agent_pid):
+                    tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+                    raise LabError(f"xlb lab: the agent on {node.name} did not sync:\n{tail}")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _wait_listening(ns: str, ports: list[list], timeout: float = 10) -> None:
+        wanted = [(str(proto).lower(), int(port)) for _, port, proto in ports]
+        deadline = time.monotonic() + timeout
+        while not topo.listening(ns, wanted):
+            if time.monotonic() > deadline:
+                raise LabError(f"xlb lab: the server in {ns} is not listening on {wanted}")
+            time.sleep(0.05)
+
+    # -- exec, status, down -------------------------------------------------------------------
+
+    def target(self, name: str) -> tuple[str, str | None]:
+        """The namespace and cgroup a command for target name runs in."""
+        state = self.load()
+        if name == "client":
+            return self.client_ns, None
+        if name in ("ext", "external-host") and state.ext_pid:
+            return self.ext_ns, None
+        for n in state.nodes:
+            if n.name == name:
+                return n.netns, n.cgroup
+        for p in state.pods:
+            if name in (p.name, f"{p.namespace}/{p.name}"):
+                node = next(n for n in state.nodes if n.name == p.node)
+                return p.netns, node.cgroup
+        choices = ["client"] + [n.name for n in state.nodes] + [p.name for p in state.pods]
+        raise LabError(f"xlb lab: no target {name!r}; try one of: {', '.join(choices)}")
+
+    def exec(self, name: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
+        ns, cgroup = self.target(name)
+
+        def join() -> None:
+            if cgroup:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+
+        return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *cmd], preexec_fn=join, **kw)
+
+    def down(self, quiet: bool = False) -> list[str]:
+        """Removes everything the lab made, found by name, so it works after a crash too."""
+        removed = []
+        for ns in topo.netns_list(self.prefix):
+            for pid in topo.pids_in(ns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(LabError):
+            for p in self.load().pods:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+        for ns in topo.netns_list(self.prefix):
+            topo.run("ip", "netns", "del", ns, check=False)
+            removed.append(f"netns {ns}")
+        base = None
+        with contextlib.suppress(Exception):
+            base = self.cgroup_base()
+        if base and os.path.isdir(base):
+            for sub in sorted(Path(base).glob("*"), reverse=True):
+                if sub.is_dir():
+                    _rmdir_cgroup(sub)
+            _rmdir_cgroup(Path(base))
+            removed.append(f"cgroup {base}")
+        if os.path.isdir(self.pin_base):
+            shutil.rmtree(self.pin_base, ignore_errors=True)
+            removed.append(f"pins {self.pin_base}")
+        if self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+            removed.append(f"state {self.dir}")
+        if not quiet:
+            print(f"lab {self.name}: removed " + (", ".join(removed) or "nothing (not up)"))
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _rmdir_cgroup(path: Path) -> None:
+    """A cgroup goes once its processes are gone; they may take a moment to be reaped."""
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
