@@ -18,7 +18,7 @@
 #include "lib/forward.h"
 #include "lib/reject.h"
 
-#define XLB_SNAT_TRIES 8
+#define XLB_SNAT_TRIES 16
 
 /* Whether a forward conntrack hit may keep its backend: the backend must still exist with the
  * same address, and a terminating backend takes no new TCP connection. */
@@ -29,35 +29,49 @@ static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct x
 	struct xlb_backend *be = xlb_backend_get(ct->backend);
 	if (!be || !xlb_addr_eq(&be->addr, &ct->nat_daddr) || be->port != ct->nat_dport)
 		return 0;
-	if ((be->flags & XLB_BE_F_TERMINATING) && p->proto == IPPROTO_TCP &&
-	    (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK)) == XLB_TCP_SYN)
+	/* a new TCP connection on this tuple: a closing flow's or a terminating backend's entry
+	 * does not carry over */
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK)) == XLB_TCP_SYN &&
+	    ((ct->flags & XLB_CT_F_CLOSING) || (be->flags & XLB_BE_F_TERMINATING)))
 		return 0;
 	return 1;
 }
 
-/* A source port on the node address for a flow to a remote backend, unused by any other
- * flow to that backend; 0 when the tries run out. */
+/* A source port on the node address for a flow to a remote backend: a port no flow to that
+ * backend ever used, or else, of the candidates whose flows are over, the one that ended
+ * longest ago (the backend may keep a closed tuple in TIME_WAIT for 60 s and refuse a new
+ * SYN on it). 0 when every candidate is live. */
 static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 					    const struct xlb_pkt *p,
 					    const union xlb_addr *node,
-					    const struct xlb_backend *be)
+					    const struct xlb_backend *be, __u64 now)
 {
 	__u32 range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
 	if (cfg->snat_port_max < cfg->snat_port_min)
 		return 0;
+	/* double hashing: with one step for every flow, probing would be linear probing in
+	 * disguise, and its clusters made runs of taken candidates far likelier than chance */
 	__u32 h = xlb_hash_flow(p);
+	__u32 step = xlb_fmix(h ^ 0x9e3779b9) | 1;
 	struct xlb_ct_key k = {};
 	k.saddr = be->addr;
 	k.daddr = *node;
 	k.sport = be->port;
 	k.proto = p->proto;
+	__be16 best = 0;
+	__u64 best_stamp = ~0ULL;
 #pragma unroll
 	for (int i = 0; i < XLB_SNAT_TRIES; i++) {
-		k.dport = bpf_htons(cfg->snat_port_min + (h + i * 7919) % range);
-		if (!xlb_ct.lookup(&k))
+		k.dport = bpf_htons(cfg->snat_port_min + (h + i * step) % range);
+		struct xlb_ct *old = xlb_ct.lookup(&k);
+		if (!old)
 			return k.dport;
+		if (xlb_ct_expired(old, p->proto, now) && old->stamp < best_stamp) {
+			best = k.dport;
+			best_stamp = old->stamp;
+		}
 	}
-	return 0;
+	return best;
 }
 
 /* Whether the client may reach this frontend (loadBalancerSourceRanges). */
@@ -75,6 +89,7 @@ static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u16 flags = ct->flags;
+	xlb_ct_observe(ct, p);
 	xlb_count_svc(ct->svc, len, 0, 0);
 	if (xlb_rewrite(data, data_end, p, &ct->nat_saddr, ct->nat_sport, &ct->nat_daddr,
 			ct->nat_dport))
@@ -154,14 +169,14 @@ int xdp_lb(struct xdp_md *ctx)
 	flow.nat_dport = be->port;
 	flow.backend = id;
 	flow.svc = svc->id;
-	flow.created = now;
+	flow.stamp = now;
 	if (!(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT)) {
 		__u32 zero = 0;
 		struct xlb_config *cfg = xlb_config.lookup(&zero);
 		if (!cfg)
 			return XDP_PASS;
 		flow.nat_saddr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
-		flow.nat_sport = xlb_snat_port(cfg, &p, &flow.nat_saddr, be);
+		flow.nat_sport = xlb_snat_port(cfg, &p, &flow.nat_saddr, be, now);
 		if (!flow.nat_sport) {
 			xlb_count_svc(svc->id, len, 0, 1);
 			xlb_count_reason(XLB_R_DROP_SNAT_EXHAUSTED);

@@ -160,7 +160,7 @@ def run_agent(cfg: AgentConfig, paths: list[str], dp_cfg) -> int:
     """Loads and attaches the datapath, then keeps it in sync until SIGTERM/SIGINT."""
     from .datapath.node import NodeDatapath, ensure_sysctls
 
-    for line in ensure_sysctls():
+    for line in ensure_sysctls(dp_cfg.snat_ports):
         log.info("%s", line)
     datapath = NodeDatapath.load(dp_cfg)
     datapath.attach(cfg.uplink, cfg.cgroup, native=cfg.native_xdp)

@@ -190,7 +190,7 @@ def cmd_datapath_up(args: argparse.Namespace) -> int:
     addrs = args.node_ip or list(node.addresses)
     addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")
     addr6 = next((a for a in addrs if ":" in a), "::")
-    for line in ensure_sysctls():
+    for line in ensure_sysctls(cfg.snat_ports):
         print(f"xlb: {line}")
     dp = NodeDatapath.load(cfg)
     cgroup = args.cgroup or cgroup2_root()

@@ -19,6 +19,50 @@ static __always_inline struct xlb_backend *xlb_backend_get(__u32 id)
 	return be && be->port ? be : 0;
 }
 
+/* The key of an entry's twin (the other direction): its own rewrite, reversed. */
+static __always_inline void xlb_ct_twin_key(const struct xlb_ct *ct, __u8 proto,
+					    struct xlb_ct_key *k)
+{
+	k->saddr = ct->nat_daddr;
+	k->daddr = ct->nat_saddr;
+	k->sport = ct->nat_dport;
+	k->dport = ct->nat_sport;
+	k->proto = proto;
+}
+
+/* Notes what a packet of a tracked flow says about the flow's life: a TCP FIN or RST marks
+ * both directions closing (their SNAT port is free again after XLB_CT_CLOSED_REUSE); UDP
+ * refreshes the idle stamp at most once a second. The TCP data path reads no clock. */
+static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_pkt *p)
+{
+	if (p->proto == IPPROTO_TCP) {
+		if (!(p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST)) || (ct->flags & XLB_CT_F_CLOSING))
+			return;
+		__u64 now = bpf_ktime_get_coarse_ns();
+		ct->flags |= XLB_CT_F_CLOSING;
+		ct->stamp = now;
+		struct xlb_ct_key k = {};
+		xlb_ct_twin_key(ct, p->proto, &k);
+		struct xlb_ct *twin = xlb_ct.lookup(&k);
+		if (twin) {
+			twin->flags |= XLB_CT_F_CLOSING;
+			twin->stamp = now;
+		}
+		return;
+	}
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (now - ct->stamp > XLB_NS_PER_SEC)
+		ct->stamp = now;
+}
+
+/* Whether a conntrack entry no longer holds its tuple (its SNAT port may be taken). */
+static __always_inline int xlb_ct_expired(const struct xlb_ct *ct, __u8 proto, __u64 now)
+{
+	if (ct->flags & XLB_CT_F_CLOSING)
+		return now - ct->stamp > XLB_CT_CLOSED_REUSE;
+	return proto == IPPROTO_UDP && now - ct->stamp > XLB_CT_UDP_IDLE;
+}
+
 /* Records a new flow: val under key (the client's tuple), then the matching reverse entry
  * under the backend's reply tuple. key and val are turned into the reverse entry in place
  * (their forward contents are gone afterwards): no second pair on the stack. 0, or -1 if the

@@ -103,6 +103,11 @@ struct xlb_ct_key {
 
 #define XLB_CT_F_REVERSE 0x1 /* a reply entry: restores the frontend as the source */
 #define XLB_CT_F_SNAT 0x2    /* the forward flow was SNATed to the node address */
+#define XLB_CT_F_CLOSING 0x4 /* TCP FIN or RST seen: its SNAT port is free again soon */
+
+/* When an entry's SNAT port may serve a new flow (ns). */
+#define XLB_CT_CLOSED_REUSE (10ULL * XLB_NS_PER_SEC) /* after FIN/RST (TIME_WAIT-like) */
+#define XLB_CT_UDP_IDLE (60ULL * XLB_NS_PER_SEC)     /* a UDP flow silent this long */
 
 /* The tuple a hit rewrites the packet to, in either direction. */
 struct xlb_ct {
@@ -114,7 +119,7 @@ struct xlb_ct {
 	__u16 pad;
 	__u32 backend; /* forward: the backend id, checked on every hit */
 	__u32 svc;     /* the frontend id, for counters */
-	__u64 created; /* ns, coarse clock: the hot path reads no clock, LRU order is recency */
+	__u64 stamp; /* coarse ns: creation; when closing began (TCP); last seen (UDP, ≤ 1/s) */
 };
 
 struct xlb_affinity_key {
@@ -201,11 +206,13 @@ BPF_TABLE_PINNED("array", __u32, struct xlb_backend, xlb_backends, XLB_MAX_BACKE
 		 XLB_PIN_ROOT "/backends");
 BPF_TABLE_PINNED("array", __u32, __u32, xlb_rings, XLB_MAX_RINGS * 2 * XLB_RING_SIZE,
 		 XLB_PIN_ROOT "/rings");
-/* Per-CPU LRU lists (one shared table): inserting a new flow does not contend on one lock. */
+/* One LRU list, not per-CPU ones (BPF_F_NO_COMMON_LRU): XDP on one port runs mostly on one
+ * CPU, so per-CPU lists would give it only max_entries / CPUs before evicting live flows;
+ * measured, they did not make inserts faster either. */
 BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct, XLB_CT_SIZE,
-		 XLB_PIN_ROOT "/ct", BPF_F_NO_COMMON_LRU);
+		 XLB_PIN_ROOT "/ct");
 BPF_TABLE_PINNED("lru_hash", struct xlb_affinity_key, struct xlb_affinity, xlb_affinity,
-		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity", BPF_F_NO_COMMON_LRU);
+		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity");
 BPF_TABLE_PINNED("lru_hash", struct xlb_sock_key, struct xlb_sock_rev, xlb_sock_rev,
 		 XLB_SOCK_REV_SIZE, XLB_PIN_ROOT "/sock_rev");
 BPF_TABLE_PINNED("lpm_trie", struct xlb_range_key, __u8, xlb_source_ranges,

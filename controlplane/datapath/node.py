@@ -25,14 +25,26 @@ SYSCTLS = {
 }
 
 
-def ensure_sysctls() -> list[str]:
-    """Sets what SYSCTLS lists; returns a line per change, for the user to see."""
+def ensure_sysctls(snat_ports: tuple[int, int] | None = None) -> list[str]:
+    """Sets what SYSCTLS lists and reserves the SNAT port range from the node's ephemeral
+    ports; returns a line per change, for the user to see."""
     changed = []
     for path, value in SYSCTLS.items():
         p = Path(path)
         if p.exists() and p.read_text().strip() != value:
             p.write_text(value)
             changed.append(f"set {path.removeprefix('/proc/sys/').replace('/', '.')}={value}")
+    reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+    if snat_ports and reserved.exists():
+        current = reserved.read_text().strip()
+        want = f"{snat_ports[0]}-{snat_ports[1]}"
+        if want not in current.split(","):
+            value = f"{current},{want}" if current else want
+            reserved.write_text(value)
+            changed.append(
+                f"set net.ipv4.ip_local_reserved_ports={value} (SNAT ports to "
+                "backends on other nodes)"
+            )
     return changed
 
 

@@ -29,6 +29,7 @@ from . import topology as topo
 from .topology import CLIENT4, CLIENT6, EXT4, EXT6, LabError
 
 STATE_ROOT = Path("/run/xlb")
+AGENT_CATCH_UP = 0.5  # seconds: agents look every 0.1 s; endpoints leave before their pods
 WORKLOADS = {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Pod"}
 
 
@@ -219,10 +220,9 @@ class Lab:
         new = [p for p in wanted if (p.namespace, p.name) not in current]
         placed, _ = place_pods(fixed + new, nodes)
         keep = {(p.namespace, p.name) for p in wanted}
-        for p in [p for p in state.pods if (p.namespace, p.name) not in keep]:
-            self._delete_pod(p)
+        leaving = [p for p in state.pods if (p.namespace, p.name) not in keep]
+        for p in leaving:
             state.pods.remove(p)
-            log(f"pod {p.namespace}/{p.name} deleted")
         by_key = {(p.namespace, p.name): p for p in wanted}
         for p in placed:
             key = (p.namespace, p.name)
@@ -236,6 +236,12 @@ class Lab:
             self._wait_listening(p.netns, p.ports)
         self._write_agent_view(state, [d.obj for d in docs if d.obj["kind"] not in WORKLOADS])
         self._client_routes(state)
+        if leaving:
+            # as Kubernetes does: the endpoints go first, the pods once the proxies know
+            time.sleep(AGENT_CATCH_UP)
+        for p in leaving:
+            self._delete_pod(p)
+            log(f"pod {p.namespace}/{p.name} deleted")
 
     @staticmethod
     def _xdp_pass():
@@ -338,6 +344,9 @@ class Lab:
             return
         topo.add_netns(self.ext_ns)
         topo.attach_to_lan(self.lan_ns, self.ext_ns, f"{self.name}/ext", [EXT4, EXT6])
+        for node in state.nodes:  # answers go back to pods through their node
+            for cidr, via in zip(node.pod_cidrs, node.addresses, strict=False):
+                topo.route(self.ext_ns, cidr, via)
         for a in ips:
             v6 = ":" in a
             topo.ip(self.ext_ns, "addr", "add", f"{a}/{128 if v6 else 32}", "dev", "lo")

@@ -1,0 +1,368 @@
+"""The lab with real traffic: every example Service from the client, a pod and a node;
+endpoints that come and go; an agent killed under load; the quirks; a clean `down`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from controlplane.lab.lab import Lab
+from controlplane.lab.topology import netns_list
+from controlplane.model import FrontendKind, Scope, translate
+from controlplane.sources.manifests import load_cluster
+from tests.helpers import EXAMPLES
+
+POD_RE = re.compile(r"pod=(\S+) node=(\S+) client=(\S+)")
+
+
+def lab_name() -> str:
+    return f"t{os.getpid() % 10000}{uuid.uuid4().hex[:4]}"
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> Path:
+    """The shipped examples plus a NodePort Service that selects nothing (for rejects)."""
+    d = tmp_path_factory.mktemp("lab") / "manifests"
+    shutil.copytree(EXAMPLES / "services", d)
+    (d / "zz-empty.yaml").write_text(
+        textwrap.dedent("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: nobody-home}
+        spec:
+          type: NodePort
+          selector: {app: nobody}
+          ports: [{name: tcp, port: 80, nodePort: 31080}, {name: udp, port: 53, protocol: UDP,
+                   nodePort: 31053}]
+    """)
+    )
+    return d
+
+
+@pytest.fixture(scope="module")
+def lab(manifests):
+    lab = Lab(lab_name())
+    try:
+        lab.up([str(manifests)], nodes=2, log=lambda *_: None)
+        yield lab
+    finally:
+        lab.down(quiet=True)
+
+
+def run(lab: Lab, target: str, *cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    return lab.exec(target, list(cmd), capture_output=True, text=True, timeout=timeout)
+
+
+def get(lab: Lab, target: str, host: str, port: int) -> tuple[str, str, str]:
+    url_host = f"[{host}]" if ":" in host else host
+    out = run(lab, target, "curl", "-sS", "-m", "3", f"http://{url_host}:{port}/")
+    assert out.returncode == 0, f"{target} -> {host}:{port}: {out.stderr.strip()}"
+    m = POD_RE.search(out.stdout)
+    assert m, out.stdout
+    return m.groups()
+
+
+def frontends(lab: Lab, node_name: str = "node-1"):
+    """The cluster as the agents see it, and what node_name programs."""
+    cluster = load_cluster([lab.dir / "agent"])
+    node = next(n for n in cluster.nodes if n.name == node_name)
+    return cluster, translate(cluster.services, cluster.slices, node)
+
+
+def a_pod(lab: Lab, node: str) -> str:
+    return next(p.name for p in lab.load().pods if p.node == node)
+
+
+# -- every example Service, from everywhere ------------------------------------------------------
+
+
+def test_every_cluster_ip_from_a_pod_on_each_node_and_from_a_node(lab):
+    _, state = frontends(lab)
+    sources = [a_pod(lab, "node-1"), a_pod(lab, "node-2"), "node-2"]
+    checked = 0
+    for fe in state.frontends:
+        if fe.kind is not FrontendKind.CLUSTER_IP or fe.protocol != "TCP" or not fe.backends:
+            continue
+        targets = {b.target for b in fe.backends}
+        for src in sources:
+            pod, _, _ = get(lab, src, fe.address, fe.port)
+            assert pod in targets or (pod == "external-host" and not any(targets)), (fe, src)
+            checked += 1
+    assert checked >= 3 * 14  # every Service with endpoints, IPv4 and IPv6
+
+
+def test_node_ports_external_ips_and_load_balancer_from_the_client(lab):
+    """Each node's NodePorts on its own address (its backends: externalTrafficPolicy Local
+    differs per node); externalIPs and LoadBalancer IPs are routed to node-1."""
+    checked = 0
+    for node_name in ("node-1", "node-2"):
+        cluster, state = frontends(lab, node_name)
+        for fe in state.frontends:
+            if fe.scope is not Scope.EXTERNAL or fe.protocol != "TCP" or not fe.backends:
+                continue
+            if fe.kind is not FrontendKind.NODE_PORT and node_name != "node-1":
+                continue
+            pod, _, client = get(lab, "client", fe.address, fe.port)
+            assert pod in {b.target for b in fe.backends}, (node_name, fe)
+            if fe.preserve_client_ip:
+                assert client.startswith("192.168.198.100:")
+            checked += 1
+    assert checked >= 20
+
+
+def test_external_addresses_from_inside_the_cluster(lab):
+    """Pods and nodes reach NodePorts, externalIPs and LoadBalancer IPs through the socket
+    hooks, with every endpoint eligible whatever externalTrafficPolicy says."""
+    _, state = frontends(lab)
+    for fe in state.frontends:
+        if fe.scope is Scope.INTERNAL and fe.kind is not FrontendKind.CLUSTER_IP and fe.backends:
+            pod, _, _ = get(lab, a_pod(lab, "node-2"), fe.address, fe.port)
+            assert pod in {b.target for b in fe.backends}
+
+
+def test_cluster_ips_are_not_reachable_from_outside(lab):
+    _, state = frontends(lab)
+    fe = next(f for f in state.frontends if f.kind is FrontendKind.CLUSTER_IP)
+    out = run(lab, "client", "curl", "-sS", "-m", "2", f"http://{fe.address}:{fe.port}/")
+    assert out.returncode != 0
+
+
+def test_headless_and_external_name_are_not_programmed(lab):
+    cluster, state = frontends(lab)
+    programmed = {f.service for f in state.frontends}
+    for name in (
+        "nginx-clusterip-svc-headless",
+        "nginx-externalname-svc",
+        "nginx-externalname-svc-with-externalips",
+    ):
+        assert f"default/{name}" not in programmed
+    for ip in ("192.168.198.16", "192.168.198.17"):  # the ExternalName's externalIPs
+        assert all(f.address != ip for f in state.frontends)
+
+
+def test_session_affinity_keeps_a_client_and_switches_after_the_timeout(lab):
+    _, state = frontends(lab)
+    fe = next(f for f in state.frontends if f.service.endswith("sessionaffinityconfig"))
+    assert fe.affinity_timeout == 2
+    src = a_pod(lab, "node-2")
+    first = {get(lab, src, fe.address, fe.port)[0] for _ in range(6)}
+    assert len(first) == 1
+    seen = set()
+    for _ in range(8):  # after the timeout the client is free to land elsewhere
+        time.sleep(2.2)
+        seen.add(get(lab, src, fe.address, fe.port)[0])
+        if len(seen) > 1:
+            break
+    assert len(seen) > 1
+
+
+# -- no endpoints ----------------------------------------------------------------------------------
+
+PROBE = textwrap.dedent("""
+    import errno, socket, sys, time
+    host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    t = time.monotonic()
+    try:
+        if proto == "tcp":
+            socket.create_connection((host, port), timeout=3)
+        else:
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            s.settimeout(3)
+            s.connect((host, port))
+            s.send(b"q")
+            s.recv(100)
+        print("answered", 0)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e)), round((time.monotonic() - t) * 1000))
+""")
+
+
+@pytest.mark.parametrize(
+    "source,host,port,proto",
+    [
+        ("client", "192.168.198.201", 31080, "tcp"),
+        ("client", "192.168.198.202", 31053, "udp"),
+        ("pod", "cluster-ip", 80, "tcp"),
+        ("node-1", "cluster-ip", 80, "tcp"),
+    ],
+)
+def test_no_endpoints_is_refused_in_under_100_ms(lab, source, host, port, proto):
+    if host == "cluster-ip":
+        cluster, _ = frontends(lab)
+        host = next(s for s in cluster.services if s.name == "nobody-home").cluster_ips[0]
+    target = a_pod(lab, "node-1") if source == "pod" else source
+    out = run(lab, target, sys.executable, "-c", PROBE, host, str(port), proto)
+    what, ms = out.stdout.split()
+    assert what == "ECONNREFUSED" and int(ms) < 100, out.stdout
+
+
+# -- endpoints that come and go ----------------------------------------------------------------
+
+
+def replicas(manifests: Path, n: int) -> None:
+    path = manifests / "nginx-deploy.yaml"
+    path.write_text(re.sub(r"replicas: \d+", f"replicas: {n}", path.read_text()))
+
+
+HOLD = textwrap.dedent("""
+    import socket, sys, time
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    f = s.makefile("rwb", buffering=0)
+    f.write(b"hello\\n")
+    print(f.readline().decode().split()[0], flush=True)
+    sys.stdin.readline()  # until told
+    f.write(b"again\\n")
+    print(f.readline().decode().split()[0], flush=True)
+""")
+
+
+def test_scale_down_and_up_new_connections_follow_old_ones_stay(lab, manifests):
+    _, state = frontends(lab)
+    fe = next(f for f in state.frontends if f.service == "default/nginx-clusterip-svc")
+    src = "node-2"
+    # hold connections until one sits on each replica
+    held = {}
+    for _ in range(30):
+        p = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{lab.target('node-2')[0]}",
+                sys.executable,
+                "-c",
+                HOLD,
+                fe.address,
+                str(fe.port),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: _join(lab.target("node-2")[1]),
+        )
+        pod = p.stdout.readline().strip().removeprefix("pod=")
+        if pod in held:
+            p.kill()
+        else:
+            held[pod] = p
+        if len(held) == 3:
+            break
+    assert len(held) == 3
+    survivor = sorted(held)[0]  # replicas are numbered; scaling to 1 keeps the first
+
+    replicas(manifests, 1)
+    lab.apply()
+    t = time.monotonic()
+    while True:  # new connections follow within a second
+        pods = {get(lab, src, fe.address, fe.port)[0] for _ in range(6)}
+        if pods == {survivor}:
+            break
+        assert time.monotonic() - t < 1.0, pods
+    # the connection to the remaining replica is untouched
+    out, _ = held[survivor].communicate("go\n", timeout=5)
+    assert out.split() == [f"pod={survivor}"]
+    for name, p in held.items():
+        if name != survivor:
+            p.kill()
+
+    replicas(manifests, 3)
+    lab.apply()
+    t = time.monotonic()
+    seen = set()
+    while len(seen) < 3:
+        seen |= {get(lab, src, fe.address, fe.port)[0] for _ in range(6)}
+        assert time.monotonic() - t < 1.5, seen
+    assert len(seen) == 3
+
+
+def _join(cgroup: str | None) -> None:
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+
+LOOP = textwrap.dedent("""
+    import socket, sys, time
+    host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    ok = failed = 0
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+                if b"200 OK" in s.recv(200):
+                    ok += 1
+                else:
+                    failed += 1
+        except OSError:
+            failed += 1
+    print(ok, failed)
+""")
+
+
+def test_killing_and_restarting_an_agent_under_load_fails_no_request(lab):
+    loop = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{lab.target('client')[0]}",
+            sys.executable,
+            "-c",
+            LOOP,
+            "192.168.198.201",
+            "31000",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    node1 = next(n for n in lab.load().nodes if n.name == "node-1")
+    os.kill(node1.agent_pid, 9)
+    time.sleep(2)  # no agent at all: the datapath carries on
+    lab.restart_agent("node-1")
+    out, _ = loop.communicate(timeout=30)
+    ok, failed = map(int, out.split())
+    assert failed == 0 and ok > 50, out
+
+
+def test_quirks_get_one_precise_line_each_and_the_rest_keep_serving(lab, manifests, tmp_path):
+    quirks = tmp_path / "quirks"
+    shutil.copytree(EXAMPLES / "quirks", quirks)
+    lab.apply([str(manifests), str(quirks)])
+    time.sleep(1)
+    log = (lab.dir / "agent-node-1.log").read_text()
+    for needle in (
+        "spec.sessionAffinity: 'ClientIP' must be None when type is ExternalName",
+        "spec.ipFamily: unknown field",
+        "subsets[0].addresss: unknown field",
+        "spec.ports[0].nodePort: 8000 is outside the NodePort range",
+    ):
+        assert log.count(needle) == 1, needle
+    assert get(lab, "client", "192.168.198.201", 31000)[0].startswith("nginx-deploy")
+    lab.apply([str(manifests)])
+
+
+# -- down ------------------------------------------------------------------------------------------
+
+
+def test_down_leaves_nothing_behind_even_after_a_crash(manifests):
+    lab = Lab(lab_name())
+    try:
+        lab.up([str(manifests)], nodes=1, log=lambda *_: None)
+        (lab.dir / "state.json").unlink()  # as if the lab's records were lost in a crash
+    finally:
+        lab.down(quiet=True)
+    assert netns_list(lab.prefix) == []
+    assert not os.path.exists(lab.pin_base) and not lab.dir.exists()
+    assert not os.path.exists(lab.cgroup_base())
+    leftover = subprocess.run(["pgrep", "-f", f"xlb-lab-{lab.name}"], capture_output=True)
+    assert leftover.stdout == b""
+    lab.down(quiet=True)  # idempotent
