@@ -25,7 +25,7 @@ test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV)/bin/xlb model -f $(EXAMPLES)
+	$(VENV)/bin/xlb demo --check -f $(EXAMPLES)
 
 lint: venv
 	@echo "lint: ruff check + ruff format --check"

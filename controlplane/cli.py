@@ -265,6 +265,18 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return lab_status(lab)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .lab.demo import demo
+
+    return demo(
+        args.filename or [str(EXAMPLES)],
+        name=args.name,
+        check=args.check,
+        keep=args.keep,
+        nodes=args.nodes,
+    )
+
+
 def lab_status(lab) -> int:
     from .datapath.maps import Maps
     from .datapath.programs import open_pinned
@@ -415,6 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     for p in lab_sub.choices.values():
         p.add_argument("--name", default="lab", help="the lab's name (default lab)")
     lab.set_defaults(func=cmd_lab)
+
+    dem = sub.add_parser(
+        "demo",
+        help="build a lab with the examples and tour it: ClusterIP, "
+        "NodePort, LoadBalancer, affinity, traffic policy, no endpoints",
+    )
+    dem.add_argument("-f", "--filename", action="append", metavar="FILE|DIR")
+    dem.add_argument("--name", default="demo")
+    dem.add_argument("--nodes", type=int, default=2)
+    dem.add_argument("--check", action="store_true", help="exit 1 if any answer is wrong")
+    dem.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    dem.set_defaults(func=cmd_demo)
 
     agent = sub.add_parser(
         "agent",

@@ -122,11 +122,17 @@ def test_node_ports_external_ips_and_load_balancer_from_the_client(lab):
 def test_external_addresses_from_inside_the_cluster(lab):
     """Pods and nodes reach NodePorts, externalIPs and LoadBalancer IPs through the socket
     hooks, with every endpoint eligible whatever externalTrafficPolicy says."""
-    _, state = frontends(lab)
-    for fe in state.frontends:
-        if fe.scope is Scope.INTERNAL and fe.kind is not FrontendKind.CLUSTER_IP and fe.backends:
-            pod, _, _ = get(lab, a_pod(lab, "node-2"), fe.address, fe.port)
-            assert pod in {b.target for b in fe.backends}
+    for source in (a_pod(lab, "node-2"), "node-1"):
+        node = "node-1" if source == "node-1" else "node-2"
+        _, state = frontends(lab, node)
+        for fe in state.frontends:
+            if (
+                fe.scope is Scope.INTERNAL
+                and fe.kind is not FrontendKind.CLUSTER_IP
+                and fe.backends
+            ):
+                pod, _, _ = get(lab, source, fe.address, fe.port)
+                assert pod in {b.target for b in fe.backends}
 
 
 def test_cluster_ips_are_not_reachable_from_outside(lab):
@@ -281,6 +287,31 @@ def test_scale_down_and_up_new_connections_follow_old_ones_stay(lab, manifests):
         seen |= {get(lab, src, fe.address, fe.port)[0] for _ in range(6)}
         assert time.monotonic() - t < 1.5, seen
     assert len(seen) == 3
+
+
+def test_deleting_a_pod_new_connections_follow_within_a_second(lab, manifests):
+    solo = manifests / "zz-solo-pod.yaml"
+    solo.write_text(
+        textwrap.dedent("""
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: solo, labels: {app: nginx}}
+        spec: {containers: [{name: web, ports: [{containerPort: 80}]}]}
+    """)
+    )
+    lab.apply()
+    _, state = frontends(lab)
+    fe = next(f for f in state.frontends if f.service == "default/nginx-clusterip-svc")
+    assert "solo" in {b.target for b in fe.backends}
+    t = time.monotonic()
+    while "solo" not in {get(lab, "node-1", fe.address, fe.port)[0] for _ in range(8)}:
+        assert time.monotonic() - t < 1.0
+    solo.unlink()
+    lab.apply()
+    t = time.monotonic()
+    while "solo" in {get(lab, "node-1", fe.address, fe.port)[0] for _ in range(12)}:
+        assert time.monotonic() - t < 1.0
+    assert netns_list(f"{lab.prefix}pod-default-solo") == []
 
 
 def _join(cgroup: str | None) -> None:

@@ -1,0 +1,101 @@
+"""The agent loop against the real maps: bursts coalesce, changes arrive, problems are
+reported once and never stop the loop."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import threading
+import time
+
+import pytest
+
+from controlplane.agent import Agent, AgentConfig, ManifestWatch
+from controlplane.model.objects import Protocol
+from controlplane.model.state import Scope
+
+NODE = textwrap.dedent("""
+    apiVersion: v1
+    kind: Node
+    metadata: {name: node-1}
+    status: {addresses: [{type: InternalIP, address: 192.168.198.201}]}
+""")
+
+
+def service(i: int, port: int = 80) -> str:
+    return textwrap.dedent(f"""
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: s{i}}}
+        spec: {{clusterIP: 10.96.1.{i}, ports: [{{port: {port}}}]}}
+    """)
+
+
+class SyncerDatapath:
+    """The agent's view of a datapath: the real Syncer over the real pinned maps."""
+
+    def __init__(self, syncer):
+        self.syncer = syncer
+
+    def apply(self, state, addr4, addr6):
+        return self.syncer.sync(state, addr4, addr6)
+
+
+@pytest.fixture
+def agent(tmp_path, syncer):
+    (tmp_path / "node.yaml").write_text(NODE)
+    a = Agent(
+        AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.2),
+        [str(tmp_path)],
+        SyncerDatapath(syncer),
+    )
+    thread = threading.Thread(target=a.run, daemon=True)
+    thread.start()
+    yield a, tmp_path, syncer
+    a.stop.set()
+    thread.join(2)
+
+
+def wait_for(pred, timeout=3.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_watch_notices_added_rewritten_and_removed_files(tmp_path):
+    watch = ManifestWatch([tmp_path])
+    assert watch.changed()  # the first look always counts
+    assert not watch.changed()
+    (tmp_path / "a.yaml").write_text(service(1))
+    assert watch.changed()
+    (tmp_path / "a.yaml").write_text(service(1, 81))
+    assert watch.changed()
+    (tmp_path / "a.yaml").unlink()
+    assert watch.changed() and not watch.changed()
+
+
+def test_a_burst_of_changes_becomes_few_syncs_and_the_last_state_wins(agent):
+    a, d, syncer = agent
+    wait_for(lambda: a.syncs >= 1)
+    start = a.syncs
+    for i in range(1, 101):  # 100 edits in about a second
+        (d / f"s{i}.yaml").write_text(service(i))
+        time.sleep(0.01)
+    wait_for(lambda: ("10.96.1.100", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+    time.sleep(0.4)
+    assert a.syncs - start <= 10
+    assert len([k for k in syncer.frontends if k[0].startswith("10.96.1.")]) == 100
+
+
+def test_bad_objects_are_logged_once_and_the_rest_is_programmed(agent, caplog):
+    a, d, syncer = agent
+    caplog.set_level(logging.WARNING)
+    (d / "bad.yaml").write_text(service(7).replace("ports:", "portz:"))
+    (d / "good.yaml").write_text(service(8))
+    wait_for(lambda: ("10.96.1.8", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+    (d / "good2.yaml").write_text(service(9))
+    wait_for(lambda: ("10.96.1.9", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+    lines = [r.getMessage() for r in caplog.records if "s7" in r.getMessage()]
+    assert len(lines) == 2  # the unknown field and the missing ports, once each
+    assert all("Service default/s7" in x for x in lines)
