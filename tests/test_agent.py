@@ -88,14 +88,30 @@ def test_a_burst_of_changes_becomes_few_syncs_and_the_last_state_wins(agent):
     assert len([k for k in syncer.frontends if k[0].startswith("10.96.1.")]) == 100
 
 
-def test_bad_objects_are_logged_once_and_the_rest_is_programmed(agent, caplog):
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_bad_objects_are_logged_once_and_the_rest_is_programmed(agent):
     a, d, syncer = agent
-    caplog.set_level(logging.WARNING)
-    (d / "bad.yaml").write_text(service(7).replace("ports:", "portz:"))
-    (d / "good.yaml").write_text(service(8))
-    wait_for(lambda: ("10.96.1.8", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
-    (d / "good2.yaml").write_text(service(9))
-    wait_for(lambda: ("10.96.1.9", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
-    lines = [r.getMessage() for r in caplog.records if "s7" in r.getMessage()]
-    assert len(lines) == 2  # the unknown field and the missing ports, once each
-    assert all("Service default/s7" in x for x in lines)
+    # a handler of its own: global logging state (caplog, other tests' configs) cannot hide it
+    logger, lines = logging.getLogger("xlb.agent"), Lines()
+    logger.disabled = False
+    logger.addHandler(lines)
+    try:
+        # addresses no other test uses: the maps are shared and read back by each Syncer
+        (d / "bad.yaml").write_text(service(207).replace("ports:", "portz:"))
+        (d / "good.yaml").write_text(service(208))
+        wait_for(lambda: ("10.96.1.208", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+        (d / "good2.yaml").write_text(service(209))
+        wait_for(lambda: ("10.96.1.209", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+    finally:
+        logger.removeHandler(lines)
+    about = [x for x in lines.lines if "s207" in x]
+    assert len(about) == 2  # the unknown field and the missing ports, once each
+    assert all("Service default/s207" in x for x in about)
