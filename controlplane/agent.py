@@ -69,6 +69,33 @@ class ManifestWatch:
         return True
 
 
+class ManifestSource:
+    """Manifest files as a source: looked at every poll, reloaded whole on any change."""
+
+    def __init__(self, paths: list[str], cluster_cfg: ClusterConfig | None = None) -> None:
+        self.paths, self.cluster_cfg = paths, cluster_cfg or ClusterConfig()
+        self.watch = ManifestWatch(paths)
+        self.ready = True
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def changed(self) -> bool:
+        return self.watch.changed()
+
+    def snapshot(self) -> Cluster:
+        return load_cluster(self.paths, self.cluster_cfg)
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def health(self) -> dict:
+        return {}
+
+
 def desired_state(
     cluster: Cluster, node_name: str, cfg: TranslateConfig | None = None
 ) -> tuple[DesiredState, list[str]]:
@@ -91,21 +118,19 @@ def desired_state(
 
 
 class Agent:
-    def __init__(
-        self, cfg: AgentConfig, paths: list[str], datapath, cluster_cfg: ClusterConfig | None = None
-    ) -> None:
-        self.cfg, self.paths, self.datapath = cfg, paths, datapath
-        self.cluster_cfg = cluster_cfg or ClusterConfig()
-        self.watch = ManifestWatch(paths)
+    def __init__(self, cfg: AgentConfig, source, datapath) -> None:
+        self.cfg, self.source, self.datapath = cfg, source, datapath
         self.reported: set[Diagnostic] = set()
         self.stop = threading.Event()
         self.syncs = 0
         self.last_sync = 0.0
         self.remote: set[str] = set()
         self.last_warm = 0.0
+        self.retry = False
+        self.state = DesiredState()
 
     def sync_once(self) -> None:
-        cluster = load_cluster(self.paths, self.cluster_cfg)
+        cluster = self.source.snapshot()
         state, addresses = desired_state(cluster, self.cfg.node)
         for d in state.diagnostics:
             if d not in self.reported and d.level is not Level.INFO:
@@ -115,6 +140,7 @@ class Agent:
         addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")
         addr6 = next((a for a in addrs if ":" in a), "::")
         res = self.datapath.apply(state, addr4, addr6)
+        self.state = state
         own = set(addresses) | set(self.cfg.node_ips)
         others = {a for n in cluster.nodes for a in n.addresses} - own
         self.remote = remote_addresses(state, others)
@@ -139,24 +165,34 @@ class Agent:
         self.last_warm = time.monotonic()
 
     def run(self, on_sync: Callable[[], None] | None = None) -> None:
-        while not self.stop.is_set():
-            if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
-                self.warm()
-            if self.watch.changed():
-                wait = self.cfg.min_interval - (time.monotonic() - self.last_sync)
-                if wait > 0:
-                    self.stop.wait(wait)
-                try:
-                    self.sync_once()
-                except Exception:  # one bad round must not stop the agent; the next may work
-                    log.exception("sync failed; the datapath keeps its last state")
-                    self.watch.last = ""  # try again on the next poll
-                if on_sync:
-                    on_sync()
-            self.stop.wait(self.cfg.poll_interval)
+        """Until stopped: a change (after the first complete view) waits out min_interval,
+        so that a burst becomes one sync, then the datapath is synced to the latest view."""
+        self.source.start()
+        try:
+            while not self.stop.is_set():
+                if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
+                    self.warm()
+                if self.source.ready and (self.source.changed() or self.retry):
+                    wait = max(
+                        self.cfg.min_interval - (time.monotonic() - self.last_sync),
+                        self.cfg.min_interval if self.syncs else 0,
+                    )
+                    if wait > 0:
+                        self.stop.wait(wait)
+                    try:
+                        self.retry = False
+                        self.sync_once()
+                    except Exception:  # one bad round must not stop the agent
+                        log.exception("sync failed; the datapath keeps its last state")
+                        self.retry = True
+                    if on_sync:
+                        on_sync()
+                self.source.wait(self.cfg.poll_interval)
+        finally:
+            self.source.stop()
 
 
-def run_agent(cfg: AgentConfig, paths: list[str], dp_cfg) -> int:
+def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
     """Loads and attaches the datapath, then keeps it in sync until SIGTERM/SIGINT."""
     from .datapath.node import NodeDatapath, ensure_sysctls
 
@@ -164,16 +200,10 @@ def run_agent(cfg: AgentConfig, paths: list[str], dp_cfg) -> int:
         log.info("%s", line)
     datapath = NodeDatapath.load(dp_cfg)
     datapath.attach(cfg.uplink, cfg.cgroup, native=cfg.native_xdp)
-    agent = Agent(cfg, paths, datapath)
+    agent = Agent(cfg, source, datapath)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop.set())
-    log.info(
-        "agent for node %s on %s (pid %d): watching %s",
-        cfg.node,
-        cfg.uplink,
-        os.getpid(),
-        ", ".join(paths),
-    )
+    log.info("agent for node %s on %s (pid %d)", cfg.node, cfg.uplink, os.getpid())
     agent.run()
     log.info("stopping; the datapath stays in place")
     return 0

@@ -220,12 +220,29 @@ def cmd_datapath_down(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     import logging
 
-    from .agent import AgentConfig, run_agent
+    from .agent import AgentConfig, ManifestSource, run_agent
     from .datapath.attach import cgroup2_root
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    node = args.node or os.environ.get("NODE_NAME", "")
+    if not node:
+        raise SystemExit(
+            "xlb agent: give --node, or set NODE_NAME (the DaemonSet does, from spec.nodeName)"
+        )
+    if args.source == "kubernetes":
+        from .sources.kubernetes import KubernetesSource, api_client
+
+        source = KubernetesSource(
+            api_client(args.kubeconfig),
+            endpoints_api=args.endpoints_api,
+            proxy_name=args.proxy_name,
+        )
+    else:
+        if not args.filename:
+            raise SystemExit("xlb agent: --source manifests needs -f FILE|DIR")
+        source = ManifestSource(args.filename)
     cfg = AgentConfig(
-        node=args.node,
+        node=node,
         uplink=args.uplink,
         cgroup=args.cgroup or cgroup2_root(),
         pin_root=args.pin_root,
@@ -234,7 +251,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         min_interval=args.min_sync_interval,
         native_xdp=not args.generic_xdp,
     )
-    return run_agent(cfg, args.filename, _datapath_config(args))
+    return run_agent(cfg, source, _datapath_config(args))
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "services"
@@ -442,12 +459,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser(
         "agent",
-        help="run on a node: keep the datapath in sync with the manifests "
-        "(the Kubernetes API comes next)",
+        help="run on a node: keep the datapath in sync with the Kubernetes API or manifests",
     )
-    agent.add_argument("--source", choices=["manifests"], default="manifests")
-    agent.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR")
-    agent.add_argument("--node", required=True, help="this node's name")
+    agent.add_argument("--source", choices=["manifests", "kubernetes"], default="manifests")
+    agent.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE|DIR",
+        help="manifests to watch (--source manifests)",
+    )
+    agent.add_argument(
+        "--kubeconfig",
+        help="(--source kubernetes) default: in-cluster, then KUBECONFIG or ~/.kube/config",
+    )
+    agent.add_argument(
+        "--endpoints-api", choices=["endpointslices", "endpoints"], default="endpointslices"
+    )
+    agent.add_argument(
+        "--proxy-name",
+        default="",
+        help="serve Services labelled service.kubernetes.io/service-proxy-name "
+        "with this value (default: only unlabelled ones)",
+    )
+    agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
     agent.add_argument("--node-ip", action="append")
     agent.add_argument("--uplink", required=True)
     agent.add_argument("--cgroup")

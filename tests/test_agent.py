@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from controlplane.agent import Agent, AgentConfig, ManifestWatch
+from controlplane.agent import Agent, AgentConfig, ManifestSource, ManifestWatch
 from controlplane.model.objects import Protocol
 from controlplane.model.state import Scope
 
@@ -46,7 +46,7 @@ def agent(tmp_path, syncer):
     (tmp_path / "node.yaml").write_text(NODE)
     a = Agent(
         AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.2),
-        [str(tmp_path)],
+        ManifestSource([str(tmp_path)]),
         SyncerDatapath(syncer),
     )
     thread = threading.Thread(target=a.run, daemon=True)

@@ -1,0 +1,313 @@
+"""The Kubernetes API as a source: list+watch of Services, EndpointSlices (or Endpoints) and
+Nodes with the official client.
+
+One reflector thread per resource lists, then watches from the list's resourceVersion (with
+bookmarks); a watch that ends is resumed from the last version seen; `410 Gone` means the
+version was compacted away, so it lists again; any other error backs off (exponential, with
+jitter) and retries. The store keeps the last state through all of it: an unreachable API
+server never empties the datapath. Objects are parsed once per version, on arrival.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model.diagnostics import Diagnostic
+from ..model.objects import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
+from ..model.parse import parse_endpoint_slice, parse_endpoints, parse_node, parse_service
+from .cluster import Cluster
+
+log = logging.getLogger("xlb.kubernetes")
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is older than the server keeps: list again."""
+
+
+@dataclass
+class Entry:
+    version: str
+    parsed: list[Any]
+    diagnostics: list[Diagnostic]
+
+
+def _parse(kind: str, obj: dict) -> tuple[list[Any], list[Diagnostic]]:
+    if kind == "Service":
+        svc, d = parse_service(obj)
+        return ([svc] if svc else []), d
+    if kind == "EndpointSlice":
+        sl, d = parse_endpoint_slice(obj)
+        return ([sl] if sl else []), d
+    if kind == "Endpoints":
+        return parse_endpoints(obj)
+    node, d = parse_node(obj)
+    return ([node] if node else []), d
+
+
+def _key(obj: dict) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name") or "")
+
+
+@dataclass
+class Store:
+    """The latest version of every object, parsed, and a generation that moves on change."""
+
+    kinds: tuple[str, ...]
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    entries: dict[str, dict[tuple[str, str], Entry]] = field(default_factory=dict)
+    synced: set[str] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)
+    generation: int = 0
+
+    def __post_init__(self) -> None:
+        self.entries = {k: {} for k in self.kinds}
+
+    def _put(self, kind: str, obj: dict) -> bool:
+        version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+        key = _key(obj)
+        old = self.entries[kind].get(key)
+        if old is not None and old.version == version and version:
+            return False
+        parsed, diags = _parse(kind, obj)
+        self.entries[kind][key] = Entry(version, parsed, diags)
+        return True
+
+    def replace(self, kind: str, items: list[dict]) -> None:
+        """A fresh list: what it lacks was deleted while we were not watching."""
+        with self.cond:
+            keys = {_key(o) for o in items}
+            changed = any(k not in keys for k in self.entries[kind])
+            self.entries[kind] = {k: v for k, v in self.entries[kind].items() if k in keys}
+            for obj in items:
+                changed |= self._put(kind, obj)
+            self.synced.add(kind)
+            self.errors.pop(kind, None)
+            if changed:
+                self.generation += 1
+            self.cond.notify_all()
+
+    def event(self, kind: str, etype: str, obj: dict) -> None:
+        with self.cond:
+            if etype == "DELETED":
+                changed = self.entries[kind].pop(_key(obj), None) is not None
+            else:
+                changed = self._put(kind, obj)
+            if changed:
+                self.generation += 1
+                self.cond.notify_all()
+
+    def error(self, kind: str, message: str) -> None:
+        with self.cond:
+            self.errors[kind] = message
+
+    def reachable(self, kind: str) -> None:
+        with self.cond:
+            self.errors.pop(kind, None)
+
+    @property
+    def ready(self) -> bool:
+        """Every resource listed at least once (the first sync waits for all of them)."""
+        return self.synced >= set(self.kinds)
+
+    def cluster(self) -> Cluster:
+        with self.cond:
+            c = Cluster()
+            for kind, entries in self.entries.items():
+                for entry in entries.values():
+                    c.diagnostics += entry.diagnostics
+                    target = {"Service": c.services, "Node": c.nodes}.get(kind, c.slices)
+                    target += entry.parsed
+            return c
+
+
+class Reflector(threading.Thread):
+    """list, then watch from there, for one resource, until stopped."""
+
+    def __init__(
+        self,
+        kind: str,
+        list_fn: Callable[..., Any],
+        store: Store,
+        selector: str = "",
+        watch_timeout: int = 300,
+        backoff: tuple[float, float] = (0.2, 30.0),
+    ) -> None:
+        super().__init__(name=f"reflector-{kind}", daemon=True)
+        self.kind, self.list_fn, self.store, self.selector = kind, list_fn, store, selector
+        self.watch_timeout = watch_timeout
+        self.backoff_min, self.backoff_max = backoff
+        self.stopping = threading.Event()
+        self.response: Any = None
+        self.lists = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        resp = self.response
+        if resp is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail any way
+                resp.close()  # unblocks a watch waiting for its next line
+
+    def _call(self, **kw: Any) -> Any:
+        if self.selector:
+            kw["label_selector"] = self.selector
+        return self.list_fn(_preload_content=False, **kw)
+
+    def _list(self) -> str:
+        resp = self._call(_request_timeout=30)
+        body = json.loads(resp.data)
+        self.lists += 1
+        self.store.replace(self.kind, body.get("items") or [])
+        return str(body["metadata"]["resourceVersion"])
+
+    def _watch(self, version: str) -> str:
+        from kubernetes.watch.watch import iter_resp_lines
+
+        self.response = self._call(
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self.watch_timeout,
+            _request_timeout=(10, self.watch_timeout + 30),
+        )
+        self.store.reachable(self.kind)
+        try:
+            for line in iter_resp_lines(self.response):
+                if self.stopping.is_set():
+                    break
+                if not line:
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event["type"] == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone(obj.get("message", "Gone"))
+                    raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if event["type"] != "BOOKMARK":
+                    self.store.event(self.kind, event["type"], obj)
+        finally:
+            self.response.close()
+            self.response = None
+        return version
+
+    def run(self) -> None:
+        delay = self.backoff_min
+        version = ""
+        while not self.stopping.is_set():
+            try:
+                if not version:
+                    version = self._list()
+                version = self._watch(version)  # ended: resume from where it was
+                delay = self.backoff_min
+            except Gone as exc:
+                log.info("%s: %s; listing again", self.kind, exc)
+                version = ""
+            except Exception as exc:  # noqa: BLE001 (the API being away takes many shapes)
+                if self.stopping.is_set():
+                    break
+                msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                self.store.error(self.kind, msg)
+                log.warning(
+                    "%s: %s; retrying in %.1fs; the datapath keeps its last state",
+                    self.kind,
+                    msg,
+                    delay,
+                )
+                self.stopping.wait(delay * (0.5 + random.random()))  # jitter: no herd
+                delay = min(delay * 2, self.backoff_max)
+
+
+class KubernetesSource:
+    """The agent's view of the cluster from the API server."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        endpoints_api: str = "endpointslices",
+        proxy_name: str = "",
+        watch_timeout: int = 300,
+        backoff: tuple[float, float] = (0.2, 30.0),
+    ) -> None:
+        from kubernetes import client
+
+        core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
+        endpoints_kind = "EndpointSlice" if endpoints_api == "endpointslices" else "Endpoints"
+        self.store = Store(("Service", endpoints_kind, "Node"))
+        # As kube-proxy: Services claimed by another proxy, and the endpoints of headless
+        # Services, are not even fetched.
+        svc_selector = (
+            f"{LABEL_SERVICE_PROXY_NAME}={proxy_name}"
+            if proxy_name
+            else f"!{LABEL_SERVICE_PROXY_NAME}"
+        )
+        calls = {
+            "Service": (core.list_service_for_all_namespaces, svc_selector),
+            "EndpointSlice": (
+                discovery.list_endpoint_slice_for_all_namespaces,
+                f"!{LABEL_HEADLESS}",
+            ),
+            "Endpoints": (core.list_endpoints_for_all_namespaces, f"!{LABEL_HEADLESS}"),
+            "Node": (core.list_node, ""),
+        }
+        self.reflectors = [
+            Reflector(
+                k,
+                calls[k][0],
+                self.store,
+                selector=calls[k][1],
+                watch_timeout=watch_timeout,
+                backoff=backoff,
+            )
+            for k in self.store.kinds
+        ]
+        self.seen_generation = -1
+
+    def start(self) -> None:
+        for r in self.reflectors:
+            r.start()
+
+    def stop(self) -> None:
+        for r in self.reflectors:
+            r.stop()
+        for r in self.reflectors:
+            r.join(5)
+
+    @property
+    def ready(self) -> bool:
+        return self.store.ready
+
+    def changed(self) -> bool:
+        """Whether there is news since the last snapshot (never before every list is in)."""
+        return self.store.ready and self.store.generation != self.seen_generation
+
+    def snapshot(self) -> Cluster:
+        with self.store.cond:
+            self.seen_generation = self.store.generation
+            return self.store.cluster()
+
+    def wait(self, timeout: float) -> None:
+        with self.store.cond:
+            if self.store.generation == self.seen_generation:
+                self.store.cond.wait(timeout)
+
+    def health(self) -> dict[str, Any]:
+        return {"synced": sorted(self.store.synced), "errors": dict(self.store.errors)}
+
+
+def api_client(kubeconfig: str | None = None) -> Any:
+    """In a pod: the service account; elsewhere: a kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)
+    return client.ApiClient()

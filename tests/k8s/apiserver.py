@@ -1,0 +1,251 @@
+"""A local stand-in for kube-apiserver: the real list/watch HTTP protocol, nothing more.
+
+No kube-apiserver can be installed on these machines, so tests drive the real `kubernetes`
+client against this: JSON lists carrying a resourceVersion; chunked watch streams of ADDED,
+MODIFIED, DELETED and BOOKMARK events from a resourceVersion; `410 Gone` for a version older
+than the retained history; label selectors; and knobs for what real servers do to clients
+(5xx answers, watches cut mid-stream, outages).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+RESOURCES = {
+    "/api/v1/services": ("Service", "v1"),
+    "/api/v1/endpoints": ("Endpoints", "v1"),
+    "/api/v1/nodes": ("Node", "v1"),
+    "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
+}
+
+
+def matches(selector: str, labels: dict[str, str]) -> bool:
+    """The equality-based label selector grammar: k, !k, k=v, k==v, k!=v (comma = and)."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k) == v:
+                return False
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            if labels.get(k) != v:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+class ApiServer:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.rv = 1000
+        self.objects: dict[str, dict[tuple[str, str], dict]] = {p: {} for p in RESOURCES}
+        self.history: list[tuple[int, str, str, dict]] = []  # (rv, path, type, object)
+        self.oldest = 0  # history below this resourceVersion has been compacted away
+        self.fail_next = 0  # answer this many requests with 500
+        self.down = False  # refuse every request (connection closed at once)
+        self.epoch = 0  # bumped to cut every open watch
+        self.requests: Counter = Counter()  # (path, "list" | "watch")
+        self.bookmark_every = 1.0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.handle(self)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http.server_address[1]}"
+
+    def close(self) -> None:
+        self.down = True
+        self.cut_watches()
+        self.http.shutdown()
+        self.http.server_close()
+
+    # -- what tests do to the cluster ------------------------------------------------------------
+
+    def _write(self, path: str, kind: str, obj: dict) -> dict:
+        with self.cond:
+            self.rv += 1
+            obj = json.loads(json.dumps(obj))
+            meta = obj.setdefault("metadata", {})
+            if kind != "Node":
+                meta.setdefault("namespace", "default")
+            meta["resourceVersion"] = str(self.rv)
+            key = (meta.get("namespace", ""), meta["name"])
+            etype = "MODIFIED" if key in self.objects[path] else "ADDED"
+            if kind == "DELETED":
+                etype = "DELETED"
+                self.objects[path].pop(key, None)
+            else:
+                self.objects[path][key] = obj
+            self.history.append((self.rv, path, etype, obj))
+            self.cond.notify_all()
+            return obj
+
+    def apply(self, obj: dict) -> dict:
+        path = next(p for p, (k, _) in RESOURCES.items() if k == obj["kind"])
+        return self._write(path, obj["kind"], obj)
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
+        path = next(p for p, (k, _) in RESOURCES.items() if k == kind)
+        key = ("" if kind == "Node" else namespace, name)
+        obj = self.objects[path].get(key)
+        if obj is not None:
+            self._write(path, "DELETED", obj)
+
+    def compact(self) -> None:
+        """Forget all history, as etcd compaction does, and cut the watches: clients that
+        come back with an old resourceVersion get 410 Gone and must list again."""
+        with self.cond:
+            self.oldest = self.rv + 1
+            self.history.clear()
+        self.cut_watches()
+
+    def cut_watches(self) -> None:
+        with self.cond:
+            self.epoch += 1
+            self.cond.notify_all()
+
+    # -- the protocol ------------------------------------------------------------------------------
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(h.path)
+        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        watch = q.get("watch") in ("true", "1")
+        if self.down:
+            h.close_connection = True
+            h.connection.close()
+            return
+        if url.path not in RESOURCES:
+            return self._status(h, 404, "NotFound", f"{url.path} is not served here")
+        self.requests[(url.path, "watch" if watch else "list")] += 1
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return self._status(h, 500, "InternalError", "injected failure")
+        kind, api_version = RESOURCES[url.path]
+        selector = q.get("labelSelector", "")
+        if not watch:
+            with self.cond:
+                items = [
+                    o
+                    for o in self.objects[url.path].values()
+                    if matches(selector, o["metadata"].get("labels") or {})
+                ]
+                body = {
+                    "kind": f"{kind}List",
+                    "apiVersion": api_version,
+                    "metadata": {"resourceVersion": str(self.rv)},
+                    "items": items,
+                }
+            return self._json(h, 200, body)
+        self._watch(h, url.path, kind, api_version, q, selector)
+
+    def _watch(self, h, path, kind, api_version, q, selector) -> None:
+        start = int(q.get("resourceVersion") or self.rv)
+        deadline = time.monotonic() + float(q.get("timeoutSeconds") or 1800)
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def send(event: dict) -> None:
+            data = (json.dumps(event) + "\n").encode()
+            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            h.wfile.flush()
+
+        try:
+            with self.cond:
+                epoch = self.epoch
+                if start < self.oldest:
+                    send(
+                        {
+                            "type": "ERROR",
+                            "object": {
+                                "kind": "Status",
+                                "apiVersion": "v1",
+                                "status": "Failure",
+                                "message": f"too old resource version: {start} ({self.oldest})",
+                                "reason": "Expired",
+                                "code": 410,
+                            },
+                        }
+                    )
+                    h.wfile.write(b"0\r\n\r\n")
+                    return
+            sent_rv, last_bookmark = start, time.monotonic()
+            while time.monotonic() < deadline:
+                with self.cond:
+                    if self.epoch != epoch or self.down:
+                        h.close_connection = True
+                        return  # cut without the closing chunk, as a dropped connection
+                    events = [
+                        (rv, t, o) for rv, p, t, o in self.history if p == path and rv > sent_rv
+                    ]
+                    if not events:
+                        self.cond.wait(0.1)
+                        events = [
+                            (rv, t, o) for rv, p, t, o in self.history if p == path and rv > sent_rv
+                        ]
+                for rv, etype, obj in events:
+                    if matches(selector, obj["metadata"].get("labels") or {}):
+                        send({"type": etype, "object": obj})
+                    sent_rv = rv
+                if bookmarks and time.monotonic() - last_bookmark > self.bookmark_every:
+                    send(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": kind,
+                                "apiVersion": api_version,
+                                "metadata": {"resourceVersion": str(max(sent_rv, start))},
+                            },
+                        }
+                    )
+                    last_bookmark = time.monotonic()
+            h.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            h.close_connection = True
+
+    @staticmethod
+    def _json(h, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _status(self, h, code: int, reason: str, message: str) -> None:
+        self._json(
+            h,
+            code,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "reason": reason,
+                "message": message,
+                "code": code,
+            },
+        )

@@ -1,0 +1,96 @@
+"""The agent over the Kubernetes source, programming the real maps."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from kubernetes import client
+
+from controlplane.agent import Agent, AgentConfig
+from controlplane.model.objects import Protocol
+from controlplane.model.state import Scope
+from controlplane.sources.kubernetes import KubernetesSource
+from tests.k8s.apiserver import ApiServer
+from tests.k8s.test_source import NODE, eps, eventually, svc
+from tests.test_agent import SyncerDatapath
+
+
+@pytest.fixture
+def cluster(syncer):
+    api = ApiServer()
+    api.apply(NODE)
+    cfg = client.Configuration()
+    cfg.host = api.url
+    source = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 1.0))
+    agent = Agent(
+        AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.2),
+        source,
+        SyncerDatapath(syncer),
+    )
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    yield api, agent, syncer
+    agent.stop.set()
+    thread.join(10)
+    api.close()
+
+
+def key(ip, port=80):
+    return (ip, port, Protocol.TCP, Scope.INTERNAL)
+
+
+def maps_state(maps):
+    return (maps.read_services(), maps.read_slots(), maps.read_backends())
+
+
+def test_programs_what_the_api_holds_and_follows_it(cluster):
+    api, agent, syncer = cluster
+    api.apply(svc("web", "10.96.3.10"))
+    api.apply(eps("web", ["10.244.1.5", "10.244.2.5"]))
+    eventually(
+        lambda: (
+            key("10.96.3.10") in syncer.frontends and syncer.frontends[key("10.96.3.10")].count == 2
+        )
+    )
+    api.apply(eps("web", ["10.244.1.5"]))
+    eventually(lambda: syncer.frontends[key("10.96.3.10")].count == 1)
+    api.delete("Service", "web")
+    eventually(lambda: key("10.96.3.10") not in syncer.frontends)
+
+
+def test_a_thousand_events_in_a_second_become_a_handful_of_syncs(cluster):
+    api, agent, syncer = cluster
+    eventually(lambda: agent.syncs >= 1)
+    start = agent.syncs
+    for i in range(1000):
+        api.apply(svc(f"burst{i}", f"10.97.{i // 250}.{i % 250 + 1}"))
+        time.sleep(0.001)
+    eventually(lambda: key("10.97.3.250") in syncer.frontends, timeout=15)
+    time.sleep(0.5)
+    assert agent.syncs - start <= 10, agent.syncs - start
+    assert sum(1 for k in syncer.frontends if k[0].startswith("10.97.")) == 1000
+
+
+def test_an_api_outage_of_30_seconds_changes_nothing_in_the_maps(cluster):
+    api, agent, syncer = cluster
+    api.apply(svc("web", "10.96.3.20"))
+    api.apply(eps("web", ["10.244.1.5"]))
+    eventually(lambda: key("10.96.3.20") in syncer.frontends)
+    time.sleep(0.5)
+    before, syncs = maps_state(syncer.maps), agent.syncs
+    api.down = True
+    api.cut_watches()
+    time.sleep(30)
+    assert maps_state(syncer.maps) == before and agent.syncs == syncs
+    assert agent.source.health()["errors"]
+    api.down = False
+    api.apply(eps("web", ["10.244.1.6"]))
+    eventually(
+        lambda: (
+            syncer.maps.read_backends()
+            and {b.address for b in syncer.maps.read_backends().values()} == {"10.244.1.6"}
+        ),
+        timeout=10,
+    )

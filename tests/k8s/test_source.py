@@ -1,0 +1,171 @@
+"""The Kubernetes source, driven through the real `kubernetes` client against a local server
+that speaks the list/watch protocol."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kubernetes import client
+
+from controlplane.sources.kubernetes import KubernetesSource
+from tests.k8s.apiserver import ApiServer
+
+
+def svc(name, ip, port=80, labels=None):
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "labels": labels or {}},
+        "spec": {"clusterIP": ip, "ports": [{"port": port}], "selector": {"app": name}},
+    }
+
+
+def eps(service, ips, labels=None):
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-abc",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": service, **(labels or {})},
+        },
+        "addressType": "IPv4",
+        "ports": [{"port": 8080}],
+        "endpoints": [{"addresses": [ip], "nodeName": "node-1"} for ip in ips],
+    }
+
+
+NODE = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {"name": "node-1"},
+    "status": {"addresses": [{"type": "InternalIP", "address": "192.168.198.201"}]},
+}
+
+
+@pytest.fixture
+def api():
+    server = ApiServer()
+    server.apply(NODE)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def source(api):
+    cfg = client.Configuration()
+    cfg.host = api.url
+    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
+    src.start()
+    yield src
+    src.stop()
+
+
+def eventually(pred, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def services(src):
+    return {s.name: s for s in src.snapshot().services}
+
+
+def backends(src, name):
+    return sorted(
+        e.addresses[0]
+        for sl in src.snapshot().slices
+        if sl.service_name == name
+        for e in sl.endpoints
+    )
+
+
+def test_initial_sync_waits_for_every_resource_and_filters_at_the_api(api):
+    api.apply(svc("web", "10.96.0.10"))
+    api.apply(
+        svc("other", "10.96.0.11", {"service.kubernetes.io/service-proxy-name": "someone-else"})
+    )
+    api.apply(eps("web", ["10.244.1.5"]))
+    api.apply(eps("dns", ["10.244.1.9"], {"service.kubernetes.io/headless": ""}))
+    cfg = client.Configuration()
+    cfg.host = api.url
+    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5)
+    assert not src.changed()  # nothing before the lists are in
+    src.start()
+    try:
+        eventually(lambda: src.ready)
+        assert src.changed()
+        assert set(services(src)) == {"web"}
+        assert backends(src, "web") == ["10.244.1.5"] and backends(src, "dns") == []
+        assert [n.name for n in src.snapshot().nodes] == ["node-1"]
+        assert not src.changed()
+    finally:
+        src.stop()
+
+
+def test_adds_changes_and_deletes_arrive(api, source):
+    eventually(lambda: source.ready)
+    api.apply(svc("web", "10.96.0.10"))
+    api.apply(eps("web", ["10.244.1.5"]))
+    eventually(lambda: backends(source, "web") == ["10.244.1.5"])
+    api.apply(eps("web", ["10.244.1.5", "10.244.2.5"]))
+    eventually(lambda: backends(source, "web") == ["10.244.1.5", "10.244.2.5"])
+    api.apply(svc("web", "10.96.0.10", port=81))
+    eventually(lambda: services(source)["web"].ports[0].port == 81)
+    api.delete("Service", "web")
+    eventually(lambda: "web" not in services(source))
+
+
+def test_gone_relists_without_losing_updates(api, source):
+    eventually(lambda: source.ready)
+    api.apply(svc("a", "10.96.0.20"))
+    api.apply(svc("b", "10.96.0.21"))
+    eventually(lambda: {"a", "b"} <= set(services(source)))
+    lists = next(r for r in source.reflectors if r.kind == "Service").lists
+    api.down = True  # the watch breaks; meanwhile the history is compacted away
+    api.cut_watches()
+    api.apply(svc("c", "10.96.0.22"))
+    api.delete("Service", "a")
+    api.compact()
+    api.down = False
+    eventually(lambda: set(services(source)) == {"b", "c"})
+    assert next(r for r in source.reflectors if r.kind == "Service").lists > lists
+
+
+def test_cut_watches_resume_from_their_version_without_listing_again(api, source):
+    eventually(lambda: source.ready)
+    reflector = next(r for r in source.reflectors if r.kind == "Service")
+    lists = reflector.lists
+    for i in range(5):
+        api.cut_watches()
+        api.apply(svc(f"s{i}", f"10.96.1.{i}"))
+        eventually(lambda i=i: f"s{i}" in services(source))
+    assert reflector.lists == lists
+
+
+def test_server_errors_back_off_and_recover(api, source):
+    eventually(lambda: source.ready)
+    api.fail_next = 4
+    api.cut_watches()
+    api.apply(svc("late", "10.96.0.30"))
+    eventually(lambda: "late" in services(source))
+
+
+def test_an_outage_keeps_the_last_state_and_says_so(api, source):
+    eventually(lambda: source.ready)
+    api.apply(svc("web", "10.96.0.10"))
+    api.apply(eps("web", ["10.244.1.5"]))
+    eventually(lambda: backends(source, "web") == ["10.244.1.5"])
+    source.snapshot()
+    api.down = True
+    api.cut_watches()
+    eventually(lambda: source.health()["errors"])
+    time.sleep(1)
+    assert not source.changed()  # nothing was flushed
+    assert backends(source, "web") == ["10.244.1.5"]
+    api.down = False
+    api.apply(eps("web", ["10.244.1.6"]))
+    eventually(lambda: backends(source, "web") == ["10.244.1.6"])
+    eventually(lambda: not source.health()["errors"])
