@@ -23,6 +23,7 @@ from .model import Level, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
 from .model.translate import TranslateConfig
+from .serve import Endpoints, Health, HealthCheckNodePorts, Metrics
 from .sources.cluster import Cluster, ClusterConfig
 from .sources.manifests import load_cluster, manifest_files
 
@@ -40,6 +41,10 @@ class AgentConfig:
     min_interval: float = 0.1
     native_xdp: bool = True
     neighbour_refresh: float = 30.0  # seconds between re-resolving next hops
+    bind_address: str = "0.0.0.0"
+    healthz_port: int = 10256  # -1: off
+    metrics_port: int = 10249  # -1: off
+    health_timeout: float = 60.0
 
 
 class ManifestWatch:
@@ -118,8 +123,18 @@ def desired_state(
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, source, datapath) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        source,
+        datapath,
+        metrics: Metrics | None = None,
+        hc_ports: HealthCheckNodePorts | None = None,
+    ) -> None:
         self.cfg, self.source, self.datapath = cfg, source, datapath
+        self.health = Health(cfg.health_timeout)
+        self.metrics = metrics or Metrics()
+        self.hc_ports = hc_ports
         self.reported: set[Diagnostic] = set()
         self.stop = threading.Event()
         self.syncs = 0
@@ -141,6 +156,11 @@ class Agent:
         addr6 = next((a for a in addrs if ":" in a), "::")
         res = self.datapath.apply(state, addr4, addr6)
         self.state = state
+        self.metrics.synced(res.seconds, len(state.frontends), cluster.slices)
+        if self.hc_ports is not None:
+            for problem in self.hc_ports.sync(list(state.health_checks)):
+                log.warning("%s", problem)
+        self.health.updated()
         own = set(addresses) | set(self.cfg.node_ips)
         others = {a for n in cluster.nodes for a in n.addresses} - own
         self.remote = remote_addresses(state, others)
@@ -173,6 +193,7 @@ class Agent:
                 if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
                     self.warm()
                 if self.source.ready and (self.source.changed() or self.retry):
+                    self.health.queued()
                     wait = max(
                         self.cfg.min_interval - (time.monotonic() - self.last_sync),
                         self.cfg.min_interval if self.syncs else 0,
@@ -200,10 +221,16 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         log.info("%s", line)
     datapath = NodeDatapath.load(dp_cfg)
     datapath.attach(cfg.uplink, cfg.cgroup, native=cfg.native_xdp)
-    agent = Agent(cfg, source, datapath)
+    agent = Agent(cfg, source, datapath, Metrics(lambda: datapath.maps))
+    agent.hc_ports = HealthCheckNodePorts(cfg.bind_address, lambda: agent.health.status()[0] == 200)
+    endpoints = Endpoints(
+        agent.health, agent.metrics, cfg.bind_address, cfg.healthz_port, cfg.metrics_port
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop.set())
     log.info("agent for node %s on %s (pid %d)", cfg.node, cfg.uplink, os.getpid())
     agent.run()
+    endpoints.close()
+    agent.hc_ports.close()
     log.info("stopping; the datapath stays in place")
     return 0

@@ -483,6 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
         "with this value (default: only unlabelled ones)",
     )
     agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
+    agent.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="address for healthz, metrics and healthCheckNodePorts",
+    )
+    agent.add_argument("--healthz-port", type=int, default=10256, help="-1 turns it off")
+    agent.add_argument("--metrics-port", type=int, default=10249, help="-1 turns it off")
+    agent.add_argument(
+        "--health-timeout",
+        type=float,
+        default=60.0,
+        help="healthz answers 503 when an update waits longer (seconds)",
+    )
     agent.add_argument("--node-ip", action="append")
     agent.add_argument("--uplink", required=True)
     agent.add_argument("--cgroup")

@@ -171,6 +171,28 @@ def test_session_affinity_keeps_a_client_and_switches_after_the_timeout(lab):
     assert len(seen) > 1
 
 
+def test_healthz_and_health_check_node_ports_from_the_lan(lab):
+    for node_name in ("node-1", "node-2"):
+        cluster, state = frontends(lab, node_name)
+        address = next(n.addresses[0] for n in cluster.nodes if n.name == node_name)
+        out = run(
+            lab,
+            "client",
+            "curl",
+            "-s",
+            "-w",
+            " %{http_code}",
+            "-m",
+            "2",
+            f"http://{address}:10256/healthz",
+        )
+        assert out.stdout.endswith(" 200") and '"nodeEligible": true' in out.stdout
+        (hc,) = state.health_checks
+        out = run(lab, "client", "curl", "-s", "-m", "2", f"http://{address}:{hc.port}/")
+        assert f'"localEndpoints": {hc.local_endpoints}' in out.stdout
+        assert hc.local_endpoints > 0
+
+
 # -- no endpoints ----------------------------------------------------------------------------------
 
 PROBE = textwrap.dedent("""

@@ -1,0 +1,270 @@
+"""The HTTP endpoints existing tooling expects of a kube-proxy, served by the agent.
+
+* `:10256/healthz`, `/livez`: kube-proxy's JSON body (lastUpdated, currentTime, nodeEligible);
+  200 while no queued update is older than the health timeout, 503 otherwise and before the
+  first sync.
+* `:10249/metrics` (Prometheus): kube-proxy's names where the meaning is the same, and xlb's
+  per-frontend and per-reason counters read from the maps at scrape time; `/proxyMode`.
+* One server per healthCheckNodePort (externalTrafficPolicy Local LoadBalancer Services):
+  kube-proxy's JSON body, 200 while this node has a local endpoint, 503 otherwise, so that
+  cloud and MetalLB health checks send traffic only to nodes that can serve it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .model.state import HealthCheck
+
+PROXY_MODE = "xlb"
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Health:
+    """When the datapath was last brought up to date, and how long an update has waited."""
+
+    def __init__(self, timeout: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        self.timeout, self.clock = timeout, clock
+        self.last_updated = 0.0
+        self.queued_since: float | None = None
+        self.lock = threading.Lock()
+
+    def queued(self) -> None:
+        with self.lock:
+            if self.queued_since is None:
+                self.queued_since = self.clock()
+
+    def updated(self) -> None:
+        with self.lock:
+            self.last_updated, self.queued_since = self.clock(), None
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            now = self.clock()
+            healthy = self.last_updated > 0 and (
+                self.queued_since is None or now - self.queued_since < self.timeout
+            )
+            body = {
+                "lastUpdated": _iso(self.last_updated),
+                "currentTime": _iso(now),
+                "nodeEligible": True,
+            }
+            return (200 if healthy else 503), body
+
+
+class Metrics:
+    """The agent's Prometheus registry."""
+
+    def __init__(self, maps_fn: Callable[[], Any] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        buckets = tuple(0.001 * 2**i for i in range(15))
+        self.sync_duration = Histogram(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.last_sync = Gauge(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            registry=self.registry,
+        )
+        self.programming = Histogram(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            buckets=tuple(0.25 * 2**i for i in range(12)),
+            registry=self.registry,
+        )
+        self.frontends = Gauge(
+            "xlb_frontends", "Frontends programmed on this node", registry=self.registry
+        )
+        self.maps_fn = maps_fn
+        if maps_fn is not None:
+            self.registry.register(_MapsCollector(maps_fn))
+        self._seen_triggers: set[tuple[str, str]] = set()
+
+    def synced(self, seconds: float, frontends: int, slices: list) -> None:
+        self.sync_duration.observe(seconds)
+        self.last_sync.set_to_current_time()
+        self.frontends.set(frontends)
+        now = time.time()
+        seen = set()
+        for sl in slices:
+            if not sl.trigger_time:
+                continue
+            key = (f"{sl.namespace}/{sl.name}", sl.trigger_time)
+            seen.add(key)
+            if key not in self._seen_triggers:
+                try:
+                    t = dt.datetime.fromisoformat(sl.trigger_time.replace("Z", "+00:00"))
+                except ValueError:
+                    continue
+                self.programming.observe(max(0.0, now - t.timestamp()))
+        self._seen_triggers = seen
+
+
+class _MapsCollector:
+    """Per-frontend and per-reason counters, summed over CPUs, at scrape time."""
+
+    def __init__(self, maps_fn: Callable[[], Any]) -> None:
+        self.maps_fn = maps_fn
+
+    def collect(self):
+        maps = self.maps_fn()
+        if maps is None:
+            return
+        labels = ["frontend", "protocol", "scope"]
+        fams = {
+            f: CounterMetricFamily(f"xlb_frontend_{f}", f"Per frontend: {f}", labels=labels)
+            for f in ("packets", "bytes", "new_flows", "drops")
+        }
+        for (address, port, proto, scope), v in maps.read_services().items():
+            frontend = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+            for field, value in maps.svc_counts(v.id).items():
+                fams[field].add_metric([frontend, str(proto), str(scope)], value)
+        yield from fams.values()
+        reasons = CounterMetricFamily(
+            "xlb_packets_not_balanced",
+            "Packets the datapath did not balance, by reason",
+            labels=["reason"],
+        )
+        for reason, value in maps.reason_counts().items():
+            reasons.add_metric([reason], value)
+        yield reasons
+
+
+class _Server:
+    """A small threaded HTTP server for one handler function."""
+
+    def __init__(
+        self, address: str, port: int, handle: Callable[[str], tuple[int, str, bytes]]
+    ) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                code, ctype, body = handle(self.path.split("?")[0])
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.http = ThreadingHTTPServer((address, port), Handler)
+        self.http.daemon_threads = True
+        self.port = self.http.server_address[1]
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def _json(code: int, body: Any) -> tuple[int, str, bytes]:
+    return code, "application/json", json.dumps(body).encode()
+
+
+class Endpoints:
+    """healthz on one port, metrics and proxyMode on another; either can be off (port -1)."""
+
+    def __init__(
+        self,
+        health: Health,
+        metrics: Metrics,
+        address: str = "0.0.0.0",
+        healthz_port: int = 10256,
+        metrics_port: int = 10249,
+    ) -> None:
+        self.health, self.metrics = health, metrics
+        self.servers: list[_Server] = []
+        if healthz_port >= 0:
+            self.healthz = _Server(address, healthz_port, self._healthz)
+            self.servers.append(self.healthz)
+        if metrics_port >= 0:
+            self.metrics_server = _Server(address, metrics_port, self._metrics)
+            self.servers.append(self.metrics_server)
+
+    def _healthz(self, path: str) -> tuple[int, str, bytes]:
+        if path not in ("/healthz", "/livez"):
+            return _json(404, {"error": f"no {path} here: try /healthz or /livez"})
+        return _json(*self.health.status())
+
+    def _metrics(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+        if path == "/proxyMode":
+            return 200, "text/plain; charset=utf-8", PROXY_MODE.encode()
+        return _json(404, {"error": f"no {path} here: try /metrics or /proxyMode"})
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()
+
+
+class HealthCheckNodePorts:
+    """One server per healthCheckNodePort, following the desired state."""
+
+    def __init__(self, address: str = "0.0.0.0", proxy_healthy: Callable[[], bool] = lambda: True):
+        self.address, self.proxy_healthy = address, proxy_healthy
+        self.servers: dict[int, _Server] = {}
+        self.checks: dict[int, HealthCheck] = {}
+        self.errors: dict[int, str] = {}
+
+    def _handler(self, port: int) -> Callable[[str], tuple[int, str, bytes]]:
+        def handle(_path: str) -> tuple[int, str, bytes]:
+            hc = self.checks[port]
+            ns, name = hc.service.split("/", 1)
+            ok = hc.local_endpoints > 0 and self.proxy_healthy()
+            return _json(
+                200 if ok else 503,
+                {
+                    "service": {"namespace": ns, "name": name},
+                    "localEndpoints": hc.local_endpoints,
+                    "serviceProxyHealthy": self.proxy_healthy(),
+                },
+            )
+
+        return handle
+
+    def sync(self, checks: list[HealthCheck]) -> list[str]:
+        """Starts, updates and stops servers; returns a line per port that could not open."""
+        wanted = {hc.port: hc for hc in checks}
+        for port in [p for p in self.servers if p not in wanted]:
+            self.servers.pop(port).close()
+        self.checks = wanted
+        problems = []
+        for port in wanted:
+            if port in self.servers:
+                continue
+            try:
+                self.servers[port] = _Server(self.address, port, self._handler(port))
+                self.errors.pop(port, None)
+            except OSError as exc:
+                msg = (
+                    f"healthCheckNodePort {port} of Service {wanted[port].service}: "
+                    f"{exc.strerror}; is another proxy (kube-proxy?) still running?"
+                )
+                if self.errors.get(port) != msg:
+                    problems.append(msg)
+                self.errors[port] = msg
+        return problems
+
+    def close(self) -> None:
+        for s in self.servers.values():
+            s.close()
+        self.servers.clear()

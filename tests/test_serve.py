@@ -1,0 +1,134 @@
+"""healthz, metrics, proxyMode and healthCheckNodePorts: exactly the codes and bodies that
+kube-proxy's users and tools expect."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+
+from controlplane.model.objects import EndpointSlice
+from controlplane.model.state import DesiredState, HealthCheck
+from controlplane.serve import Endpoints, Health, HealthCheckNodePorts, Metrics
+from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend, local
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1_700_000_000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_health_before_first_sync_after_it_and_with_a_stale_update():
+    clock = Clock()
+    h = Health(timeout=60, clock=clock)
+    code, body = h.status()
+    assert code == 503 and set(body) == {"lastUpdated", "currentTime", "nodeEligible"}
+    h.updated()
+    assert h.status()[0] == 200
+    h.queued()
+    clock.t += 59
+    assert h.status()[0] == 200  # an update waiting, but not for long
+    clock.t += 2
+    code, body = h.status()
+    assert code == 503 and body["currentTime"] == "2023-11-14T22:14:21.000000Z"
+    h.updated()
+    assert h.status()[0] == 200
+
+
+@pytest.fixture
+def served(maps, syncer):
+    syncer.sync(
+        DesiredState(frontends=(frontend(NODE4, 30123, "TCP", [local("10.244.1.5", 8080)]),)),
+        NODE4,
+        NODE6,
+    )
+    health, metrics = Health(), Metrics(lambda: maps)
+    eps = Endpoints(health, metrics, "127.0.0.1", 0, 0)
+    yield health, metrics, eps
+    eps.close()
+
+
+def test_healthz_and_livez_over_http(served):
+    health, _, eps = served
+    base = f"http://127.0.0.1:{eps.healthz.port}"
+    code, ctype, text = fetch(f"{base}/healthz")
+    assert (code, ctype) == (503, "application/json")
+    health.updated()
+    for path in ("/healthz", "/livez"):
+        code, _, text = fetch(base + path)
+        body = json.loads(text)
+        assert code == 200 and body["nodeEligible"] is True
+        assert body["lastUpdated"].endswith("Z") and body["currentTime"].endswith("Z")
+    assert fetch(f"{base}/other")[0] == 404
+
+
+def test_proxy_mode_and_metrics_over_http(served):
+    _, metrics, eps = served
+    base = f"http://127.0.0.1:{eps.metrics_server.port}"
+    assert fetch(f"{base}/proxyMode")[::2] == (200, "xlb")
+    slices = [EndpointSlice("default", "web-1", "web", "IPv4", trigger_time="2020-01-01T00:00:00Z")]
+    metrics.synced(0.004, 1, slices)
+    metrics.synced(0.002, 1, slices)  # the same trigger is observed once
+    code, ctype, text = fetch(f"{base}/metrics")
+    assert code == 200 and ctype.startswith("text/plain")
+    assert "kubeproxy_sync_proxy_rules_duration_seconds_count 2.0" in text
+    assert "kubeproxy_network_programming_duration_seconds_count 1.0" in text
+    assert "kubeproxy_sync_proxy_rules_last_timestamp_seconds" in text
+    assert (
+        'xlb_frontend_packets_total{frontend="192.168.198.201:30123",protocol="TCP",'
+        'scope="external"}'
+    ) in text
+    assert 'xlb_packets_not_balanced_total{reason="pass_no_service"}' in text
+
+
+def test_health_check_node_ports_follow_the_desired_state():
+    hc = HealthCheckNodePorts("127.0.0.1")
+    port = free_port()
+    try:
+        assert hc.sync([HealthCheck("default/web", port, 2)]) == []
+        code, _, text = fetch(f"http://127.0.0.1:{port}/")
+        assert code == 200 and json.loads(text) == {
+            "service": {"namespace": "default", "name": "web"},
+            "localEndpoints": 2,
+            "serviceProxyHealthy": True,
+        }
+        hc.sync([HealthCheck("default/web", port, 0)])
+        code, _, text = fetch(f"http://127.0.0.1:{port}/")
+        assert code == 503 and json.loads(text)["localEndpoints"] == 0
+        hc.sync([])
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+    finally:
+        hc.close()
+
+
+def test_a_taken_health_check_port_is_one_clear_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        hc = HealthCheckNodePorts("127.0.0.1")
+        (problem,) = hc.sync([HealthCheck("default/web", port, 1)])
+        assert f"healthCheckNodePort {port} of Service default/web" in problem
+        assert hc.sync([HealthCheck("default/web", port, 1)]) == []  # said once
+        hc.close()
