@@ -147,9 +147,16 @@ class Agent:
     def sync_once(self) -> None:
         cluster = self.source.snapshot()
         state, addresses = desired_state(cluster, self.cfg.node)
+        # Events on Services: from one node only (the first by name), or every node would
+        # post the same one
+        reporter = getattr(self.source, "report", None)
+        if reporter and cluster.nodes and min(n.name for n in cluster.nodes) != self.cfg.node:
+            reporter = None
         for d in state.diagnostics:
             if d not in self.reported and d.level is not Level.INFO:
                 log.warning("%s", d)
+                if reporter and d.kind == "Service":
+                    reporter(d, self.cfg.node)
         self.reported = set(state.diagnostics)
         addrs = self.cfg.node_ips or addresses
         addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")

@@ -11,6 +11,7 @@ server never empties the datapath. Objects are parsed once per version, on arriv
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import random
@@ -239,6 +240,7 @@ class KubernetesSource:
         from kubernetes import client
 
         core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
+        self.core = core
         endpoints_kind = "EndpointSlice" if endpoints_api == "endpointslices" else "Endpoints"
         self.store = Store(("Service", endpoints_kind, "Node"))
         # As kube-proxy: Services claimed by another proxy, and the endpoints of headless
@@ -300,6 +302,47 @@ class KubernetesSource:
 
     def health(self) -> dict[str, Any]:
         return {"synced": sorted(self.store.synced), "errors": dict(self.store.errors)}
+
+    def report(self, diagnostic: Diagnostic, node: str) -> None:
+        """A Warning Event on the Service a problem is about, for `kubectl describe` and
+        `kubectl get events` to show where users look."""
+        from kubernetes import client
+
+        now = dt.datetime.now(dt.UTC)
+        reason = "XlbNotProxied" if diagnostic.level == "info" else "XlbInvalidSpec"
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{diagnostic.name}.xlb-", namespace=diagnostic.namespace
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version="v1",
+                kind="Service",
+                namespace=diagnostic.namespace,
+                name=diagnostic.name,
+            ),
+            reason=reason,
+            type="Warning",
+            count=1,
+            first_timestamp=now,
+            last_timestamp=now,
+            message=(
+                f"{diagnostic.field}: {diagnostic.message}"
+                if diagnostic.field
+                else diagnostic.message
+            )[:1024],
+            source=client.V1EventSource(component="xlb", host=node),
+            reporting_component="xlb",
+            reporting_instance=node,
+        )
+        try:
+            self.core.create_namespaced_event(diagnostic.namespace, event, _request_timeout=5)
+        except Exception as exc:  # noqa: BLE001 (an event is best effort; the log has it too)
+            log.info(
+                "could not post an event for %s/%s: %s",
+                diagnostic.namespace,
+                diagnostic.name,
+                str(exc).splitlines()[0][:200],
+            )
 
 
 def api_client(kubeconfig: str | None = None) -> Any:

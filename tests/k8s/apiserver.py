@@ -56,6 +56,7 @@ class ApiServer:
         self.epoch = 0  # bumped to cut every open watch
         self.requests: Counter = Counter()  # (path, "list" | "watch")
         self.bookmark_every = 1.0
+        self.events: list[dict] = []  # v1 Events created by clients
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +67,9 @@ class ApiServer:
 
             def do_GET(self) -> None:
                 server.handle(self)
+
+            def do_POST(self) -> None:
+                server.create(self)
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.http.daemon_threads = True
@@ -159,6 +163,22 @@ class ApiServer:
                 }
             return self._json(h, 200, body)
         self._watch(h, url.path, kind, api_version, q, selector)
+
+    def create(self, h: BaseHTTPRequestHandler) -> None:
+        """POST /api/v1/namespaces/NS/events: the only write clients make here."""
+        parts = urlsplit(h.path).path.strip("/").split("/")
+        body = json.loads(h.rfile.read(int(h.headers.get("Content-Length") or 0)) or b"{}")
+        if self.down:
+            h.close_connection = True
+            h.connection.close()
+            return
+        if len(parts) != 5 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "events":
+            return self._status(h, 404, "NotFound", f"{h.path} is not served here")
+        with self.cond:
+            self.rv += 1
+            body.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
+            self.events.append(body)
+        self._json(h, 201, body)
 
     def _watch(self, h, path, kind, api_version, q, selector) -> None:
         start = int(q.get("resourceVersion") or self.rv)

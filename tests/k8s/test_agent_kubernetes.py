@@ -94,3 +94,25 @@ def test_an_api_outage_of_30_seconds_changes_nothing_in_the_maps(cluster):
         ),
         timeout=10,
     )
+
+
+def test_a_problem_becomes_one_warning_event_on_its_service(cluster):
+    api, agent, syncer = cluster
+    api.apply(svc("good", "10.96.3.30"))
+    bad = svc("bad", "10.96.3.31")
+    bad["spec"]["sessionAffinity"] = "Cookie"
+    api.apply(bad)
+    eventually(lambda: key("10.96.3.30") in syncer.frontends)
+    eventually(lambda: api.events)
+    api.apply(svc("good2", "10.96.3.32"))  # another sync: the same problem is not re-posted
+    eventually(lambda: key("10.96.3.32") in syncer.frontends)
+    (event,) = api.events
+    assert event["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "namespace": "default",
+        "name": "bad",
+    }
+    assert event["type"] == "Warning" and event["reason"] == "XlbInvalidSpec"
+    assert event["message"].startswith("spec.sessionAffinity: 'Cookie'")
+    assert event["reportingComponent"] == "xlb" and event["reportingInstance"] == "node-1"
