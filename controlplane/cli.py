@@ -317,6 +317,19 @@ def lab_status(lab) -> int:
     return 0
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .cleanup import cleanup_kube_proxy
+
+    report = cleanup_kube_proxy()
+    for item in report.removed:
+        print(f"removed {item}")
+    for problem in report.problems:
+        print(f"xlb cleanup-kube-proxy: {problem}", file=sys.stderr)
+    if not report.removed and not report.problems:
+        print("nothing of kube-proxy's found on this node")
+    return 1 if report.problems else 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .datapath.maps import Maps
     from .datapath.programs import open_pinned
@@ -444,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     for p in lab_sub.choices.values():
         p.add_argument("--name", default="lab", help="the lab's name (default lab)")
     lab.set_defaults(func=cmd_lab)
+
+    clean = sub.add_parser(
+        "cleanup-kube-proxy",
+        help="remove kube-proxy's iptables, nftables and IPVS state, keeping every other rule",
+    )
+    clean.set_defaults(func=cmd_cleanup)
 
     dem = sub.add_parser(
         "demo",
