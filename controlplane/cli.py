@@ -317,6 +317,20 @@ def lab_status(lab) -> int:
     return 0
 
 
+def cmd_prepare_node(args: argparse.Namespace) -> int:
+    """What the DaemonSet's privileged init container does, once per start."""
+    from .datapath.config import DatapathConfig
+    from .datapath.node import ensure_sysctls
+    from .datapath.programs import ensure_bpffs
+
+    ensure_bpffs(args.pin_root)
+    for line in ensure_sysctls(DatapathConfig(pin_root=args.pin_root).snat_ports):
+        print(f"xlb: {line}")
+    if os.environ.get("XLB_CLEANUP_KUBE_PROXY", "").lower() in ("1", "true", "yes"):
+        return cmd_cleanup(args)
+    return 0
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from .cleanup import cleanup_kube_proxy
 
@@ -458,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", default="lab", help="the lab's name (default lab)")
     lab.set_defaults(func=cmd_lab)
 
+    prep = sub.add_parser(
+        "prepare-node",
+        help="mount bpffs, set the sysctls xlb needs and, "
+        "with XLB_CLEANUP_KUBE_PROXY=true, remove kube-proxy's rules",
+    )
+    prep.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
+    prep.set_defaults(func=cmd_prepare_node)
+
     clean = sub.add_parser(
         "cleanup-kube-proxy",
         help="remove kube-proxy's iptables, nftables and IPVS state, keeping every other rule",
@@ -516,7 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="healthz answers 503 when an update waits longer (seconds)",
     )
     agent.add_argument("--node-ip", action="append")
-    agent.add_argument("--uplink", required=True)
+    agent.add_argument(
+        "--uplink",
+        required=True,
+        help="the node's interface towards clients, or auto (default route)",
+    )
     agent.add_argument("--cgroup")
     agent.add_argument("--generic-xdp", action="store_true")
     agent.add_argument("--pin-root", default="/sys/fs/bpf/xlb")

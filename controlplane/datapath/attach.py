@@ -147,3 +147,16 @@ def _ifindex(ipr, ifname: str) -> int:
             f"xlb: no network interface {ifname!r} here; pass the node's uplink with --uplink"
         )
     return found[0]
+
+
+def default_uplink() -> str:
+    """The interface of the default route (IPv4, else IPv6): where clients come from."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for family in (2, 10):
+            for route in ipr.get_default_routes(family=family):
+                oif = route.get_attr("RTA_OIF")
+                if oif:
+                    return ipr.get_links(oif)[0].get_attr("IFLA_IFNAME")
+    raise DatapathError("xlb: no default route to find the uplink by; pass --uplink IFNAME")
