@@ -6,7 +6,7 @@ set -euo pipefail
 # Debian packages xlb uses: bcc for the datapath, kernel headers for bcc's compiler, the tools the
 # tests and the lab drive (iproute2, nftables/iptables for comparisons, nginx/wrk/curl as real peers).
 PACKAGES=(python3-bpfcc python3-venv linux-headers-amd64 bpftool iproute2 iptables nftables ethtool
-          iputils-ping tcpdump arping nginx-light wrk curl)
+          iputils-ping tcpdump arping nginx-light wrk curl vagrant shellcheck)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -24,9 +24,9 @@ fi
 # the UAPI and generic headers, which are stable across these versions).
 kdir="/lib/modules/$(uname -r)"
 if [ ! -e "$kdir/build/include" ]; then
-  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  hdr=$(printf '%s\n' /usr/src/linux-headers-*-amd64 | sort -V | tail -n 1)
   common=${hdr%-amd64}-common
-  if [ -z "$hdr" ] || [ ! -d "$common" ]; then
+  if [ ! -d "$hdr" ] || [ ! -d "$common" ]; then
     echo "setup-host: no kernel headers for $(uname -r) and no Debian linux-headers-*-amd64 to use" >&2
     exit 1
   fi
