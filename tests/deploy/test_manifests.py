@@ -14,9 +14,13 @@ from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
 DOCS = list(yaml.safe_load_all((DEPLOY / "xlb.yaml").read_text()))
-MODELS = {"ServiceAccount": client.V1ServiceAccount, "ClusterRole": client.V1ClusterRole,
-          "ClusterRoleBinding": client.V1ClusterRoleBinding, "ConfigMap": client.V1ConfigMap,
-          "DaemonSet": client.V1DaemonSet}
+MODELS = {
+    "ServiceAccount": client.V1ServiceAccount,
+    "ClusterRole": client.V1ClusterRole,
+    "ClusterRoleBinding": client.V1ClusterRoleBinding,
+    "ConfigMap": client.V1ConfigMap,
+    "DaemonSet": client.V1DaemonSet,
+}
 
 
 def strip_none(x):
@@ -48,7 +52,11 @@ def test_the_daemonset_runs_valid_xlb_command_lines():
     agent = spec["containers"][0]["command"]
     args = build_parser().parse_args(expand(agent[1:], env))
     assert (args.command, args.source, args.uplink, args.endpoints_api) == (
-        "agent", "kubernetes", "auto", "endpointslices")
+        "agent",
+        "kubernetes",
+        "auto",
+        "endpointslices",
+    )
     init = build_parser().parse_args(expand(spec["initContainers"][0]["command"][1:], env))
     assert init.command == "prepare-node" and init.pin_root == env["XLB_PIN_ROOT"]
     assert spec["hostNetwork"] and spec["priorityClassName"] == "system-node-critical"
@@ -57,10 +65,19 @@ def test_the_daemonset_runs_valid_xlb_command_lines():
 
 def test_rbac_grants_what_the_kubernetes_source_uses_and_no_more():
     rules = by_kind("ClusterRole")["rules"]
-    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"]
-               for r in rule["resources"] for v in rule["verbs"]}
-    for group, resource in (("", "services"), ("", "endpoints"), ("", "nodes"),
-                            ("discovery.k8s.io", "endpointslices")):
+    granted = {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    for group, resource in (
+        ("", "services"),
+        ("", "endpoints"),
+        ("", "nodes"),
+        ("discovery.k8s.io", "endpointslices"),
+    ):
         assert {(group, resource, "list"), (group, resource, "watch")} <= granted
     assert ("", "events", "create") in granted
     assert not any(v in ("update", "delete", "*") for _, _, v in granted)

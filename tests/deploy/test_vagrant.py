@@ -11,16 +11,26 @@ import pytest
 
 from tests.helpers import EXAMPLES, REPO
 
-SCRIPTS = sorted([*(REPO / "deploy" / "vagrant").glob("*.sh"), *(REPO / "scripts").glob("*.sh"),
-                  REPO / ".ci" / "run"])
+SCRIPTS = sorted(
+    [
+        *(REPO / "deploy" / "vagrant").glob("*.sh"),
+        *(REPO / "scripts").glob("*.sh"),
+        REPO / ".ci" / "run",
+    ]
+)
 
 
 def test_vagrantfile_validates(tmp_path):
     if not shutil.which("vagrant"):
         pytest.fail("vagrant is not installed: `make setup` installs it")
-    out = subprocess.run(["vagrant", "validate"], cwd=REPO, capture_output=True, text=True,
-                         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
-                              "VAGRANT_CHECKPOINT_DISABLE": "1"}, timeout=120)
+    out = subprocess.run(
+        ["vagrant", "validate"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "VAGRANT_CHECKPOINT_DISABLE": "1"},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Vagrantfile validated successfully" in out.stdout
 
