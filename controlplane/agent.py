@@ -132,7 +132,9 @@ class Agent:
         hc_ports: HealthCheckNodePorts | None = None,
     ) -> None:
         self.cfg, self.source, self.datapath = cfg, source, datapath
-        self.health = Health(cfg.health_timeout)
+        self.health = Health(
+            cfg.health_timeout, source_errors=lambda: source.health().get("errors", {})
+        )
         self.metrics = metrics or Metrics()
         self.hc_ports = hc_ports
         self.reported: set[Diagnostic] = set()

@@ -36,8 +36,13 @@ def _iso(t: float) -> str:
 class Health:
     """When the datapath was last brought up to date, and how long an update has waited."""
 
-    def __init__(self, timeout: float = 60.0, clock: Callable[[], float] = time.time) -> None:
-        self.timeout, self.clock = timeout, clock
+    def __init__(
+        self,
+        timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        source_errors: Callable[[], dict[str, str]] = dict,
+    ) -> None:
+        self.timeout, self.clock, self.source_errors = timeout, clock, source_errors
         self.last_updated = 0.0
         self.queued_since: float | None = None
         self.lock = threading.Lock()
@@ -57,12 +62,17 @@ class Health:
             healthy = self.last_updated > 0 and (
                 self.queued_since is None or now - self.queued_since < self.timeout
             )
-            body = {
+            body: dict[str, Any] = {
                 "lastUpdated": _iso(self.last_updated),
                 "currentTime": _iso(now),
                 "nodeEligible": True,
             }
-            return (200 if healthy else 503), body
+        # beside kube-proxy's fields: why no update may be coming (the datapath still serves
+        # its last state, so this alone does not make the node unhealthy)
+        errors = self.source_errors()
+        if errors:
+            body["sourceErrors"] = errors
+        return (200 if healthy else 503), body
 
 
 class Metrics:
