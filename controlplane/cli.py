@@ -344,6 +344,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Runs a benchmark from bench/ (in a checkout: bench/ is not part of the package)."""
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    if not (bench / f"{args.what}.py").exists():
+        raise SystemExit(f"xlb bench: no bench/{args.what}.py here; run it from a checkout")
+    sys.path.insert(0, str(bench.parent))
+    module = __import__(f"bench.{args.what}", fromlist=["main"])
+    return module.main(args.rest)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .datapath.maps import Maps
     from .datapath.programs import open_pinned
@@ -471,6 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
     for p in lab_sub.choices.values():
         p.add_argument("--name", default="lab", help="the lab's name (default lab)")
     lab.set_defaults(func=cmd_lab)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure: dataplane (packet rates against kube-proxy's iptables and nftables modes)",
+    )
+    bench.add_argument("what", choices=["dataplane"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
 
     prep = sub.add_parser(
         "prepare-node",

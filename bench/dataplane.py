@@ -1,0 +1,442 @@
+"""North-south packet rate, side by side: xlb's XDP program, kube-proxy-style iptables and
+nftables, and a bare XDP redirect (the ceiling), with the same generator and sink in one run.
+
+    gen netns  g0 ──veth── l0  balancer netns  l1 ──veth── s0  sink netns
+    live-frames XDP_TX       balancer under test        XDP_DROP counter
+
+The generator is BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES on CPU 0 (about 6-7 Mpps
+here); the balancer's receive path runs as a threaded NAPI pinned to CPU 1; what the sink
+counts per second is the delivered rate. UDP to one frontend whose backend sits behind the
+sink, with N-1 other Services programmed in front of it (kube-proxy's iptables mode walks
+them in order). Mixes: a new flow per packet, or 16 long-lived flows.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from controlplane.datapath.config import DatapathConfig  # noqa: E402
+from controlplane.datapath.maps import Maps  # noqa: E402
+from controlplane.datapath.programs import compile_program  # noqa: E402
+from controlplane.datapath.sync import Syncer  # noqa: E402
+from controlplane.datapath.syscall import BPF_F_TEST_XDP_LIVE_FRAMES, prog_test_run  # noqa: E402
+from controlplane.lab.topology import inside  # noqa: E402
+from controlplane.model.objects import Protocol  # noqa: E402
+from controlplane.model.state import (  # noqa: E402
+    Algorithm,
+    Backend,
+    DesiredState,
+    Frontend,
+    FrontendKind,
+    Scope,
+)
+
+BENCH_BPF = Path(__file__).resolve().parent / "bpf"
+VIP, VPORT = "10.200.0.1", 80
+BACKEND, BPORT = "10.201.0.2", 8080
+GEN_IP, LB_IP, LB_OUT_IP, SINK_IP = "192.168.50.2", "192.168.50.1", "192.168.51.1", "192.168.51.2"
+MODES = ("xlb", "iptables", "nftables", "bare-xdp")
+
+
+@dataclass
+class Result:
+    mode: str
+    services: int
+    mix: str
+    generated_pps: float
+    delivered_pps: float
+
+
+def sh(*args: str, check: bool = True, input: str | None = None) -> str:
+    out = subprocess.run(args, capture_output=True, text=True, input=input)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:6])}...: {out.stderr.strip()}")
+    return out.stdout
+
+
+def other_vip(i: int) -> str:
+    return f"10.{202 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+class Rig:
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.gen, self.lb, self.sink = (f"xlbb-{tag}-{n}" for n in ("gen", "lb", "sink"))
+        self.pin_root = f"/sys/fs/bpf/xlb-bench-{os.getpid()}-{tag}"
+        self.programs: list = []
+
+    def __enter__(self) -> Rig:
+        try:
+            self._build()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _build(self) -> None:
+        import bcc
+
+        for ns in (self.gen, self.lb, self.sink):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for a, ns_a, b, ns_b in (("g0", self.gen, "l0", self.lb), ("l1", self.lb, "s0", self.sink)):
+            tmp_a, tmp_b = f"xb{uuid.uuid4().hex[:8]}", f"xb{uuid.uuid4().hex[:8]}"
+            sh("ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
+            sh("ip", "link", "set", tmp_a, "netns", ns_a, "name", a)
+            sh("ip", "link", "set", tmp_b, "netns", ns_b, "name", b)
+            sh("ip", "-n", ns_a, "link", "set", a, "up")
+            sh("ip", "-n", ns_b, "link", "set", b, "up")
+        sh("ip", "-n", self.gen, "addr", "add", f"{GEN_IP}/24", "dev", "g0")
+        sh("ip", "-n", self.lb, "addr", "add", f"{LB_IP}/24", "dev", "l0")
+        sh("ip", "-n", self.lb, "addr", "add", f"{LB_OUT_IP}/24", "dev", "l1")
+        sh("ip", "-n", self.sink, "addr", "add", f"{SINK_IP}/24", "dev", "s0")
+        sh("ip", "netns", "exec", self.lb, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # the sink drops ARP too: its neighbour entry must be static
+        sh(
+            "ip",
+            "-n",
+            self.lb,
+            "neigh",
+            "replace",
+            SINK_IP,
+            "lladdr",
+            self.mac(self.sink, "s0"),
+            "dev",
+            "l1",
+            "nud",
+            "permanent",
+        )
+        sh("ip", "-n", self.lb, "route", "add", f"{BACKEND}/32", "via", SINK_IP)
+        sh(
+            "ip",
+            "-n",
+            self.gen,
+            "neigh",
+            "replace",
+            LB_IP,
+            "lladdr",
+            self.mac(self.lb, "l0"),
+            "dev",
+            "g0",
+            "nud",
+            "permanent",
+        )
+        sink = bcc.BPF(src_file=str(BENCH_BPF / "sink.c").encode())
+        self.sink_fn = sink.load_func(b"sink", bcc.BPF.XDP)
+        self.sink_count = sink[b"sink_count"]
+        with inside(self.sink):
+            bcc.BPF.attach_xdp(b"s0", self.sink_fn, 1 << 2)
+        gen = bcc.BPF(src_file=str(BENCH_BPF / "gen.c").encode())
+        self.gen_fn = gen.load_func(b"gen", bcc.BPF.XDP)
+        self.gen_tmpl = gen[b"gen_tmpl"]
+        self.programs += [sink, gen]
+        with inside(self.gen):
+            import socket
+
+            self.g0 = socket.if_nametoindex("g0")
+
+    def __exit__(self, *exc) -> None:
+        for ns in (self.gen, self.lb, self.sink):
+            sh("ip", "netns", "del", ns, check=False)
+        subprocess.run(["rm", "-rf", self.pin_root])
+
+    @staticmethod
+    def mac(ns: str, dev: str) -> str:
+        return sh("ip", "-n", ns, "-br", "link", "show", dev).split()[2]
+
+    def _pin_napi(self) -> None:
+        """The balancer's receive path in its own kernel thread on CPU 1; the generator keeps
+        CPU 0, so that one does not slow the other. (A veth has NAPI once XDP is attached.)"""
+        sh("ip", "netns", "exec", self.lb, "sh", "-c", "echo 1 > /sys/class/net/l0/threaded")
+        time.sleep(0.2)
+        for line in sh("ps", "-eo", "pid,comm").splitlines():
+            pid, _, comm = line.strip().partition(" ")
+            if comm.strip().startswith("napi/l0-"):
+                sh("taskset", "-pc", "1", pid, check=False)
+
+    # -- the balancers ---------------------------------------------------------------------
+
+    def attach_lb_xdp(self, fn) -> None:
+        import bcc
+
+        with inside(self.lb):
+            bcc.BPF.attach_xdp(b"l0", fn, 1 << 2)
+        self._pin_napi()
+
+    def setup(self, mode: str, services: int) -> None:
+        import bcc
+
+        if mode == "xlb":
+            cfg = DatapathConfig(
+                pin_root=self.pin_root,
+                max_services=max(1024, 2 * services),
+                max_backends=1024,
+                max_rings=4,
+                ct_size=1 << 20,
+            )
+            prog = compile_program("xdp_lb.c", cfg)
+            fn = prog.function("xdp_lb", bcc.BPF.XDP)
+            be = (Backend(BACKEND, BPORT, "sink", False),)
+            fes = [
+                Frontend(
+                    "bench/target",
+                    "",
+                    FrontendKind.NODE_PORT,
+                    Scope.EXTERNAL,
+                    VIP,
+                    VPORT,
+                    Protocol.UDP,
+                    be,
+                    algorithm=Algorithm.MAGLEV,
+                )
+            ]
+            fes += [
+                Frontend(
+                    f"bench/s{i}",
+                    "",
+                    FrontendKind.NODE_PORT,
+                    Scope.EXTERNAL,
+                    other_vip(i),
+                    VPORT,
+                    Protocol.UDP,
+                    be,
+                    algorithm=Algorithm.RANDOM,
+                )
+                for i in range(services - 1)
+            ]
+            Syncer(Maps(prog), cfg).sync(DesiredState(frontends=tuple(fes)), LB_IP)
+            self.programs.append(prog)
+            self.attach_lb_xdp(fn)
+        elif mode == "bare-xdp":
+            with inside(self.lb):
+                import socket
+
+                out = socket.if_nametoindex("l1")
+            bpf = bcc.BPF(
+                src_file=str(BENCH_BPF / "bare.c").encode(), cflags=[f"-DBARE_OUT_IFINDEX={out}"]
+            )
+            fn = bpf.load_func(b"bare", bcc.BPF.XDP)
+            c = bpf[b"bare_cfg"].Leaf()
+            c.dmac[:] = bytes.fromhex(self.mac(self.sink, "s0").replace(":", ""))
+            c.smac[:] = bytes.fromhex(self.mac(self.lb, "l1").replace(":", ""))
+            c.daddr = int.from_bytes(bytes(map(int, BACKEND.split("."))), "little")
+            c.saddr = int.from_bytes(bytes(map(int, LB_OUT_IP.split("."))), "little")
+            c.dport = socket.htons(BPORT)
+            bpf[b"bare_cfg"][ct.c_int(0)] = c
+            self.programs.append(bpf)
+            self.attach_lb_xdp(fn)
+        else:
+            # the kernel path: a veth delivers XDP_TX frames only to an end running XDP
+            bpf = bcc.BPF(src_file=str(REPO / "bpf" / "xdp_pass.c").encode())
+            self.programs.append(bpf)
+            self.attach_lb_xdp(bpf.load_func(b"xdp_pass", bcc.BPF.XDP))
+            if mode == "iptables":
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.lb,
+                    "iptables-restore",
+                    input=iptables_rules(services),
+                )
+            else:
+                sh("ip", "netns", "exec", self.lb, "nft", "-f", "-", input=nft_rules(services))
+
+    # -- the measurement ------------------------------------------------------------------
+
+    def frame(self, flows: int) -> None:
+        from scapy.layers.inet import IP, UDP
+        from scapy.layers.l2 import Ether
+
+        pkt = (
+            Ether(src=self.mac(self.gen, "g0"), dst=self.mac(self.lb, "l0"))
+            / IP(src=GEN_IP, dst=VIP, ttl=64)
+            / UDP(sport=1024, dport=VPORT, chksum=0)
+            / (b"x" * 18)
+        )
+        raw = bytes(pkt)[:64].ljust(64, b"\0")
+        t = self.gen_tmpl.Leaf()
+        t.frame[:] = raw
+        t.flows = flows
+        t.sport_off = 14 + 20
+        self.gen_tmpl[ct.c_int(0)] = t
+        self.raw = raw
+
+    def delivered(self) -> int:
+        return sum(self.sink_count[ct.c_int(0)])
+
+    def run(self, seconds: float) -> tuple[float, float]:
+        os.sched_setaffinity(0, {0})
+        before, sent, start = self.delivered(), 0, time.perf_counter()
+        with inside(self.gen):
+            while time.perf_counter() - start < seconds:
+                prog_test_run(
+                    self.gen_fn.fd,
+                    self.raw,
+                    repeat=1_000_000,
+                    ifindex=self.g0,
+                    flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+                    batch_size=64,
+                )
+                sent += 1_000_000
+        elapsed = time.perf_counter() - start
+        time.sleep(0.05)
+        return sent / elapsed, (self.delivered() - before) / elapsed
+
+
+def iptables_rules(services: int) -> str:
+    """kube-proxy's iptables mode for N UDP Services, the measured one last in KUBE-SERVICES."""
+    lines = [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+        ":KUBE-SERVICES - [0:0]",
+        ":KUBE-MARK-MASQ - [0:0]",
+        ":KUBE-POSTROUTING - [0:0]",
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        "-A POSTROUTING -j KUBE-POSTROUTING",
+        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+        "-A KUBE-POSTROUTING -j MASQUERADE --random-fully",
+    ]
+    chains, rules = [], []
+    for i in range(services):
+        vip = VIP if i == services - 1 else other_vip(i)
+        svc, sep = f"KUBE-SVC-{i:012d}", f"KUBE-SEP-{i:012d}"
+        chains += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
+        rules += [
+            f"-A KUBE-SERVICES -d {vip}/32 -p udp -m udp --dport {VPORT} -j {svc}",
+            f"-A {svc} -j KUBE-MARK-MASQ",
+            f"-A {svc} -j {sep}",
+            f"-A {sep} -p udp -m udp -j DNAT --to-destination {BACKEND}:{BPORT}",
+        ]
+    return "\n".join(lines[:6] + chains + lines[6:] + rules + ["COMMIT", ""])
+
+
+def nft_rules(services: int) -> str:
+    """kube-proxy's nftables mode: one verdict map keyed by address . protocol . port."""
+    elems = [
+        f"{VIP if i == services - 1 else other_vip(i)} . udp . {VPORT} : goto svc-{i}"
+        for i in range(services)
+    ]
+    chains = "\n".join(
+        f"  chain svc-{i} {{ meta l4proto udp meta mark set 0x4000 dnat to {BACKEND}:{BPORT}; }}"
+        for i in range(services)
+    )
+    return f"""table ip kube-proxy {{
+  map service-ips {{
+    type ipv4_addr . inet_proto . inet_service : verdict
+    elements = {{ {", ".join(elems)} }}
+  }}
+{chains}
+  chain nat-prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr . meta l4proto . th dport vmap @service-ips
+  }}
+  chain nat-postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    meta mark 0x4000 masquerade fully-random
+  }}
+}}
+"""
+
+
+def measure(mode: str, services: int, mix: str, seconds: float = 2.0) -> Result:
+    with Rig() as rig:
+        rig.setup(mode, services)
+        rig.frame(0 if mix == "new-flow" else 16)
+        rig.run(0.3)  # warm up: neighbour state, conntrack, caches
+        gen, delivered = rig.run(seconds)
+        return Result(mode, services, mix, gen, delivered)
+
+
+def matrix(
+    modes=MODES, services=(1, 1000, 10000), mixes=("established",), seconds: float = 2.0, log=print
+) -> list[Result]:
+    """Every combination, one after another in one process, so the ratios compare like with
+    like on a shared machine."""
+    results = []
+    for mix in mixes:
+        for n in services:
+            for mode in modes:
+                r = measure(mode, n, mix, seconds)
+                log(
+                    f"{mode:<9} {n:>6} services  {mix:<12} {r.delivered_pps / 1e6:6.2f} Mpps "
+                    f"delivered ({r.generated_pps / 1e6:.2f} Mpps generated)"
+                )
+                results.append(r)
+    return results
+
+
+def report(results: list[Result]) -> str:
+    """A markdown table with each balancer's rate and its ratio to iptables and the ceiling."""
+    rows = [
+        "| mix | Services | balancer | delivered Mpps | × iptables | % of bare XDP |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {(r.mix, r.services, r.mode): r.delivered_pps for r in results}
+    for r in results:
+        ipt = by.get((r.mix, r.services, "iptables"))
+        bare = by.get((r.mix, r.services, "bare-xdp"))
+        rows.append(
+            f"| {r.mix} | {r.services} | {r.mode} | {r.delivered_pps / 1e6:.2f} | "
+            f"{r.delivered_pps / ipt:.1f} | "
+            if ipt
+            else f"| {r.mix} | {r.services} | {r.mode} | {r.delivered_pps / 1e6:.2f} | - | "
+        )
+        rows[-1] += f"{100 * r.delivered_pps / bare:.0f}% |" if bare else "- |"
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import platform
+
+    parser = argparse.ArgumentParser(
+        prog="xlb bench dataplane",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--services", default="1,1000,10000")
+    parser.add_argument("--mixes", default="established")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args(argv)
+    results = matrix(
+        args.modes.split(","),
+        [int(x) for x in args.services.split(",")],
+        args.mixes.split(","),
+        args.seconds,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+        f"kernel {platform.release()}",
+        "time": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    (out / "dataplane.json").write_text(
+        json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=2)
+    )
+    (out / "dataplane.md").write_text(
+        f"Measured on {meta['machine']}, {meta['time']}.\n\n" + report(results)
+    )
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
