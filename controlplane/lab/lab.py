@@ -33,6 +33,28 @@ AGENT_CATCH_UP = 0.5  # seconds: agents look every 0.1 s; endpoints leave before
 WORKLOADS = {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Pod"}
 
 
+def lab_pool(objects: list[dict]) -> dict:
+    """The LoadBalancer address pool of the lab's LAN, used when the manifests bring none;
+    it also holds every address a Service asks for, as a cloud would grant it."""
+    from ..l2.ipam import ANNOTATION_IPS
+
+    addresses = ["192.168.198.240/28", "fd00:198::f0/124"]
+    for o in objects:
+        if o.get("kind") != "Service":
+            continue
+        spec, ann = o.get("spec") or {}, (o.get("metadata") or {}).get("annotations") or {}
+        for ip in [spec.get("loadBalancerIP")] + str(ann.get(ANNOTATION_IPS, "")).split(","):
+            with contextlib.suppress(ValueError, TypeError):
+                a = ipaddress.ip_address(str(ip).strip())
+                addresses.append(f"{a}/{a.max_prefixlen}")
+    return {
+        "apiVersion": "metallb.io/v1beta1",
+        "kind": "IPAddressPool",
+        "metadata": {"name": "lab-lan", "namespace": "metallb-system"},
+        "spec": {"addresses": sorted(set(addresses))},
+    }
+
+
 @dataclass
 class NodeState:
     name: str
@@ -234,7 +256,10 @@ class Lab:
         self._ext_host(state, [d for d in docs if d.obj["kind"] in ("Endpoints", "EndpointSlice")])
         for p in state.pods:
             self._wait_listening(p.netns, p.ports)
-        self._write_agent_view(state, [d.obj for d in docs if d.obj["kind"] not in WORKLOADS])
+        objects = [d.obj for d in docs if d.obj["kind"] not in WORKLOADS]
+        if not any(o["kind"] == "IPAddressPool" for o in objects):
+            objects.append(lab_pool(objects))  # as a cluster with MetalLB set up would
+        self._write_agent_view(state, objects)
         self._client_routes(state)
         if leaving:
             # as Kubernetes does: the endpoints go first, the pods once the proxies know

@@ -303,24 +303,21 @@ def allocate_node_ports(
     return out, diags
 
 
-def assign_load_balancer_ips(services: list[Service]) -> tuple[list[Service], list[Diagnostic]]:
-    """Standalone stand-in for a LoadBalancer controller: a requested spec.loadBalancerIP becomes
-    the Service's ingress IP; a Service without one waits for an address pool."""
-    out: list[Service] = []
-    diags: list[Diagnostic] = []
-    for svc in services:
-        if svc.type is ServiceType.LOAD_BALANCER and not svc.ingress_ips:
-            if svc.load_balancer_ip:
-                svc = replace(svc, ingress_ips=(svc.load_balancer_ip,))
-            else:
-                diag = Collector("Service", svc.namespace, svc.name)
-                diag.info(
-                    "status.loadBalancer.ingress",
-                    "pending: no LoadBalancer IP yet; set spec.loadBalancerIP or configure "
-                    "an address pool; its NodePorts and externalIPs work meanwhile",
-                )
-                diags += diag.items
-        out.append(svc)
+def assign_load_balancer_ips(
+    services: list[Service], pools: list | None = None
+) -> tuple[list[Service], list[Diagnostic]]:
+    """Standalone stand-in for a LoadBalancer controller: addresses from the pools (see
+    l2/ipam.py); with no pool at all, a requested spec.loadBalancerIP is taken as is."""
+    from ..l2.ipam import allocate
+
+    current = {s.key: s.ingress_ips for s in services if s.ingress_ips}
+    assigned, diags = allocate(services, pools or [], current)
+    out = [
+        replace(s, ingress_ips=assigned.get(s.key, ()))
+        if s.type is ServiceType.LOAD_BALANCER
+        else s
+        for s in services
+    ]
     return out, diags
 
 

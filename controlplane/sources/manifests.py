@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..l2.ipam import parse_pool
 from ..model.diagnostics import Collector, Diagnostic, Level
 from ..model.objects import EndpointSlice, Node, Protocol, Service
 from ..model.parse import parse_endpoint_slice, parse_endpoints, parse_node, parse_service
@@ -33,7 +34,16 @@ from .cluster import (
 )
 
 _WORKLOADS = {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"}
-_KNOWN = {"Service", "Endpoints", "EndpointSlice", "Node", "Pod", *_WORKLOADS}
+_KNOWN = {
+    "Service",
+    "Endpoints",
+    "EndpointSlice",
+    "Node",
+    "Pod",
+    "IPAddressPool",
+    "L2Advertisement",
+    *_WORKLOADS,
+}
 _MANIFEST_SUFFIXES = {".yaml", ".yml", ".json"}
 
 
@@ -209,6 +219,7 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
     services: list[Service] = []
     slices: list[EndpointSlice] = []
     endpoints: list[tuple[str, list[EndpointSlice]]] = []
+    pools: list = []
     for doc in docs:
         kind = doc.obj["kind"]
         if kind == "Service":
@@ -226,6 +237,9 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
         elif kind == "Node":
             node, d = parse_node(doc.obj)
             cluster.nodes += [node] if node else []
+        elif kind == "IPAddressPool":
+            pool, d = parse_pool(doc.obj)
+            pools += [pool] if pool else []
         else:
             d = (
                 []
@@ -259,7 +273,7 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
     for step in (
         lambda s: allocate_cluster_ips(s, cfg),
         lambda s: allocate_node_ports(s, cfg),
-        assign_load_balancer_ips,
+        lambda s: assign_load_balancer_ips(s, pools),
     ):
         services, d = step(services)
         cluster.diagnostics += d

@@ -119,6 +119,16 @@ def test_node_ports_external_ips_and_load_balancer_from_the_client(lab):
     assert checked >= 20
 
 
+def test_load_balancers_without_a_requested_ip_get_one_from_the_lab_pool(lab):
+    cluster, state = frontends(lab)
+    got = {s.name: s.ingress_ips for s in cluster.services if s.type == "LoadBalancer"}
+    assert got["nginx-loadbalancer-withoutip-svc"][0].startswith("192.168.198.24")
+    ip = got["nginx-loadbalancer-withoutip-svc"][0]
+    assert get(lab, "client", ip, 8000)[0].startswith("nginx-deploy")
+    addresses = [a for ips in got.values() for a in ips]
+    assert len(addresses) == len(set(addresses))
+
+
 def test_external_addresses_from_inside_the_cluster(lab):
     """Pods and nodes reach NodePorts, externalIPs and LoadBalancer IPs through the socket
     hooks, with every endpoint eligible whatever externalTrafficPolicy says."""
@@ -345,19 +355,23 @@ def _join(cgroup: str | None) -> None:
 LOOP = textwrap.dedent("""
     import socket, sys, time
     host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    ok = failed = 0
+    ok, failures = 0, []
     end = time.time() + seconds
     while time.time() < end:
         try:
             with socket.create_connection((host, port), timeout=2) as s:
                 s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-                if b"200 OK" in s.recv(200):
+                reply = s.recv(200)
+                if b"200 OK" in reply:
                     ok += 1
                 else:
-                    failed += 1
-        except OSError:
-            failed += 1
-    print(ok, failed)
+                    failures.append(f"{time.time():.2f} reply {reply[:40]!r}")
+        except OSError as e:
+            failures.append(f"{time.time():.2f} {e!r}")
+        # about 800 new connections a second: the client's own ephemeral ports (28k, held
+        # 60 s in TIME_WAIT) must not run out, or connect() fails before xlb sees anything
+        time.sleep(0.001)
+    print(ok, len(failures), "; ".join(failures[:5]))
 """)
 
 
@@ -382,8 +396,8 @@ def test_killing_and_restarting_an_agent_under_load_fails_no_request(lab):
     time.sleep(2)  # no agent at all: the datapath carries on
     lab.restart_agent("node-1")
     out, _ = loop.communicate(timeout=30)
-    ok, failed = map(int, out.split())
-    assert failed == 0 and ok > 50, out
+    ok, failed = map(int, out.split()[:2])
+    assert failed == 0 and ok > 1000, out
 
 
 def test_quirks_get_one_precise_line_each_and_the_rest_keep_serving(lab, manifests, tmp_path):
