@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -362,40 +363,57 @@ def measure(mode: str, services: int, mix: str, seconds: float = 2.0) -> Result:
 
 
 def matrix(
-    modes=MODES, services=(1, 1000, 10000), mixes=("established",), seconds: float = 2.0, log=print
+    modes=MODES,
+    services=(1, 1000, 10000),
+    mixes=("established",),
+    seconds: float = 2.0,
+    repeats: int = 3,
+    log=print,
 ) -> list[Result]:
-    """Every combination, one after another in one process, so the ratios compare like with
-    like on a shared machine."""
+    """Every combination, `repeats` times, interleaved (mode after mode, then again), so that
+    a noisy moment on a shared machine hits all balancers alike; one Result per run."""
     results = []
     for mix in mixes:
         for n in services:
-            for mode in modes:
-                r = measure(mode, n, mix, seconds)
-                log(
-                    f"{mode:<9} {n:>6} services  {mix:<12} {r.delivered_pps / 1e6:6.2f} Mpps "
-                    f"delivered ({r.generated_pps / 1e6:.2f} Mpps generated)"
-                )
-                results.append(r)
+            for rep in range(repeats):
+                for mode in modes:
+                    r = measure(mode, n, mix, seconds)
+                    log(
+                        f"{mode:<9} {n:>6} services  {mix:<12} run {rep + 1}: "
+                        f"{r.delivered_pps / 1e6:6.2f} Mpps delivered "
+                        f"({r.generated_pps / 1e6:.2f} Mpps generated)"
+                    )
+                    results.append(r)
     return results
 
 
+def medians(results: list[Result]) -> dict[tuple[str, int, str], tuple[float, float, float]]:
+    """(mix, services, mode) -> (median, min, max) of delivered pps."""
+    runs: dict[tuple[str, int, str], list[float]] = {}
+    for r in results:
+        runs.setdefault((r.mix, r.services, r.mode), []).append(r.delivered_pps)
+    return {k: (statistics.median(v), min(v), max(v)) for k, v in runs.items()}
+
+
 def report(results: list[Result]) -> str:
-    """A markdown table with each balancer's rate and its ratio to iptables and the ceiling."""
+    """A markdown table: each balancer's median rate (and spread), its ratio to iptables and
+    to the bare-XDP ceiling, from medians of interleaved runs."""
+    med = medians(results)
     rows = [
-        "| mix | Services | balancer | delivered Mpps | × iptables | % of bare XDP |",
+        "| mix | Services | balancer | delivered Mpps, median (min-max) | × iptables "
+        "| % of bare XDP |",
         "|---|---|---|---|---|---|",
     ]
-    by = {(r.mix, r.services, r.mode): r.delivered_pps for r in results}
-    for r in results:
-        ipt = by.get((r.mix, r.services, "iptables"))
-        bare = by.get((r.mix, r.services, "bare-xdp"))
+    for (mix, n, mode), (m, lo, hi) in med.items():
+        ipt = med.get((mix, n, "iptables"), (0,))[0]
+        bare = med.get((mix, n, "bare-xdp"), (0,))[0]
         rows.append(
-            f"| {r.mix} | {r.services} | {r.mode} | {r.delivered_pps / 1e6:.2f} | "
-            f"{r.delivered_pps / ipt:.1f} | "
-            if ipt
-            else f"| {r.mix} | {r.services} | {r.mode} | {r.delivered_pps / 1e6:.2f} | - | "
+            f"| {mix} | {n} | {mode} | {m / 1e6:.2f} ({lo / 1e6:.2f}-{hi / 1e6:.2f}) | "
+            + (f"{m / ipt:.1f}" if ipt else "-")
+            + " | "
+            + (f"{100 * m / bare:.0f}%" if bare else "-")
+            + " |"
         )
-        rows[-1] += f"{100 * r.delivered_pps / bare:.0f}% |" if bare else "- |"
     return "\n".join(rows) + "\n"
 
 
@@ -413,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", default="1,1000,10000")
     parser.add_argument("--mixes", default="established")
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per cell")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
     results = matrix(

@@ -1,0 +1,278 @@
+"""Which agents are alive: SWIM-style gossip over UDP, authenticated.
+
+Every probe interval an agent pings the next member (round robin). No ack within the probe
+timeout: it asks `indirect` other members to ping the target for it. Still nothing by the end
+of the interval: the target is suspect, which is gossiped; a suspect that does not refute it
+(by gossiping `alive` with a higher incarnation) within the suspect timeout is dead. With the
+defaults (120 ms interval, 50 ms timeout, 250 ms suspicion) a dead node is known in under a
+second by whoever probes it, and by the others through gossip piggybacked on every message.
+
+Each datagram is msgpack, signed with HMAC-SHA256 under the cluster's shared key and stamped
+with the sender's clock: a datagram that is too big, not msgpack, wrongly signed or more than
+`max_skew` seconds old is dropped and counted, and nothing else happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import msgpack
+
+log = logging.getLogger("xlb.members")
+
+MAX_DATAGRAM = 1400
+MAC_LEN = 32
+
+
+@dataclass
+class MembersConfig:
+    name: str
+    address: str
+    port: int
+    key: bytes
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (address, port)
+    # worst case for a dead member with N others: N probe intervals until it is probed and
+    # fails, then the suspicion; 3 nodes: 3 x 0.12 (a reshuffled round) + 0.12 + 0.25
+    # = 0.73 s; the expiry is checked every 20 ms and the death told to all at once
+    probe_interval: float = 0.12
+    probe_timeout: float = 0.05
+    suspect_timeout: float = 0.25
+    indirect: int = 2
+    max_skew: float = 5.0
+
+
+@dataclass
+class Member:
+    name: str
+    address: tuple[str, int]
+    state: str = "alive"  # alive | suspect | dead
+    incarnation: int = 0
+    since: float = 0.0  # when it entered its state (monotonic)
+
+
+def seal(key: bytes, message: dict) -> bytes:
+    body = msgpack.packb({**message, "ts": time.time()}, use_bin_type=True)
+    return hmac.new(key, body, hashlib.sha256).digest() + body
+
+
+def unseal(key: bytes, data: bytes, max_skew: float) -> tuple[dict | None, str]:
+    """The message, or None and why it was refused."""
+    if len(data) > MAX_DATAGRAM:
+        return None, "oversized"
+    if len(data) <= MAC_LEN:
+        return None, "truncated"
+    mac, body = data[:MAC_LEN], data[MAC_LEN:]
+    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+        return None, "bad_signature"
+    try:
+        msg = msgpack.unpackb(body, raw=False)
+    except Exception:  # noqa: BLE001 (signed garbage is still garbage)
+        return None, "malformed"
+    if not isinstance(msg, dict) or abs(time.time() - float(msg.get("ts", 0))) > max_skew:
+        return None, "stale"
+    return msg, ""
+
+
+class Members:
+    def __init__(self, cfg: MembersConfig) -> None:
+        self.cfg = cfg
+        self.lock = threading.Lock()
+        now = time.monotonic()
+        self.members = {n: Member(n, a, since=now) for n, a in cfg.peers.items() if n != cfg.name}
+        self.incarnation = 0
+        self.seq = 0
+        self.acks: dict[int, threading.Event] = {}
+        self.gossip: list[dict] = []  # recent state changes, piggybacked on every message
+        self.refused: Counter = Counter()
+        self.stopping = threading.Event()
+        self.sock = socket.socket(
+            socket.AF_INET6 if ":" in cfg.address else socket.AF_INET, socket.SOCK_DGRAM
+        )
+        self.sock.bind((cfg.address, cfg.port))
+        self.sock.settimeout(0.1)
+        self.threads = [
+            threading.Thread(target=self._receive, daemon=True),
+            threading.Thread(target=self._probe_loop, daemon=True),
+        ]
+
+    # -- the public side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(2)
+        self.sock.close()
+
+    def alive(self) -> set[str]:
+        """Members believed alive (suspects included: they may yet refute), and this one."""
+        with self.lock:
+            return {m.name for m in self.members.values() if m.state != "dead"} | {self.cfg.name}
+
+    # -- sending and receiving ---------------------------------------------------------------
+
+    def _send(self, address: tuple[str, int], message: dict) -> None:
+        with self.lock:
+            message = {**message, "from": self.cfg.name, "g": self.gossip[-8:]}
+        with contextlib.suppress(OSError):  # an unreachable peer is what probing finds out
+            self.sock.sendto(seal(self.cfg.key, message), address)
+
+    def _receive(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data, sender = self.sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            msg, why = unseal(self.cfg.key, data, self.cfg.max_skew)
+            if msg is None:
+                self.refused[why] += 1
+                continue
+            try:
+                self._handle(msg, sender)
+            except (KeyError, TypeError, ValueError):
+                self.refused["malformed"] += 1
+
+    def _handle(self, msg: dict, sender: tuple) -> None:
+        for change in msg.get("g") or []:
+            self._apply(change)
+        kind, origin = msg["t"], str(msg["from"])
+        self._heard_from(origin)
+        if kind == "ping":
+            self._send(
+                sender[:2],
+                {
+                    "t": "ack",
+                    "seq": msg["seq"],
+                    "relay": msg.get("relay"),
+                    "relay_seq": msg.get("relay_seq"),
+                },
+            )
+        elif kind == "ack":
+            if msg.get("relay"):  # an indirect probe's answer, to pass back
+                relay = msg["relay"]
+                self._send((relay[0], relay[1]), {"t": "ack", "seq": msg["relay_seq"]})
+            event = self.acks.get(int(msg["seq"]))
+            if event:
+                event.set()
+        elif kind == "ping-req":
+            target = self.members.get(str(msg["target"]))
+            if target:
+                self._send(
+                    target.address,
+                    {
+                        "t": "ping",
+                        "seq": self._next_seq(),
+                        "relay": list(sender[:2]),
+                        "relay_seq": msg["seq"],
+                    },
+                )
+
+    def _heard_from(self, name: str) -> None:
+        with self.lock:
+            m = self.members.get(name)
+            if m and m.state == "dead":
+                m.state, m.since = "alive", time.monotonic()
+                log.info("member %s is back", name)
+
+    def _apply(self, change: dict) -> None:
+        name, state, inc = str(change["n"]), str(change["s"]), int(change["i"])
+        if name == self.cfg.name:
+            if state in ("suspect", "dead") and inc >= self.incarnation:
+                with self.lock:  # refute: we are alive, with a newer incarnation
+                    self.incarnation = inc + 1
+                    self.gossip.append({"n": name, "s": "alive", "i": self.incarnation})
+            return
+        with self.lock:
+            m = self.members.get(name)
+            if m is None or inc < m.incarnation:
+                return
+            if (
+                state == "alive"
+                and inc > m.incarnation
+                or (
+                    state != "alive"
+                    and (
+                        inc > m.incarnation
+                        or (m.state, state)
+                        in (("alive", "suspect"), ("alive", "dead"), ("suspect", "dead"))
+                    )
+                )
+            ):
+                m.state, m.incarnation, m.since = state, inc, time.monotonic()
+                self.gossip.append(change)
+
+    # -- probing -----------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        with self.lock:
+            self.seq += 1
+            return self.seq
+
+    def _ping(self, address: tuple[str, int], timeout: float) -> bool:
+        seq = self._next_seq()
+        event = self.acks[seq] = threading.Event()
+        self._send(address, {"t": "ping", "seq": seq})
+        ok = event.wait(timeout)
+        self.acks.pop(seq, None)
+        return ok
+
+    def _probe(self, target: Member, deadline: float) -> bool:
+        if self._ping(target.address, self.cfg.probe_timeout):
+            return True
+        helpers = [m for m in self.members.values() if m is not target and m.state == "alive"]
+        seq = self._next_seq()
+        event = self.acks[seq] = threading.Event()
+        for h in random.sample(helpers, min(self.cfg.indirect, len(helpers))):
+            self._send(h.address, {"t": "ping-req", "seq": seq, "target": target.name})
+        ok = event.wait(max(0.0, deadline - time.monotonic()))
+        self.acks.pop(seq, None)
+        return ok
+
+    def _probe_loop(self) -> None:
+        order: list[str] = []
+        while not self.stopping.is_set():
+            start = time.monotonic()
+            deadline = start + self.cfg.probe_interval
+            if not order:
+                order = sorted(self.members)
+                random.shuffle(order)
+            target = self.members.get(order.pop()) if order else None
+            if target is not None and not self._probe(target, deadline):
+                with self.lock:
+                    if target.state == "alive":
+                        target.state, target.since = "suspect", time.monotonic()
+                        self.gossip.append(
+                            {"n": target.name, "s": "suspect", "i": target.incarnation}
+                        )
+            while not self.stopping.is_set() and time.monotonic() < deadline:
+                self._expire_suspects()  # often: a suspicion ends on time, not at a tick
+                self.stopping.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+
+    def _expire_suspects(self) -> None:
+        now = time.monotonic()
+        died = []
+        with self.lock:
+            for m in self.members.values():
+                if m.state == "suspect" and now - m.since > self.cfg.suspect_timeout:
+                    m.state, m.since = "dead", now
+                    self.gossip.append({"n": m.name, "s": "dead", "i": m.incarnation})
+                    died.append(m.name)
+            self.gossip = self.gossip[-64:]
+            others = [m.address for m in self.members.values() if m.state == "alive"]
+        for name in died:
+            log.info("member %s is dead", name)
+        if died:  # news of a death is told at once, not on the next piggyback
+            for address in others:
+                self._send(address, {"t": "news"})

@@ -1,0 +1,89 @@
+"""Membership over real UDP sockets: everyone sees everyone, a dead agent is known within a
+second, a returning one is back, and forged traffic changes nothing."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import msgpack
+import pytest
+
+from controlplane.l2.members import Members, MembersConfig, seal
+
+KEY = b"lab-shared-secret"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def trio():
+    ports = free_ports(3)
+    peers = {f"node-{i + 1}": ("127.0.0.1", p) for i, p in enumerate(ports)}
+    agents = {
+        name: Members(MembersConfig(name, "127.0.0.1", addr[1], KEY, peers))
+        for name, addr in peers.items()
+    }
+    for a in agents.values():
+        a.start()
+    yield agents, peers
+    for a in agents.values():
+        if not a.stopping.is_set():
+            a.stop()
+
+
+def eventually(pred, timeout=3.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    return time.monotonic()
+
+
+def test_a_dead_member_is_known_within_a_second_and_a_returning_one_comes_back(trio):
+    agents, peers = trio
+    eventually(lambda: all(a.alive() == set(peers) for a in agents.values()))
+    t0 = time.monotonic()
+    agents["node-3"].stop()
+    seen = eventually(lambda: all("node-3" not in agents[n].alive() for n in ("node-1", "node-2")))
+    print(f"node-3 known dead by both others after {seen - t0:.2f}s")
+    assert seen - t0 <= 1.0
+    back = Members(MembersConfig("node-3", "127.0.0.1", peers["node-3"][1], KEY, peers))
+    back.start()
+    try:
+        eventually(
+            lambda: all(a.alive() == set(peers) for a in (agents["node-1"], agents["node-2"], back))
+        )
+    finally:
+        back.stop()
+
+
+def test_forged_garbage_and_oversized_datagrams_are_counted_and_ignored(trio):
+    agents, peers = trio
+    eventually(lambda: all(a.alive() == set(peers) for a in agents.values()))
+    target = peers["node-1"]
+    liar = {"t": "ping", "from": "node-2", "seq": 1, "g": [{"n": "node-3", "s": "dead", "i": 99}]}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(seal(b"wrong key", liar), target)
+        s.sendto(b"\x00" * 40 + b"not msgpack at all", target)
+        s.sendto(b"x" * 2000, target)
+        s.sendto(b"short", target)
+        stale = msgpack.packb({**liar, "ts": time.time() - 60})
+        import hashlib
+        import hmac
+
+        s.sendto(hmac.new(KEY, stale, hashlib.sha256).digest() + stale, target)
+    refused = agents["node-1"].refused
+    eventually(lambda: sum(refused.values()) >= 5)
+    assert refused["bad_signature"] >= 2 and refused["oversized"] == 1
+    assert refused["truncated"] == 1 and refused["stale"] == 1
+    time.sleep(0.5)
+    assert agents["node-1"].alive() == set(peers)  # the lie about node-3 was not believed
