@@ -17,6 +17,7 @@
 #include "lib/affinity.h"
 #include "lib/forward.h"
 #include "lib/reject.h"
+#include "lib/neighbour.h"
 
 #define XLB_SNAT_TRIES 16
 
@@ -106,6 +107,16 @@ int xdp_lb(struct xdp_md *ctx)
 	struct xlb_pkt p = {};
 	int r = xlb_parse(data, data_end, data_end - data, &p);
 	if (r != XLB_OK) {
+		/* the neighbour protocols of the LoadBalancer IPs this node announces */
+		int answer = -1;
+		if (r == XLB_R_PASS_NOT_IP)
+			answer = xlb_arp_reply(ctx);
+		else if (r == XLB_R_PASS_NOT_L4 && p.family == 6 && p.proto == IPPROTO_ICMPV6)
+			answer = xlb_nd_reply(ctx, &p);
+		if (answer >= 0) {
+			xlb_count_reason(XLB_R_NEIGHBOUR_REPLY);
+			return answer;
+		}
 		xlb_count_reason(r);
 		return XDP_PASS;
 	}

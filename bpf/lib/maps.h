@@ -28,6 +28,9 @@
 #ifndef XLB_AFFINITY_SIZE
 #define XLB_AFFINITY_SIZE 65536
 #endif
+#ifndef XLB_MAX_LB_IPS
+#define XLB_MAX_LB_IPS 4096
+#endif
 #ifndef XLB_SOCK_REV_SIZE
 #define XLB_SOCK_REV_SIZE 65536
 #endif
@@ -183,6 +186,7 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_FIB 12          /* no route / neighbour towards a remote backend */
 #define XLB_R_DROP_SNAT_EXHAUSTED 13
 #define XLB_R_DROP_HEADROOM 14     /* could not make room to build a reply */
+#define XLB_R_NEIGHBOUR_REPLY 15   /* ARP request / neighbour solicitation for an owned IP: answered */
 #define XLB_R_MAX 16
 
 /* Node-wide settings, written by the agent. */
@@ -193,7 +197,8 @@ struct xlb_config {
 	__u16 snat_port_min;
 	__u16 snat_port_max;
 	__u32 ring_size; /* Maglev M, for readers that did not compile with it */
-	__u32 pad;
+	__u8 uplink_mac[6]; /* the source of ARP and neighbour advertisement replies */
+	__u16 pad;
 };
 
 BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_MAX_SERVICES,
@@ -221,5 +226,8 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct xlb_svc_stats, xlb_stats, XLB_MAX
 		 XLB_PIN_ROOT "/stats");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, xlb_reasons, XLB_R_MAX, XLB_PIN_ROOT "/reasons");
 BPF_TABLE_PINNED("array", __u32, struct xlb_config, xlb_config, 1, XLB_PIN_ROOT "/config");
+/* The LoadBalancer IPs this node announces (the election's choice): xdp_lb answers ARP and
+ * neighbour solicitations for them. */
+BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_lb_ips, XLB_MAX_LB_IPS, XLB_PIN_ROOT "/lb_ips");
 
 #endif

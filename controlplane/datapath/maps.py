@@ -43,6 +43,7 @@ REASONS = (
     "drop_fib",
     "drop_snat_exhausted",
     "drop_headroom",
+    "neighbour_reply",
 )
 
 
@@ -112,6 +113,7 @@ class Maps:
         self.stats = t("xlb_stats")
         self.reasons = t("xlb_reasons")
         self.config = t("xlb_config")
+        self.lb_ips = t("xlb_lb_ips")
 
     # -- services ------------------------------------------------------------------------------
 

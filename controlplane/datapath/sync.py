@@ -13,6 +13,7 @@ maps, so a restarted agent rewrites nothing that is already right and breaks no 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .maps import (
     BackendValue,
     Maps,
     SvcValue,
+    get_addr,
     set_addr,
 )
 
@@ -89,6 +91,7 @@ class Syncer:
                 )
         self.group_ids: dict[GroupKey, int] = {}
         self.config_value: tuple | None = None
+        self.lb_ips: set[str] = {get_addr(k) for k in maps.lb_ips}
 
     # -- identities ------------------------------------------------------------------------------
 
@@ -129,7 +132,11 @@ class Syncer:
     # -- the sync ----------------------------------------------------------------------------------
 
     def sync(
-        self, state: DesiredState, node_addr4: str = "0.0.0.0", node_addr6: str = "::"
+        self,
+        state: DesiredState,
+        node_addr4: str = "0.0.0.0",
+        node_addr6: str = "::",
+        uplink_mac: str = "",
     ) -> SyncResult:
         start = time.perf_counter()
         res = SyncResult()
@@ -227,7 +234,7 @@ class Syncer:
             self.backend_ids.pop((value.address, value.port), None)
             self._delete(m.backends, ct.c_uint32(bid), res)
 
-        self._sync_config(node_addr4, node_addr6, res)
+        self._sync_config(node_addr4, node_addr6, uplink_mac, res)
         res.seconds = time.perf_counter() - start
         return res
 
@@ -284,8 +291,8 @@ class Syncer:
         else:
             self.ranges.pop(svc_id, None)
 
-    def _sync_config(self, addr4: str, addr6: str, res: SyncResult) -> None:
-        value = (addr4, addr6, self.cfg.snat_ports)
+    def _sync_config(self, addr4: str, addr6: str, mac: str, res: SyncResult) -> None:
+        value = (addr4, addr6, mac, self.cfg.snat_ports)
         if value == self.config_value:
             return
         leaf = self.maps.config.Leaf()
@@ -293,9 +300,26 @@ class Syncer:
         set_addr(leaf.node_addr6, addr6)
         leaf.snat_port_min, leaf.snat_port_max = self.cfg.snat_ports
         leaf.ring_size = self.cfg.ring_size
+        if mac:
+            leaf.uplink_mac[:] = bytes.fromhex(mac.replace(":", ""))
         self.maps.config[ct.c_uint32(0)] = leaf
         self.config_value = value
         res.writes += 1
+
+    def sync_lb_ips(self, owned: set[str]) -> tuple[set[str], set[str]]:
+        """The LoadBalancer IPs xdp_lb answers ARP/NDP for; returns (taken over, given up)."""
+        gained, lost = owned - self.lb_ips, self.lb_ips - owned
+        for ip in gained:
+            key = self.maps.lb_ips.Key()
+            set_addr(key, ip)
+            self.maps.lb_ips[key] = ct.c_uint8(1)
+        for ip in lost:
+            key = self.maps.lb_ips.Key()
+            set_addr(key, ip)
+            with contextlib.suppress(KeyError):
+                del self.maps.lb_ips[key]
+        self.lb_ips = set(owned)
+        return gained, lost
 
     @staticmethod
     def _delete(table, key, res: SyncResult) -> None:

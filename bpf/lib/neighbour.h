@@ -1,0 +1,126 @@
+/* Answering for the LoadBalancer IPs this node owns: ARP replies (IPv4) and neighbour
+ * advertisements (IPv6), built in place and sent back out of the uplink, as MetalLB's layer-2
+ * speaker does from user space. */
+#ifndef XLB_NEIGHBOUR_H
+#define XLB_NEIGHBOUR_H
+
+struct xlb_arp_ipv4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__be32 spa;
+	__u8 tha[ETH_ALEN];
+	__be32 tpa;
+} __attribute__((packed));
+
+#define XLB_ARP_REQUEST 1
+#define XLB_ARP_REPLY 2
+#define XLB_ND_NS 135
+#define XLB_ND_NA 136
+#define XLB_ND_NA_LEN 32 /* header, flags, target, and one target link-layer option */
+
+/* The MAC to answer with, or NULL before the agent configured it. */
+static __always_inline __u8 *xlb_uplink_mac(void)
+{
+	__u32 zero = 0;
+	struct xlb_config *cfg = xlb_config.lookup(&zero);
+	if (!cfg || !(cfg->uplink_mac[0] | cfg->uplink_mac[1] | cfg->uplink_mac[2] |
+		      cfg->uplink_mac[3] | cfg->uplink_mac[4] | cfg->uplink_mac[5]))
+		return 0;
+	return cfg->uplink_mac;
+}
+
+/* An ARP request for an owned IPv4 address turned into its reply: XDP_TX, or -1 if the
+ * frame is anything else (it then passes). */
+static __always_inline int xlb_arp_reply(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct xlb_arp_ipv4 *arp = (void *)(eth + 1);
+	if ((void *)(arp + 1) > data_end || arp->htype != bpf_htons(1) ||
+	    arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != ETH_ALEN || arp->plen != 4 ||
+	    arp->op != bpf_htons(XLB_ARP_REQUEST))
+		return -1;
+	union xlb_addr target;
+	xlb_addr_set4(&target, arp->tpa);
+	__u8 *mac = xlb_uplink_mac();
+	if (!mac || !xlb_lb_ips.lookup(&target))
+		return -1;
+	__be32 asker = arp->spa;
+	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
+	__builtin_memcpy(arp->sha, mac, ETH_ALEN);
+	arp->tpa = asker;
+	arp->spa = target.u32[3];
+	arp->op = bpf_htons(XLB_ARP_REPLY);
+	__builtin_memcpy(eth->h_dest, arp->tha, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	return XDP_TX;
+}
+
+/* A neighbour solicitation for an owned IPv6 address turned into a solicited advertisement
+ * with our link-layer address: XDP_TX, or -1 if the packet is anything else. */
+static __always_inline int xlb_nd_reply(struct xdp_md *ctx, const struct xlb_pkt *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l4 = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
+	__u8 *icmp = data + l4;
+	if (p->l4_off != l4 || (void *)(icmp + 24) > data_end || icmp[0] != XLB_ND_NS ||
+	    icmp[1] != 0)
+		return -1;
+	union xlb_addr target;
+	__builtin_memcpy(&target, icmp + 8, 16);
+	__u8 *mac = xlb_uplink_mac();
+	if (!mac || !xlb_lb_ips.lookup(&target))
+		return -1;
+	__u8 own[ETH_ALEN];
+	__builtin_memcpy(own, mac, ETH_ALEN);
+	/* solicited by an address: answer it; by :: (duplicate detection): all nodes */
+	union xlb_addr dst = p->saddr;
+	int unspecified = !(dst.u64[0] | dst.u64[1]);
+	int len = (int)(data_end - data);
+	if (bpf_xdp_adjust_tail(ctx, (int)(l4 + XLB_ND_NA_LEN) - len))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	icmp = (void *)(ip6 + 1);
+	if ((void *)(icmp + XLB_ND_NA_LEN) > data_end)
+		return XDP_DROP;
+	if (unspecified) {
+		dst.u64[0] = bpf_htonl(0xff020000);
+		dst.u64[1] = 0;
+		dst.u32[3] = bpf_htonl(1);
+	}
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	if (unspecified) {
+		__u8 all_nodes[ETH_ALEN] = {0x33, 0x33, 0, 0, 0, 1};
+		__builtin_memcpy(eth->h_dest, all_nodes, ETH_ALEN);
+	}
+	__builtin_memcpy(eth->h_source, own, ETH_ALEN);
+	ip6->payload_len = bpf_htons(XLB_ND_NA_LEN);
+	ip6->nexthdr = IPPROTO_ICMPV6;
+	ip6->hop_limit = 255;
+	__builtin_memcpy(&ip6->saddr, &target, 16);
+	__builtin_memcpy(&ip6->daddr, &dst, 16);
+	icmp[0] = XLB_ND_NA;
+	icmp[1] = 0;
+	icmp[2] = icmp[3] = 0;
+	__builtin_memset(icmp + 4, 0, 4);
+	icmp[4] = unspecified ? 0x20 : 0x60; /* Override, and Solicited when asked */
+	__builtin_memcpy(icmp + 8, &target, 16);
+	icmp[24] = 2; /* target link-layer address option, 8 bytes */
+	icmp[25] = 1;
+	__builtin_memcpy(icmp + 26, own, ETH_ALEN);
+	__u32 sum = xlb_pseudo_sum(p, &target, &dst, IPPROTO_ICMPV6, XLB_ND_NA_LEN);
+	__u16 check = ~xlb_csum_fold(bpf_csum_diff(0, 0, (void *)icmp, XLB_ND_NA_LEN, sum));
+	__builtin_memcpy(icmp + 2, &check, 2);
+	return XDP_TX;
+}
+
+#endif
