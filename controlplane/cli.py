@@ -364,6 +364,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datapath_sizes(parser: argparse.ArgumentParser) -> None:
+    """The map sizes a node's datapath is compiled with (the loader passes them to the C)."""
+    parser.add_argument(
+        "--max-rings",
+        type=int,
+        default=64,
+        help="Maglev rings: backend groups using Maglev at once (default 64)",
+    )
+    parser.add_argument("--ring-size", type=int, default=16381, help="Maglev M, prime")
+    parser.add_argument("--ct-size", type=int, default=262144, help="conntrack entries")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xlb", description="eBPF/XDP Service load balancer: a kube-proxy replacement."
@@ -436,14 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--cgroup")
     for p in (up, down):
         p.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
-    up.add_argument(
-        "--max-rings",
-        type=int,
-        default=64,
-        help="Maglev rings (groups using Maglev at once; default 64)",
-    )
-    up.add_argument("--ring-size", type=int, default=16381, help="Maglev M, prime")
-    up.add_argument("--ct-size", type=int, default=262144, help="conntrack entries")
+    _datapath_sizes(up)
     up.set_defaults(func=cmd_datapath_up)
     down.set_defaults(func=cmd_datapath_down)
 
@@ -576,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="at least this many seconds between syncs (default 0.1)",
     )
-    agent.add_argument("--max-rings", type=int, default=64)
-    agent.add_argument("--ring-size", type=int, default=16381)
-    agent.add_argument("--ct-size", type=int, default=262144)
+    _datapath_sizes(agent)
     agent.set_defaults(func=cmd_agent)
 
     status = sub.add_parser(
