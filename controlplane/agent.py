@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datapath.node import remote_addresses, warm_neighbours
+from .l2.election import owners
 from .model import Level, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
@@ -45,6 +46,8 @@ class AgentConfig:
     healthz_port: int = 10256  # -1: off
     metrics_port: int = 10249  # -1: off
     health_timeout: float = 60.0
+    gossip_key: bytes = b""  # empty: no membership, no LoadBalancer IP announcements
+    gossip_port: int = 7946
 
 
 class ManifestWatch:
@@ -130,6 +133,8 @@ class Agent:
         datapath,
         metrics: Metrics | None = None,
         hc_ports: HealthCheckNodePorts | None = None,
+        members=None,
+        announcer=None,
     ) -> None:
         self.cfg, self.source, self.datapath = cfg, source, datapath
         self.health = Health(
@@ -137,6 +142,8 @@ class Agent:
         )
         self.metrics = metrics or Metrics()
         self.hc_ports = hc_ports
+        self.members, self.announcer = members, announcer
+        self.live: set[str] = set()
         self.reported: set[Diagnostic] = set()
         self.stop = threading.Event()
         self.syncs = 0
@@ -165,6 +172,8 @@ class Agent:
         addr6 = next((a for a in addrs if ":" in a), "::")
         res = self.datapath.apply(state, addr4, addr6)
         self.state = state
+        if self.members is not None:
+            self._elect(cluster)
         self.metrics.synced(res.seconds, len(state.frontends), cluster.slices)
         if self.hc_ports is not None:
             for problem in self.hc_ports.sync(list(state.health_checks)):
@@ -189,6 +198,32 @@ class Agent:
                 res.seconds * 1000,
             )
 
+    def _elect(self, cluster: Cluster) -> None:
+        """Which LoadBalancer IPs this node answers for, from the live members; announces
+        the ones it takes over."""
+        port = self.members.cfg.port
+        self.members.set_peers(
+            {
+                n.name: (n.addresses[0], port)
+                for n in cluster.nodes
+                if n.addresses and ":" not in n.addresses[0]
+            }
+        )
+        before, self.live = self.live, self.members.alive()
+        chosen = owners(cluster.services, cluster.slices, cluster.nodes, self.live)
+        owned = {ip for ip, n in chosen.items() if n == self.cfg.node}
+        gained, lost = self.datapath.announce(owned)
+        if self.live - before:
+            # A node came back: the LAN may still point at it for addresses it answered
+            # for while it was cut off, so say again where every one of ours lives.
+            gained = owned
+        for ip in sorted(gained):
+            log.info("announcing %s", ip)
+            if self.announcer is not None:
+                self.announcer.announce(ip)
+        for ip in sorted(lost):
+            log.info("no longer announcing %s (now %s)", ip, chosen.get(ip, "nobody"))
+
     def warm(self) -> None:
         warm_neighbours(self.remote)
         self.last_warm = time.monotonic()
@@ -199,6 +234,11 @@ class Agent:
         self.source.start()
         try:
             while not self.stop.is_set():
+                if self.members is not None:
+                    self.datapath.heartbeat()  # the kernel answers for our IPs while we live
+                    if self.syncs and self.members.alive() != self.live:
+                        self.retry = True  # someone joined or died: elect again
+                        self.warm()  # and our uplink may have flapped, flushing neighbours
                 if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
                     self.warm()
                 if self.source.ready and (self.source.changed() or self.retry):
@@ -230,7 +270,18 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         log.info("%s", line)
     datapath = NodeDatapath.load(dp_cfg)
     datapath.attach(cfg.uplink, cfg.cgroup, native=cfg.native_xdp)
-    agent = Agent(cfg, source, datapath, Metrics(lambda: datapath.maps))
+    members = announcer = None
+    if cfg.gossip_key:
+        from .l2.announce import Announcer
+        from .l2.members import Members, MembersConfig
+
+        bind = next((a for a in cfg.node_ips if ":" not in a), "0.0.0.0")
+        members = Members(MembersConfig(cfg.node, bind, cfg.gossip_port, cfg.gossip_key))
+        members.start()
+        announcer = Announcer(cfg.uplink, datapath.uplink_mac)
+    agent = Agent(
+        cfg, source, datapath, Metrics(lambda: datapath.maps), members=members, announcer=announcer
+    )
     agent.hc_ports = HealthCheckNodePorts(cfg.bind_address, lambda: agent.health.status()[0] == 200)
     endpoints = Endpoints(
         agent.health, agent.metrics, cfg.bind_address, cfg.healthz_port, cfg.metrics_port

@@ -220,8 +220,7 @@ def cmd_datapath_down(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     import logging
 
-    from .agent import AgentConfig, ManifestSource, run_agent
-    from .datapath.attach import cgroup2_root
+    from .agent import ManifestSource, run_agent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     node = args.node or os.environ.get("NODE_NAME", "")
@@ -241,7 +240,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if not args.filename:
             raise SystemExit("xlb agent: --source manifests needs -f FILE|DIR")
         source = ManifestSource(args.filename)
-    cfg = AgentConfig(
+    return run_agent(agent_config(args, node), source, _datapath_config(args))
+
+
+def agent_config(args: argparse.Namespace, node: str):
+    """The agent's settings from its command line (every flag lands here)."""
+    from .agent import AgentConfig
+    from .datapath.attach import cgroup2_root
+
+    return AgentConfig(
         node=node,
         uplink=args.uplink,
         cgroup=args.cgroup or cgroup2_root(),
@@ -250,8 +257,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         min_interval=args.min_sync_interval,
         native_xdp=not args.generic_xdp,
+        bind_address=args.bind_address,
+        healthz_port=args.healthz_port,
+        metrics_port=args.metrics_port,
+        health_timeout=args.health_timeout,
+        gossip_key=_gossip_key(args.gossip_key_file),
+        gossip_port=args.gossip_port,
     )
-    return run_agent(cfg, source, _datapath_config(args))
+
+
+def _gossip_key(path: str | None) -> bytes:
+    """The cluster's shared gossip key, from a file or XLB_GOSSIP_KEY; empty: no L2."""
+    if path:
+        return Path(path).read_bytes().strip()
+    return os.environ.get("XLB_GOSSIP_KEY", "").encode()
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "services"
@@ -547,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
         "with this value (default: only unlabelled ones)",
     )
     agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
+    agent.add_argument(
+        "--gossip-key-file",
+        help="shared key of the agents' membership gossip "
+        "(or XLB_GOSSIP_KEY); with it, this node announces LoadBalancer IPs",
+    )
+    agent.add_argument("--gossip-port", type=int, default=7946)
     agent.add_argument(
         "--bind-address",
         default="0.0.0.0",

@@ -38,7 +38,13 @@ class SyncerDatapath:
         self.syncer = syncer
 
     def apply(self, state, addr4, addr6):
-        return self.syncer.sync(state, addr4, addr6)
+        return self.syncer.sync(state, addr4, addr6, "02:00:00:00:aa:01")
+
+    def announce(self, owned):
+        return self.syncer.sync_lb_ips(owned)
+
+    def heartbeat(self):
+        self.syncer.heartbeat()
 
 
 @pytest.fixture

@@ -47,3 +47,55 @@ def test_model_unknown_node_is_one_clear_line():
     out = xlb("model", "-f", str(EXAMPLES / "services"), "--node", "nope")
     assert out.returncode == 2
     assert out.stderr.strip() == "xlb model: no node 'nope'; nodes: node-1, node-2"
+
+
+def test_every_agent_flag_reaches_the_agent_config(tmp_path):
+    from controlplane.cli import agent_config, build_parser
+
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    args = build_parser().parse_args(
+        [
+            "agent",
+            "-f",
+            "x",
+            "--uplink",
+            "eth9",
+            "--cgroup",
+            "/cg",
+            "--pin-root",
+            "/p",
+            "--node-ip",
+            "192.168.198.201",
+            "--node-ip",
+            "fd00:198::c9",
+            "--poll-interval",
+            "0.5",
+            "--min-sync-interval",
+            "2",
+            "--generic-xdp",
+            "--bind-address",
+            "192.168.198.201",
+            "--healthz-port",
+            "11256",
+            "--metrics-port",
+            "-1",
+            "--health-timeout",
+            "30",
+            "--gossip-key-file",
+            str(key),
+            "--gossip-port",
+            "7000",
+        ]
+    )
+    cfg = agent_config(args, "node-1")
+    assert (cfg.node, cfg.uplink, cfg.cgroup, cfg.pin_root) == ("node-1", "eth9", "/cg", "/p")
+    assert cfg.node_ips == ["192.168.198.201", "fd00:198::c9"]
+    assert (cfg.poll_interval, cfg.min_interval, cfg.native_xdp) == (0.5, 2.0, False)
+    assert (cfg.bind_address, cfg.healthz_port, cfg.metrics_port, cfg.health_timeout) == (
+        "192.168.198.201",
+        11256,
+        -1,
+        30.0,
+    )
+    assert (cfg.gossip_key, cfg.gossip_port) == (b"s3cret", 7000)

@@ -9,9 +9,13 @@
 #define AF_INET6 10
 #endif
 
-/* Routes p's packet by the kernel's FIB and neighbour table and transmits it: XDP_TX out of
- * the same port, a redirect to another, or XDP_DROP (counted) when there is no route or no
- * neighbour yet. */
+/* Routes p's (already rewritten) packet by the kernel's FIB and neighbour table and transmits
+ * it: XDP_TX out of the same port, a redirect to another; XDP_PASS when the next hop is not
+ * resolved yet, so the stack forwards it and resolves the neighbour (XDP cannot); XDP_DROP
+ * (counted) when there is no route. The unresolved case is common for replies to LAN clients
+ * of a LoadBalancer IP: their ARP request was answered by XDP, so the kernel never learnt
+ * them. A packet SNATed to the node's own address cannot take this way (the stack drops a
+ * local source arriving from outside); the agent keeps those next hops resolved instead. */
 static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_pkt *p)
 {
 	struct bpf_fib_lookup fib = {};
@@ -29,6 +33,10 @@ static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_
 		__builtin_memcpy(fib.ipv6_dst, &p->daddr, 16);
 	}
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		xlb_count_reason(XLB_R_PASS_NO_NEIGH);
+		return XDP_PASS;
+	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		xlb_count_reason(XLB_R_DROP_FIB);
 		return XDP_DROP;

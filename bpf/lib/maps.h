@@ -187,7 +187,8 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_SNAT_EXHAUSTED 13
 #define XLB_R_DROP_HEADROOM 14     /* could not make room to build a reply */
 #define XLB_R_NEIGHBOUR_REPLY 15   /* ARP request / neighbour solicitation for an owned IP: answered */
-#define XLB_R_MAX 16
+#define XLB_R_PASS_NO_NEIGH 16     /* rewritten, next hop unresolved: the stack forwards and resolves */
+#define XLB_R_MAX 17
 
 /* Node-wide settings, written by the agent. */
 struct xlb_config {
@@ -229,5 +230,10 @@ BPF_TABLE_PINNED("array", __u32, struct xlb_config, xlb_config, 1, XLB_PIN_ROOT 
 /* The LoadBalancer IPs this node announces (the election's choice): xdp_lb answers ARP and
  * neighbour solicitations for them. */
 BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_lb_ips, XLB_MAX_LB_IPS, XLB_PIN_ROOT "/lb_ips");
+/* The agent's heartbeat (coarse monotonic ns). The programs outlive the agent, which is how
+ * traffic survives its restarts; but a node whose agent is gone must stop answering for
+ * LoadBalancer IPs, or it would fight the node that took them over. */
+#define XLB_ANNOUNCE_GRACE (1ULL * XLB_NS_PER_SEC)
+BPF_TABLE_PINNED("array", __u32, __u64, xlb_heartbeat, 1, XLB_PIN_ROOT "/heartbeat");
 
 #endif

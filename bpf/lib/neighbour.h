@@ -22,10 +22,13 @@ struct xlb_arp_ipv4 {
 #define XLB_ND_NA 136
 #define XLB_ND_NA_LEN 32 /* header, flags, target, and one target link-layer option */
 
-/* The MAC to answer with, or NULL before the agent configured it. */
+/* The MAC to answer with, or NULL before the agent configured it or after it fell silent. */
 static __always_inline __u8 *xlb_uplink_mac(void)
 {
 	__u32 zero = 0;
+	__u64 *beat = xlb_heartbeat.lookup(&zero);
+	if (!beat || bpf_ktime_get_coarse_ns() - *beat > XLB_ANNOUNCE_GRACE)
+		return 0;
 	struct xlb_config *cfg = xlb_config.lookup(&zero);
 	if (!cfg || !(cfg->uplink_mac[0] | cfg->uplink_mac[1] | cfg->uplink_mac[2] |
 		      cfg->uplink_mac[3] | cfg->uplink_mac[4] | cfg->uplink_mac[5]))

@@ -44,6 +44,7 @@ REASONS = (
     "drop_snat_exhausted",
     "drop_headroom",
     "neighbour_reply",
+    "pass_no_neigh",
 )
 
 
@@ -114,6 +115,7 @@ class Maps:
         self.reasons = t("xlb_reasons")
         self.config = t("xlb_config")
         self.lb_ips = t("xlb_lb_ips")
+        self.heartbeat = t("xlb_heartbeat")
 
     # -- services ------------------------------------------------------------------------------
 

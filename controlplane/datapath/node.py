@@ -66,13 +66,32 @@ class NodeDatapath:
         maps = Maps(xdp)
         return cls(cfg, xdp, tc, sock, maps, Syncer(maps, cfg))
 
+    uplink_mac: str = ""
+
     def attach(self, uplink: str, cgroup: str, native: bool = True) -> None:
         attach.attach_xdp(self.xdp, uplink, native)
         attach.attach_tc(self.tc, uplink)
         attach.attach_sock(self.sock, cgroup)
+        self.uplink_mac = interface_mac(uplink)
 
     def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
-        return self.syncer.sync(state, node_addr4, node_addr6)
+        return self.syncer.sync(state, node_addr4, node_addr6, self.uplink_mac)
+
+    def announce(self, owned: set[str]) -> tuple[set[str], set[str]]:
+        return self.syncer.sync_lb_ips(owned)
+
+    def heartbeat(self) -> None:
+        self.syncer.heartbeat()
+
+
+def interface_mac(ifname: str) -> str:
+    """The MAC of ifname in this process's network namespace (netlink; /sys/class/net shows
+    the namespace sysfs was mounted in, which `nsenter --net` does not change)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        return ipr.get_links(idx[0])[0].get_attr("IFLA_ADDRESS") if idx else ""
 
 
 def warm_neighbours(addresses: Iterable[str]) -> int:

@@ -38,6 +38,7 @@ from .maps import (
 )
 
 FrontendKey = tuple  # (address, port, Protocol, Scope)
+CLOCK_COARSE = 6  # CLOCK_MONOTONIC_COARSE, what bpf_ktime_get_coarse_ns reads
 GroupKey = tuple[str, str, str, str, bool]
 
 
@@ -305,6 +306,11 @@ class Syncer:
         self.maps.config[ct.c_uint32(0)] = leaf
         self.config_value = value
         res.writes += 1
+
+    def heartbeat(self) -> None:
+        """Tells the programs the agent is alive (for ARP/NDP answers); the clock is the one
+        bpf_ktime_get_coarse_ns reads (CLOCK_MONOTONIC_COARSE)."""
+        self.maps.heartbeat[ct.c_uint32(0)] = ct.c_uint64(time.clock_gettime_ns(CLOCK_COARSE))
 
     def sync_lb_ips(self, owned: set[str]) -> tuple[set[str], set[str]]:
         """The LoadBalancer IPs xdp_lb answers ARP/NDP for; returns (taken over, given up)."""

@@ -116,6 +116,21 @@ class Members:
             t.join(2)
         self.sock.close()
 
+    def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
+        """Follows the cluster's nodes: new ones join as alive, gone ones are forgotten."""
+        now = time.monotonic()
+        with self.lock:
+            for name, address in peers.items():
+                if name == self.cfg.name:
+                    continue
+                m = self.members.get(name)
+                if m is None:
+                    self.members[name] = Member(name, address, since=now)
+                else:
+                    m.address = address
+            for name in [n for n in self.members if n not in peers]:
+                del self.members[name]
+
     def alive(self) -> set[str]:
         """Members believed alive (suspects included: they may yet refute), and this one."""
         with self.lock:
@@ -232,6 +247,8 @@ class Members:
         if self._ping(target.address, self.cfg.probe_timeout):
             return True
         helpers = [m for m in self.members.values() if m is not target and m.state == "alive"]
+        if not helpers:
+            return False  # nobody to ask: the direct probe was the only one
         seq = self._next_seq()
         event = self.acks[seq] = threading.Event()
         for h in random.sample(helpers, min(self.cfg.indirect, len(helpers))):
@@ -256,9 +273,10 @@ class Members:
                         self.gossip.append(
                             {"n": target.name, "s": "suspect", "i": target.incarnation}
                         )
+            self._expire_suspects()  # after every probe: a failed one uses the whole interval
             while not self.stopping.is_set() and time.monotonic() < deadline:
-                self._expire_suspects()  # often: a suspicion ends on time, not at a tick
                 self.stopping.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+                self._expire_suspects()  # often: a suspicion ends on time, not at a tick
 
     def _expire_suspects(self) -> None:
         now = time.monotonic()

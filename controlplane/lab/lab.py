@@ -442,12 +442,17 @@ class Lab:
             tmp.replace(agent_dir / fname)  # agents never read a half-written file
 
     def _client_routes(self, state: LabState) -> None:
-        """Routes on the client to externalIPs and LoadBalancer IPs, via the first node
-        (until LoadBalancer IPs are announced on the LAN)."""
+        """Routes on the client to externalIPs, and to LoadBalancer IPs outside the LAN, via
+        the first node; LoadBalancer IPs on the LAN are announced by their node (ARP/NDP)."""
         cluster = load_cluster([self.dir / "agent"])
         first = state.nodes[0].addresses
         for svc in cluster.services:
-            for a in list(svc.external_ips) + list(svc.ingress_ips):
+            on_lan = [
+                a
+                for a in svc.ingress_ips
+                if any(ipaddress.ip_address(a) in net for net in (topo.LAN4, topo.LAN6))
+            ]
+            for a in list(svc.external_ips) + [a for a in svc.ingress_ips if a not in on_lan]:
                 via = next((x for x in first if (":" in x) == (":" in a)), None)
                 if via:
                     topo.route(self.client_ns, a, via)
@@ -474,30 +479,36 @@ class Lab:
         return proc.pid
 
     def _start_agent(self, node: NodeState) -> int:
+        key = self.dir / "gossip.key"
+        if not key.exists():
+            key.write_text(os.urandom(16).hex())
+        args = [
+            "agent",
+            "-f",
+            str(self.dir / "agent"),
+            "--node",
+            node.name,
+            "--uplink",
+            "eth0",
+            "--cgroup",
+            node.cgroup,
+            "--pin-root",
+            node.pin_root,
+            "--max-rings",
+            "32",
+            "--ct-size",
+            "65536",
+            "--bind-address",
+            node.addresses[0],
+            "--gossip-key-file",
+            str(key),
+            *[f"--node-ip={a}" for a in node.addresses],
+        ]
         return self._spawn(
             node.netns,
             None,
             f"agent-{node.name}.log",
-            [
-                sys.executable,
-                "-m",
-                "controlplane.cli",
-                "agent",
-                "-f",
-                str(self.dir / "agent"),
-                "--node",
-                node.name,
-                "--uplink",
-                "eth0",
-                "--cgroup",
-                node.cgroup,
-                "--pin-root",
-                node.pin_root,
-                "--max-rings",
-                "32",
-                "--ct-size",
-                "65536",
-            ],
+            [sys.executable, "-m", "controlplane.cli", *args],
         )
 
     def restart_agent(self, node_name: str) -> int:

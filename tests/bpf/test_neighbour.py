@@ -26,6 +26,7 @@ OWNED4, OWNED6 = "192.168.198.240", "fd00:198::f0"
 def run(xdp, maps, syncer):
     syncer.sync(DesiredState(), NODE4, NODE6, UPLINK_MAC)
     syncer.sync_lb_ips({OWNED4, OWNED6})
+    syncer.heartbeat()
     fd = xdp.functions["xdp_lb"].fd
     yield lambda pkt: prog_test_run(fd, bytes(pkt))
     syncer.sync_lb_ips(set())
@@ -61,6 +62,15 @@ def test_other_arp_passes_untouched(run, pkt):
 
 def test_after_losing_the_ip_the_node_stays_silent(run, syncer):
     syncer.sync_lb_ips({OWNED6})
+    assert run(arp_request(OWNED4)).retval == XDP_PASS
+
+
+def test_a_node_whose_agent_fell_silent_stops_answering(run, maps):
+    import ctypes as ct
+    import time
+
+    stale = time.clock_gettime_ns(6) - 2_000_000_000  # two seconds without a heartbeat
+    maps.heartbeat[ct.c_uint32(0)] = ct.c_uint64(stale)
     assert run(arp_request(OWNED4)).retval == XDP_PASS
 
 

@@ -14,7 +14,16 @@ from scapy.layers.l2 import Ether
 from controlplane.datapath.syscall import prog_test_run
 from controlplane.model.state import Backend, DesiredState
 from tests.bpf.packets import CLIENT_MAC, checksums_valid, tcp, udp
-from tests.bpf.test_xdp_lb import CLIENT4, CLIENT6, NODE4, NODE6, XDP_DROP, XDP_TX, frontend
+from tests.bpf.test_xdp_lb import (
+    CLIENT4,
+    CLIENT6,
+    NODE4,
+    NODE6,
+    XDP_DROP,
+    XDP_PASS,
+    XDP_TX,
+    frontend,
+)
 from tests.kernel import inside, netns, sh
 
 NODE2_MAC = "02:00:00:00:00:22"
@@ -31,6 +40,7 @@ STATE = DesiredState(
         frontend(NODE4, 30053, "UDP", [remote(REMOTE4, 5353)]),
         frontend(NODE6, 30080, "TCP", [remote(REMOTE6, 8080)]),
         frontend("192.168.198.20", 80, "TCP", [remote("10.99.0.1", 80)]),  # no route there
+        frontend("192.168.198.21", 80, "TCP", [remote("192.168.198.77", 80)]),  # no neighbour
     )
 )
 
@@ -168,6 +178,20 @@ def test_no_route_to_backend_drops_and_counts(run, maps):
     before = maps.reason_counts()["drop_fib"]
     assert run(tcp(CLIENT4, 40600, "192.168.198.20", 80)).retval == XDP_DROP
     assert maps.reason_counts()["drop_fib"] - before == 1
+
+
+def test_unresolved_next_hop_goes_to_the_stack_rewritten_and_counted(run, maps):
+    """XDP cannot resolve a neighbour; the stack can, so the rewritten packet is passed up to
+    be forwarded (the first reply to a LAN client that only ever ARPed for the LB IP)."""
+    before = maps.reason_counts()
+    got = run(tcp(CLIENT4, 40601, "192.168.198.21", 80, flags="S"))
+    assert got.retval == XDP_PASS
+    out = Ether(got.data)
+    assert (out[IP].src, out[IP].dst, out[TCP].dport) == (NODE4, "192.168.198.77", 80)
+    assert checksums_valid(got.data)
+    after = maps.reason_counts()
+    assert after["pass_no_neigh"] - before["pass_no_neigh"] == 1
+    assert after["drop_fib"] == before["drop_fib"]
 
 
 def test_snat_ports_of_closed_flows_are_reused_and_never_run_out(run, maps):

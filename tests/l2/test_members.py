@@ -87,3 +87,21 @@ def test_forged_garbage_and_oversized_datagrams_are_counted_and_ignored(trio):
     assert refused["truncated"] == 1 and refused["stale"] == 1
     time.sleep(0.5)
     assert agents["node-1"].alive() == set(peers)  # the lie about node-3 was not believed
+
+
+def test_a_lone_peer_that_dies_is_declared_dead():
+    """With one other member only, every probe of it fails for a whole interval: the
+    suspicion must still run out."""
+    a_port, b_port = free_ports(2)
+    peers = {"a": ("127.0.0.1", a_port), "b": ("127.0.0.1", b_port)}
+    a = Members(MembersConfig("a", "127.0.0.1", a_port, KEY, peers))
+    b = Members(MembersConfig("b", "127.0.0.1", b_port, KEY, peers))
+    a.start()
+    b.start()
+    try:
+        eventually(lambda: a.alive() == {"a", "b"})
+        b.stop()
+        t0 = time.monotonic()
+        assert eventually(lambda: a.alive() == {"a"}) - t0 <= 1.0
+    finally:
+        a.stop()

@@ -102,14 +102,21 @@ def test_every_cluster_ip_from_a_pod_on_each_node_and_from_a_node(lab):
 
 def test_node_ports_external_ips_and_load_balancer_from_the_client(lab):
     """Each node's NodePorts on its own address (its backends: externalTrafficPolicy Local
-    differs per node); externalIPs and LoadBalancer IPs are routed to node-1."""
+    differs per node); LoadBalancer IPs on the LAN reach the node elected to answer ARP for
+    them, and the other externalIPs and LoadBalancer IPs are routed to node-1."""
+    from controlplane.l2.election import owners
+
     checked = 0
     for node_name in ("node-1", "node-2"):
         cluster, state = frontends(lab, node_name)
+        live = {n.name for n in cluster.nodes}
+        elected = owners(cluster.services, cluster.slices, cluster.nodes, live)
         for fe in state.frontends:
             if fe.scope is not Scope.EXTERNAL or fe.protocol != "TCP" or not fe.backends:
                 continue
-            if fe.kind is not FrontendKind.NODE_PORT and node_name != "node-1":
+            if fe.kind is not FrontendKind.NODE_PORT and node_name != elected.get(
+                fe.address, "node-1"
+            ):
                 continue
             pod, _, client = get(lab, "client", fe.address, fe.port)
             assert pod in {b.target for b in fe.backends}, (node_name, fe)
@@ -433,3 +440,167 @@ def test_down_leaves_nothing_behind_even_after_a_crash(manifests):
     leftover = subprocess.run(["pgrep", "-f", f"xlb-lab-{lab.name}"], capture_output=True)
     assert leftover.stdout == b""
     lab.down(quiet=True)  # idempotent
+
+
+# -- LoadBalancer IPs on the LAN -----------------------------------------------------------------
+
+
+def lan_lb_ips(lab, movable: bool = False):
+    """LoadBalancer IPs on the LAN; movable: only those any node may take over (policy
+    Cluster; under Local only nodes with a local endpoint may answer) with the web on 8000."""
+    from controlplane.model.objects import TrafficPolicy
+
+    cluster, _ = frontends(lab)
+    return cluster, sorted(
+        ip
+        for s in cluster.services
+        if not movable
+        or (
+            s.external_traffic_policy is TrafficPolicy.CLUSTER
+            and any(p.port == 8000 and p.protocol.value == "TCP" for p in s.ports)
+        )
+        for ip in s.ingress_ips
+        if ip.startswith("192.168.198.")
+    )
+
+
+def mac_of(lab, node_name):
+    ns = next(n.netns for n in lab.load().nodes if n.name == node_name)
+    return subprocess.run(
+        ["ip", "-n", ns, "-br", "link", "show", "eth0"], capture_output=True, text=True
+    ).stdout.split()[2]
+
+
+def arp_answers(lab, ip, count=2) -> list[str]:
+    out = run(lab, "client", "arping", "-c", str(count), "-w", str(count + 1), "-I", "eth0", ip)
+    return re.findall(r"bytes from ([0-9a-f:]{17})", out.stdout)
+
+
+def elected(cluster, ip, live):
+    from controlplane.l2.election import owners
+
+    return owners(cluster.services, cluster.slices, cluster.nodes, live).get(ip)
+
+
+def test_exactly_the_elected_node_answers_arp_for_each_lb_ip(lab):
+    cluster, ips = lan_lb_ips(lab)
+    live = {n.name for n in cluster.nodes}
+    assert ips
+    for ip in ips:
+        answers = arp_answers(lab, ip)
+        assert len(answers) == 2 and set(answers) == {mac_of(lab, elected(cluster, ip, live))}, ip
+
+
+def lan_port(lab, node_ns: str) -> tuple[str, str]:
+    """The switch port a node's uplink plugs into. Pulling the cable there (carrier loss)
+    rather than downing the node's eth0 keeps the node's routes, as a real outage would."""
+    out = subprocess.run(
+        ["ip", "-n", node_ns, "-o", "link", "show", "eth0"], capture_output=True, text=True
+    ).stdout
+    peer = int(re.search(r"eth0@if(\d+)", out).group(1))
+    lan_ns = lab.lan_ns
+    for line in subprocess.run(
+        ["ip", "-n", lan_ns, "-o", "link"], capture_output=True, text=True
+    ).stdout.splitlines():
+        index, name = line.split(":")[:2]
+        if int(index) == peer:
+            return lan_ns, name.strip().split("@")[0]
+    raise AssertionError(f"no LAN port for {node_ns}")
+
+
+FIRST_SUCCESS = textwrap.dedent("""
+    import socket, sys, time
+    host, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        try:
+            with socket.create_connection((host, port), timeout=0.2) as s:
+                s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+                if b"200 OK" in s.recv(200):
+                    print(round(time.monotonic() - start, 2))
+                    break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    else:
+        print("never")
+""")
+
+
+def test_failover_when_the_owner_loses_its_uplink_and_one_answer_after_it_returns(lab):
+    cluster, ips = lan_lb_ips(lab, movable=True)
+    ip = ips[0]
+    live = {n.name for n in cluster.nodes}
+    old = elected(cluster, ip, live)
+    old_ns = next(n.netns for n in lab.load().nodes if n.name == old)
+    lan_ns, port = lan_port(lab, old_ns)
+    new = elected(cluster, ip, live - {old})
+    client = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{lab.target('client')[0]}",
+            sys.executable,
+            "-c",
+            FIRST_SUCCESS,
+            ip,
+            "8000",
+            "10",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout.readline().strip() == "ready"
+    subprocess.run(["ip", "-n", lan_ns, "link", "set", port, "down"], check=True)
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    try:
+        took = client.communicate(timeout=15)[0].strip()
+        print(f"{ip}: owner {old} lost its uplink; first request served via {new} after {took}s")
+        assert took != "never" and float(took) <= 2.0
+        assert set(arp_answers(lab, ip)) == {mac_of(lab, new)}
+    finally:
+        subprocess.run(["ip", "-n", lan_ns, "link", "set", port, "up"], check=True)
+    time.sleep(2.0)  # the old owner is back: within 2 s exactly one node answers
+    answers = arp_answers(lab, ip, 3)
+    assert len(answers) == 3 and len(set(answers)) == 1, answers
+    assert answers[0] == mac_of(lab, elected(cluster, ip, live))
+
+
+def test_failover_when_the_owners_agent_dies(lab):
+    cluster, ips = lan_lb_ips(lab, movable=True)
+    ip = ips[-1]
+    live = {n.name for n in cluster.nodes}
+    old = elected(cluster, ip, live)
+    new = elected(cluster, ip, live - {old})
+    get(lab, "client", ip, 8000)  # a real connection: the client's kernel caches the owner
+    node = next(n for n in lab.load().nodes if n.name == old)
+    os.kill(node.agent_pid, 9)
+    start = time.monotonic()
+    client_ns = lab.target("client")[0]
+
+    def client_mac():
+        out = subprocess.run(
+            ["ip", "-n", client_ns, "neigh", "show", ip], capture_output=True, text=True
+        ).stdout.split()
+        return out[out.index("lladdr") + 1] if "lladdr" in out else ""
+
+    while client_mac() != mac_of(lab, new):
+        assert time.monotonic() - start < 2.0, "the new owner's announcement did not arrive"
+        time.sleep(0.02)
+    print(
+        f"{ip}: {old}'s agent killed; the client moved to {new} after "
+        f"{time.monotonic() - start:.2f}s"
+    )
+    assert get(lab, "client", ip, 8000)[0].startswith("nginx-deploy")
+    time.sleep(1.2)  # past the heartbeat grace: the dead agent's node no longer answers
+    assert set(arp_answers(lab, ip)) == {mac_of(lab, new)}
+    lab.restart_agent(old)  # compiling the programs takes a few seconds: wait for it
+    deadline = time.monotonic() + 60
+    while set(arp_answers(lab, ip, 1)) != {mac_of(lab, old)}:
+        assert time.monotonic() < deadline, f"{old} never took {ip} back"
+    time.sleep(1.0)  # the other node has heard it is back and stopped answering
+    answers = arp_answers(lab, ip, 3)
+    assert len(answers) == 3 and set(answers) == {mac_of(lab, old)}, answers

@@ -1,0 +1,108 @@
+"""The agent's L2 side against the real maps, with real gossip on loopback: the LoadBalancer
+IPs split between two nodes as the election says, move when one dies, and come back."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+
+import pytest
+
+from controlplane.agent import Agent, AgentConfig, ManifestSource
+from controlplane.datapath.maps import get_addr
+from controlplane.l2.election import owner
+from controlplane.l2.members import Members, MembersConfig
+from tests.l2.test_members import KEY, free_ports
+from tests.test_agent import SyncerDatapath
+
+SERVICES = 8
+
+
+def manifests() -> str:
+    docs = [
+        textwrap.dedent(f"""
+        apiVersion: v1
+        kind: Node
+        metadata: {{name: node-{i}}}
+        status: {{addresses: [{{type: InternalIP, address: 127.0.0.{i}}}]}}
+    """)
+        for i in (1, 2)
+    ]
+    docs.append(
+        textwrap.dedent("""
+        apiVersion: metallb.io/v1beta1
+        kind: IPAddressPool
+        metadata: {name: lan}
+        spec: {addresses: [192.168.198.240/28]}
+    """)
+    )
+    docs += [
+        textwrap.dedent(f"""
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: lb{i}}}
+        spec: {{type: LoadBalancer, clusterIP: 10.96.7.{i + 1}, ports: [{{port: 80}}]}}
+    """)
+        for i in range(SERVICES)
+    ]
+    return "---".join(docs)
+
+
+def announced(syncer) -> set[str]:
+    return {get_addr(k) for k in syncer.maps.lb_ips}
+
+
+def eventually(pred, timeout=3.0) -> float:
+    start = time.monotonic()
+    while not pred():
+        assert time.monotonic() - start < timeout
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def two_nodes(tmp_path, syncer):
+    (tmp_path / "cluster.yaml").write_text(manifests())
+    port = free_ports(1)[0]
+    m1 = Members(MembersConfig("node-1", "127.0.0.1", port, KEY))
+    agent = Agent(
+        AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
+        ManifestSource([str(tmp_path)]),
+        SyncerDatapath(syncer),
+        members=m1,
+    )
+    m1.start()
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+
+    def node2() -> Members:
+        m = Members(
+            MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
+        )
+        m.start()
+        return m
+
+    yield agent, syncer, node2
+    agent.stop.set()
+    thread.join(5)
+    m1.stop()
+    syncer.sync_lb_ips(set())
+
+
+def test_ips_follow_the_election_and_move_when_a_node_dies(two_nodes):
+    agent, syncer, node2 = two_nodes
+    ips = {f"192.168.198.{240 + i}" for i in range(SERVICES)}
+    mine = {ip for ip in ips if owner(ip, {"node-1", "node-2"}) == "node-1"}
+    assert mine and mine != ips  # both nodes own some, or the test proves little
+    m2 = node2()
+    eventually(lambda: announced(syncer) == mine)
+    m2.stop()
+    took = eventually(lambda: announced(syncer) == ips)
+    print(f"node-1 took over node-2's addresses {took:.2f}s after node-2 stopped")
+    assert took <= 2.0
+    m2 = node2()
+    try:
+        eventually(lambda: announced(syncer) == mine)  # back where the election puts them
+    finally:
+        m2.stop()
