@@ -47,7 +47,7 @@ class AgentConfig:
     metrics_port: int = 10249  # -1: off
     health_timeout: float = 60.0
     gossip_key: bytes = b""  # empty: no membership, no LoadBalancer IP announcements
-    gossip_port: int = 7946
+    gossip_port: int = 7947  # not 7946: MetalLB speakers may still run during a migration
 
 
 class ManifestWatch:

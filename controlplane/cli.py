@@ -571,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="shared key of the agents' membership gossip "
         "(or XLB_GOSSIP_KEY); with it, this node announces LoadBalancer IPs",
     )
-    agent.add_argument("--gossip-port", type=int, default=7946)
+    agent.add_argument(
+        "--gossip-port", type=int, default=7947, help="UDP; not 7946, which MetalLB speakers use"
+    )
     agent.add_argument(
         "--bind-address",
         default="0.0.0.0",

@@ -63,6 +63,20 @@ def test_the_daemonset_runs_valid_xlb_command_lines():
     assert spec["containers"][0]["securityContext"]["privileged"] is False
 
 
+def test_the_gossip_key_comes_from_an_optional_secret_and_reaches_the_agent(monkeypatch):
+    """No Secret: the pod still starts (no L2); with it, the agent reads the key from env."""
+    from controlplane.cli import _gossip_key
+
+    spec = by_kind("DaemonSet")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    ref = env["XLB_GOSSIP_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref["optional"] is True and ref["name"] == "xlb-gossip"
+    monkeypatch.setenv("XLB_GOSSIP_KEY", "s3cret")
+    assert _gossip_key(None) == b"s3cret"
+    monkeypatch.delenv("XLB_GOSSIP_KEY")
+    assert _gossip_key(None) == b""
+
+
 def test_rbac_grants_what_the_kubernetes_source_uses_and_no_more():
     rules = by_kind("ClusterRole")["rules"]
     granted = {
