@@ -27,6 +27,8 @@ BE_F_LOCAL = 0x1
 BE_F_TERMINATING = 0x2
 
 # Reason numbers from maps.h (XLB_R_*), in order.
+CLOCK_COARSE = 6  # CLOCK_MONOTONIC_COARSE: what bpf_ktime_get_coarse_ns reads
+
 REASONS = (
     "pass_not_ip",
     "pass_vlan",

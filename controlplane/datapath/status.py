@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ctypes as ct
+import time
 from typing import Any
 
-from .maps import ALG_NAME, BE_F_LOCAL, BE_F_TERMINATING, Maps
+from .maps import ALG_NAME, BE_F_LOCAL, BE_F_TERMINATING, CLOCK_COARSE, Maps, get_addr
+
+ANNOUNCE_GRACE = 1.0  # XLB_ANNOUNCE_GRACE: the kernel answers while the heartbeat is younger
 
 FLAG_NAMES = {0x1: "preserve-client", 0x2: "drop-if-empty", 0x4: "source-ranges"}
 
@@ -60,7 +63,20 @@ def collect(maps: Maps) -> dict[str, Any]:
             "flows": ct_entries // 2,
         },
         "maglevRingSize": config.ring_size,
+        "announcing": announcing(maps),
         "reasons": maps.reason_counts(),
+    }
+
+
+def announcing(maps: Maps) -> dict[str, Any]:
+    """The LoadBalancer IPs this node won, and whether the kernel answers ARP/NDP for them
+    (only while the agent's heartbeat is fresh)."""
+    beat = maps.heartbeat[ct.c_uint32(0)].value
+    age = (time.clock_gettime_ns(CLOCK_COARSE) - beat) / 1e9 if beat else None
+    return {
+        "addresses": sorted(get_addr(k) for k in maps.lb_ips),
+        "answering": age is not None and age < ANNOUNCE_GRACE,
+        "heartbeatAge": None if age is None else round(age, 3),
     }
 
 
@@ -90,8 +106,21 @@ def render(status: dict[str, Any]) -> str:
         "",
         f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries)",
         f"maglev ring size: {status['maglevRingSize']}",
+        announcing_line(status["announcing"]),
         "",
         "packets not balanced, by reason:",
     ]
     out += [f"  {name:<22} {count}" for name, count in status["reasons"].items() if count]
     return "\n".join(out)
+
+
+def announcing_line(a: dict[str, Any]) -> str:
+    if not a["addresses"]:
+        return "announcing (ARP/NDP): nothing"
+    if a["answering"]:
+        state = "answering"
+    elif a["heartbeatAge"] is None:
+        state = "silent: no agent heartbeat yet"
+    else:
+        state = f"silent: the agent's heartbeat is {a['heartbeatAge']:.1f} s old"
+    return f"announcing (ARP/NDP): {', '.join(a['addresses'])} ({state})"

@@ -27,6 +27,7 @@ from .maps import (
     ALG_NUM,
     BE_F_LOCAL,
     BE_F_TERMINATING,
+    CLOCK_COARSE,
     SVC_F_DROP_EMPTY,
     SVC_F_PRESERVE_CLIENT,
     SVC_F_SOURCE_RANGES,
@@ -38,7 +39,6 @@ from .maps import (
 )
 
 FrontendKey = tuple  # (address, port, Protocol, Scope)
-CLOCK_COARSE = 6  # CLOCK_MONOTONIC_COARSE, what bpf_ktime_get_coarse_ns reads
 GroupKey = tuple[str, str, str, str, bool]
 
 

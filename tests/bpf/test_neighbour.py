@@ -74,6 +74,22 @@ def test_a_node_whose_agent_fell_silent_stops_answering(run, maps):
     assert run(arp_request(OWNED4)).retval == XDP_PASS
 
 
+def test_status_shows_what_this_node_announces_and_whether_it_answers(run, maps):
+    import ctypes as ct
+    import time
+
+    from controlplane.datapath.status import announcing, announcing_line
+
+    now = announcing(maps)
+    assert now["addresses"] == sorted([OWNED4, OWNED6]) and now["answering"]
+    assert announcing_line(now).endswith("(answering)")
+    stale = time.clock_gettime_ns(6) - 5_000_000_000
+    maps.heartbeat[ct.c_uint32(0)] = ct.c_uint64(stale)
+    later = announcing(maps)
+    assert not later["answering"] and later["heartbeatAge"] >= 5.0
+    assert "heartbeat is 5." in announcing_line(later)
+
+
 @pytest.mark.parametrize("source", ["fd00:198::100", "::"])
 def test_neighbour_solicitation_for_an_owned_ip_is_answered(run, source):
     ns = (
