@@ -224,6 +224,17 @@ class Agent:
         for ip in sorted(lost):
             log.info("no longer announcing %s (now %s)", ip, chosen.get(ip, "nobody"))
 
+    def _beat(self, every: float = 0.2) -> None:
+        """The kernel answers ARP/NDP for our IPs while this process lives. Its own thread,
+        because one sync of a large cluster may take longer than the kernel's grace (1 s)."""
+        while True:
+            try:
+                self.datapath.heartbeat()
+            except Exception as exc:  # retried in 0.2 s; past 1 s the node falls silent
+                log.warning("heartbeat: %s; the kernel stops answering ARP/NDP after 1 s", exc)
+            if self.stop.wait(every):
+                return
+
     def warm(self) -> None:
         warm_neighbours(self.remote)
         self.last_warm = time.monotonic()
@@ -232,13 +243,13 @@ class Agent:
         """Until stopped: a change (after the first complete view) waits out min_interval,
         so that a burst becomes one sync, then the datapath is synced to the latest view."""
         self.source.start()
+        if self.members is not None:
+            threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         try:
             while not self.stop.is_set():
-                if self.members is not None:
-                    self.datapath.heartbeat()  # the kernel answers for our IPs while we live
-                    if self.syncs and self.members.alive() != self.live:
-                        self.retry = True  # someone joined or died: elect again
-                        self.warm()  # and our uplink may have flapped, flushing neighbours
+                if self.members is not None and self.syncs and self.members.alive() != self.live:
+                    self.retry = True  # someone joined or died: elect again
+                    self.warm()  # and our uplink may have flapped, flushing neighbours
                 if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
                     self.warm()
                 if self.source.ready and (self.source.changed() or self.retry):

@@ -106,3 +106,43 @@ def test_ips_follow_the_election_and_move_when_a_node_dies(two_nodes):
         eventually(lambda: announced(syncer) == mine)  # back where the election puts them
     finally:
         m2.stop()
+
+
+class SlowDatapath(SyncerDatapath):
+    """A sync as long as a large cluster's (here 1.5 s), longer than the kernel's grace."""
+
+    def apply(self, state, addr4, addr6):
+        time.sleep(1.5)
+        return super().apply(state, addr4, addr6)
+
+
+def test_a_long_sync_does_not_silence_the_node(tmp_path, syncer):
+    import ctypes as ct
+
+    from controlplane.datapath.maps import CLOCK_COARSE
+
+    (tmp_path / "cluster.yaml").write_text(manifests())
+    members = Members(MembersConfig("node-1", "127.0.0.1", free_ports(1)[0], KEY))
+    agent = Agent(
+        AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
+        ManifestSource([str(tmp_path)]),
+        SlowDatapath(syncer),
+        members=members,
+    )
+    members.start()
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        oldest = 0.0
+        end = time.monotonic() + 2.5  # the first sync is under way for most of this
+        while time.monotonic() < end:
+            beat = syncer.maps.heartbeat[ct.c_uint32(0)].value
+            if beat:
+                oldest = max(oldest, (time.clock_gettime_ns(CLOCK_COARSE) - beat) / 1e9)
+            time.sleep(0.05)
+        assert 0 < oldest < 0.5, oldest
+    finally:
+        agent.stop.set()
+        thread.join(5)
+        members.stop()
+        syncer.sync_lb_ips(set())
