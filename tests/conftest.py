@@ -3,19 +3,32 @@ against maps pinned under a unique root that is removed afterwards."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from controlplane.datapath.config import DatapathConfig
 from controlplane.datapath.maps import Maps
 from controlplane.datapath.programs import compile_program
 from controlplane.datapath.sync import Syncer
-from tests.kernel import remove_pins, unique
+from tests.kernel import owned, reap, remove_pins
+
+
+def pytest_configure(config) -> None:
+    """SIGTERM (a CI timeout, a killed run) unwinds like Ctrl-C, so fixtures still remove
+    their namespaces, pins and cgroups."""
+
+    def interrupt(*_) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session")
 def dp_config() -> DatapathConfig:
+    reap("/sys/fs/bpf", "xlb-test-")  # what runs killed outright (SIGKILL, bcc's exit) left
     return DatapathConfig(
-        pin_root=f"/sys/fs/bpf/{unique('xlb-test-', 40)}",
+        pin_root=f"/sys/fs/bpf/{owned('xlb-test-')}",
         max_services=1024,
         max_backends=1024,
         max_slots=8192,
