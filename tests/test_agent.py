@@ -3,6 +3,7 @@ reported once and never stop the loop."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import textwrap
 import threading
@@ -47,6 +48,18 @@ class SyncerDatapath:
         self.syncer.heartbeat()
 
 
+@contextlib.contextmanager
+def running(agent: Agent, join: float = 5.0):
+    """The agent's loop in a thread for the duration of the block, stopped however it ends."""
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        yield agent
+    finally:
+        agent.stop.set()
+        thread.join(join)
+
+
 @pytest.fixture
 def agent(tmp_path, syncer):
     (tmp_path / "node.yaml").write_text(NODE)
@@ -55,11 +68,8 @@ def agent(tmp_path, syncer):
         ManifestSource([str(tmp_path)]),
         SyncerDatapath(syncer),
     )
-    thread = threading.Thread(target=a.run, daemon=True)
-    thread.start()
-    yield a, tmp_path, syncer
-    a.stop.set()
-    thread.join(2)
+    with running(a, join=2):
+        yield a, tmp_path, syncer
 
 
 def wait_for(pred, timeout=3.0):

@@ -98,26 +98,19 @@ def test_filter_keeps_what_is_not_kube_proxys():
     assert "MASQUERADE" in text and "KUBE-SERVICES -j" not in text
 
 
+def cleanup_in(ns: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "controlplane.cli", "cleanup-kube-proxy"]
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], cwd=REPO, capture_output=True, text=True
+    )
+
+
 def test_cleanup_removes_kube_proxy_state_and_keeps_the_rest():
     with netns() as ns:
         for cmd in KUBE_PROXY_RULES + OTHERS:
             out = in_ns(ns, *cmd)
             assert out.returncode == 0, (cmd, out.stderr)
-        out = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "controlplane.cli",
-                "cleanup-kube-proxy",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
+        out = cleanup_in(ns)
         assert out.returncode == 0, out.stderr
         assert "removed iptables nat/KUBE-SVC-ABCDEF" in out.stdout
         assert "removed nftables table ip6 kube-proxy" in out.stdout
@@ -127,20 +120,6 @@ def test_cleanup_removes_kube_proxy_state_and_keeps_the_rest():
         assert "--dport 22 -j ACCEPT" in v4 and "-j MASQUERADE" in v4 and ":MY-CHAIN" in v4
         tables = in_ns(ns, "nft", "list", "tables").stdout
         assert "kube-proxy" not in tables and "table inet mine" in tables
-        again = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                sys.executable,
-                "-m",
-                "controlplane.cli",
-                "cleanup-kube-proxy",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
+        again = cleanup_in(ns)
         assert again.stdout.strip() == "nothing of kube-proxy's found on this node"
     sh("true")

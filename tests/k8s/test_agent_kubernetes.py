@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from controlplane.model.state import Scope
 from controlplane.sources.kubernetes import KubernetesSource
 from tests.k8s.apiserver import ApiServer
 from tests.k8s.test_source import NODE, eps, eventually, svc
-from tests.test_agent import SyncerDatapath
+from tests.test_agent import SyncerDatapath, running
 
 
 @pytest.fixture
@@ -29,11 +28,8 @@ def cluster(syncer):
         source,
         SyncerDatapath(syncer),
     )
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    yield api, agent, syncer
-    agent.stop.set()
-    thread.join(10)
+    with running(agent, join=10):
+        yield api, agent, syncer
     api.close()
 
 

@@ -3,8 +3,8 @@ IPs split between two nodes as the election says, move when one dies, and come b
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
-import threading
 import time
 
 import pytest
@@ -14,7 +14,7 @@ from controlplane.datapath.maps import get_addr
 from controlplane.l2.election import owner
 from controlplane.l2.members import Members, MembersConfig
 from tests.l2.test_members import KEY, free_ports
-from tests.test_agent import SyncerDatapath
+from tests.test_agent import SyncerDatapath, running
 
 SERVICES = 8
 
@@ -61,20 +61,29 @@ def eventually(pred, timeout=3.0) -> float:
     return time.monotonic() - start
 
 
-@pytest.fixture
-def two_nodes(tmp_path, syncer):
+@contextlib.contextmanager
+def node1(tmp_path, syncer, datapath, port: int):
+    """node-1's agent with real gossip on 127.0.0.1:port, running for the block."""
     (tmp_path / "cluster.yaml").write_text(manifests())
-    port = free_ports(1)[0]
-    m1 = Members(MembersConfig("node-1", "127.0.0.1", port, KEY))
+    members = Members(MembersConfig("node-1", "127.0.0.1", port, KEY))
     agent = Agent(
         AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
         ManifestSource([str(tmp_path)]),
-        SyncerDatapath(syncer),
-        members=m1,
+        datapath,
+        members=members,
     )
-    m1.start()
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
+    members.start()
+    try:
+        with running(agent):
+            yield agent
+    finally:
+        members.stop()
+        syncer.sync_lb_ips(set())
+
+
+@pytest.fixture
+def two_nodes(tmp_path, syncer):
+    port = free_ports(1)[0]
 
     def node2() -> Members:
         m = Members(
@@ -83,11 +92,8 @@ def two_nodes(tmp_path, syncer):
         m.start()
         return m
 
-    yield agent, syncer, node2
-    agent.stop.set()
-    thread.join(5)
-    m1.stop()
-    syncer.sync_lb_ips(set())
+    with node1(tmp_path, syncer, SyncerDatapath(syncer), port) as agent:
+        yield agent, syncer, node2
 
 
 def test_ips_follow_the_election_and_move_when_a_node_dies(two_nodes):
@@ -121,18 +127,7 @@ def test_a_long_sync_does_not_silence_the_node(tmp_path, syncer):
 
     from controlplane.datapath.maps import CLOCK_COARSE
 
-    (tmp_path / "cluster.yaml").write_text(manifests())
-    members = Members(MembersConfig("node-1", "127.0.0.1", free_ports(1)[0], KEY))
-    agent = Agent(
-        AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
-        ManifestSource([str(tmp_path)]),
-        SlowDatapath(syncer),
-        members=members,
-    )
-    members.start()
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    try:
+    with node1(tmp_path, syncer, SlowDatapath(syncer), free_ports(1)[0]):
         oldest = 0.0
         end = time.monotonic() + 2.5  # the first sync is under way for most of this
         while time.monotonic() < end:
@@ -141,8 +136,3 @@ def test_a_long_sync_does_not_silence_the_node(tmp_path, syncer):
                 oldest = max(oldest, (time.clock_gettime_ns(CLOCK_COARSE) - beat) / 1e9)
             time.sleep(0.05)
         assert 0 < oldest < 0.5, oldest
-    finally:
-        agent.stop.set()
-        thread.join(5)
-        members.stop()
-        syncer.sync_lb_ips(set())
