@@ -48,6 +48,10 @@ class AgentConfig:
     health_timeout: float = 60.0
     gossip_key: bytes = b""  # empty: no membership, no LoadBalancer IP announcements
     gossip_port: int = 7947  # not 7946: MetalLB speakers may still run during a migration
+    # the members from the config (name -> (address, port)); empty: from the Node objects
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    lb_allocator: bool = True  # with the Kubernetes source: allocate LB IPs (Lease holder)
+    lb_class: str = ""  # also serve Services of this spec.loadBalancerClass
 
 
 class ManifestWatch:
@@ -135,6 +139,7 @@ class Agent:
         hc_ports: HealthCheckNodePorts | None = None,
         members=None,
         announcer=None,
+        allocator=None,
     ) -> None:
         self.cfg, self.source, self.datapath = cfg, source, datapath
         self.health = Health(
@@ -142,7 +147,9 @@ class Agent:
         )
         self.metrics = metrics or Metrics()
         self.hc_ports = hc_ports
-        self.members, self.announcer = members, announcer
+        self.members, self.announcer, self.allocator = members, announcer, allocator
+        self.leading = False
+        self.unannounced: set[str] = set()
         self.live: set[str] = set()
         self.reported: set[Diagnostic] = set()
         self.stop = threading.Event()
@@ -155,6 +162,12 @@ class Agent:
 
     def sync_once(self) -> None:
         cluster = self.source.snapshot()
+        if self.allocator is not None:
+            try:
+                self.allocator.sync(cluster)
+            except Exception:  # the datapath's sync goes on; allocation is retried
+                log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
+                self.retry = True
         state, addresses = desired_state(cluster, self.cfg.node)
         # Events on Services: from one node only (the first by name), or every node would
         # post the same one
@@ -203,14 +216,32 @@ class Agent:
         the ones it takes over."""
         port = self.members.cfg.port
         self.members.set_peers(
-            {
+            self.cfg.peers
+            or {
                 n.name: (n.addresses[0], port)
                 for n in cluster.nodes
                 if n.addresses and ":" not in n.addresses[0]
             }
         )
         before, self.live = self.live, self.members.alive()
-        chosen = owners(cluster.services, cluster.slices, cluster.nodes, self.live)
+        uplinks = {n: m["uplink"] for n, m in self.members.meta().items() if m.get("uplink")}
+        chosen = owners(
+            cluster.services,
+            cluster.slices,
+            cluster.nodes,
+            self.live,
+            cluster.advertisements,
+            cluster.pools,
+            uplinks,
+        )
+        nobody = {ip for s in cluster.services for ip in s.ingress_ips} - set(chosen)
+        for ip in sorted(nobody - self.unannounced):
+            log.warning(
+                "LoadBalancer IP %s: no live node may announce it (L2Advertisements, "
+                "externalTrafficPolicy Local without a ready endpoint, or no live member)",
+                ip,
+            )
+        self.unannounced = nobody
         owned = {ip for ip, n in chosen.items() if n == self.cfg.node}
         gained, lost = self.datapath.announce(owned)
         if self.live - before:
@@ -250,6 +281,9 @@ class Agent:
                 if self.members is not None and self.syncs and self.members.alive() != self.live:
                     self.retry = True  # someone joined or died: elect again
                     self.warm()  # and our uplink may have flapped, flushing neighbours
+                if self.allocator is not None and self.allocator.lease.leading != self.leading:
+                    self.leading = not self.leading
+                    self.retry = True  # became (or stopped being) the allocator
                 if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
                     self.warm()
                 if self.source.ready and (self.source.changed() or self.retry):
@@ -287,11 +321,34 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         from .l2.members import Members, MembersConfig
 
         bind = next((a for a in cfg.node_ips if ":" not in a), "0.0.0.0")
-        members = Members(MembersConfig(cfg.node, bind, cfg.gossip_port, cfg.gossip_key))
+        members = Members(
+            MembersConfig(
+                cfg.node,
+                bind,
+                cfg.gossip_port,
+                cfg.gossip_key,
+                peers=dict(cfg.peers),
+                meta={"uplink": cfg.uplink},
+            )
+        )
         members.start()
         announcer = Announcer(cfg.uplink, datapath.uplink_mac)
+    allocator = lease = None
+    if cfg.lb_allocator and hasattr(source, "write_ingress"):
+        from .l2.allocator import Allocator
+        from .l2.lease import LeaseElector
+
+        lease = LeaseElector(source.api_client, cfg.node)
+        lease.start()
+        allocator = Allocator(lease, source, cfg.node, cfg.lb_class)
     agent = Agent(
-        cfg, source, datapath, Metrics(lambda: datapath.maps), members=members, announcer=announcer
+        cfg,
+        source,
+        datapath,
+        Metrics(lambda: datapath.maps),
+        members=members,
+        announcer=announcer,
+        allocator=allocator,
     )
     agent.hc_ports = HealthCheckNodePorts(cfg.bind_address, lambda: agent.health.status()[0] == 200)
     endpoints = Endpoints(
@@ -301,6 +358,10 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         signal.signal(sig, lambda *_: agent.stop.set())
     log.info("agent for node %s on %s (pid %d)", cfg.node, cfg.uplink, os.getpid())
     agent.run()
+    if lease is not None:
+        lease.stop()  # gives the Lease up: another node allocates at once
+    if members is not None:
+        members.stop()
     endpoints.close()
     agent.hc_ports.close()
     log.info("stopping; the datapath stays in place")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -235,6 +236,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             api_client(args.kubeconfig),
             endpoints_api=args.endpoints_api,
             proxy_name=args.proxy_name,
+            pools=_pools(args.pool or []),
         )
     else:
         if not args.filename:
@@ -248,9 +250,14 @@ def agent_config(args: argparse.Namespace, node: str):
     from .agent import AgentConfig
     from .datapath.attach import cgroup2_root
 
+    uplink = args.uplink
+    if uplink == "auto":
+        from .datapath.attach import default_uplink
+
+        uplink = default_uplink()
     return AgentConfig(
         node=node,
-        uplink=args.uplink,
+        uplink=uplink,
         cgroup=args.cgroup or cgroup2_root(),
         pin_root=args.pin_root,
         node_ips=args.node_ip or [],
@@ -263,7 +270,43 @@ def agent_config(args: argparse.Namespace, node: str):
         health_timeout=args.health_timeout,
         gossip_key=_gossip_key(args.gossip_key_file),
         gossip_port=args.gossip_port,
+        peers=_peers(args.peer or [], args.gossip_port),
+        lb_allocator=not args.no_lb_allocator,
+        lb_class=args.lb_class,
     )
+
+
+def _peers(entries: list[str], port: int) -> dict[str, tuple[str, int]]:
+    """--peer NAME=ADDRESS[:PORT] entries: the members from the config, not from Nodes."""
+    out = {}
+    for entry in entries:
+        name, sep, where = entry.partition("=")
+        host, p = where, ""
+        if where.startswith("["):  # [IPv6]:PORT
+            host, _, p = where[1:].partition("]")
+            p = p.removeprefix(":")
+        elif where.count(":") == 1:  # IPv4:PORT
+            host, p = where.split(":")
+        try:
+            ipaddress.ip_address(host)
+            out[name] = (host, int(p) if p else port)
+        except ValueError:
+            raise SystemExit(
+                f"xlb agent: --peer {entry!r}: write NAME=ADDRESS[:PORT], "
+                "e.g. node-2=192.168.1.12 or node-2=192.168.1.12:7947"
+            ) from None
+        if not sep or not name:
+            raise SystemExit(f"xlb agent: --peer {entry!r}: the node name is missing (NAME=...)")
+    return out
+
+
+def _pools(entries: list[str]) -> list:
+    from .l2.ipam import config_pool
+
+    try:  # each flag may hold several pools, `;`-separated (one ConfigMap value); "" none
+        return [config_pool(e) for x in entries for e in x.split(";") if e.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"xlb agent: --pool {exc}") from None
 
 
 def _gossip_key(path: str | None) -> bytes:
@@ -573,6 +616,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument(
         "--gossip-port", type=int, default=7947, help="UDP; not 7946, which MetalLB speakers use"
+    )
+    agent.add_argument(
+        "--peer",
+        action="append",
+        metavar="NAME=ADDRESS[:PORT]",
+        help="a member of the gossip, repeated for each node (default: every Node object)",
+    )
+    agent.add_argument(
+        "--pool",
+        action="append",
+        metavar="NAME=RANGE[,RANGE][;NAME=...]",
+        help="LoadBalancer address pools (CIDR or first-last), beside any MetalLB "
+        "IPAddressPool objects; e.g. lan=192.168.1.240/28",
+    )
+    agent.add_argument(
+        "--no-lb-allocator",
+        action="store_true",
+        help="(--source kubernetes) leave LoadBalancer IP allocation to another controller; "
+        "by default one agent, the holder of Lease kube-system/xlb-lb-allocator, allocates",
+    )
+    agent.add_argument(
+        "--lb-class",
+        default="",
+        help="also allocate for Services with this spec.loadBalancerClass (default: only "
+        "Services without one)",
     )
     agent.add_argument(
         "--bind-address",

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import EXAMPLES, REPO
 
 
@@ -86,6 +88,15 @@ def test_every_agent_flag_reaches_the_agent_config(tmp_path):
             str(key),
             "--gossip-port",
             "7000",
+            "--peer",
+            "node-2=192.168.198.202",
+            "--peer",
+            "node-3=192.168.198.203:7001",
+            "--peer",
+            "node-4=[fd00:198::cc]:7002",
+            "--no-lb-allocator",
+            "--lb-class",
+            "xlb.dev/l2",
         ]
     )
     cfg = agent_config(args, "node-1")
@@ -99,3 +110,26 @@ def test_every_agent_flag_reaches_the_agent_config(tmp_path):
         30.0,
     )
     assert (cfg.gossip_key, cfg.gossip_port) == (b"s3cret", 7000)
+    assert cfg.peers == {
+        "node-2": ("192.168.198.202", 7000),
+        "node-3": ("192.168.198.203", 7001),
+        "node-4": ("fd00:198::cc", 7002),
+    }
+    assert (cfg.lb_allocator, cfg.lb_class) == (False, "xlb.dev/l2")
+
+
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [
+        ("--peer", "node-2", "NAME=ADDRESS"),
+        ("--peer", "node-2=somehost", "NAME=ADDRESS"),
+        ("--peer", "=192.168.1.2", "name is missing"),
+        ("--pool", "lan", "NAME=RANGE"),
+        ("--pool", "lan=10.0.0.9-10.0.0.1", "must go up"),
+    ],
+)
+def test_bad_peer_and_pool_flags_say_what_to_write(flag, value, says):
+    from controlplane.cli import _peers, _pools
+
+    with pytest.raises(SystemExit, match=says):
+        _peers([value], 7947) if flag == "--peer" else _pools([value])

@@ -63,6 +63,10 @@ class Group:
     table: np.ndarray | None = None  # the live half as written; None: unknown, rewrite
 
 
+class SyncError(RuntimeError):
+    """The desired state does not fit the maps as sized."""
+
+
 @dataclass
 class SyncResult:
     writes: int = 0
@@ -78,6 +82,7 @@ class Syncer:
         self.frontends: dict[FrontendKey, SvcValue] = maps.read_services()
         self.backends: dict[int, BackendValue] = maps.read_backends()
         self.backend_ids = {(v.address, v.port): i for i, v in self.backends.items()}
+        self.free_from = 1  # no slot below this is free: the search for one starts here
         self.ranges: dict[int, set[str]] = maps.read_source_ranges()
         self.groups: dict[int, Group] = {}
         slots = maps.read_slots()
@@ -102,7 +107,15 @@ class Syncer:
         backend's slot was reused notices because the address no longer matches."""
         key = (b.address, b.port)
         if key not in self.backend_ids:
-            free = next(i for i in range(1, self.cfg.max_backends) if i not in self.backends)
+            free = next(
+                (i for i in range(self.free_from, self.cfg.max_backends) if i not in self.backends),
+                None,
+            )
+            if free is None:
+                raise SyncError(
+                    f"more than {self.cfg.max_backends - 1} backends: raise --max-backends"
+                )
+            self.free_from = free + 1
             self.backend_ids[key] = free
             self.backends[free] = BackendValue("", 0, 0)  # reserved until written
         return self.backend_ids[key]
@@ -127,8 +140,12 @@ class Syncer:
                 next_id += 1
 
     def _free_ring(self) -> int:
-        used = {g.ring for g in self.groups.values() if g.ring >= 0}
-        return next((r for r in range(self.cfg.max_rings) if r not in used), -1)
+        """The lowest unused ring (-1: none), from the set taken at the start of the sync's
+        ring step (one pass over the groups per sync, not per group)."""
+        free = next((r for r in range(self.cfg.max_rings) if r not in self.rings_used), -1)
+        if free >= 0:
+            self.rings_used.add(free)
+        return free
 
     # -- the sync ----------------------------------------------------------------------------------
 
@@ -175,6 +192,7 @@ class Syncer:
                 group.ring = -1
 
         # 2. slots and 3. rings, per group
+        self.rings_used = {g.ring for g in self.groups.values() if g.ring >= 0}
         old_counts: dict[int, int] = {}
         algorithms: dict[int, Algorithm] = {}
         for gk, fes in wanted.items():
@@ -233,6 +251,7 @@ class Syncer:
         for bid in [b for b in self.backends if b not in live_backends]:
             value = self.backends.pop(bid)
             self.backend_ids.pop((value.address, value.port), None)
+            self.free_from = min(self.free_from, bid)
             self._delete(m.backends, ct.c_uint32(bid), res)
 
         self._sync_config(node_addr4, node_addr6, uplink_mac, res)

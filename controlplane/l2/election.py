@@ -3,8 +3,8 @@
 MetalLB's layer-2 rule: order the candidate nodes by sha256(node + "#" + ip) and take the
 first. Candidates are the live members, and under externalTrafficPolicy Local only those with
 a ready local endpoint (a node without one would drop the traffic), and only nodes an
-L2Advertisement's selector admits. When a node dies, every IP it owned moves to the next node
-in that IP's order; the others stay where they are.
+L2Advertisement admits (its pools, node selectors and interfaces). When a node dies, every
+IP it owned moves to the next node in that IP's order; the others stay where they are.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable
 
 from ..model.objects import EndpointSlice, Node, Service, ServiceType, TrafficPolicy
+from .ipam import Advertisement, Pool, pool_of
 
 
 def owner(ip: str, candidates: Iterable[str]) -> str | None:
@@ -21,41 +22,51 @@ def owner(ip: str, candidates: Iterable[str]) -> str | None:
     )
 
 
-def selector_admits(selector: dict | None, node: Node) -> bool:
-    """An L2Advertisement nodeSelectors entry (matchLabels only); none admits every node."""
-    if not selector:
-        return True
-    return all(node.labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
-
-
 def owners(
     services: Iterable[Service],
     slices: Iterable[EndpointSlice],
     nodes: Iterable[Node],
     live: set[str],
-    node_selectors: list[dict] | None = None,
+    advertisements: list[Advertisement] | None = None,
+    pools: list[Pool] | None = None,
+    uplinks: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Every LoadBalancer IP -> the node that announces it (IPs with no candidate: absent)."""
-    nodes = list(nodes)
-    admitted = {
-        n.name
-        for n in nodes
-        if n.name in live
-        and (not node_selectors or any(selector_admits(s, n) for s in node_selectors))
-    }
+    """Every LoadBalancer IP -> the node that announces it (IPs with no candidate: absent).
+
+    With no L2Advertisement at all, every node announces every pool (xlb's default); once
+    one exists, MetalLB's rule holds: an address is announced only if an advertisement covers
+    its pool, and then only from the nodes its nodeSelectors admit whose uplink is among its
+    interfaces (a node whose uplink is not yet known is taken to match: the gossip tells
+    every agent within one probe round)."""
+    nodes = [n for n in nodes if n.name in live]
+    uplinks = uplinks or {}
     ready_on: dict[str, set[str]] = {}
     for sl in slices:
         for ep in sl.endpoints:
             if ep.ready and ep.node_name:
                 ready_on.setdefault(sl.service_key, set()).add(ep.node_name)
+
+    def admitted(ad: Advertisement) -> set[str]:
+        return {
+            n.name
+            for n in nodes
+            if ad.admits(n.labels)
+            and (not ad.interfaces or uplinks.get(n.name, ad.interfaces[0]) in ad.interfaces)
+        }
+
+    everyone = {n.name for n in nodes}
     out: dict[str, str] = {}
     for svc in services:
         if svc.type is not ServiceType.LOAD_BALANCER:
             continue
-        candidates = admitted
-        if svc.external_traffic_policy is TrafficPolicy.LOCAL:
-            candidates = admitted & ready_on.get(svc.key, set())
         for ip in svc.ingress_ips:
+            if advertisements is None:
+                candidates = everyone
+            else:
+                pool = pool_of(ip, pools or [])
+                candidates = set().union(*(admitted(a) for a in advertisements if a.covers(pool)))
+            if svc.external_traffic_policy is TrafficPolicy.LOCAL:
+                candidates = candidates & ready_on.get(svc.key, set())
             chosen = owner(ip, candidates)
             if chosen is not None:
                 out[ip] = chosen

@@ -30,6 +30,7 @@ class Pool:
     ranges: tuple[Range, ...]
     auto_assign: bool = True
     avoid_buggy_ips: bool = False  # IPv4 addresses ending in .0 or .255 are never handed out
+    labels: tuple[tuple[str, str], ...] = ()  # for L2Advertisement ipAddressPoolSelectors
 
     def contains(self, ip: str) -> bool:
         a = ipaddress.ip_address(ip)
@@ -84,12 +85,99 @@ def parse_pool(obj: dict[str, Any]) -> tuple[Pool | None, list[Diagnostic]]:
         diag.error("metadata.name", "required")
     if diag.has_errors:
         return None, diag.items
+    labels = meta.get("labels") or {}
     return Pool(
         name,
         tuple(ranges),
         spec.get("autoAssign", True) is not False,
         spec.get("avoidBuggyIPs") is True,
+        tuple(sorted((str(k), str(v)) for k, v in labels.items())),
     ), diag.items
+
+
+def config_pool(text: str) -> Pool:
+    """A pool from xlb's own config: `NAME=RANGE[,RANGE...]`, each a CIDR or first-last;
+    raises ValueError saying what is wrong."""
+    name, sep, ranges = text.partition("=")
+    if not sep or not name.strip() or not ranges.strip():
+        raise ValueError(
+            f"{text!r}: write NAME=RANGE[,RANGE...], e.g. lan=192.168.1.240/28,fd00::240/124"
+        )
+    return Pool(name.strip(), tuple(parse_range(r) for r in ranges.split(",") if r.strip()))
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    """A MetalLB L2Advertisement: which pools' addresses are announced, from which nodes and
+    on which interfaces. No pools and no pool selectors: every pool."""
+
+    name: str
+    pools: tuple[str, ...] = ()
+    pool_selectors: tuple[tuple[tuple[str, str], ...], ...] = ()  # matchLabels, any of them
+    node_selectors: tuple[tuple[tuple[str, str], ...], ...] = ()
+    interfaces: tuple[str, ...] = ()
+
+    def covers(self, pool: Pool | None) -> bool:
+        if not self.pools and not self.pool_selectors:
+            return True
+        if pool is None:
+            return False
+        labels = dict(pool.labels)
+        return pool.name in self.pools or any(
+            all(labels.get(k) == v for k, v in sel) for sel in self.pool_selectors
+        )
+
+    def admits(self, node_labels: dict[str, str]) -> bool:
+        return not self.node_selectors or any(
+            all(node_labels.get(k) == v for k, v in sel) for sel in self.node_selectors
+        )
+
+
+def _selectors(raw: Any, field: str, diag: Collector) -> tuple:
+    out = []
+    for i, sel in enumerate(raw or []):
+        if not isinstance(sel, dict):
+            diag.error(f"{field}[{i}]", "must be a label selector (matchLabels)")
+            continue
+        if sel.get("matchExpressions"):
+            diag.error(
+                f"{field}[{i}].matchExpressions",
+                "not supported by xlb yet; write the selector with matchLabels",
+            )
+            continue
+        labels = sel.get("matchLabels") or {}
+        out.append(tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+    return tuple(out)
+
+
+def parse_advertisement(obj: dict[str, Any]) -> tuple[Advertisement | None, list[Diagnostic]]:
+    """A MetalLB L2Advertisement (metallb.io/v1beta1), as MetalLB reads it."""
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    diag = Collector("L2Advertisement", str(meta.get("namespace") or ""), name or "<unnamed>")
+    spec = obj.get("spec") or {}
+    if not name:
+        diag.error("metadata.name", "required")
+    ad = Advertisement(
+        name,
+        tuple(str(p) for p in spec.get("ipAddressPools") or []),
+        _selectors(spec.get("ipAddressPoolSelectors"), "spec.ipAddressPoolSelectors", diag),
+        _selectors(spec.get("nodeSelectors"), "spec.nodeSelectors", diag),
+        tuple(str(i) for i in spec.get("interfaces") or []),
+    )
+    return (None if diag.has_errors else ad), diag.items
+
+
+def pool_of(ip: str, pools: Iterable[Pool]) -> Pool | None:
+    """The pool an address belongs to (the first by name)."""
+    return next((p for p in sorted(pools, key=lambda p: p.name) if p.contains(ip)), None)
+
+
+def ours(svc: Service, lb_class: str = "") -> bool:
+    """Whether this allocator serves the Service: no spec.loadBalancerClass (the cluster's
+    default controller), or the class xlb was configured with; another class is another
+    controller's to serve, as MetalLB does."""
+    return svc.load_balancer_class in ("", lb_class) if lb_class else not svc.load_balancer_class
 
 
 def _requested(svc: Service) -> list[str]:
@@ -102,15 +190,17 @@ def allocate(
     services: Iterable[Service],
     pools: list[Pool],
     current: dict[str, tuple[str, ...]] | None = None,
+    lb_class: str = "",
 ) -> tuple[dict[str, tuple[str, ...]], list[Diagnostic]]:
-    """The LoadBalancer IPs of every LoadBalancer Service (namespace/name -> addresses)."""
+    """The LoadBalancer IPs of every LoadBalancer Service this allocator serves
+    (namespace/name -> addresses)."""
     current = current or {}
     pools = sorted(pools, key=lambda p: p.name)
     owner: dict[str, str] = {}
     result: dict[str, tuple[str, ...]] = {}
     diags: list[Diagnostic] = []
     lbs = sorted(
-        (s for s in services if s.type is ServiceType.LOAD_BALANCER),
+        (s for s in services if s.type is ServiceType.LOAD_BALANCER and ours(s, lb_class)),
         key=lambda s: (s.key not in current, not _requested(s), s.key),
     )
 
@@ -185,3 +275,26 @@ def allocate(
             result[svc.key] = tuple(got)
         diags += diag.items
     return result, diags
+
+
+def status_changes(
+    services: Iterable[Service],
+    assigned: dict[str, tuple[str, ...]],
+    pools: list[Pool],
+    lb_class: str = "",
+) -> dict[str, tuple[str, ...]]:
+    """The status.loadBalancer.ingress writes that make the API match an allocation:
+    namespace/name -> addresses (empty: clear). A Service that is no longer a LoadBalancer
+    loses the addresses it holds from our pools (released); addresses this allocator did not
+    give (another controller's, another class) are never touched."""
+    out: dict[str, tuple[str, ...]] = {}
+    for svc in services:
+        if not ours(svc, lb_class):
+            continue
+        if svc.type is ServiceType.LOAD_BALANCER:
+            want = assigned.get(svc.key, ())
+            if sorted(svc.ingress_ips) != sorted(want):
+                out[svc.key] = want
+        elif svc.ingress_ips and any(pool_of(ip, pools) for ip in svc.ingress_ips):
+            out[svc.key] = ()
+    return out

@@ -48,6 +48,7 @@ class MembersConfig:
     suspect_timeout: float = 0.25
     indirect: int = 2
     max_skew: float = 5.0
+    meta: dict[str, str] = field(default_factory=dict)  # told to everyone (e.g. the uplink)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Member:
     state: str = "alive"  # alive | suspect | dead
     incarnation: int = 0
     since: float = 0.0  # when it entered its state (monotonic)
+    meta: dict[str, str] = field(default_factory=dict)  # what it says of itself
 
 
 def seal(key: bytes, message: dict) -> bytes:
@@ -136,11 +138,19 @@ class Members:
         with self.lock:
             return {m.name for m in self.members.values() if m.state != "dead"} | {self.cfg.name}
 
+    def meta(self) -> dict[str, dict[str, str]]:
+        """What each member (this one included) says of itself, as last heard."""
+        with self.lock:
+            out = {m.name: dict(m.meta) for m in self.members.values() if m.meta}
+        return out | {self.cfg.name: dict(self.cfg.meta)}
+
     # -- sending and receiving ---------------------------------------------------------------
 
     def _send(self, address: tuple[str, int], message: dict) -> None:
         with self.lock:
             message = {**message, "from": self.cfg.name, "g": self.gossip[-8:]}
+            if self.cfg.meta:
+                message["m"] = self.cfg.meta
         with contextlib.suppress(OSError):  # an unreachable peer is what probing finds out
             self.sock.sendto(seal(self.cfg.key, message), address)
 
@@ -163,7 +173,7 @@ class Members:
         for change in msg.get("g") or []:
             self._apply(change)
         kind, origin = msg["t"], str(msg["from"])
-        self._heard_from(origin)
+        self._heard_from(origin, msg.get("m"))
         if kind == "ping":
             self._send(
                 sender[:2],
@@ -194,9 +204,11 @@ class Members:
                     },
                 )
 
-    def _heard_from(self, name: str) -> None:
+    def _heard_from(self, name: str, meta: object = None) -> None:
         with self.lock:
             m = self.members.get(name)
+            if m and isinstance(meta, dict):
+                m.meta = {str(k): str(v) for k, v in list(meta.items())[:8]}
             if m and m.state == "dead":
                 m.state, m.since = "alive", time.monotonic()
                 log.info("member %s is back", name)

@@ -93,6 +93,9 @@ def attach_to_lan(lan_ns: str, host_ns: str, tag: str, addrs: list[str], xdp_pas
     """host_ns gets eth0 on the LAN with addrs; the LAN side joins the bridge and, for
     nodes, runs xdp_pass so that frames the node's XDP sends back out (XDP_TX) arrive."""
     port = f"p{hashlib.sha256(tag.encode()).hexdigest()[:10]}"
+    # a namespace deleted just before (a re-created host) takes its veth pair down only
+    # when the kernel gets round to it: the LAN end may still be there under this name
+    run("ip", "-n", lan_ns, "link", "del", port, check=False)
     veth(host_ns, "eth0", lan_ns, port, tag)
     ip(lan_ns, "link", "set", port, "master", "br0")
     if xdp_pass_fn is not None:

@@ -84,6 +84,7 @@ class Service:
     load_balancer_ip: str = ""  # spec.loadBalancerIP: a request, not an allocation
     ingress_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip with ipMode VIP
     load_balancer_source_ranges: tuple[str, ...] = ()
+    load_balancer_class: str = ""  # spec.loadBalancerClass: which controller gives the IP
     session_affinity_timeout: int = 0  # 0: sessionAffinity None
     external_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER
     internal_traffic_policy: TrafficPolicy = TrafficPolicy.CLUSTER

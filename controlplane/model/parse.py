@@ -174,6 +174,7 @@ def parse_service(
         load_balancer_ip=lb_ip,
         ingress_ips=ingress,
         load_balancer_source_ranges=source_ranges,
+        load_balancer_class=str(spec.get("loadBalancerClass") or ""),
         session_affinity_timeout=affinity,
         external_traffic_policy=etp,
         internal_traffic_policy=itp,

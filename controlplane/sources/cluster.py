@@ -78,6 +78,9 @@ class Cluster:
     nodes: list[Node] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    pools: list = field(default_factory=list)  # LoadBalancer address pools (l2/ipam.Pool)
+    # L2Advertisements (l2/ipam.Advertisement); None: there are none, every pool is announced
+    advertisements: list | None = None
 
 
 def _digest(*parts: object) -> int:

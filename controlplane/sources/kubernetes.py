@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import random
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ class Entry:
 
 
 def _parse(kind: str, obj: dict) -> tuple[list[Any], list[Diagnostic]]:
+    if kind in ("IPAddressPool", "L2Advertisement"):
+        from ..l2.ipam import parse_advertisement, parse_pool
+
+        item, d = (parse_pool if kind == "IPAddressPool" else parse_advertisement)(obj)
+        return ([item] if item else []), d
     if kind == "Service":
         svc, d = parse_service(obj)
         return ([svc] if svc else []), d
@@ -118,13 +124,20 @@ class Store:
         """Every resource listed at least once (the first sync waits for all of them)."""
         return self.synced >= set(self.kinds)
 
-    def cluster(self) -> Cluster:
+    def cluster(self, pools: list | None = None) -> Cluster:
         with self.cond:
-            c = Cluster()
+            c = Cluster(pools=list(pools or []))
+            if self.entries.get("L2Advertisement"):
+                c.advertisements = []
             for kind, entries in self.entries.items():
                 for entry in entries.values():
                     c.diagnostics += entry.diagnostics
-                    target = {"Service": c.services, "Node": c.nodes}.get(kind, c.slices)
+                    target = {
+                        "Service": c.services,
+                        "Node": c.nodes,
+                        "IPAddressPool": c.pools,
+                        "L2Advertisement": c.advertisements,
+                    }.get(kind, c.slices)
                     target += entry.parsed
             return c
 
@@ -140,9 +153,13 @@ class Reflector(threading.Thread):
         selector: str = "",
         watch_timeout: int = 300,
         backoff: tuple[float, float] = (0.2, 30.0),
+        optional: bool = False,
     ) -> None:
         super().__init__(name=f"reflector-{kind}", daemon=True)
         self.kind, self.list_fn, self.store, self.selector = kind, list_fn, store, selector
+        # optional: a resource whose CRD may not be installed; 404 means none of them (and
+        # the list is tried again every backoff maximum, for a CRD installed later)
+        self.optional = optional
         self.watch_timeout = watch_timeout
         self.backoff_min, self.backoff_max = backoff
         self.stopping = threading.Event()
@@ -154,7 +171,11 @@ class Reflector(threading.Thread):
         resp = self.response
         if resp is not None:
             with contextlib.suppress(Exception):  # closing a dead connection may fail any way
-                resp.close()  # unblocks a watch waiting for its next line
+                # a watch blocked on its next line wakes only when the socket is shut down
+                # (close() alone waits for the server's next bookmark or the watch's end)
+                resp.connection.sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(Exception):
+                resp.close()
 
     def _call(self, **kw: Any) -> Any:
         if self.selector:
@@ -214,6 +235,13 @@ class Reflector(threading.Thread):
             except Exception as exc:  # noqa: BLE001 (the API being away takes many shapes)
                 if self.stopping.is_set():
                     break
+                if self.optional and getattr(exc, "status", None) == 404:
+                    if self.kind not in self.store.synced:
+                        log.info("%s: not served here (no CRD installed): none", self.kind)
+                    self.store.replace(self.kind, [])
+                    version = ""
+                    self.stopping.wait(self.backoff_max)
+                    continue
                 msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                 self.store.error(self.kind, msg)
                 log.warning(
@@ -236,13 +264,18 @@ class KubernetesSource:
         proxy_name: str = "",
         watch_timeout: int = 300,
         backoff: tuple[float, float] = (0.2, 30.0),
+        pools: list | None = None,
     ) -> None:
+        from functools import partial
+
         from kubernetes import client
 
         core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
-        self.core = core
+        custom = client.CustomObjectsApi(api_client)
+        self.core, self.api_client = core, api_client
+        self.pools = list(pools or [])  # from xlb's own config, beside any IPAddressPool
         endpoints_kind = "EndpointSlice" if endpoints_api == "endpointslices" else "Endpoints"
-        self.store = Store(("Service", endpoints_kind, "Node"))
+        self.store = Store(("Service", endpoints_kind, "Node", "IPAddressPool", "L2Advertisement"))
         # As kube-proxy: Services claimed by another proxy, and the endpoints of headless
         # Services, are not even fetched.
         svc_selector = (
@@ -258,6 +291,19 @@ class KubernetesSource:
             ),
             "Endpoints": (core.list_endpoints_for_all_namespaces, f"!{LABEL_HEADLESS}"),
             "Node": (core.list_node, ""),
+            # MetalLB's configuration, read as it is, if its CRDs are installed
+            "IPAddressPool": (
+                partial(
+                    custom.list_cluster_custom_object, "metallb.io", "v1beta1", "ipaddresspools"
+                ),
+                "",
+            ),
+            "L2Advertisement": (
+                partial(
+                    custom.list_cluster_custom_object, "metallb.io", "v1beta1", "l2advertisements"
+                ),
+                "",
+            ),
         }
         self.reflectors = [
             Reflector(
@@ -267,6 +313,7 @@ class KubernetesSource:
                 selector=calls[k][1],
                 watch_timeout=watch_timeout,
                 backoff=backoff,
+                optional=k in ("IPAddressPool", "L2Advertisement"),
             )
             for k in self.store.kinds
         ]
@@ -293,7 +340,7 @@ class KubernetesSource:
     def snapshot(self) -> Cluster:
         with self.store.cond:
             self.seen_generation = self.store.generation
-            return self.store.cluster()
+            return self.store.cluster(self.pools)
 
     def wait(self, timeout: float) -> None:
         with self.store.cond:
@@ -306,43 +353,60 @@ class KubernetesSource:
     def report(self, diagnostic: Diagnostic, node: str) -> None:
         """A Warning Event on the Service a problem is about, for `kubectl describe` and
         `kubectl get events` to show where users look."""
+        reason = "XlbNotProxied" if diagnostic.level == "info" else "XlbInvalidSpec"
+        self.post_event(
+            diagnostic.namespace, diagnostic.name, "Warning", reason, str_of(diagnostic), node
+        )
+
+    def post_event(
+        self, namespace: str, name: str, type_: str, reason: str, message: str, node: str
+    ) -> None:
+        """An Event on a Service (best effort: the log has it too)."""
         from kubernetes import client
 
         now = dt.datetime.now(dt.UTC)
-        reason = "XlbNotProxied" if diagnostic.level == "info" else "XlbInvalidSpec"
         event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{diagnostic.name}.xlb-", namespace=diagnostic.namespace
-            ),
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.xlb-", namespace=namespace),
             involved_object=client.V1ObjectReference(
-                api_version="v1",
-                kind="Service",
-                namespace=diagnostic.namespace,
-                name=diagnostic.name,
+                api_version="v1", kind="Service", namespace=namespace, name=name
             ),
             reason=reason,
-            type="Warning",
+            type=type_,
             count=1,
             first_timestamp=now,
             last_timestamp=now,
-            message=(
-                f"{diagnostic.field}: {diagnostic.message}"
-                if diagnostic.field
-                else diagnostic.message
-            )[:1024],
+            message=message[:1024],
             source=client.V1EventSource(component="xlb", host=node),
             reporting_component="xlb",
             reporting_instance=node,
         )
         try:
-            self.core.create_namespaced_event(diagnostic.namespace, event, _request_timeout=5)
+            self.core.create_namespaced_event(namespace, event, _request_timeout=5)
         except Exception as exc:  # noqa: BLE001 (an event is best effort; the log has it too)
             log.info(
                 "could not post an event for %s/%s: %s",
-                diagnostic.namespace,
-                diagnostic.name,
+                namespace,
+                name,
                 str(exc).splitlines()[0][:200],
             )
+
+    def write_ingress(self, namespace: str, name: str, ips: tuple[str, ...]) -> None:
+        """status.loadBalancer.ingress of a Service: these addresses (none: cleared). A
+        merge patch of the status alone: nothing else of the Service is touched."""
+        ingress = [{"ip": ip, "ipMode": "VIP"} for ip in ips]
+        self.core.patch_namespaced_service_status(
+            name,
+            namespace,
+            {"status": {"loadBalancer": {"ingress": ingress or None}}},
+            _content_type="application/merge-patch+json",
+            _request_timeout=5,
+        )
+
+
+def str_of(diagnostic: Diagnostic) -> str:
+    if diagnostic.field:
+        return f"{diagnostic.field}: {diagnostic.message}"
+    return diagnostic.message
 
 
 def api_client(kubeconfig: str | None = None) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..l2.ipam import parse_pool
+from ..l2.ipam import parse_advertisement, parse_pool
 from ..model.diagnostics import Collector, Diagnostic, Level
 from ..model.objects import EndpointSlice, Node, Protocol, Service
 from ..model.parse import parse_endpoint_slice, parse_endpoints, parse_node, parse_service
@@ -240,6 +240,9 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
         elif kind == "IPAddressPool":
             pool, d = parse_pool(doc.obj)
             pools += [pool] if pool else []
+        elif kind == "L2Advertisement":
+            ad, d = parse_advertisement(doc.obj)
+            cluster.advertisements = (cluster.advertisements or []) + ([ad] if ad else [])
         else:
             d = (
                 []
@@ -251,8 +254,8 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
                         "",
                         str((doc.obj.get("metadata") or {}).get("name", "")),
                         "",
-                        "ignored: xlb reads Services, Endpoints, EndpointSlices, Nodes and "
-                        f"workloads ({doc.origin})",
+                        "ignored: xlb reads Services, Endpoints, EndpointSlices, Nodes, "
+                        f"workloads, IPAddressPools and L2Advertisements ({doc.origin})",
                     )
                 ]
             )
@@ -277,7 +280,7 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
     ):
         services, d = step(services)
         cluster.diagnostics += d
-    cluster.services = services
+    cluster.services, cluster.pools = services, pools
 
     by_key = {s.key: s for s in services}
     for key, mirrored in endpoints:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from controlplane.cli import build_parser
+from controlplane.cli import _pools, build_parser
 from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -18,6 +18,8 @@ MODELS = {
     "ServiceAccount": client.V1ServiceAccount,
     "ClusterRole": client.V1ClusterRole,
     "ClusterRoleBinding": client.V1ClusterRoleBinding,
+    "Role": client.V1Role,
+    "RoleBinding": client.V1RoleBinding,
     "ConfigMap": client.V1ConfigMap,
     "DaemonSet": client.V1DaemonSet,
 }
@@ -51,6 +53,8 @@ def test_the_daemonset_runs_valid_xlb_command_lines():
     spec = by_kind("DaemonSet")["spec"]["template"]["spec"]
     agent = spec["containers"][0]["command"]
     args = build_parser().parse_args(expand(agent[1:], env))
+    assert args.pool == [""]  # no pool unless configured (and "" means none)
+    assert _pools(args.pool) == [] and _pools(["a=10.0.0.0/30;b=10.0.1.0/30"])[1].name == "b"
     assert (args.command, args.source, args.uplink, args.endpoints_api) == (
         "agent",
         "kubernetes",
@@ -94,7 +98,39 @@ def test_rbac_grants_what_the_kubernetes_source_uses_and_no_more():
     ):
         assert {(group, resource, "list"), (group, resource, "watch")} <= granted
     assert ("", "events", "create") in granted
-    assert not any(v in ("update", "delete", "*") for _, _, v in granted)
+    for resource in ("ipaddresspools", "l2advertisements"):
+        assert {("metallb.io", resource, "list"), ("metallb.io", resource, "watch")} <= granted
+    # the one write beyond Events: LoadBalancer IPs in Service status
+    writes = {(g, r, v) for g, r, v in granted if v not in ("get", "list", "watch")}
+    assert writes == {
+        ("", "events", "create"),
+        ("", "events", "patch"),
+        ("events.k8s.io", "events", "create"),
+        ("events.k8s.io", "events", "patch"),
+        ("", "services/status", "patch"),
+    }
+
+
+def test_the_lease_role_covers_the_allocators_lease_only():
+    from controlplane.l2.lease import LeaseElector
+
+    role = by_kind("Role")
+    binding = by_kind("RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "kube-system"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    defaults = LeaseElector.__init__.__defaults__
+    assert "kube-system" in defaults and "xlb-lb-allocator" in defaults
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["xlb-lb-allocator"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    # create cannot be limited by name (the object does not exist yet)
+    assert [r["verbs"] for r in role["rules"] if not r.get("resourceNames")] == [["create"]]
 
 
 def test_the_containerfile_copies_what_exists():

@@ -22,7 +22,41 @@ RESOURCES = {
     "/api/v1/endpoints": ("Endpoints", "v1"),
     "/api/v1/nodes": ("Node", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
+    "/apis/coordination.k8s.io/v1/leases": ("Lease", "coordination.k8s.io/v1"),
+    "/apis/metallb.io/v1beta1/ipaddresspools": ("IPAddressPool", "metallb.io/v1beta1"),
+    "/apis/metallb.io/v1beta1/l2advertisements": ("L2Advertisement", "metallb.io/v1beta1"),
 }
+CRDS = {"/apis/metallb.io/v1beta1/ipaddresspools", "/apis/metallb.io/v1beta1/l2advertisements"}
+
+
+def route(path: str) -> tuple[str, str, str, str]:
+    """A request path -> (collection, namespace, name, subresource); collection is the
+    cluster-wide list path ("" if unknown)."""
+    parts = path.strip("/").split("/")
+    prefix = parts[:2] if parts[:1] == ["api"] else parts[:3]
+    rest = parts[len(prefix) :]
+    ns = ""
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        ns, rest = rest[1], rest[2:]
+    if not rest:
+        return "", ns, "", ""
+    collection = "/" + "/".join([*prefix, rest[0]])
+    name = rest[1] if len(rest) > 1 else ""
+    sub = rest[2] if len(rest) > 2 else ""
+    return (collection if collection in RESOURCES else ""), ns, name, sub
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (lists are replaced whole, as for status ingress)."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
 
 
 def matches(selector: str, labels: dict[str, str]) -> bool:
@@ -57,6 +91,8 @@ class ApiServer:
         self.requests: Counter = Counter()  # (path, "list" | "watch")
         self.bookmark_every = 1.0
         self.events: list[dict] = []  # v1 Events created by clients
+        self.crds = True  # MetalLB's CRDs installed (else their paths answer 404)
+        self.writes: Counter = Counter()  # (method, collection, subresource) from clients
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -70,6 +106,12 @@ class ApiServer:
 
             def do_POST(self) -> None:
                 server.create(self)
+
+            def do_PUT(self) -> None:
+                server.update(self, patch=False)
+
+            def do_PATCH(self) -> None:
+                server.update(self, patch=True)
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.http.daemon_threads = True
@@ -92,7 +134,7 @@ class ApiServer:
             self.rv += 1
             obj = json.loads(json.dumps(obj))
             meta = obj.setdefault("metadata", {})
-            if kind != "Node":
+            if path != "/api/v1/nodes":
                 meta.setdefault("namespace", "default")
             meta["resourceVersion"] = str(self.rv)
             key = (meta.get("namespace", ""), meta["name"])
@@ -140,8 +182,17 @@ class ApiServer:
             h.close_connection = True
             h.connection.close()
             return
-        if url.path not in RESOURCES:
+        collection, ns, name, _ = route(url.path)
+        if not collection or (collection in CRDS and not self.crds):
             return self._status(h, 404, "NotFound", f"{url.path} is not served here")
+        if name:
+            with self.cond:
+                obj = self.objects[collection].get((ns, name))
+            if obj is None:
+                return self._status(h, 404, "NotFound", f"{name} not found")
+            return self._json(h, 200, obj)
+        if ns:
+            return self._status(h, 404, "NotFound", "namespaced lists are not served here")
         self.requests[(url.path, "watch" if watch else "list")] += 1
         if self.fail_next > 0:
             self.fail_next -= 1
@@ -165,20 +216,59 @@ class ApiServer:
         self._watch(h, url.path, kind, api_version, q, selector)
 
     def create(self, h: BaseHTTPRequestHandler) -> None:
-        """POST /api/v1/namespaces/NS/events: the only write clients make here."""
+        """POST an Event (kept in `events`) or an object of a served resource (a Lease)."""
         parts = urlsplit(h.path).path.strip("/").split("/")
         body = json.loads(h.rfile.read(int(h.headers.get("Content-Length") or 0)) or b"{}")
         if self.down:
             h.close_connection = True
             h.connection.close()
             return
-        if len(parts) != 5 or parts[:3] != ["api", "v1", "namespaces"] or parts[4] != "events":
+        if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "events":
+            with self.cond:
+                self.rv += 1
+                body.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
+                self.events.append(body)
+            return self._json(h, 201, body)
+        collection, ns, name, _ = route(urlsplit(h.path).path)
+        if not collection or name or not ns:
             return self._status(h, 404, "NotFound", f"{h.path} is not served here")
+        self.writes[("POST", collection, "")] += 1
+        kind = RESOURCES[collection][0]
         with self.cond:
-            self.rv += 1
-            body.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
-            self.events.append(body)
-        self._json(h, 201, body)
+            if (ns, body["metadata"]["name"]) in self.objects[collection]:
+                return self._status(h, 409, "AlreadyExists", "already exists")
+            body["metadata"]["namespace"] = ns
+            obj = self._write(collection, kind, body)
+        self._json(h, 201, obj)
+
+    def update(self, h: BaseHTTPRequestHandler, patch: bool) -> None:
+        """PUT (with optimistic concurrency on resourceVersion) or a merge PATCH, of an
+        object or its status."""
+        body = json.loads(h.rfile.read(int(h.headers.get("Content-Length") or 0)) or b"{}")
+        if self.down:
+            h.close_connection = True
+            h.connection.close()
+            return
+        collection, ns, name, sub = route(urlsplit(h.path).path)
+        if not collection or not name or sub not in ("", "status"):
+            return self._status(h, 404, "NotFound", f"{h.path} is not served here")
+        self.writes[("PATCH" if patch else "PUT", collection, sub)] += 1
+        kind = RESOURCES[collection][0]
+        with self.cond:
+            old = self.objects[collection].get((ns, name))
+            if old is None:
+                return self._status(h, 404, "NotFound", f"{name} not found")
+            if patch:
+                if sub == "status":
+                    body = {"status": body.get("status")}
+                new = merge_patch(old, body)
+            else:
+                rv = (body.get("metadata") or {}).get("resourceVersion")
+                if rv and rv != old["metadata"]["resourceVersion"]:
+                    return self._status(h, 409, "Conflict", "the object has been modified")
+                new = body
+            obj = self._write(collection, kind, new)
+        self._json(h, 200, obj)
 
     def _watch(self, h, path, kind, api_version, q, selector) -> None:
         start = int(q.get("resourceVersion") or self.rv)

@@ -81,7 +81,13 @@ def test_an_api_outage_of_30_seconds_changes_nothing_in_the_maps(cluster):
     time.sleep(30)
     assert maps_state(syncer.maps) == before and agent.syncs == syncs
     code, body = agent.health.status()
-    assert code == 200 and set(body["sourceErrors"]) == {"Service", "EndpointSlice", "Node"}
+    assert code == 200 and set(body["sourceErrors"]) == {
+        "Service",
+        "EndpointSlice",
+        "Node",
+        "IPAddressPool",
+        "L2Advertisement",
+    }
     api.down = False
     api.apply(eps("web", ["10.244.1.6"]))
     eventually(

@@ -169,3 +169,53 @@ def test_an_outage_keeps_the_last_state_and_says_so(api, source):
     api.apply(eps("web", ["10.244.1.6"]))
     eventually(lambda: backends(source, "web") == ["10.244.1.6"])
     eventually(lambda: not source.health()["errors"])
+
+
+POOL = {
+    "apiVersion": "metallb.io/v1beta1",
+    "kind": "IPAddressPool",
+    "metadata": {"name": "lan", "namespace": "metallb-system", "labels": {"zone": "a"}},
+    "spec": {"addresses": ["192.168.198.240/28", "fd00:198::240-fd00:198::24f"]},
+}
+ADVERT = {
+    "apiVersion": "metallb.io/v1beta1",
+    "kind": "L2Advertisement",
+    "metadata": {"name": "on-eth1", "namespace": "metallb-system"},
+    "spec": {"ipAddressPools": ["lan"], "interfaces": ["eth1"]},
+}
+
+
+def test_metallb_pools_and_advertisements_are_read_as_they_are(api, source):
+    api.apply(POOL)
+    api.apply(ADVERT)
+    bad = {**POOL, "metadata": {"name": "typo", "namespace": "metallb-system"}}
+    bad["spec"] = {"addresses": ["192.168.198.300/28"]}
+    api.apply(bad)
+    eventually(lambda: source.snapshot().advertisements)
+    eventually(lambda: len(source.snapshot().diagnostics) == 1)
+    cluster = source.snapshot()
+    ((pool,),) = [[p for p in cluster.pools if p.name == "lan"]]
+    assert pool.contains("192.168.198.250") and pool.contains("fd00:198::24f")
+    assert dict(pool.labels) == {"zone": "a"}
+    (ad,) = cluster.advertisements
+    assert (ad.pools, ad.interfaces) == (("lan",), ("eth1",))
+    (diag,) = cluster.diagnostics
+    assert (diag.kind, diag.name, diag.field) == ("IPAddressPool", "typo", "spec.addresses[0]")
+
+
+def test_without_metallb_crds_the_source_is_ready_and_finds_them_later(api):
+    api.crds = False
+    cfg = client.Configuration()
+    cfg.host = api.url
+    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
+    src.start()
+    try:
+        eventually(lambda: src.ready)
+        assert not src.health()["errors"]
+        cluster = src.snapshot()
+        assert cluster.pools == [] and cluster.advertisements is None
+        api.crds = True  # MetalLB's CRDs installed later: found on the next look
+        api.apply(POOL)
+        eventually(lambda: [p.name for p in src.snapshot().pools] == ["lan"])
+    finally:
+        src.stop()

@@ -62,10 +62,10 @@ def eventually(pred, timeout=3.0) -> float:
 
 
 @contextlib.contextmanager
-def node1(tmp_path, syncer, datapath, port: int):
-    """node-1's agent with real gossip on 127.0.0.1:port, running for the block."""
-    (tmp_path / "cluster.yaml").write_text(manifests())
-    members = Members(MembersConfig("node-1", "127.0.0.1", port, KEY))
+def node1(tmp_path, syncer, datapath, port: int, extra: str = ""):
+    """node-1's agent (uplink eth0) with real gossip on 127.0.0.1:port, for the block."""
+    (tmp_path / "cluster.yaml").write_text(manifests() + extra)
+    members = Members(MembersConfig("node-1", "127.0.0.1", port, KEY, meta={"uplink": "eth0"}))
     agent = Agent(
         AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
         ManifestSource([str(tmp_path)]),
@@ -112,6 +112,52 @@ def test_ips_follow_the_election_and_move_when_a_node_dies(two_nodes):
         eventually(lambda: announced(syncer) == mine)  # back where the election puts them
     finally:
         m2.stop()
+
+
+def test_an_l2advertisement_limits_interfaces_and_nodes(tmp_path, syncer):
+    """Only node-2's uplink (eth1) is named: node-2 answers for everything, and node-1 never
+    does, not even when node-2 dies; an advertisement naming eth0 brings the addresses back
+    to it."""
+    port = free_ports(1)[0]
+    only_eth1 = textwrap.dedent("""
+        ---
+        apiVersion: metallb.io/v1beta1
+        kind: L2Advertisement
+        metadata: {name: eth1-only}
+        spec: {ipAddressPools: [lan], interfaces: [eth1]}
+    """)
+    ips = {f"192.168.198.{240 + i}" for i in range(SERVICES)}
+    with node1(tmp_path, syncer, SyncerDatapath(syncer), port, only_eth1) as agent:
+        m2 = Members(
+            MembersConfig(
+                "node-2",
+                "127.0.0.2",
+                port,
+                KEY,
+                peers={"node-1": ("127.0.0.1", port)},
+                meta={"uplink": "eth1"},
+            )
+        )
+        m2.start()
+        try:
+            eventually(lambda: agent.members.meta().get("node-2") == {"uplink": "eth1"})
+            eventually(lambda: agent.syncs >= 1)
+            time.sleep(0.3)
+            assert announced(syncer) == set()
+        finally:
+            m2.stop()
+        eventually(lambda: "node-2" not in agent.live)
+        time.sleep(0.3)
+        assert announced(syncer) == set() and agent.unannounced == ips
+        (tmp_path / "more.yaml").write_text(
+            textwrap.dedent("""
+            apiVersion: metallb.io/v1beta1
+            kind: L2Advertisement
+            metadata: {name: eth0-too}
+            spec: {interfaces: [eth0]}
+        """)
+        )
+        eventually(lambda: announced(syncer) == ips)
 
 
 class SlowDatapath(SyncerDatapath):

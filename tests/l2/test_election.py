@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from ipaddress import IPv4Address
 
 from controlplane.l2.election import owner, owners
+from controlplane.l2.ipam import Advertisement, Pool
 from controlplane.model.objects import Node
 from tests.helpers import ep, service, slice_
 
@@ -39,5 +41,45 @@ def test_local_policy_only_nodes_with_a_ready_local_endpoint_and_selectors():
     assert owners([svc], [eps], NODES, LIVE) == {"192.168.198.240": "node-3"}
     assert owners([svc], [eps], NODES, LIVE - {"node-3"}) == {}  # nobody can serve it
     cluster_svc = lb("any", "192.168.198.241", clusterIP="10.96.0.11")
-    got = owners([cluster_svc], [], NODES, LIVE, [{"matchLabels": {"rack": "b"}}])
+    rack_b = Advertisement("b", node_selectors=((("rack", "b"),),))
+    got = owners([cluster_svc], [], NODES, LIVE, [rack_b])
     assert got == {"192.168.198.241": owner("192.168.198.241", {"node-3", "node-4"})}
+
+
+POOLS = [
+    Pool("lan", ((4, int(IPv4Address("192.168.198.240")), int(IPv4Address("192.168.198.247"))),)),
+    Pool(
+        "dmz",
+        ((4, int(IPv4Address("192.168.198.248")), int(IPv4Address("192.168.198.255"))),),
+        labels=(("zone", "dmz"),),
+    ),
+]
+
+
+def test_advertisements_choose_pools_nodes_and_interfaces():
+    lan, dmz = lb("a", "192.168.198.240"), lb("b", "192.168.198.250")
+    # no advertisement at all: xlb's default, every pool from every node
+    assert set(owners([lan, dmz], [], NODES, LIVE, None, POOLS)) == {
+        "192.168.198.240",
+        "192.168.198.250",
+    }
+    # once one exists, MetalLB's rule: only covered pools are announced
+    only_lan = [Advertisement("l", pools=("lan",))]
+    assert set(owners([lan, dmz], [], NODES, LIVE, only_lan, POOLS)) == {"192.168.198.240"}
+    by_label = [Advertisement("d", pool_selectors=((("zone", "dmz"),),))]
+    assert set(owners([lan, dmz], [], NODES, LIVE, by_label, POOLS)) == {"192.168.198.250"}
+    # interfaces: node-1 and node-2 announce on eth1, the others' uplink is eth0
+    uplinks = {"node-1": "eth1", "node-2": "eth1", "node-3": "eth0", "node-4": "eth0"}
+    eth0 = [Advertisement("e", interfaces=("eth0",))]
+    got = owners([lan, dmz], [], NODES, LIVE, eth0, POOLS, uplinks)
+    assert set(got.values()) <= {"node-3", "node-4"} and len(got) == 2
+    # an uplink not heard of yet counts as matching, so the election never stalls on it
+    got = owners([lan], [], NODES, {"node-1"}, eth0, POOLS, {})
+    assert got == {"192.168.198.240": "node-1"}
+    # two advertisements: the union of what each admits
+    two = [
+        Advertisement("e", interfaces=("eth0",)),
+        Advertisement("r", node_selectors=((("rack", "a"),),)),
+    ]
+    got = owners([lan], [], NODES, LIVE - {"node-3", "node-4"}, two, POOLS, uplinks)
+    assert got == {"192.168.198.240": owner("192.168.198.240", {"node-1", "node-2"})}

@@ -6,7 +6,14 @@ import textwrap
 
 import pytest
 
-from controlplane.l2.ipam import allocate, parse_pool, parse_range
+from controlplane.l2.ipam import (
+    allocate,
+    config_pool,
+    parse_advertisement,
+    parse_pool,
+    parse_range,
+    status_changes,
+)
 from controlplane.model import Level
 from controlplane.sources.manifests import load_cluster
 from tests.helpers import service
@@ -154,3 +161,61 @@ def test_manifests_with_metallb_pools(tmp_path, pools, expect):
     else:
         assert got == {"requested": (), "auto": ("192.168.198.240",)}
         assert any("1.2.3.4 is in no address pool" in d.message for d in cluster.diagnostics)
+
+
+def test_pools_from_xlbs_config():
+    p = config_pool("lan=192.168.1.240/30, fd00::1-fd00::2")
+    assert p.name == "lan" and p.contains("192.168.1.243") and p.contains("fd00::2")
+    assert p.auto_assign and not p.contains("192.168.1.244")
+    for bad in ("lan", "=10.0.0.0/24", "lan="):
+        with pytest.raises(ValueError, match="NAME=RANGE"):
+            config_pool(bad)
+
+
+def test_advertisements_as_metallb_writes_them():
+    ad, diags = parse_advertisement(
+        {
+            "kind": "L2Advertisement",
+            "metadata": {"name": "l2", "namespace": "metallb-system"},
+            "spec": {
+                "ipAddressPools": ["lan"],
+                "ipAddressPoolSelectors": [{"matchLabels": {"zone": "dmz"}}],
+                "nodeSelectors": [{"matchLabels": {"rack": "a"}}],
+                "interfaces": ["eth1"],
+            },
+        }
+    )
+    assert diags == [] and ad is not None
+    assert ad.covers(pool("lan", "10.0.0.0/30")) and not ad.covers(pool("x", "10.0.0.0/30"))
+    assert ad.admits({"rack": "a", "other": "1"}) and not ad.admits({"rack": "b"})
+    every = parse_advertisement({"kind": "L2Advertisement", "metadata": {"name": "all"}})[0]
+    assert every.covers(None) and every.covers(pool("x", "10.0.0.0/30")) and every.admits({})
+    ad, diags = parse_advertisement(
+        {
+            "metadata": {"name": "expr"},
+            "spec": {"nodeSelectors": [{"matchExpressions": [{"key": "a", "operator": "In"}]}]},
+        }
+    )
+    assert ad is None
+    assert [d.field for d in diags] == ["spec.nodeSelectors[0].matchExpressions"]
+
+
+def test_status_changes_write_allocations_release_ours_and_touch_nothing_else():
+    lan = pool("lan", "192.168.1.240/30")
+    has = {"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}}
+    services = [
+        lb("new"),
+        lb("same", status=has),
+        service("was-lb", status=has),  # type changed away: ours, released
+        service("cloud", status={"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}),
+        lb("theirs", loadBalancerClass="example.com/cloud"),
+    ]
+    current = {s.key: s.ingress_ips for s in services if s.ingress_ips}
+    assigned, _ = allocate(services, [lan], current)
+    assert assigned["default/same"] == ("192.168.1.240",)
+    assert "theirs" not in {k.split("/")[1] for k in assigned}
+    changes = status_changes(services, assigned, [lan])
+    assert changes == {"default/new": assigned["default/new"], "default/was-lb": ()}
+    # a configured class is served too, beside the class-less ones
+    assigned, _ = allocate(services, [lan], lb_class="example.com/cloud")
+    assert "default/theirs" in assigned and "default/new" in assigned

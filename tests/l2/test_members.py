@@ -29,8 +29,10 @@ def trio():
     ports = free_ports(3)
     peers = {f"node-{i + 1}": ("127.0.0.1", p) for i, p in enumerate(ports)}
     agents = {
-        name: Members(MembersConfig(name, "127.0.0.1", addr[1], KEY, peers))
-        for name, addr in peers.items()
+        name: Members(
+            MembersConfig(name, "127.0.0.1", addr[1], KEY, peers, meta={"uplink": f"eth{i}"})
+        )
+        for i, (name, addr) in enumerate(peers.items())
     }
     for a in agents.values():
         a.start()
@@ -64,6 +66,12 @@ def test_a_dead_member_is_known_within_a_second_and_a_returning_one_comes_back(t
         )
     finally:
         back.stop()
+
+
+def test_every_member_learns_what_the_others_say_of_themselves(trio):
+    agents, peers = trio
+    want = {n: {"uplink": f"eth{i}"} for i, n in enumerate(peers)}
+    eventually(lambda: all(a.meta() == want for a in agents.values()))
 
 
 def test_forged_garbage_and_oversized_datagrams_are_counted_and_ignored(trio):

@@ -1,0 +1,170 @@
+"""The cluster's LoadBalancer IP allocator, end to end over the Kubernetes source: the Lease
+holder writes status.loadBalancer.ingress and Events through the real client, the agent
+announces what the status says in the real maps, and nobody else writes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import pytest
+from kubernetes import client
+
+from controlplane.agent import Agent, AgentConfig
+from controlplane.datapath.maps import get_addr
+from controlplane.l2.allocator import Allocator
+from controlplane.l2.lease import LeaseElector
+from controlplane.l2.members import Members, MembersConfig
+from controlplane.sources.kubernetes import KubernetesSource
+from tests.k8s.apiserver import ApiServer
+from tests.k8s.test_source import NODE
+from tests.l2.test_agent_l2 import eventually
+from tests.l2.test_members import KEY, free_ports
+from tests.test_agent import SyncerDatapath, running
+
+POOL = {
+    "apiVersion": "metallb.io/v1beta1",
+    "kind": "IPAddressPool",
+    "metadata": {"name": "lan", "namespace": "metallb-system"},
+    "spec": {"addresses": ["192.168.198.240-192.168.198.241"]},
+}
+LEASE = {"duration": 1.0, "renew_deadline": 0.6, "retry": 0.1}
+STATUS = ("PATCH", "/api/v1/services", "status")
+
+
+def lb(name, cluster_ip, **spec):
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": cluster_ip, "ports": [{"port": 80}], **spec},
+    }
+
+
+def api_client(api):
+    cfg = client.Configuration()
+    cfg.host = api.url
+    return client.ApiClient(cfg)
+
+
+@contextlib.contextmanager
+def allocating_agent(api, syncer, lease_first=None):
+    """node-1's agent over the API with gossip on loopback, a Lease elector and the
+    allocator; `lease_first` (another elector) may hold the Lease already."""
+    source = KubernetesSource(api_client(api), watch_timeout=5, backoff=(0.05, 1.0))
+    lease = LeaseElector(api_client(api), "node-1", **LEASE)
+    members = Members(MembersConfig("node-1", "127.0.0.1", free_ports(1)[0], KEY))
+    agent = Agent(
+        AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
+        source,
+        SyncerDatapath(syncer),
+        members=members,
+        allocator=Allocator(lease, source, "node-1"),
+    )
+    members.start()
+    lease.start()
+    try:
+        with running(agent, join=10):
+            yield agent
+    finally:
+        lease.stop()
+        members.stop()
+        syncer.sync_lb_ips(set())
+
+
+@pytest.fixture
+def api():
+    server = ApiServer()
+    server.apply(NODE)
+    server.apply(POOL)
+    yield server
+    server.close()
+
+
+def ingress(api, name):
+    status = api.objects["/api/v1/services"][("default", name)].get("status") or {}
+    return [i["ip"] for i in (status.get("loadBalancer") or {}).get("ingress") or []]
+
+
+def events(api, name, reason=None):
+    return [
+        e
+        for e in api.events
+        if e["involvedObject"]["name"] == name and (reason is None or e["reason"] == reason)
+    ]
+
+
+def announced(syncer):
+    return {get_addr(k) for k in syncer.maps.lb_ips}
+
+
+def test_an_ip_from_the_pool_in_status_with_an_event_and_announced(api, syncer):
+    with allocating_agent(api, syncer):
+        api.apply(lb("web", "10.96.8.1"))
+        eventually(lambda: ingress(api, "web") == ["192.168.198.240"])
+        eventually(lambda: announced(syncer) == {"192.168.198.240"})
+        (event,) = events(api, "web")
+        assert (event["type"], event["reason"]) == ("Normal", "IPAllocated")
+        assert "192.168.198.240" in event["message"]
+        # a requested address; another controller's class is left alone
+        api.apply(lb("fixed", "10.96.8.2", loadBalancerIP="192.168.198.241"))
+        api.apply(lb("theirs", "10.96.8.3", loadBalancerClass="example.com/cloud"))
+        eventually(lambda: ingress(api, "fixed") == ["192.168.198.241"])
+        eventually(lambda: announced(syncer) == {"192.168.198.240", "192.168.198.241"})
+        assert ingress(api, "theirs") == [] and events(api, "theirs") == []
+        assert api.writes[STATUS] == 2
+
+
+def test_a_service_without_an_address_gets_one_warning_saying_why(api, syncer):
+    with allocating_agent(api, syncer):
+        api.apply(lb("a", "10.96.8.1"))
+        api.apply(lb("b", "10.96.8.2"))
+        api.apply(lb("outside", "10.96.8.3", loadBalancerIP="10.1.2.3"))
+        api.apply(lb("full", "10.96.8.4"))  # the pool has two addresses
+        eventually(lambda: events(api, "outside") and events(api, "full"))
+        (outside,) = events(api, "outside")
+        assert outside["type"] == "Warning" and outside["reason"] == "AllocationFailed"
+        assert "10.1.2.3 is in no address pool" in outside["message"]
+        (full,) = events(api, "full")
+        assert "no free IPv4 address in lan" in full["message"]
+        assert ingress(api, "outside") == ingress(api, "full") == []
+        # other syncs do not repeat them
+        api.apply(lb("c", "10.96.8.5", loadBalancerIP="192.168.198.240"))
+        eventually(lambda: events(api, "c", "AllocationFailed"))
+        assert len(events(api, "full")) == len(events(api, "outside")) == 1
+
+
+def test_leaving_loadbalancer_releases_the_address_for_the_next(api, syncer):
+    with allocating_agent(api, syncer):
+        api.apply(lb("a", "10.96.8.1"))
+        api.apply(lb("b", "10.96.8.2"))
+        eventually(lambda: ingress(api, "a") and ingress(api, "b"))
+        api.apply(lb("c", "10.96.8.3"))
+        eventually(lambda: events(api, "c", "AllocationFailed"))
+        freed = ingress(api, "a")
+        plain = lb("a", "10.96.8.1")
+        plain["spec"]["type"] = "ClusterIP"
+        plain["status"] = api.objects["/api/v1/services"][("default", "a")]["status"]
+        api.apply(plain)
+        eventually(lambda: ingress(api, "a") == [] and ingress(api, "c") == freed)
+        assert events(api, "a", "IPReleased")
+        eventually(lambda: announced(syncer) == set(ingress(api, "b") + freed))
+
+
+def test_only_the_lease_holder_allocates_and_another_takes_over_when_it_dies(api, syncer):
+    other = LeaseElector(api_client(api), "node-2", **LEASE)
+    other.start()
+    eventually(lambda: other.leading)
+    try:
+        with allocating_agent(api, syncer):
+            api.apply(lb("web", "10.96.8.1"))
+            eventually(lambda: any(k[0] == "10.96.8.1" for k in syncer.frontends))
+            time.sleep(0.3)
+            assert ingress(api, "web") == [] and api.writes[STATUS] == 0  # node-2 holds it
+            other.stopping.set()  # node-2 crashes: its Lease expires after 1 s
+            other.thread.join()
+            took = eventually(lambda: ingress(api, "web") == ["192.168.198.240"], timeout=5)
+            print(f"node-1 allocated {took:.2f}s after the Lease holder died (duration 1.0 s)")
+            assert api.writes[STATUS] == 1
+    finally:
+        other.stop()
