@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXAMPLES ?= examples/services
 PYTEST_ARGS ?=
 
-.PHONY: setup host venv test demo lint bench clean
+.PHONY: setup host venv test demo lint bench bench-ci clean
 
 setup: host venv
 
@@ -34,6 +34,16 @@ lint: venv
 
 bench: setup
 	$(PY) -m pytest bench --benchmark-only -p no:cacheprovider
+
+# After the tests in CI: packet rates against iptables/nftables at 1 Service and the control
+# plane at 10,000 Services, JSON + markdown + plots in bench/results/; fails only if xlb
+# delivers less than 2x iptables (bench/ci.py).
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+bench-ci: setup $(VENV)/.bench-installed
+	$(PY) -m bench.ci
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,67 +1,19 @@
 """Control-plane benchmarks (pytest-benchmark): `make bench`, never part of `make test`.
 
-Targets (issue "Foundation"): build_table m=16381 N=100 ≤ 10 ms; m=65537 N=1000 ≤ 100 ms;
-translate of 10,000 Services × 10 endpoints ≤ 1 s.
+Targets: build_table m=16381 N=100 ≤ 10 ms; m=65537 N=1000 ≤ 100 ms; translate of 10,000
+Services × 10 endpoints ≤ 1 s; full sync of 10,000 × 10 into the real maps ≤ 2 s; one
+endpoint change → maps ≤ 20 ms p99 (bench/controlplane.py reports the distribution).
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from bench.controlplane import NODE, change_one_endpoint, cluster, real_maps
 from controlplane.maglev import build_table
-from controlplane.model import translate
-from controlplane.model.objects import (
-    Endpoint,
-    EndpointPort,
-    EndpointSlice,
-    Node,
-    Protocol,
-    Service,
-    ServicePort,
-    ServiceType,
-)
-
-NODE = Node("node-1", ("192.168.198.201",))
-
-
-def cluster(services: int, endpoints: int) -> tuple[list[Service], list[EndpointSlice]]:
-    svcs, slices = [], []
-    for i in range(services):
-        name = f"svc-{i}"
-        kind = ServiceType.NODE_PORT if i % 4 == 0 else ServiceType.CLUSTER_IP
-        svcs.append(
-            Service(
-                namespace="bench",
-                name=name,
-                type=kind,
-                cluster_ips=(f"10.{96 + i // 65536}.{i // 256 % 256}.{i % 256}",),
-                ip_families=("IPv4",),
-                ports=(
-                    ServicePort(
-                        "http",
-                        Protocol.TCP,
-                        80,
-                        8080,
-                        30000 + i % 2768 if kind is ServiceType.NODE_PORT else None,
-                    ),
-                ),
-                selector={"app": name},
-            )
-        )
-        eps = tuple(
-            Endpoint(
-                (
-                    f"10.{128 + (i * endpoints + k) // 65536}."
-                    f"{(i * endpoints + k) // 256 % 256}.{(i * endpoints + k) % 256}",
-                ),
-                node_name=f"node-{k % 3 + 1}",
-            )
-            for k in range(endpoints)
-        )
-        slices.append(
-            EndpointSlice("bench", f"{name}-x", name, "IPv4", eps, (EndpointPort("http", 8080),))
-        )
-    return svcs, slices
+from controlplane.model import Translator, translate
 
 
 @pytest.mark.parametrize("m,n", [(16381, 100), (65537, 1000)])
@@ -76,3 +28,33 @@ def test_translate(benchmark, services):
     svcs, slices = cluster(services, 10)
     state = benchmark.pedantic(translate, (svcs, slices, NODE), rounds=3, iterations=1)
     assert len(state.frontends) >= services
+
+
+@pytest.mark.parametrize("services", [1000, 10000])
+def test_full_sync_into_the_real_maps(benchmark, services):
+    svcs, slices = cluster(services, 10)
+
+    def full_sync():
+        with real_maps(services, 10) as syncer:  # fresh maps: every entry is written
+            start = time.perf_counter()
+            syncer.sync(translate(svcs, slices, NODE), NODE.addresses[0])
+            return time.perf_counter() - start
+
+    benchmark.extra_info["seconds_without_compile"] = benchmark.pedantic(
+        full_sync, rounds=2, iterations=1
+    )
+
+
+def test_one_endpoint_change_reaches_the_maps(benchmark):
+    svcs, slices = cluster(10000, 10)
+    translator = Translator()
+    with real_maps(10000, 10) as syncer:
+        syncer.sync(translator(svcs, slices, NODE), NODE.addresses[0])
+        changes = iter(range(1_000_000))
+
+        def one_change():
+            change_one_endpoint(slices, next(changes))
+            return syncer.sync(translator(svcs, slices, NODE), NODE.addresses[0])
+
+        res = benchmark.pedantic(one_change, rounds=10, iterations=1)
+        assert 0 < res.writes < 50

@@ -8,6 +8,7 @@ the pinned maps back and carries on).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from .datapath.node import remote_addresses, warm_neighbours
 from .l2.election import owners
-from .model import Level, translate
+from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
 from .model.translate import TranslateConfig
@@ -109,7 +110,10 @@ class ManifestSource:
 
 
 def desired_state(
-    cluster: Cluster, node_name: str, cfg: TranslateConfig | None = None
+    cluster: Cluster,
+    node_name: str,
+    cfg: TranslateConfig | None = None,
+    translator: Callable[..., DesiredState] = translate,
 ) -> tuple[DesiredState, list[str]]:
     """This node's desired state and its addresses (for SNAT)."""
     node = next((n for n in cluster.nodes if n.name == node_name), None)
@@ -123,7 +127,7 @@ def desired_state(
             "not in the cluster: check --node against the Node objects",
         )
         return DesiredState(diagnostics=(diag,)), []
-    state = translate(cluster.services, cluster.slices, node, cfg)
+    state = translator(cluster.services, cluster.slices, node, cfg)
     return DesiredState(
         state.frontends, state.health_checks, tuple(cluster.diagnostics) + state.diagnostics
     ), list(node.addresses)
@@ -159,6 +163,7 @@ class Agent:
         self.last_warm = 0.0
         self.retry = False
         self.state = DesiredState()
+        self.translator = Translator()  # re-translates only the Services that changed
 
     def sync_once(self) -> None:
         cluster = self.source.snapshot()
@@ -168,7 +173,7 @@ class Agent:
             except Exception:  # the datapath's sync goes on; allocation is retried
                 log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
                 self.retry = True
-        state, addresses = desired_state(cluster, self.cfg.node)
+        state, addresses = desired_state(cluster, self.cfg.node, translator=self.translator)
         # Events on Services: from one node only (the first by name), or every node would
         # post the same one
         reporter = getattr(self.source, "report", None)
@@ -198,6 +203,10 @@ class Agent:
         self.warm()
         self.syncs += 1
         self.last_sync = time.monotonic()
+        # What a sync leaves is long-lived (the parsed cluster, the translation, the maps'
+        # mirror): out of the cyclic collector's sight, a full collection no longer walks a
+        # million objects in the middle of the next sync (~200 ms at 10,000 Services)
+        gc.freeze()
         for w in res.warnings:
             log.warning("%s", w)
         if res.writes or res.deletes:

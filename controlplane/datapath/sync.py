@@ -54,6 +54,39 @@ def group_key(fe: Frontend) -> GroupKey:
     )
 
 
+class Batch:
+    """Writes to one map, gathered and made in one BPF_MAP_UPDATE_BATCH (a full sync of
+    10,000 Services is 200,000 writes: one syscall each costs seconds)."""
+
+    def __init__(self, table) -> None:
+        self.table, self.keys, self.leaves = table, [], []
+
+    def set(self, key, leaf) -> None:
+        self.keys.append(key)
+        self.leaves.append(leaf)
+
+    def flush(self) -> None:
+        if len(self.keys) < 16:  # a few: one by one, as cheap and simpler to read in traces
+            for k, v in zip(self.keys, self.leaves, strict=True):
+                self.table[k] = v
+        else:
+            n = len(self.keys)
+            keys = (type(self.keys[0]) * n)(*self.keys)
+            leaves = (type(self.leaves[0]) * n)(*self.leaves)
+            self.table.items_update_batch(keys, leaves)
+        self.keys, self.leaves = [], []
+
+
+def _same(before: tuple[Frontend, ...] | None, now: list[Frontend]) -> bool:
+    """The group's frontends are those of the last sync: the same objects (what a caching
+    translator hands over), else equal ones."""
+    return (
+        before is not None
+        and len(before) == len(now)
+        and all(a is b or a == b for a, b in zip(before, now, strict=True))
+    )
+
+
 @dataclass
 class Group:
     id: int
@@ -61,6 +94,8 @@ class Group:
     ring: int = -1  # -1: no Maglev ring
     ring_gen: int = 0
     table: np.ndarray | None = None  # the live half as written; None: unknown, rewrite
+    built_from: tuple = ()  # (backend names, backend ids) the table was built from
+    algorithm: Algorithm = Algorithm.RANDOM  # what its frontends use (Maglev may fall back)
 
 
 class SyncError(RuntimeError):
@@ -83,6 +118,12 @@ class Syncer:
         self.backends: dict[int, BackendValue] = maps.read_backends()
         self.backend_ids = {(v.address, v.port): i for i, v in self.backends.items()}
         self.free_from = 1  # no slot below this is free: the search for one starts here
+        # what the last sync applied, for the next one to skip what did not change
+        self.synced = False
+        self.applied: dict[GroupKey, tuple[Frontend, ...]] = {}
+        self.contrib: dict[GroupKey, dict[tuple[str, int], int]] = {}  # backend flags
+        self.users: dict[tuple[str, int], dict[GroupKey, int]] = {}  # backend -> groups
+        self.ringless: set[GroupKey] = set()  # want Maglev, got no ring (source-hash)
         self.ranges: dict[int, set[str]] = maps.read_source_ranges()
         self.groups: dict[int, Group] = {}
         slots = maps.read_slots()
@@ -107,11 +148,10 @@ class Syncer:
         backend's slot was reused notices because the address no longer matches."""
         key = (b.address, b.port)
         if key not in self.backend_ids:
-            free = next(
-                (i for i in range(self.free_from, self.cfg.max_backends) if i not in self.backends),
-                None,
-            )
-            if free is None:
+            free = self.free_from
+            while free in self.backends:
+                free += 1
+            if free >= self.cfg.max_backends:
                 raise SyncError(
                     f"more than {self.cfg.max_backends - 1} backends: raise --max-backends"
                 )
@@ -156,31 +196,62 @@ class Syncer:
         node_addr6: str = "::",
         uplink_mac: str = "",
     ) -> SyncResult:
+        """Writes what differs. Groups whose frontends are the very objects (or equal to the
+        ones) of the last sync are skipped whole, so one endpoint change costs one group's
+        writes and a walk over the group keys, not a walk over every backend; the first sync
+        after a (re)start looks at everything, and removes whatever the maps hold beyond it."""
         start = time.perf_counter()
         res = SyncResult()
         m = self.maps
+        full = not self.synced
 
         wanted: dict[GroupKey, list[Frontend]] = {}
         for fe in state.frontends:
             wanted.setdefault(group_key(fe), []).append(fe)
+        removed = [gk for gk in self.applied if gk not in wanted]
+        changed = {
+            gk for gk, fes in wanted.items() if full or not _same(self.applied.get(gk), fes)
+        } | set(removed)
         self.group_ids = {gk: gid for gk, gid in self.group_ids.items() if gk in wanted}
         self._adopt_groups(wanted)
 
-        # 1. backends, new-flow candidates and draining ones alike
-        flags: dict[tuple[str, int], int] = {}
-        for fe in state.frontends:
-            for b in fe.backends + fe.draining:
-                f = (BE_F_LOCAL if b.local else 0) | (BE_F_TERMINATING if b.terminating else 0)
-                flags[(b.address, b.port)] = flags.get((b.address, b.port), 0) | f
-        live_backends: set[int] = set()
-        for (address, port), f in flags.items():
-            bid = self._backend_id(Backend(address, port))
-            live_backends.add(bid)
-            value = BackendValue(address, port, f)
+        # 1. backends, new-flow candidates and draining ones alike: each backend's flags are
+        # the OR over the groups using it; only backends of changed groups are looked at
+        touched: set[tuple[str, int]] = set()
+        for gk in changed:
+            for key in self.contrib.pop(gk, {}):
+                self.users[key].pop(gk, None)
+                touched.add(key)
+            if gk not in wanted:
+                continue
+            mine: dict[tuple[str, int], int] = {}
+            for fe in wanted[gk]:
+                for b in fe.backends + fe.draining:
+                    f = (BE_F_LOCAL if b.local else 0) | (BE_F_TERMINATING if b.terminating else 0)
+                    mine[(b.address, b.port)] = mine.get((b.address, b.port), 0) | f
+            self.contrib[gk] = mine
+            for key, f in mine.items():
+                self.users.setdefault(key, {})[gk] = f
+                touched.add(key)
+        unused: list[tuple[str, int]] = []
+        backends = Batch(m.backends)
+        for key in sorted(touched):
+            users = self.users.get(key)
+            if not users:
+                self.users.pop(key, None)
+                unused.append(key)
+                continue
+            f = 0
+            for x in users.values():
+                f |= x
+            bid = self._backend_id(Backend(*key))
+            value = BackendValue(key[0], key[1], f)
             if self.backends.get(bid) != value:
-                m.backends[ct.c_uint32(bid)] = m.backend_leaf(value)
+                backends.set(ct.c_uint32(bid), m.backend_leaf(value))
                 self.backends[bid] = value
                 res.writes += 1
+
+        backends.flush()
 
         # Rings of groups this sync removes can be reused at once; their frontends stay live
         # until the deletes at the end, so a new owner must write the half they do not read.
@@ -190,70 +261,127 @@ class Syncer:
             if gid not in used_groups and group.ring >= 0:
                 recycled[group.ring] = group.ring_gen
                 group.ring = -1
+        for gk in changed:  # and so can the rings of groups that no longer use Maglev
+            group = self.groups[self.group_ids[gk]] if gk in wanted else None
+            if group and group.ring >= 0 and wanted[gk][0].algorithm is not Algorithm.MAGLEV:
+                recycled[group.ring] = group.ring_gen
+                group.ring, group.table = -1, None
+        if recycled:  # groups that wanted a ring and had none may get one now
+            changed |= {gk for gk in self.ringless if gk in wanted}
 
-        # 2. slots and 3. rings, per group
+        # 2. slots and 3. rings, per changed group
         self.rings_used = {g.ring for g in self.groups.values() if g.ring >= 0}
         old_counts: dict[int, int] = {}
-        algorithms: dict[int, Algorithm] = {}
-        for gk, fes in wanted.items():
+        slots = Batch(m.slots)  # written before any ring: _ring flushes it first
+        self.pending_slots = slots
+        for gk in sorted(changed, key=lambda g: self.group_ids.get(g, 0)):
+            if gk not in wanted:
+                continue
+            fes = wanted[gk]
             group = self.groups[self.group_ids[gk]]
             ordered = sorted(fes[0].backends, key=lambda b: b.name)
             ids = tuple(self._backend_id(b) for b in ordered)
             old_counts[group.id] = len(group.backends)
             for slot, bid in enumerate(ids, start=1):
                 if slot > len(group.backends) or group.backends[slot - 1] != bid:
-                    m.slots[m.slot_key(group.id, slot)] = ct.c_uint32(bid)
+                    slots.set(m.slot_key(group.id, slot), ct.c_uint32(bid))
                     res.writes += 1
             group.backends = ids
-            algorithms[group.id] = self._ring(group, fes[0], ordered, recycled, res)
+            group.algorithm = self._ring(group, fes[0], ordered, recycled, res)
+            if fes[0].algorithm is Algorithm.MAGLEV and group.ring < 0:
+                self.ringless.add(gk)
+            else:
+                self.ringless.discard(gk)
 
-        # 4. service entries (and their source ranges, written before the entry enables them)
-        wanted_keys = set()
-        used_ids = {v.id for v in self.frontends.values()}  # stale ones are freed next sync
-        free_ids = iter(i for i in range(self.cfg.max_services) if i not in used_ids)
-        for fe in state.frontends:
-            wanted_keys.add(fe.key)
-            group = self.groups[self.group_ids[group_key(fe)]]
-            old = self.frontends.get(fe.key)
-            svc_id = old.id if old is not None else next(free_ids)
-            self._sync_ranges(svc_id, set(fe.source_ranges), res)
-            value = SvcValue(
-                id=svc_id,
-                group=group.id,
-                ring=max(group.ring, 0),
-                affinity_timeout=fe.affinity_timeout,
-                count=len(group.backends),
-                algorithm=ALG_NUM[algorithms[group.id]],
-                ring_gen=group.ring_gen,
-                flags=(
-                    (SVC_F_PRESERVE_CLIENT if fe.preserve_client_ip else 0)
-                    | (SVC_F_DROP_EMPTY if fe.no_backend is NoBackend.DROP else 0)
-                    | (SVC_F_SOURCE_RANGES if fe.source_ranges else 0)
-                ),
-            )
-            if old != value:
-                m.services[m.svc_key(*fe.key)] = m.svc_leaf(value)
-                self.frontends[fe.key] = value
-                res.writes += 1
+        # 4. service entries of changed groups (and their source ranges, written before the
+        # entry enables them)
+        slots.flush()
+        free_ids = None
+        wanted_keys: set = set()
+        services = Batch(m.services)
+        for gk in changed:
+            for fe in wanted.get(gk, ()):
+                wanted_keys.add(fe.key)
+                group = self.groups[self.group_ids[gk]]
+                old = self.frontends.get(fe.key)
+                if old is None and free_ids is None:
+                    used_ids = {v.id for v in self.frontends.values()}
+                    free_ids = iter(i for i in range(self.cfg.max_services) if i not in used_ids)
+                svc_id = old.id if old is not None else next(free_ids)
+                self._sync_ranges(svc_id, set(fe.source_ranges), res)
+                value = SvcValue(
+                    id=svc_id,
+                    group=group.id,
+                    ring=max(group.ring, 0),
+                    affinity_timeout=fe.affinity_timeout,
+                    count=len(group.backends),
+                    algorithm=ALG_NUM[group.algorithm],
+                    ring_gen=group.ring_gen,
+                    flags=(
+                        (SVC_F_PRESERVE_CLIENT if fe.preserve_client_ip else 0)
+                        | (SVC_F_DROP_EMPTY if fe.no_backend is NoBackend.DROP else 0)
+                        | (SVC_F_SOURCE_RANGES if fe.source_ranges else 0)
+                    ),
+                )
+                if old != value:
+                    services.set(m.svc_key(*fe.key), m.svc_leaf(value))
+                    self.frontends[fe.key] = value
+                    res.writes += 1
+
+        services.flush()
 
         # 5. deletes, in reverse order of dependence
-        for key in [k for k in self.frontends if k not in wanted_keys]:
-            old = self.frontends.pop(key)
+        if full:
+            stale = [k for k in self.frontends if k not in wanted_keys]
+        else:  # only frontends of changed groups can have gone (a moved one is re-added)
+            stale = [
+                fe.key
+                for gk in changed
+                for fe in self.applied.get(gk, ())
+                if fe.key not in wanted_keys
+            ]
+        for key in stale:
+            old = self.frontends.pop(key, None)
+            if old is None:
+                continue
             del m.services[m.svc_key(*key)]
             res.deletes += 1
             self._sync_ranges(old.id, set(), res)
-        for gid, group in list(self.groups.items()):
+        checked = (
+            list(self.groups)
+            if full
+            else [self.group_ids[gk] for gk in changed if gk in wanted]
+            + [gid for gid in self.groups if gid not in used_groups]
+        )
+        for gid in checked:
+            group = self.groups[gid]
             first_stale = len(group.backends) + 1 if gid in used_groups else 1
             for slot in range(first_stale, max(old_counts.get(gid, 0), len(group.backends)) + 1):
                 self._delete(m.slots, m.slot_key(gid, slot), res)
             if gid not in used_groups:
                 del self.groups[gid]
-        for bid in [b for b in self.backends if b not in live_backends]:
-            value = self.backends.pop(bid)
-            self.backend_ids.pop((value.address, value.port), None)
+        if full:  # whatever the maps held that nothing uses
+            unused = [(v.address, v.port) for v in self.backends.values() if v.address]
+            unused = [k for k in unused if k not in self.users]
+        for key in unused:
+            bid = self.backend_ids.pop(key, None)
+            if bid is None:
+                continue
+            self.backends.pop(bid, None)
             self.free_from = min(self.free_from, bid)
             self._delete(m.backends, ct.c_uint32(bid), res)
+        if full:  # reserved or unreadable slots nobody claims
+            for bid in [b for b, v in self.backends.items() if not v.address]:
+                self.backends.pop(bid)
+                self._delete(m.backends, ct.c_uint32(bid), res)
 
+        for gk in removed:
+            self.applied.pop(gk, None)
+            self.ringless.discard(gk)
+        for gk in changed:
+            if gk in wanted:
+                self.applied[gk] = tuple(wanted[gk])
+        self.synced = True
         self._sync_config(node_addr4, node_addr6, uplink_mac, res)
         res.seconds = time.perf_counter() - start
         return res
@@ -285,17 +413,23 @@ class Syncer:
                 return Algorithm.SOURCE_HASH
         if not ordered:
             return Algorithm.MAGLEV  # count 0: the ring is never read
+        names = tuple(b.name for b in ordered)
+        if group.table is not None and (names, group.backends) == group.built_from:
+            return Algorithm.MAGLEV  # same backends, same slots: the same table (no rebuild)
         size = self.cfg.ring_size
-        index = build_table([b.name for b in ordered], size)
+        index = build_table(list(names), size)
         table = np.asarray(group.backends, dtype=np.uint32)[index]
         if group.table is not None and np.array_equal(group.table, table):
+            group.built_from = (names, group.backends)
             return Algorithm.MAGLEV
+        self.pending_slots.flush()  # the ring names backends by slot: slots first
         gen = group.ring_gen ^ 1
         base = (group.ring * 2 + gen) * size
         keys = (ct.c_uint32 * size).from_buffer(np.arange(base, base + size, dtype=np.uint32))
         values = (ct.c_uint32 * size).from_buffer(np.ascontiguousarray(table))
         self.maps.rings.items_update_batch(keys, values)
         group.ring_gen, group.table = gen, table
+        group.built_from = (names, group.backends)
         res.ring_writes += 1
         return Algorithm.MAGLEV
 

@@ -3,7 +3,7 @@
 from .diagnostics import Diagnostic, Level
 from .objects import Endpoint, EndpointPort, EndpointSlice, Family, Node, Protocol, Service
 from .state import Algorithm, Backend, DesiredState, Frontend, FrontendKind, NoBackend, Scope
-from .translate import TranslateConfig, translate
+from .translate import TranslateConfig, Translator, translate
 
 __all__ = [
     "Algorithm",
@@ -23,5 +23,6 @@ __all__ = [
     "Scope",
     "Service",
     "TranslateConfig",
+    "Translator",
     "translate",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -79,7 +78,8 @@ class Frontend:
 
     @property
     def family(self) -> Family:
-        return Family.IPv6 if ipaddress.ip_address(self.address).version == 6 else Family.IPv4
+        # addresses here are validated and normalised: only IPv6 ones hold a colon
+        return Family.IPv6 if ":" in self.address else Family.IPv4
 
     @property
     def endpoint(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .diagnostics import Collector, Diagnostic
@@ -207,6 +207,59 @@ def _port_frontends(
     return out
 
 
+_Translated = tuple[list[Frontend], "HealthCheck | None", list[Diagnostic]]
+
+
+class Translator:
+    """translate() that remembers each Service's translation and reuses it while the
+    Service, its slices, the node and the config are the very same objects: a source that
+    parses an object once per version (the Kubernetes source) hands over the same objects
+    for everything that did not change, so one endpoint change re-translates one Service.
+    (Node and config are compared by value: they are small.)"""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, tuple[Service, tuple, Node | None, TranslateConfig, _Translated]] = {}
+
+    def __call__(
+        self,
+        services: Iterable[Service],
+        slices: Iterable[EndpointSlice],
+        node: Node | None,
+        config: TranslateConfig | None = None,
+    ) -> DesiredState:
+        seen: set[str] = set()
+        cfg = config or TranslateConfig()
+
+        def one(service: Service, mine: list[EndpointSlice]) -> _Translated:
+            seen.add(service.key)
+            hit = self.cache.get(service.key)
+            if (
+                hit is not None
+                and hit[0] is service
+                and hit[2] == node
+                and hit[3] == cfg
+                and len(hit[1]) == len(mine)
+                and all(a is b for a, b in zip(hit[1], mine, strict=True))
+            ):
+                return hit[4]
+            out = _translate_fresh(service, mine, node, cfg)
+            self.cache[service.key] = (service, tuple(mine), node, cfg, out)
+            return out
+
+        state = _translate(services, slices, node, cfg, one)
+        for key in [k for k in self.cache if k not in seen]:
+            del self.cache[key]
+        return state
+
+
+def _translate_fresh(
+    service: Service, mine: list[EndpointSlice], node: Node | None, cfg: TranslateConfig
+) -> _Translated:
+    diag = Collector("Service", service.namespace, service.name)
+    fes, hc = _translate_service(service, mine, node, cfg, diag)
+    return fes, hc, list(diag.items)
+
+
 def translate(
     services: Iterable[Service],
     slices: Iterable[EndpointSlice],
@@ -216,6 +269,18 @@ def translate(
     """The frontends this node must serve. Problems with one Service become diagnostics and
     never affect another Service."""
     cfg = config or TranslateConfig()
+    return _translate(
+        services, slices, node, cfg, lambda svc, mine: _translate_fresh(svc, mine, node, cfg)
+    )
+
+
+def _translate(
+    services: Iterable[Service],
+    slices: Iterable[EndpointSlice],
+    node: Node | None,
+    cfg: TranslateConfig,
+    one: Callable[[Service, list[EndpointSlice]], _Translated],
+) -> DesiredState:
     by_service: dict[str, list[EndpointSlice]] = defaultdict(list)
     for sl in slices:
         by_service[sl.service_key].append(sl)
@@ -237,7 +302,8 @@ def translate(
             )
             diagnostics += diag.items
             continue
-        mine, hc = _translate_service(service, by_service.get(service.key, []), node, cfg, diag)
+        mine, hc, items = one(service, by_service.get(service.key, []))
+        diag.items.extend(items)
         reported: set[tuple[str, int, Protocol]] = set()
         for fe in mine:
             other = owner.get(fe.key)

@@ -16,7 +16,7 @@ from controlplane.model import (
 )
 from controlplane.model.objects import Node
 from controlplane.model.parse import parse_endpoints
-from tests.helpers import NODE1, NODE2, addrs, ep, service, slice_
+from tests.helpers import EXAMPLES, NODE1, NODE2, addrs, ep, service, slice_
 
 
 def frontends(state, kind=None, scope=None):
@@ -446,3 +446,48 @@ def test_translate_without_a_node_has_no_node_ports_or_locals():
     state = translate([service(**spec)], [slice_("web", MIXED)], None)
     assert frontends(state, FrontendKind.NODE_PORT) == []
     assert not any(b.local for f in state.frontends for b in f.backends)
+
+
+def test_the_translator_reuses_unchanged_services_and_matches_translate(monkeypatch):
+    import dataclasses
+    import sys
+
+    from controlplane.model import Translator
+    from controlplane.sources.manifests import load_cluster
+
+    module = sys.modules["controlplane.model.translate"]
+    c = load_cluster([EXAMPLES / "services"])
+    node = c.nodes[0]
+    calls = []
+    real = module._translate_service
+
+    def counting(service, *args):
+        calls.append(service.key)
+        return real(service, *args)
+
+    monkeypatch.setattr(module, "_translate_service", counting)
+    translator = Translator()
+    assert translator(c.services, c.slices, node) == translate(c.services, c.slices, node)
+    n = len(calls) // 2  # Services translated by each of the two
+    calls.clear()
+    assert translator(c.services, c.slices, node) == translate(c.services, c.slices, node)
+    assert len(calls) == n  # only translate() worked: the translator reused them all
+    # one slice changes: that Service alone is translated again
+    at = next(i for i, sl in enumerate(c.slices) if sl.endpoints)
+    sl = c.slices[at]
+    ep = dataclasses.replace(sl.endpoints[0], ready=not sl.endpoints[0].ready)
+    slices = [
+        *c.slices[:at],
+        dataclasses.replace(sl, endpoints=(ep, *sl.endpoints[1:])),
+        *c.slices[at + 1 :],
+    ]
+    calls.clear()
+    got = translator(c.services, slices, node)
+    assert got == translate(c.services, slices, node)
+    assert calls.count(sl.service_key) == 2 and len(calls) == n + 1
+    # another node: everything again; a deleted Service is forgotten
+    calls.clear()
+    assert translator(c.services[1:], slices, c.nodes[1]) == translate(
+        c.services[1:], slices, c.nodes[1]
+    )
+    assert c.services[0].key not in translator.cache

@@ -1,0 +1,99 @@
+"""The benchmark CI runs after the tests (`make bench-ci`, a few minutes): xlb against
+kube-proxy's iptables and nftables modes and the bare-XDP ceiling at 1 Service (interleaved
+repetitions, medians), and the control plane at 10,000 Services x 10 endpoints into the real
+maps. Writes bench/results/ci.{json,md} and PNG plots. Fails only if xlb delivers less than
+2x the iptables rate: a noise-tolerant guard, not a timed test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import controlplane, dataplane  # noqa: E402
+
+GUARD = 2.0  # xlb / iptables, 1 Service, established flows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.ci", description=__doc__)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved runs per balancer")
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--services", type=int, default=10000, help="control-plane size")
+    p.add_argument("--changes", type=int, default=20)
+    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"kernel {platform.release()}"
+    )
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    started = time.monotonic()
+
+    runs = dataplane.matrix(
+        dataplane.MODES, (1,), ("established",), args.seconds, args.repeats, log=print
+    )
+    med = dataplane.medians(runs)
+    xlb, ipt = med[("established", 1, "xlb")][0], med[("established", 1, "iptables")][0]
+    ratio = xlb / ipt if ipt else float("inf")
+
+    cp = controlplane.measure(args.services, 10, args.changes)
+    mem = controlplane.agent_memory(args.services, 10)
+    result = {
+        "machine": machine,
+        "time": stamp,
+        "guard": {"xlb_over_iptables": ratio, "minimum": GUARD, "passed": ratio >= GUARD},
+        "dataplane": [asdict(r) for r in runs],
+        "controlplane": cp | mem,
+        "seconds": time.monotonic() - started,
+    }
+    (out / "ci.json").write_text(json.dumps(result, indent=2))
+    md = [
+        f"Measured on {machine}, {stamp}, by `make bench-ci` "
+        f"({args.repeats} interleaved runs of {args.seconds:.0f} s per balancer).",
+        "",
+        dataplane.report(runs),
+        f"| control plane, {args.services:,} Services x 10 endpoints | measured | target |",
+        "|---|---|---|",
+        f"| full sync (translate + maps) | {cp['full_sync_s']:.2f} s "
+        f"({cp['full_sync_translate_s']:.2f} + {cp['full_sync_write_s']:.2f}; "
+        f"{cp['full_sync_writes']} writes) | ≤ 2 s |",
+        f"| one endpoint change -> maps, p50 / p99 of {args.changes} | "
+        f"{cp['change_p50_s'] * 1000:.0f} / {cp['change_p99_s'] * 1000:.0f} ms | ≤ 20 ms p99 |",
+        f"| agent RSS (peak while compiling) | {mem['rss_mib']:.0f} MiB "
+        f"({mem['peak_rss_mib']:.0f}) | ≤ 200 MB |",
+        "",
+    ]
+    (out / "ci.md").write_text("\n".join(md))
+    try:
+        from bench import plots
+
+        plots.dataplane(runs, out / "ci-dataplane.png", f"1 Service, UDP, {machine}")
+        plots.change_latency(
+            cp["change_s"], out / "ci-change-latency.png", f"{args.services} Services x 10"
+        )
+    except ImportError as exc:  # the numbers stand without the pictures
+        print(f"bench-ci: no plots ({exc}); install the bench extra (make bench-ci does)")
+    print("\n".join(md))
+    verdict = "passed" if ratio >= GUARD else "FAILED"
+    print(
+        f"bench-ci guard {verdict}: xlb delivers {ratio:.1f}x iptables' rate at 1 Service "
+        f"(minimum {GUARD:.0f}x); {time.monotonic() - started:.0f} s"
+    )
+    return 0 if ratio >= GUARD else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
