@@ -1,8 +1,10 @@
-"""The benchmark CI runs after the tests (`make bench-ci`, a few minutes): xlb against
-kube-proxy's iptables and nftables modes and the bare-XDP ceiling at 1 Service (interleaved
-repetitions, medians), and the control plane at 10,000 Services x 10 endpoints into the real
-maps. Writes bench/results/ci.{json,md} and PNG plots. Fails only if xlb delivers less than
-2x the iptables rate: a noise-tolerant guard, not a timed test.
+"""The benchmark CI runs after the tests (`make bench-ci`, about three minutes): xlb against
+kube-proxy's iptables and nftables modes and the bare-XDP ceiling, north-south at 1 Service
+(established flows) and 10,000 Services (a new flow per packet), east-west through a ClusterIP
+with nginx and wrk at 10,000 Services, and the control plane at 10,000 Services x 10 endpoints
+into the real maps; interleaved repetitions, medians. Writes bench/results/ci.{json,md} and
+PNG plots. Fails only if xlb delivers less than 2x the iptables rate at 1 Service: a
+noise-tolerant guard, not a timed test.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import controlplane, dataplane  # noqa: E402
+from bench import controlplane, dataplane, eastwest  # noqa: E402
 
 GUARD = 2.0  # xlb / iptables, 1 Service, established flows
 
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m bench.ci", description=__doc__)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved runs per balancer")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per balancer")
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--services", type=int, default=10000, help="control-plane size")
     p.add_argument("--changes", type=int, default=20)
@@ -45,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = dataplane.matrix(
         dataplane.MODES, (1,), ("established",), args.seconds, args.repeats, log=print
     )
+    runs += dataplane.matrix(
+        dataplane.MODES, (args.services,), ("new-flow",), args.seconds, 2, log=print
+    )
     med = dataplane.medians(runs)
+    east = [r for mode in eastwest.MODES for r in eastwest.measure(mode, 3, args.services)]
+    for r in east:
+        print(f"eastwest {r.mode:<9} {r.test:<9} {r.requests_per_s:10,.0f} req/s")
     xlb, ipt = med[("established", 1, "xlb")][0], med[("established", 1, "iptables")][0]
     ratio = xlb / ipt if ipt else float("inf")
 
@@ -56,15 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         "time": stamp,
         "guard": {"xlb_over_iptables": ratio, "minimum": GUARD, "passed": ratio >= GUARD},
         "dataplane": [asdict(r) for r in runs],
+        "eastwest": [asdict(r) for r in east],
         "controlplane": cp | mem,
         "seconds": time.monotonic() - started,
     }
     (out / "ci.json").write_text(json.dumps(result, indent=2))
     md = [
         f"Measured on {machine}, {stamp}, by `make bench-ci` "
-        f"({args.repeats} interleaved runs of {args.seconds:.0f} s per balancer).",
+        f"(north-south: {args.repeats} interleaved runs of {args.seconds:.0f} s per balancer "
+        "at 1 Service, 2 with a new flow per packet).",
         "",
         dataplane.report(runs),
+        f"East-west, pod to pod through a ClusterIP, {args.services:,} Services "
+        "(nginx, wrk -c16, 3 s, one run each):",
+        "",
+        eastwest.report(east),
         f"| control plane, {args.services:,} Services x 10 endpoints | measured | target |",
         "|---|---|---|",
         f"| full sync (translate + maps) | {cp['full_sync_s']:.2f} s "
@@ -80,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from bench import plots
 
-        plots.dataplane(runs, out / "ci-dataplane.png", f"1 Service, UDP, {machine}")
+        plots.dataplane(runs, out / "ci-dataplane.png", f"north-south, UDP, {machine}")
+        plots.eastwest(
+            east, out / "ci-eastwest.png", f"pod to ClusterIP, {args.services:,} Services"
+        )
         plots.change_latency(
             cp["change_s"], out / "ci-change-latency.png", f"{args.services} Services x 10"
         )

@@ -22,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controlplane.model import Translator, translate  # noqa: E402
+from controlplane.datapath.programs import release_memory  # noqa: E402
+from controlplane.model import Translator  # noqa: E402
 from controlplane.model.objects import (  # noqa: E402
     Endpoint,
     EndpointPort,
@@ -129,7 +130,8 @@ def measure(services: int = 10000, endpoints: int = 10, changes: int = 20) -> di
         t1 = time.perf_counter()
         res = syncer.sync(state, NODE.addresses[0])
         t2 = time.perf_counter()
-        gc.freeze()  # as the agent does after every sync
+        gc.freeze()  # as the agent does after every sync (and after a big one:)
+        release_memory()
         latencies = []
         for i in range(changes):
             change_one_endpoint(slices, i)
@@ -179,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_child:  # agent_memory's fresh process: load, sync, report VmRSS and VmHWM
         svcs, slices = cluster(args.services, args.endpoints)
         with real_maps(args.services, args.endpoints) as syncer:
-            syncer.sync(translate(svcs, slices, NODE), NODE.addresses[0])
+            syncer.sync(Translator()(svcs, slices, NODE), NODE.addresses[0])
+            gc.freeze()
+            release_memory()  # as the agent does after a big sync
             text = Path("/proc/self/status").read_text()
             status = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
             print(int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0]))

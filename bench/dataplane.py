@@ -8,7 +8,15 @@ The generator is BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES on CPU 0 (abo
 here); the balancer's receive path runs as a threaded NAPI pinned to CPU 1; what the sink
 counts per second is the delivered rate. UDP to one frontend whose backend sits behind the
 sink, with N-1 other Services programmed in front of it (kube-proxy's iptables mode walks
-them in order). Mixes: a new flow per packet, or 16 long-lived flows.
+them in order). Mixes:
+
+* established: 16 long-lived flows to a NodePort (externalTrafficPolicy Cluster): the
+  backend is on another node, so every balancer SNATs to the node's address.
+* new-flow: a new flow every packet (16 million before one repeats: source port and
+  address move), to a Service with externalTrafficPolicy Local whose backend is on this node
+  (behind l1, as a pod's veth): no SNAT, so no balancer runs out of source ports, and what is
+  measured is the cost of a new connection (the rule walk, the conntrack entry). xlb
+  translates in XDP and passes the packet to the stack, which forwards it, as for a local pod.
 """
 
 from __future__ import annotations
@@ -174,7 +182,9 @@ class Rig:
             bcc.BPF.attach_xdp(b"l0", fn, 1 << 2)
         self._pin_napi()
 
-    def setup(self, mode: str, services: int) -> None:
+    def setup(self, mode: str, services: int, local_backend: bool = False) -> None:
+        """The balancer under test; local_backend: externalTrafficPolicy Local with the
+        backend on this node (no SNAT), else Cluster with it on another node (SNAT)."""
         import bcc
 
         if mode == "xlb":
@@ -187,7 +197,7 @@ class Rig:
             )
             prog = compile_program("xdp_lb.c", cfg)
             fn = prog.function("xdp_lb", bcc.BPF.XDP)
-            be = (Backend(BACKEND, BPORT, "sink", False),)
+            be = (Backend(BACKEND, BPORT, "sink", local_backend),)
             fes = [
                 Frontend(
                     "bench/target",
@@ -199,6 +209,7 @@ class Rig:
                     Protocol.UDP,
                     be,
                     algorithm=Algorithm.MAGLEV,
+                    preserve_client_ip=local_backend,
                 )
             ]
             fes += [
@@ -248,10 +259,19 @@ class Rig:
                     "exec",
                     self.lb,
                     "iptables-restore",
-                    input=iptables_rules(services),
+                    input=iptables_rules(services, masquerade=not local_backend),
                 )
             else:
-                sh("ip", "netns", "exec", self.lb, "nft", "-f", "-", input=nft_rules(services))
+                sh(
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.lb,
+                    "nft",
+                    "-f",
+                    "-",
+                    input=nft_rules(services, masquerade=not local_backend),
+                )
 
     # -- the measurement ------------------------------------------------------------------
 
@@ -295,8 +315,9 @@ class Rig:
         return sent / elapsed, (self.delivered() - before) / elapsed
 
 
-def iptables_rules(services: int) -> str:
-    """kube-proxy's iptables mode for N UDP Services, the measured one last in KUBE-SERVICES."""
+def iptables_rules(services: int, masquerade: bool = True) -> str:
+    """kube-proxy's iptables mode for N UDP Services, the measured one last in KUBE-SERVICES
+    (masquerade: externalTrafficPolicy Cluster marks the packet for SNAT; Local does not)."""
     lines = [
         "*nat",
         ":PREROUTING ACCEPT [0:0]",
@@ -318,21 +339,22 @@ def iptables_rules(services: int) -> str:
         chains += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
         rules += [
             f"-A KUBE-SERVICES -d {vip}/32 -p udp -m udp --dport {VPORT} -j {svc}",
-            f"-A {svc} -j KUBE-MARK-MASQ",
+            *([f"-A {svc} -j KUBE-MARK-MASQ"] if masquerade else []),
             f"-A {svc} -j {sep}",
             f"-A {sep} -p udp -m udp -j DNAT --to-destination {BACKEND}:{BPORT}",
         ]
     return "\n".join(lines[:6] + chains + lines[6:] + rules + ["COMMIT", ""])
 
 
-def nft_rules(services: int) -> str:
+def nft_rules(services: int, masquerade: bool = True) -> str:
     """kube-proxy's nftables mode: one verdict map keyed by address . protocol . port."""
+    mark = "meta mark set 0x4000 " if masquerade else ""
     elems = [
         f"{VIP if i == services - 1 else other_vip(i)} . udp . {VPORT} : goto svc-{i}"
         for i in range(services)
     ]
     chains = "\n".join(
-        f"  chain svc-{i} {{ meta l4proto udp meta mark set 0x4000 dnat to {BACKEND}:{BPORT}; }}"
+        f"  chain svc-{i} {{ meta l4proto udp {mark}dnat to {BACKEND}:{BPORT}; }}"
         for i in range(services)
     )
     return f"""table ip kube-proxy {{
@@ -355,7 +377,7 @@ def nft_rules(services: int) -> str:
 
 def measure(mode: str, services: int, mix: str, seconds: float = 2.0) -> Result:
     with Rig() as rig:
-        rig.setup(mode, services)
+        rig.setup(mode, services, local_backend=mix == "new-flow")
         rig.frame(0 if mix == "new-flow" else 16)
         rig.run(0.3)  # warm up: neighbour state, conntrack, caches
         gen, delivered = rig.run(seconds)
@@ -439,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         [int(x) for x in args.services.split(",")],
         args.mixes.split(","),
         args.seconds,
+        args.repeats,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -453,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     (out / "dataplane.md").write_text(
         f"Measured on {meta['machine']}, {meta['time']}.\n\n" + report(results)
     )
+    try:
+        from bench import plots
+
+        plots.dataplane(results, out / "dataplane.png", f"north-south, UDP, {meta['machine']}")
+    except ImportError as exc:  # the table stands without the picture
+        print(f"no plot ({exc}): install the bench extra (pip install -e '.[bench]')")
     print(report(results))
     return 0
 

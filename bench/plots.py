@@ -59,3 +59,28 @@ def change_latency(latencies_s: list[float], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def eastwest(results: list, path: Path, title: str) -> None:
+    """Requests per second through a ClusterIP, keep-alive and one request per connection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = [("keepalive", "keep-alive (requests/s)"), ("close", "Connection: close (conns/s)")]
+    modes = list(dict.fromkeys(r.mode for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+    for ax, (test, label) in zip(axes, tests, strict=True):
+        values = [
+            sum(r.requests_per_s for r in results if r.mode == m and r.test == test)
+            / max(1, sum(1 for r in results if r.mode == m and r.test == test))
+            for m in modes
+        ]
+        ax.bar(modes, [v / 1000 for v in values], color=["C0", "C1", "C2"][: len(modes)])
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("thousands per second")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

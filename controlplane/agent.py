@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datapath.node import remote_addresses, warm_neighbours
+from .datapath.programs import release_memory
 from .l2.election import owners
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
@@ -207,6 +208,8 @@ class Agent:
         # mirror): out of the cyclic collector's sight, a full collection no longer walks a
         # million objects in the middle of the next sync (~200 ms at 10,000 Services)
         gc.freeze()
+        if res.writes + res.deletes > 10000:  # a big sync's garbage back to the system
+            release_memory()
         for w in res.warnings:
             log.warning("%s", w)
         if res.writes or res.deletes:

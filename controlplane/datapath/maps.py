@@ -85,7 +85,7 @@ def ntohs(port: int) -> int:
     return socket.ntohs(port)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SvcValue:
     """The service entry as the sync reasons about it; written as xlb_svc."""
 
@@ -99,7 +99,7 @@ class SvcValue:
     flags: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackendValue:
     address: str
     port: int

@@ -55,8 +55,8 @@ def group_key(fe: Frontend) -> GroupKey:
 
 
 class Batch:
-    """Writes to one map, gathered and made in one BPF_MAP_UPDATE_BATCH (a full sync of
-    10,000 Services is 200,000 writes: one syscall each costs seconds)."""
+    """Writes to one map, gathered and made with BPF_MAP_UPDATE_BATCH (a full sync of
+    10,000 Services is 200,000 writes: one syscall each costs seconds), in the order given."""
 
     def __init__(self, table) -> None:
         self.table, self.keys, self.leaves = table, [], []
@@ -64,6 +64,8 @@ class Batch:
     def set(self, key, leaf) -> None:
         self.keys.append(key)
         self.leaves.append(leaf)
+        if len(self.keys) >= 4096:  # in chunks: a whole sync's worth of ctypes would stay
+            self.flush()  # in the allocator's arenas (RSS) long after
 
     def flush(self) -> None:
         if len(self.keys) < 16:  # a few: one by one, as cheap and simpler to read in traces
@@ -122,7 +124,9 @@ class Syncer:
         self.synced = False
         self.applied: dict[GroupKey, tuple[Frontend, ...]] = {}
         self.contrib: dict[GroupKey, dict[tuple[str, int], int]] = {}  # backend flags
-        self.users: dict[tuple[str, int], dict[GroupKey, int]] = {}  # backend -> groups
+        # backend -> how many groups use it with each flag value (0-3), 16 bits a count,
+        # packed in one int: one entry per backend, not a dict (100,000 backends at 10k)
+        self.users: dict[tuple[str, int], int] = {}
         self.ringless: set[GroupKey] = set()  # want Maglev, got no ring (source-hash)
         self.ranges: dict[int, set[str]] = maps.read_source_ranges()
         self.groups: dict[int, Group] = {}
@@ -219,8 +223,8 @@ class Syncer:
         # the OR over the groups using it; only backends of changed groups are looked at
         touched: set[tuple[str, int]] = set()
         for gk in changed:
-            for key in self.contrib.pop(gk, {}):
-                self.users[key].pop(gk, None)
+            for key, f in self.contrib.pop(gk, {}).items():
+                self.users[key] -= 1 << (16 * f)
                 touched.add(key)
             if gk not in wanted:
                 continue
@@ -231,19 +235,20 @@ class Syncer:
                     mine[(b.address, b.port)] = mine.get((b.address, b.port), 0) | f
             self.contrib[gk] = mine
             for key, f in mine.items():
-                self.users.setdefault(key, {})[gk] = f
+                self.users[key] = self.users.get(key, 0) + (1 << (16 * f))
                 touched.add(key)
         unused: list[tuple[str, int]] = []
         backends = Batch(m.backends)
         for key in sorted(touched):
-            users = self.users.get(key)
+            users = self.users.get(key, 0)
             if not users:
                 self.users.pop(key, None)
                 unused.append(key)
                 continue
             f = 0
-            for x in users.values():
-                f |= x
+            for flag in range(4):  # OR of the flags of every group using it
+                if (users >> (16 * flag)) & 0xFFFF:
+                    f |= flag
             bid = self._backend_id(Backend(*key))
             value = BackendValue(key[0], key[1], f)
             if self.backends.get(bid) != value:

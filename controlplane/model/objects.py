@@ -48,7 +48,7 @@ ANNOTATION_TOPOLOGY_MODE = "service.kubernetes.io/topology-mode"
 ANNOTATION_TOPOLOGY_HINTS = "service.kubernetes.io/topology-aware-hints"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectRef:
     """namespace/name of an object, printed the way kubectl users read it."""
 
@@ -60,7 +60,7 @@ class ObjectRef:
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     name: str
     protocol: Protocol
@@ -69,7 +69,7 @@ class ServicePort:
     node_port: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     namespace: str
     name: str
@@ -108,7 +108,7 @@ class Service:
         return hash(("Service", self.namespace, self.name))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     addresses: tuple[str, ...]
     ready: bool = True  # the API's nil already mapped to True
@@ -121,14 +121,14 @@ class Endpoint:
     zone_hints: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointPort:
     name: str
     port: int
     protocol: Protocol = Protocol.TCP
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointSlice:
     namespace: str
     name: str
@@ -143,7 +143,7 @@ class EndpointSlice:
         return f"{self.namespace}/{self.service_name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     name: str
     addresses: tuple[str, ...] = ()  # InternalIP first, then ExternalIP

@@ -38,7 +38,7 @@ class NoBackend(StrEnum):
     DROP = "drop"  # endpoints exist, none usable from here (Local policy): like kube-proxy
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Backend:
     address: str
     port: int
@@ -55,7 +55,7 @@ class Backend:
         return f"{self.address}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frontend:
     service: str  # namespace/name
     port_name: str
@@ -90,7 +90,7 @@ class Frontend:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     """A healthCheckNodePort server: 200 while the node has local endpoints, 503 otherwise."""
 
@@ -99,7 +99,7 @@ class HealthCheck:
     local_endpoints: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredState:
     frontends: tuple[Frontend, ...] = ()
     health_checks: tuple[HealthCheck, ...] = ()

@@ -103,6 +103,7 @@ def test_an_ip_from_the_pool_in_status_with_an_event_and_announced(api, syncer):
         api.apply(lb("web", "10.96.8.1"))
         eventually(lambda: ingress(api, "web") == ["192.168.198.240"])
         eventually(lambda: announced(syncer) == {"192.168.198.240"})
+        eventually(lambda: events(api, "web"))  # posted just after the status
         (event,) = events(api, "web")
         assert (event["type"], event["reason"]) == ("Normal", "IPAllocated")
         assert "192.168.198.240" in event["message"]
@@ -147,7 +148,7 @@ def test_leaving_loadbalancer_releases_the_address_for_the_next(api, syncer):
         plain["status"] = api.objects["/api/v1/services"][("default", "a")]["status"]
         api.apply(plain)
         eventually(lambda: ingress(api, "a") == [] and ingress(api, "c") == freed)
-        assert events(api, "a", "IPReleased")
+        eventually(lambda: events(api, "a", "IPReleased"))
         eventually(lambda: announced(syncer) == set(ingress(api, "b") + freed))
 
 
@@ -168,3 +169,93 @@ def test_only_the_lease_holder_allocates_and_another_takes_over_when_it_dies(api
             assert api.writes[STATUS] == 1
     finally:
         other.stop()
+
+
+def test_kubernetes_failover_moves_announcements_then_allocation(api, syncer):
+    """Two nodes over the API. node-2 holds the Lease and allocates; each node announces
+    its share. node-2 dies (gossip, Lease and allocator gone at once): node-1 answers for
+    every address within the gossip's second, and allocates once the Lease expires."""
+    import threading
+
+    from controlplane.l2.election import owner
+
+    for i in (1, 2):
+        api.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": f"node-{i}"},
+                "status": {"addresses": [{"type": "InternalIP", "address": f"127.0.0.{i}"}]},
+            }
+        )
+    pool = dict(POOL, spec={"addresses": ["192.168.198.240/29"]})
+    api.apply(pool)
+    port = free_ports(1)[0]
+    # node-2: gossip, the Lease and the allocator, as its agent runs them
+    m2 = Members(
+        MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
+    )
+    lease2 = LeaseElector(api_client(api), "node-2", **LEASE)
+    source2 = KubernetesSource(api_client(api), watch_timeout=5, backoff=(0.05, 1.0))
+    alloc2 = Allocator(lease2, source2, "node-2")
+    stop2 = threading.Event()
+
+    def allocate_loop():
+        while not stop2.wait(0.05):
+            if source2.ready:
+                alloc2.sync(source2.snapshot())
+
+    m2.start()
+    lease2.start()
+    source2.start()
+    loop2 = threading.Thread(target=allocate_loop, daemon=True)
+    loop2.start()
+    eventually(lambda: lease2.leading)
+    try:
+        source = KubernetesSource(api_client(api), watch_timeout=5, backoff=(0.05, 1.0))
+        lease1 = LeaseElector(api_client(api), "node-1", **LEASE)
+        m1 = Members(MembersConfig("node-1", "127.0.0.1", port, KEY))
+        agent = Agent(
+            AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
+            source,
+            SyncerDatapath(syncer),
+            members=m1,
+            allocator=Allocator(lease1, source, "node-1"),
+        )
+        m1.start()
+        lease1.start()
+        try:
+            with running(agent, join=10):
+                for i in range(6):
+                    api.apply(lb(f"lb{i}", f"10.96.9.{i + 1}"))
+                eventually(lambda: all(ingress(api, f"lb{i}") for i in range(6)), timeout=5)
+                ips = {ingress(api, f"lb{i}")[0] for i in range(6)}
+                mine = {ip for ip in ips if owner(ip, {"node-1", "node-2"}) == "node-1"}
+                assert mine and mine != ips
+                eventually(lambda: announced(syncer) == mine)
+                eventually(lambda: events(api, "lb0"))
+                assert {e["reportingInstance"] for e in events(api, "lb0")} == {"node-2"}
+                stop2.set()  # node-2 dies
+                m2.stop()
+                lease2.stopping.set()
+                t0 = time.monotonic()
+                took = eventually(lambda: announced(syncer) == ips)
+                print(f"node-1 answers for node-2's addresses {took:.2f}s after it died")
+                assert took <= 2.0
+                api.apply(lb("late", "10.96.9.9"))
+                eventually(lambda: ingress(api, "late"), timeout=5)
+                print(f"node-1 allocated {time.monotonic() - t0:.2f}s after node-2 died")
+                eventually(lambda: events(api, "late"))  # posted just after the status
+                assert {e["reportingInstance"] for e in events(api, "late")} == {"node-1"}
+                eventually(lambda: announced(syncer) == ips | set(ingress(api, "late")))
+        finally:
+            lease1.stop()
+            m1.stop()
+            syncer.sync_lb_ips(set())
+    finally:
+        stop2.set()
+        loop2.join(2)
+        source2.stop()
+        lease2.stop()
+        if not m2.stopping.is_set():
+            m2.stop()

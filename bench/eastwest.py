@@ -1,0 +1,366 @@
+"""East-west, pod to pod through a ClusterIP: nginx (Debian's) behind the Service, wrk in the
+client pod, the same two pods and node for every balancer, side by side in one run.
+
+    cli netns  eth0 ──veth── c0  node netns  s0 ──veth── eth0  srv netns
+    wrk (CPU 0)              forwards; iptables/nftables DNAT  nginx (CPU 1)
+
+* xlb: the socket hooks (sock_lb) on the client's cgroup pick the backend at connect();
+  packets go to the pod address, the node only forwards;
+* iptables / nftables: kube-proxy's rules in the node's PREROUTING DNAT every new connection
+  (pod-to-Service traffic is not masqueraded, as with kube-proxy's --cluster-cidr);
+
+Reported: requests/s with keep-alive, new connections/s with `Connection: close` (one request
+per connection), and wrk's latency p50/p99. `xlb bench eastwest [--seconds 5] [--repeats 3]`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.dataplane import other_vip, sh  # noqa: E402
+
+CLUSTER_IP, POD_CLI, POD_SRV = "10.96.100.1", "10.244.1.2", "10.244.2.2"
+MODES = ("xlb", "iptables", "nftables")
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir};
+    uwsgi_temp_path {dir}; scgi_temp_path {dir};
+    server {{
+        listen {addr}:80 reuseport backlog=4096;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Result:
+    mode: str
+    test: str  # keepalive | close
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    services: int = 1
+
+
+def _latency_ms(text: str, pct: str) -> float:
+    m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+class Pods:
+    """Two pods and their node; nginx in one; the balancer under test set up per mode."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.cli, self.node, self.srv = (f"xlbe-{tag}-{n}" for n in ("cli", "node", "srv"))
+        self.pin_root = f"/sys/fs/bpf/xlb-benchew-{os.getpid()}-{tag}"
+        self.cgroup = ""
+        self.tmp = tempfile.mkdtemp(prefix="xlb-eastwest-")
+        self.nginx: subprocess.Popen | None = None
+        self.programs: list = []
+
+    def __enter__(self) -> Pods:
+        try:
+            self._build()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _build(self) -> None:
+        for ns in (self.cli, self.node, self.srv):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for pod, port, addr, gw in (
+            (self.cli, "c0", POD_CLI, "10.244.1.1"),
+            (self.srv, "s0", POD_SRV, "10.244.2.1"),
+        ):
+            a, b = f"xe{uuid.uuid4().hex[:8]}", f"xe{uuid.uuid4().hex[:8]}"
+            sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+            sh("ip", "link", "set", a, "netns", pod, "name", "eth0")
+            sh("ip", "link", "set", b, "netns", self.node, "name", port)
+            sh("ip", "-n", pod, "addr", "add", f"{addr}/24", "dev", "eth0")
+            sh("ip", "-n", self.node, "addr", "add", f"{gw}/24", "dev", port)
+            sh("ip", "-n", pod, "link", "set", "eth0", "up")
+            sh("ip", "-n", self.node, "link", "set", port, "up")
+            sh("ip", "-n", pod, "route", "add", "default", "via", gw)
+        sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for ns in (self.cli, self.srv):  # a few hundred thousand short connections
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_local_port_range=1024 65000",
+            )
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+        Path(self.tmp, "nginx.conf").write_text(NGINX_CONF.format(dir=self.tmp, addr=POD_SRV))
+        self.nginx = subprocess.Popen(
+            ["ip", "netns", "exec", self.srv, "taskset", "-c", "1", "nginx", "-c"]
+            + [f"{self.tmp}/nginx.conf", "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 5
+        while "ok" not in self.curl(POD_SRV):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not start: {Path(self.tmp, 'error.log')}")
+            time.sleep(0.05)
+
+    def curl(self, address: str) -> str:
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.cli, "curl", "-s", "-m", "1", f"http://{address}/"],
+            capture_output=True,
+            text=True,
+            preexec_fn=self._join_cgroup,
+        )
+        return out.stdout
+
+    def _join_cgroup(self) -> None:
+        if self.cgroup:
+            Path(self.cgroup, "cgroup.procs").write_text(str(os.getpid()))
+
+    def __exit__(self, *exc) -> None:
+        if self.nginx is not None:
+            self.nginx.terminate()
+            try:
+                self.nginx.wait(5)
+            except subprocess.TimeoutExpired:
+                self.nginx.kill()
+        if self.cgroup:
+            from controlplane.datapath.attach import detach_sock
+
+            detach_sock(self.cgroup)
+            os.rmdir(self.cgroup)
+        for p in self.programs:
+            p.cleanup()
+        for ns in (self.cli, self.node, self.srv):
+            sh("ip", "netns", "del", ns, check=False)
+        subprocess.run(["rm", "-rf", self.pin_root, self.tmp])
+
+    def setup(self, mode: str, services: int = 1) -> None:
+        """The balancer, with services-1 other Services programmed in front of the one
+        measured (kube-proxy's iptables mode walks them for every new connection)."""
+        vips = [*(other_vip(i) for i in range(services - 1)), CLUSTER_IP]
+        if mode == "xlb":
+            self._xlb(vips)
+        elif mode == "iptables":
+            chains, rules = [], []
+            for i, vip in enumerate(vips):
+                svc, sep = f"KUBE-SVC-{i:012d}", f"KUBE-SEP-{i:012d}"
+                chains += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
+                rules += [
+                    f"-A KUBE-SERVICES -d {vip}/32 -p tcp -m tcp --dport 80 -j {svc}",
+                    f"-A {svc} -j {sep}",
+                    f"-A {sep} -p tcp -m tcp -j DNAT --to-destination {POD_SRV}:80",
+                ]
+            text = "\n".join(
+                ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]", *chains]
+                + ["-A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES"]
+                + [*rules, "COMMIT", ""]
+            )
+            sh("ip", "netns", "exec", self.node, "iptables-restore", input=text)
+        else:
+            elems = ", ".join(f"{vip} . tcp . 80 : goto svc-{i}" for i, vip in enumerate(vips))
+            chains = "\n".join(
+                f"  chain svc-{i} {{ meta l4proto tcp dnat to {POD_SRV}:80; }}"
+                for i in range(len(vips))
+            )
+            text = f"""table ip kube-proxy {{
+  map service-ips {{
+    type ipv4_addr . inet_proto . inet_service : verdict
+    elements = {{ {elems} }}
+  }}
+{chains}
+  chain nat-prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr . meta l4proto . th dport vmap @service-ips
+  }}
+}}
+"""
+            sh("ip", "netns", "exec", self.node, "nft", "-f", "-", input=text)
+        if "ok" not in self.curl(CLUSTER_IP):
+            raise RuntimeError(f"{mode}: the ClusterIP does not answer")
+
+    def _xlb(self, vips: list[str]) -> None:
+        import bcc
+
+        from controlplane.datapath.attach import attach_sock, cgroup2_root
+        from controlplane.datapath.config import DatapathConfig
+        from controlplane.datapath.maps import Maps
+        from controlplane.datapath.programs import compile_program
+        from controlplane.datapath.sync import Syncer
+        from controlplane.model.objects import Protocol
+        from controlplane.model.state import (
+            Backend,
+            DesiredState,
+            Frontend,
+            FrontendKind,
+            Scope,
+        )
+
+        n = max(1024, 2 * len(vips))
+        cfg = DatapathConfig(pin_root=self.pin_root, max_services=n, max_backends=1024)
+        xdp = compile_program("xdp_lb.c", cfg)  # creates the pinned maps
+        xdp.function("xdp_lb", bcc.BPF.XDP)
+        sock = compile_program("sock_lb.c", cfg)
+        self.programs += [sock, xdp]
+        services = tuple(
+            Frontend(
+                f"bench/s{i}",
+                "",
+                FrontendKind.CLUSTER_IP,
+                Scope.INTERNAL,
+                vip,
+                80,
+                Protocol.TCP,
+                (Backend(POD_SRV, 80),),
+            )
+            for i, vip in enumerate(vips)
+        )
+        Syncer(Maps(xdp), cfg).sync(DesiredState(frontends=services))
+        self.cgroup = os.path.join(cgroup2_root(), f"xlb-benchew-{os.getpid()}")
+        os.mkdir(self.cgroup)
+        attach_sock(sock, self.cgroup)
+
+    def wrk(self, seconds: float, close: bool, connections: int = 16) -> Result:
+        cmd = ["ip", "netns", "exec", self.cli, "taskset", "-c", "0", "wrk", "-t1"]
+        cmd += [f"-c{connections}", f"-d{seconds:.0f}s", "--latency"]
+        if close:
+            cmd += ["-H", "Connection: close"]
+        out = subprocess.run(
+            [*cmd, f"http://{CLUSTER_IP}/"],
+            capture_output=True,
+            text=True,
+            preexec_fn=self._join_cgroup,
+            timeout=seconds + 30,
+        ).stdout
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+        errors += int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1])
+        return Result(
+            "",
+            "close" if close else "keepalive",
+            float(rps.group(1)) if rps else 0.0,
+            _latency_ms(out, "50"),
+            _latency_ms(out, "99"),
+            errors,
+        )
+
+
+def measure(mode: str, seconds: float, services: int = 1) -> list[Result]:
+    with Pods() as pods:
+        pods.setup(mode, services)
+        pods.wrk(1, close=True)  # warm up: neighbours, caches, nginx's worker
+        out = []
+        for close in (False, True):
+            r = pods.wrk(seconds, close)
+            r.mode, r.services = mode, services
+            out.append(r)
+        return out
+
+
+def report(results: list[Result]) -> str:
+    runs: dict[tuple[int, str, str], list[Result]] = {}
+    for r in results:
+        runs.setdefault((r.services, r.test, r.mode), []).append(r)
+    rows = [
+        "| Services | test | balancer | requests/s, median (min-max) | × iptables | p50 ms "
+        "| p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    med = {k: statistics.median(x.requests_per_s for x in v) for k, v in runs.items()}
+    for (n, test, mode), rs in runs.items():
+        ipt = med.get((n, test, "iptables"), 0)
+        rps = [x.requests_per_s for x in rs]
+        rows.append(
+            f"| {n} | {'keep-alive' if test == 'keepalive' else 'Connection: close'} | {mode} | "
+            f"{med[(n, test, mode)]:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
+            + (f"{med[(n, test, mode)] / ipt:.2f}" if ipt else "-")
+            + f" | {statistics.median(x.p50_ms for x in rs):.2f} "
+            f"| {statistics.median(x.p99_ms for x in rs):.2f} | {sum(x.errors for x in rs)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import platform
+
+    p = argparse.ArgumentParser(prog="xlb bench eastwest", description=__doc__)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per balancer")
+    p.add_argument("--services", default="1,10000", help="Service counts, comma-separated")
+    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = p.parse_args(argv)
+    results: list[Result] = []
+    for n, rep, mode in (
+        (n, rep, mode)
+        for n in (int(x) for x in args.services.split(","))
+        for rep in range(args.repeats)
+        for mode in args.modes.split(",")
+    ):
+        for r in measure(mode, args.seconds, n):
+            print(
+                f"{mode:<9} {n:>6} Services {r.test:<9} run {rep + 1}: "
+                f"{r.requests_per_s:10,.0f} req/s "
+                f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
+            )
+            results.append(r)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, " + (
+        f"kernel {platform.release()}"
+    )
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    (out / "eastwest.json").write_text(
+        json.dumps(
+            {"machine": machine, "time": stamp, "results": [asdict(r) for r in results]},
+            indent=2,
+        )
+    )
+    table = report(results)
+    (out / "eastwest.md").write_text(f"Measured on {machine}, {stamp}.\n\n{table}")
+    try:
+        from bench import plots
+
+        for n in sorted({r.services for r in results}):
+            plots.eastwest(
+                [r for r in results if r.services == n],
+                out / f"eastwest-{n}.png",
+                f"pod to ClusterIP, {n:,} Services, {machine}",
+            )
+    except ImportError as exc:  # the table stands without the pictures
+        print(f"no plots ({exc}): install the bench extra (pip install -e '.[bench]')")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
