@@ -57,7 +57,7 @@ def cluster(services: int, endpoints: int) -> tuple[list[Service], list[Endpoint
                         Protocol.TCP,
                         80,
                         8080,
-                        30000 + i % 2768 if kind is ServiceType.NODE_PORT else None,
+                        30000 + i // 4 % 2768 if kind is ServiceType.NODE_PORT else None,
                     ),
                 ),
                 selector={"app": name},

@@ -8,6 +8,7 @@ the pinned maps back and carries on).
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -129,8 +130,9 @@ def desired_state(
         )
         return DesiredState(diagnostics=(diag,)), []
     state = translator(cluster.services, cluster.slices, node, cfg)
-    return DesiredState(
-        state.frontends, state.health_checks, tuple(cluster.diagnostics) + state.diagnostics
+    # replace(), not a new state: the translator's hints (what changed) go along to the sync
+    return dataclasses.replace(
+        state, diagnostics=tuple(cluster.diagnostics) + state.diagnostics
     ), list(node.addresses)
 
 

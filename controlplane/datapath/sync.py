@@ -128,6 +128,8 @@ class Syncer:
         # packed in one int: one entry per backend, not a dict (100,000 backends at 10k)
         self.users: dict[tuple[str, int], int] = {}
         self.ringless: set[GroupKey] = set()  # want Maglev, got no ring (source-hash)
+        self.service_groups: dict[str, set[GroupKey]] = {}  # Service -> its applied groups
+        self.serial = 0  # of the last state applied (a translator's; 0: none known)
         self.ranges: dict[int, set[str]] = maps.read_source_ranges()
         self.groups: dict[int, Group] = {}
         slots = maps.read_slots()
@@ -208,16 +210,36 @@ class Syncer:
         res = SyncResult()
         m = self.maps
         full = not self.synced
-
-        wanted: dict[GroupKey, list[Frontend]] = {}
-        for fe in state.frontends:
-            wanted.setdefault(group_key(fe), []).append(fe)
-        removed = [gk for gk in self.applied if gk not in wanted]
+        # the translator says which Services changed since the state we applied last: only
+        # their frontends are looked at (else every group is compared with the last sync's)
+        hinted = not full and state.changed is not None and state.base == self.serial != 0
+        if hinted:
+            fes_changed = [fe for fe in state.frontends if fe.service in state.changed]
+            wanted: dict[GroupKey, list[Frontend]] = {}
+            for fe in fes_changed:
+                wanted.setdefault(group_key(fe), []).append(fe)
+            before = {gk for svc in state.changed for gk in self.service_groups.get(svc, ())}
+            removed = [gk for gk in before if gk not in wanted]
+        else:
+            wanted = {}
+            for fe in state.frontends:
+                wanted.setdefault(group_key(fe), []).append(fe)
+            removed = [gk for gk in self.applied if gk not in wanted]
         changed = {
             gk for gk, fes in wanted.items() if full or not _same(self.applied.get(gk), fes)
         } | set(removed)
-        self.group_ids = {gk: gid for gk, gid in self.group_ids.items() if gk in wanted}
-        self._adopt_groups(wanted)
+        gone_ids = {self.group_ids[gk] for gk in removed if gk in self.group_ids}
+        for gk in removed:
+            self.group_ids.pop(gk, None)
+        removed_set = set(removed)
+        self._adopt_groups({gk: wanted[gk] for gk in changed if gk in wanted})
+        # a new group may have taken over a removed one's id (its frontends moved): it lives on
+        gone_ids -= {self.group_ids[gk] for gk in changed if gk not in removed_set}
+        if full:  # groups read back from the maps that no wanted group took
+            gone_ids |= set(self.groups) - set(self.group_ids.values())
+
+        def fes_of(gk: GroupKey) -> list[Frontend]:
+            return wanted[gk] if gk in wanted else list(self.applied[gk])
 
         # 1. backends, new-flow candidates and draining ones alike: each backend's flags are
         # the OR over the groups using it; only backends of changed groups are looked at
@@ -226,10 +248,10 @@ class Syncer:
             for key, f in self.contrib.pop(gk, {}).items():
                 self.users[key] -= 1 << (16 * f)
                 touched.add(key)
-            if gk not in wanted:
+            if gk in removed_set:
                 continue
             mine: dict[tuple[str, int], int] = {}
-            for fe in wanted[gk]:
+            for fe in fes_of(gk):
                 for b in fe.backends + fe.draining:
                     f = (BE_F_LOCAL if b.local else 0) | (BE_F_TERMINATING if b.terminating else 0)
                     mine[(b.address, b.port)] = mine.get((b.address, b.port), 0) | f
@@ -260,19 +282,19 @@ class Syncer:
 
         # Rings of groups this sync removes can be reused at once; their frontends stay live
         # until the deletes at the end, so a new owner must write the half they do not read.
-        used_groups = {self.group_ids[gk] for gk in wanted}
         recycled: dict[int, int] = {}
-        for gid, group in self.groups.items():
-            if gid not in used_groups and group.ring >= 0:
+        for gid in gone_ids:
+            group = self.groups[gid]
+            if group.ring >= 0:
                 recycled[group.ring] = group.ring_gen
                 group.ring = -1
         for gk in changed:  # and so can the rings of groups that no longer use Maglev
-            group = self.groups[self.group_ids[gk]] if gk in wanted else None
-            if group and group.ring >= 0 and wanted[gk][0].algorithm is not Algorithm.MAGLEV:
+            group = self.groups[self.group_ids[gk]] if gk not in removed_set else None
+            if group and group.ring >= 0 and fes_of(gk)[0].algorithm is not Algorithm.MAGLEV:
                 recycled[group.ring] = group.ring_gen
                 group.ring, group.table = -1, None
         if recycled:  # groups that wanted a ring and had none may get one now
-            changed |= {gk for gk in self.ringless if gk in wanted}
+            changed |= {gk for gk in self.ringless if gk not in removed_set}
 
         # 2. slots and 3. rings, per changed group
         self.rings_used = {g.ring for g in self.groups.values() if g.ring >= 0}
@@ -280,9 +302,9 @@ class Syncer:
         slots = Batch(m.slots)  # written before any ring: _ring flushes it first
         self.pending_slots = slots
         for gk in sorted(changed, key=lambda g: self.group_ids.get(g, 0)):
-            if gk not in wanted:
+            if gk in removed_set:
                 continue
-            fes = wanted[gk]
+            fes = fes_of(gk)
             group = self.groups[self.group_ids[gk]]
             ordered = sorted(fes[0].backends, key=lambda b: b.name)
             ids = tuple(self._backend_id(b) for b in ordered)
@@ -305,7 +327,7 @@ class Syncer:
         wanted_keys: set = set()
         services = Batch(m.services)
         for gk in changed:
-            for fe in wanted.get(gk, ()):
+            for fe in fes_of(gk) if gk not in removed_set else ():
                 wanted_keys.add(fe.key)
                 group = self.groups[self.group_ids[gk]]
                 old = self.frontends.get(fe.key)
@@ -355,15 +377,14 @@ class Syncer:
         checked = (
             list(self.groups)
             if full
-            else [self.group_ids[gk] for gk in changed if gk in wanted]
-            + [gid for gid in self.groups if gid not in used_groups]
+            else [self.group_ids[gk] for gk in changed if gk not in removed_set] + list(gone_ids)
         )
         for gid in checked:
             group = self.groups[gid]
-            first_stale = len(group.backends) + 1 if gid in used_groups else 1
+            first_stale = 1 if gid in gone_ids else len(group.backends) + 1
             for slot in range(first_stale, max(old_counts.get(gid, 0), len(group.backends)) + 1):
                 self._delete(m.slots, m.slot_key(gid, slot), res)
-            if gid not in used_groups:
+            if gid in gone_ids:
                 del self.groups[gid]
         if full:  # whatever the maps held that nothing uses
             unused = [(v.address, v.port) for v in self.backends.values() if v.address]
@@ -383,10 +404,17 @@ class Syncer:
         for gk in removed:
             self.applied.pop(gk, None)
             self.ringless.discard(gk)
+            groups = self.service_groups.get(gk[0])
+            if groups is not None:
+                groups.discard(gk)
+                if not groups:
+                    del self.service_groups[gk[0]]
         for gk in changed:
-            if gk in wanted:
-                self.applied[gk] = tuple(wanted[gk])
+            if gk not in removed_set:
+                self.applied[gk] = tuple(fes_of(gk))
+                self.service_groups.setdefault(gk[0], set()).add(gk)
         self.synced = True
+        self.serial = state.serial
         self._sync_config(node_addr4, node_addr6, uplink_mac, res)
         res.seconds = time.perf_counter() - start
         return res

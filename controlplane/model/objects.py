@@ -95,14 +95,14 @@ class Service:
     external_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    key: str = field(init=False, repr=False, compare=False, default="")  # namespace/name
 
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef("Service", self.namespace, self.name)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:  # namespace/name, once: it is looked up a lot
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     def __hash__(self) -> int:  # dict fields are not hashable; identity is namespace/name
         return hash(("Service", self.namespace, self.name))
@@ -137,10 +137,10 @@ class EndpointSlice:
     endpoints: tuple[Endpoint, ...] = ()
     ports: tuple[EndpointPort, ...] = ()
     trigger_time: str = ""  # endpoints.kubernetes.io/last-change-trigger-time
+    service_key: str = field(init=False, repr=False, compare=False, default="")
 
-    @property
-    def service_key(self) -> str:
-        return f"{self.namespace}/{self.service_name}"
+    def __post_init__(self) -> None:  # the Service's namespace/name, once
+        object.__setattr__(self, "service_key", f"{self.namespace}/{self.service_name}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,12 @@ class DesiredState:
     frontends: tuple[Frontend, ...] = ()
     health_checks: tuple[HealthCheck, ...] = ()
     diagnostics: tuple[Diagnostic, ...] = field(default_factory=tuple)
+    # From a Translator: this state's number, the number of the state it was patched from,
+    # and the Services whose frontends may differ from that one (None: unknown). A sync that
+    # applied `base` last need only look at those Services. Not part of the state's value.
+    serial: int = field(default=0, compare=False, repr=False)
+    base: int = field(default=0, compare=False, repr=False)
+    changed: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
     def by_key(self) -> dict[tuple[str, int, Protocol, Scope], Frontend]:
         return {f.key: f for f in self.frontends}

@@ -10,10 +10,13 @@ For each Service port and IP family it emits frontends:
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .diagnostics import Collector, Diagnostic
 from .endpoints import Categorized, categorize, port_endpoints
@@ -208,17 +211,128 @@ def _port_frontends(
 
 
 _Translated = tuple[list[Frontend], "HealthCheck | None", list[Diagnostic]]
+FrontendKey = tuple[str, int, Protocol, Scope]
+
+
+@dataclass
+class _Result:
+    """A whole translation, kept by Service so that a few changed Services can be patched in:
+    what each Service contributes (its frontends once conflicts are settled, its health
+    check, its diagnostics), who owns each frontend key, and whether any two Services
+    conflicted (then patching is not safe: a change may admit a frontend skipped before)."""
+
+    per_service: dict[str, tuple[tuple[Frontend, ...], HealthCheck | None, tuple[Diagnostic, ...]]]
+    owner: dict[FrontendKey, str]
+    conflicts: bool
+
+    def state(self, order: list[str], **hints: Any) -> DesiredState:
+        rows = [self.per_service[k] for k in order]
+        return DesiredState(
+            tuple(itertools.chain.from_iterable(r[0] for r in rows)),
+            tuple(r[1] for r in rows if r[1]),
+            tuple(itertools.chain.from_iterable(r[2] for r in rows)),
+            **hints,
+        )
+
+
+def _contribution(
+    service: Service, mine: list[EndpointSlice], node: Node | None, cfg: TranslateConfig
+) -> _Translated:
+    """One Service on its own: its frontends, health check and diagnostics."""
+    diag = Collector("Service", service.namespace, service.name)
+    reason = _skip_reason(service, cfg)
+    if reason:
+        diag.info("", reason)
+        return [], None, diag.items
+    if not service.cluster_ips:
+        diag.warning("spec.clusterIP", "no ClusterIP allocated yet; not proxied until it has one")
+        return [], None, diag.items
+    fes, hc = _translate_service(service, mine, node, cfg, diag)
+    return fes, hc, diag.items
+
+
+def _settle(
+    services: Iterable[Service],
+    by_service: dict[str, list[EndpointSlice]],
+    one: Callable[[Service, list[EndpointSlice]], _Translated],
+) -> tuple[_Result, list[str]]:
+    """Every Service's contribution, in name order; a frontend key two Services claim goes
+    to the first, the second gets an error."""
+    result = _Result({}, {}, False)
+    order = []
+    for service in sorted(services, key=lambda s: s.key):
+        mine, hc, items = one(service, by_service.get(service.key, []))
+        diag = Collector("Service", service.namespace, service.name)
+        diag.items.extend(items)
+        admitted = []
+        reported: set[tuple[str, int, Protocol]] = set()
+        for fe in mine:
+            other = result.owner.get(fe.key)
+            if other is not None:
+                if other != service.key and fe.key[:3] not in reported:
+                    reported.add(fe.key[:3])
+                    result.conflicts = True
+                    diag.error(
+                        "",
+                        f"{fe.protocol} {fe.endpoint} is already served by Service "
+                        f"{other}; skipped here: give one of them another address or port",
+                    )
+                continue  # the same address twice in one Service (e.g. node IP as externalIP)
+            result.owner[fe.key] = service.key
+            admitted.append(fe)
+        result.per_service[service.key] = (tuple(admitted), hc, tuple(diag.items))
+        order.append(service.key)
+    return result, order
+
+
+def _by_service(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:
+    by_service: dict[str, list[EndpointSlice]] = defaultdict(list)
+    for sl in slices:
+        by_service[sl.service_key].append(sl)
+    return by_service
 
 
 class Translator:
     """translate() that remembers each Service's translation and reuses it while the
     Service, its slices, the node and the config are the very same objects: a source that
     parses an object once per version (the Kubernetes source) hands over the same objects
-    for everything that did not change, so one endpoint change re-translates one Service.
+    for everything that did not change. When only a few Services changed and no two
+    Services conflict, the last result is patched instead of assembled anew, and the state
+    says which Services changed, so that the sync looks at nothing else.
     (Node and config are compared by value: they are small.)"""
+
+    PATCH_LIMIT = 256  # more changed Services than this: assemble the whole state again
 
     def __init__(self) -> None:
         self.cache: dict[str, tuple[Service, tuple, Node | None, TranslateConfig, _Translated]] = {}
+        self.serial = 0
+        self.last: _Result | None = None
+        self.last_inputs: tuple = ()
+        self.order: list[str] = []
+
+    def _cached(
+        self, service: Service, mine: list[EndpointSlice], node: Node | None, cfg: TranslateConfig
+    ) -> _Translated | None:
+        hit = self.cache.get(service.key)
+        if (
+            hit is not None
+            and hit[0] is service
+            and hit[2] == node
+            and hit[3] == cfg
+            and len(hit[1]) == len(mine)
+            and all(a is b for a, b in zip(hit[1], mine, strict=True))
+        ):
+            return hit[4]
+        return None
+
+    def _translate_one(
+        self, service: Service, mine: list[EndpointSlice], node: Node | None, cfg: TranslateConfig
+    ) -> _Translated:
+        out = self._cached(service, mine, node, cfg)
+        if out is None:
+            out = _contribution(service, mine, node, cfg)
+            self.cache[service.key] = (service, tuple(mine), node, cfg, out)
+        return out
 
     def __call__(
         self,
@@ -227,37 +341,93 @@ class Translator:
         node: Node | None,
         config: TranslateConfig | None = None,
     ) -> DesiredState:
-        seen: set[str] = set()
         cfg = config or TranslateConfig()
-
-        def one(service: Service, mine: list[EndpointSlice]) -> _Translated:
-            seen.add(service.key)
-            hit = self.cache.get(service.key)
-            if (
-                hit is not None
-                and hit[0] is service
-                and hit[2] == node
-                and hit[3] == cfg
-                and len(hit[1]) == len(mine)
-                and all(a is b for a, b in zip(hit[1], mine, strict=True))
-            ):
-                return hit[4]
-            out = _translate_fresh(service, mine, node, cfg)
-            self.cache[service.key] = (service, tuple(mine), node, cfg, out)
-            return out
-
-        state = _translate(services, slices, node, cfg, one)
-        for key in [k for k in self.cache if k not in seen]:
+        services = list(services)
+        by_service = _by_service(slices)
+        base, self.serial = self.serial, self.serial + 1
+        if self.last is not None and not self.last.conflicts and self.last_inputs == (node, cfg):
+            patched = self._patch(services, by_service, node, cfg)
+            if patched is not None:
+                return self.last.state(
+                    self.order, serial=self.serial, base=base, changed=frozenset(patched)
+                )
+        result, self.order = _settle(
+            services, by_service, lambda s, mine: self._translate_one(s, mine, node, cfg)
+        )
+        live = set(self.order)
+        for key in [k for k in self.cache if k not in live]:
             del self.cache[key]
-        return state
+        self.last, self.last_inputs = result, (node, cfg)
+        return result.state(self.order, serial=self.serial)
 
-
-def _translate_fresh(
-    service: Service, mine: list[EndpointSlice], node: Node | None, cfg: TranslateConfig
-) -> _Translated:
-    diag = Collector("Service", service.namespace, service.name)
-    fes, hc = _translate_service(service, mine, node, cfg, diag)
-    return fes, hc, list(diag.items)
+    def _patch(
+        self,
+        services: list[Service],
+        by_service: dict[str, list[EndpointSlice]],
+        node: Node | None,
+        cfg: TranslateConfig,
+    ) -> set[str] | None:
+        """Patches self.last with the Services that changed; their names, or None (nothing
+        touched) when too many changed or a frontend key would be claimed twice."""
+        last = self.last
+        assert last is not None
+        # The Services whose object or slices are not the very ones cached. Inline, and one
+        # slice compared without a generator: this loop is most of a small change's cost.
+        # (The last result was made with this node and config: every cache entry was too.)
+        changed = []
+        cache, none = self.cache, ()
+        for s in services:
+            hit = cache.get(s.key)
+            mine = by_service.get(s.key, none)
+            if hit is None or hit[0] is not s or len(hit[1]) != len(mine):
+                changed.append(s)
+            elif len(mine) == 1:
+                if hit[1][0] is not mine[0]:
+                    changed.append(s)
+            elif any(a is not b for a, b in zip(hit[1], mine, strict=True)):
+                changed.append(s)
+        # Services that went: counted first (cheap), looked for only when there are some
+        added = sum(1 for s in changed if s.key not in last.per_service)
+        gone: list[str] = []
+        if len(last.per_service) + added != len(services):
+            live = {s.key for s in services}
+            gone = [k for k in last.per_service if k not in live]
+        if len(changed) + len(gone) > self.PATCH_LIMIT:
+            return None
+        keys = {s.key for s in changed} | set(gone)
+        new: dict[str, tuple[list[Frontend], HealthCheck | None, list[Diagnostic]]] = {}
+        claimed: dict[FrontendKey, str] = {}
+        for s in changed:
+            out = _contribution(s, by_service.get(s.key, []), node, cfg)
+            admitted = []
+            for fe in out[0]:
+                other = claimed.get(fe.key) or last.owner.get(fe.key)
+                if other is not None and other not in keys:
+                    return None  # another Service has it: the full path reports that
+                if other is not None and other != s.key and claimed.get(fe.key):
+                    return None  # two changed Services want it
+                if claimed.get(fe.key) == s.key:
+                    continue  # twice in one Service
+                claimed[fe.key] = s.key
+                admitted.append(fe)
+            new[s.key] = (admitted, out[1], out[2])
+            self.cache[s.key] = (s, tuple(by_service.get(s.key, [])), node, cfg, out)
+        for key in keys:  # settled: apply
+            old = last.per_service.pop(key, None)
+            if old is not None:
+                for fe in old[0]:
+                    if last.owner.get(fe.key) == key:
+                        del last.owner[fe.key]
+            if key in new:
+                fes, hc, items = new[key]
+                last.per_service[key] = (tuple(fes), hc, tuple(items))
+                if old is None:
+                    bisect.insort(self.order, key)
+            else:
+                self.cache.pop(key, None)
+                self.order.remove(key)
+        last.owner.update(claimed)
+        return keys
 
 
 def translate(
@@ -269,56 +439,7 @@ def translate(
     """The frontends this node must serve. Problems with one Service become diagnostics and
     never affect another Service."""
     cfg = config or TranslateConfig()
-    return _translate(
-        services, slices, node, cfg, lambda svc, mine: _translate_fresh(svc, mine, node, cfg)
+    result, order = _settle(
+        services, _by_service(slices), lambda s, mine: _contribution(s, mine, node, cfg)
     )
-
-
-def _translate(
-    services: Iterable[Service],
-    slices: Iterable[EndpointSlice],
-    node: Node | None,
-    cfg: TranslateConfig,
-    one: Callable[[Service, list[EndpointSlice]], _Translated],
-) -> DesiredState:
-    by_service: dict[str, list[EndpointSlice]] = defaultdict(list)
-    for sl in slices:
-        by_service[sl.service_key].append(sl)
-
-    frontends: list[Frontend] = []
-    health: list[HealthCheck] = []
-    diagnostics: list[Diagnostic] = []
-    owner: dict[tuple[str, int, Protocol, Scope], str] = {}
-    for service in sorted(services, key=lambda s: s.key):
-        diag = Collector("Service", service.namespace, service.name)
-        reason = _skip_reason(service, cfg)
-        if reason:
-            diag.info("", reason)
-            diagnostics += diag.items
-            continue
-        if not service.cluster_ips:
-            diag.warning(
-                "spec.clusterIP", "no ClusterIP allocated yet; not proxied until it has one"
-            )
-            diagnostics += diag.items
-            continue
-        mine, hc, items = one(service, by_service.get(service.key, []))
-        diag.items.extend(items)
-        reported: set[tuple[str, int, Protocol]] = set()
-        for fe in mine:
-            other = owner.get(fe.key)
-            if other is not None:
-                if other != service.key and fe.key[:3] not in reported:
-                    reported.add(fe.key[:3])
-                    diag.error(
-                        "",
-                        f"{fe.protocol} {fe.endpoint} is already served by Service "
-                        f"{other}; skipped here: give one of them another address or port",
-                    )
-                continue  # the same address twice in one Service (e.g. node IP as externalIP)
-            owner[fe.key] = service.key
-            frontends.append(fe)
-        if hc:
-            health.append(hc)
-        diagnostics += diag.items
-    return DesiredState(tuple(frontends), tuple(health), tuple(diagnostics))
+    return result.state(order)

@@ -181,3 +181,27 @@ def test_snat_ports_of_closed_flows_are_reused_and_never_run_out(run, maps):
         run(tcp(client, 20000 + i % 40000, NODE4, 30080, flags="FA"))
     assert maps.reason_counts()["drop_snat_exhausted"] - before == 0
     assert len(used) == 6000  # each flow its own port while the others are in their hold
+
+
+def test_a_changed_next_hop_is_followed_once_the_fib_cache_entry_ages(run, lan):
+    """FIB answers are cached per CPU for 100 ms: a neighbour that changes its MAC (or a route
+    that goes) is followed by the first packet after that."""
+    import time
+
+    ns, _, _ = lan
+    pkt = udp(CLIENT4, 40700, NODE4, 30053)
+    assert Ether(run(pkt).data).dst == NODE2_MAC
+    moved = "02:00:00:00:00:33"
+    sh("ip", "-n", ns, "neigh", "replace", "192.168.198.202", "lladdr", moved, "dev", "up0")
+    try:
+        time.sleep(0.15)
+        assert Ether(run(pkt).data).dst == moved
+        sh("ip", "-n", ns, "route", "del", "10.244.2.0/24")
+        time.sleep(0.15)
+        assert run(pkt).retval == XDP_DROP  # no route any more
+    finally:
+        sh("ip", "-n", ns, "route", "replace", "10.244.2.0/24", "via", "192.168.198.202")
+        sh("ip", "-n", ns, "neigh", "replace", "192.168.198.202", "lladdr", NODE2_MAC, "dev", "up0")
+        sh("ip", "-n", ns, "neigh", "change", "192.168.198.202", "dev", "up0", "nud", "permanent")
+    time.sleep(0.15)
+    assert Ether(run(pkt).data).dst == NODE2_MAC

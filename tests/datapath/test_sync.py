@@ -260,3 +260,66 @@ def test_incremental_syncs_leave_the_maps_as_a_full_sync_would(syncer, maps, dp_
     res = restarted.sync(state, NODE4, NODE6)
     assert res.deletes == 0
     assert maps_view(maps)[:2] == (got, flags)
+
+
+def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer, maps, dp_config):
+    """The agent's pipeline: Services and slices -> Translator (which patches and names the
+    changed Services) -> sync (which looks at those only). Random changes, conflicts between
+    Services now and then (the translator then assembles everything again): after each step
+    the translation equals translate()'s and the maps hold exactly that state."""
+    import random
+
+    from controlplane.model import Translator, translate
+    from tests.helpers import NODE1, ep, service, slice_
+
+    rng = random.Random(11)
+    services, slices = {}, {}
+
+    def make(i):
+        kind = rng.choice(["ClusterIP", "NodePort", "LoadBalancer"])
+        ip = f"10.96.5.{rng.randrange(1, 40)}"  # now and then two collide: a conflict
+        spec = {"type": kind, "clusterIP": ip}
+        if kind != "ClusterIP":
+            spec["ports"] = [
+                {"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30100 + i}
+            ]
+        if kind == "LoadBalancer":
+            spec["status"] = {"loadBalancer": {"ingress": [{"ip": f"192.168.198.{240 + i}"}]}}
+        services[i] = service(f"s{i}", **spec)
+        slices[i] = make_slice(i)
+
+    def make_slice(i):
+        n = rng.randrange(0, 4)
+        eps = [ep(f"10.244.{rng.randrange(2)}.{rng.randrange(1, 9)}") for _ in range(n)]
+        eps = list({e["addresses"][0]: e for e in eps}.values())
+        return slice_(f"s{i}", eps, ports=[{"name": "http", "port": 8080}])
+
+    translator = Translator()
+    hinted = 0
+    for step in range(60):
+        for _ in range(rng.randrange(1, 3)):
+            i = rng.randrange(10)
+            r = rng.random()
+            if i in services and r < 0.2:
+                del services[i], slices[i]
+            elif i in services and r < 0.7:
+                slices[i] = make_slice(i)  # endpoints change: the common case
+            else:
+                make(i)
+        svcs, sls = list(services.values()), list(slices.values())
+        state = translator(svcs, sls, NODE1)
+        assert state == translate(svcs, sls, NODE1), step
+        hinted += state.changed is not None
+        syncer.sync(state, NODE4, NODE6)
+        got, flags, rings = maps_view(maps)
+        want, want_flags = expected_view(state)
+        assert set(got) == set(want), step
+        for key, (count, algo, fl, aff, addrs) in want.items():
+            assert (got[key][0], got[key][2], got[key][3], got[key][4]) == (
+                count, fl, aff, addrs,
+            ), (step, key)  # fmt: skip
+            if algo is Algorithm.MAGLEV and got[key][1] != ALG_NUM[Algorithm.MAGLEV]:
+                assert len(rings) == dp_config.max_rings, (step, "a ring was free")
+        assert flags == want_flags, step
+        assert all(len(groups) == 1 for groups in rings.values()), step
+    assert hinted > 20  # the fast path was taken, and often
