@@ -90,13 +90,19 @@ static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u16 flags = ct->flags;
-	xlb_ct_observe(ct, p);
+	/* one clock read for the packets that need one (an established TCP packet to a local
+	 * backend needs none) */
+	__u64 now = 0;
+	if (p->proto != IPPROTO_TCP || (flags & XLB_CT_F_SNAT) ||
+	    (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST)))
+		now = bpf_ktime_get_coarse_ns();
+	xlb_ct_observe(ct, p, now);
 	xlb_count_svc(ct->svc, len, 0, 0);
 	if (xlb_rewrite(data, data_end, p, &ct->nat_saddr, ct->nat_sport, &ct->nat_daddr,
 			ct->nat_dport))
 		return XDP_DROP;
 	if (flags & XLB_CT_F_SNAT)
-		return xlb_fib_forward(ctx, p); /* to a remote backend, or its reply to the client */
+		return xlb_fib_forward(ctx, p, now); /* to a remote backend, or its reply */
 	return XDP_PASS;                        /* to a local backend, through the stack */
 }
 
@@ -158,7 +164,7 @@ int xdp_lb(struct xdp_md *ctx)
 		return xlb_reject_udp(ctx, &p);
 	}
 
-	__u64 now = bpf_ktime_get_coarse_ns(); /* only new flows read a clock */
+	__u64 now = bpf_ktime_get_coarse_ns(); /* new flows: one clock read for all of it */
 	__u32 id = svc->affinity_timeout ? xlb_affinity_get(svc, &p.saddr, now) : 0;
 	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
@@ -202,6 +208,6 @@ int xdp_lb(struct xdp_md *ctx)
 	__u16 flags = flow.flags;
 	xlb_ct_create(&ck, &flow); /* after the rewrite: it turns flow into the reverse entry */
 	if (flags & XLB_CT_F_SNAT)
-		return xlb_fib_forward(ctx, &p);
+		return xlb_fib_forward(ctx, &p, now);
 	return XDP_PASS;
 }

@@ -32,13 +32,13 @@ static __always_inline void xlb_ct_twin_key(const struct xlb_ct *ct, __u8 proto,
 
 /* Notes what a packet of a tracked flow says about the flow's life: a TCP FIN or RST marks
  * both directions closing (their SNAT port is free again after XLB_CT_CLOSED_REUSE); UDP
- * refreshes the idle stamp at most once a second. The TCP data path reads no clock. */
-static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_pkt *p)
+ * refreshes the idle stamp at most once a second. now: the coarse clock, which the caller
+ * reads only when a packet needs it (UDP, FIN/RST, or a forward that consults the FIB cache). */
+static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_pkt *p, __u64 now)
 {
 	if (p->proto == IPPROTO_TCP) {
 		if (!(p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST)) || (ct->flags & XLB_CT_F_CLOSING))
 			return;
-		__u64 now = bpf_ktime_get_coarse_ns();
 		ct->flags |= XLB_CT_F_CLOSING;
 		ct->stamp = now;
 		struct xlb_ct_key k = {};
@@ -50,7 +50,6 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_p
 		}
 		return;
 	}
-	__u64 now = bpf_ktime_get_coarse_ns();
 	if (now - ct->stamp > XLB_NS_PER_SEC)
 		ct->stamp = now;
 }

@@ -45,18 +45,19 @@ static __always_inline int xlb_transmit(struct xdp_md *ctx, const __u8 *dmac, co
 	return bpf_redirect(out_ifindex, 0);
 }
 
-/* Routes p's (already rewritten) packet by the kernel's FIB and neighbour table and transmits
+/* Routes p's (already rewritten) packet by the kernel's FIB and neighbour table (now: the
+ * coarse clock, for the cache) and transmits
  * it: XDP_TX out of the same port, a redirect to another; XDP_PASS when the next hop is not
  * resolved yet, so the stack forwards it and resolves the neighbour (XDP cannot); XDP_DROP
  * (counted) when there is no route. The unresolved case is common for replies to LAN clients
  * of a LoadBalancer IP: their ARP request was answered by XDP, so the kernel never learnt
  * them. A packet SNATed to the node's own address cannot take this way (the stack drops a
  * local source arriving from outside); the agent keeps those next hops resolved instead. */
-static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_pkt *p)
+static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_pkt *p,
+					   __u64 now)
 {
 	__u32 slot = ((p->daddr.u32[3] ^ p->daddr.u32[2]) * 0x9e3779b1) >> 24;
 	struct xlb_fib_entry *c = xlb_fib_cache.lookup(&slot);
-	__u64 now = bpf_ktime_get_coarse_ns();
 	if (c && c->stamp && now - c->stamp < XLB_FIB_CACHE_NS &&
 	    c->in_ifindex == ctx->ingress_ifindex && xlb_addr_eq(&c->dst, &p->daddr))
 		return xlb_transmit(ctx, c->dmac, c->smac, c->out_ifindex);
