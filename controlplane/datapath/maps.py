@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,29 @@ class BackendValue:
     flags: int
 
 
+def layout(ctype: Any, codes: dict[str, str]) -> struct.Struct:
+    """A struct.Struct packing the named fields of one of bcc's generated ctypes types at
+    their offsets (everything else zero), so that bulk writes can be built as bytes while
+    maps.h stays the one source of the layout: a field that moved or changed size fails here."""
+    fmt, pos = "=", 0
+    for name, *_ in ctype._fields_:
+        if name not in codes:
+            continue
+        f = getattr(ctype, name)
+        if f.offset < pos:
+            raise ValueError(f"{ctype.__name__}.{name}: fields out of order")
+        fmt += f"{f.offset - pos}x" if f.offset > pos else ""
+        fmt += codes[name]
+        pos = f.offset + struct.calcsize("=" + codes[name])
+        if pos != f.offset + f.size:
+            raise ValueError(f"{ctype.__name__}.{name}: {f.size} bytes, not {codes[name]!r}")
+    size = ct.sizeof(ctype)
+    return struct.Struct(fmt + (f"{size - pos}x" if size > pos else ""))
+
+
+U32 = struct.Struct("=I").pack  # a u32 key or value as the kernel stores it
+
+
 class Maps:
     """The pinned maps, opened through any compiled program that includes maps.h."""
 
@@ -124,6 +148,42 @@ class Maps:
         self.config = t("xlb_config")
         self.lb_ips = t("xlb_lb_ips")
         self.heartbeat = t("xlb_heartbeat")
+        self._svc_key = layout(
+            self.services.Key, {"addr": "16s", "port": "H", "proto": "B", "scope": "B"}
+        )
+        self._svc_leaf = layout(
+            self.services.Leaf,
+            {
+                "id": "I",
+                "group": "I",
+                "ring": "I",
+                "affinity_timeout": "I",
+                "count": "H",
+                "algorithm": "B",
+                "ring_gen": "B",
+                "flags": "H",
+            },
+        )
+        self._backend_leaf = layout(self.backends.Leaf, {"addr": "16s", "port": "H", "flags": "B"})
+        self._slot_key = layout(self.slots.Key, {"group": "I", "slot": "I"})
+
+    # -- the same entries as bytes, for batched writes ---------------------------------------------
+
+    def svc_key_raw(self, address: str, port: int, protocol: Protocol, scope: Scope) -> bytes:
+        return self._svc_key.pack(
+            addr_bytes(address), htons(port), PROTO_NUM[protocol], SCOPE_NUM[scope]
+        )
+
+    def svc_leaf_raw(self, v: SvcValue) -> bytes:
+        return self._svc_leaf.pack(
+            v.id, v.group, v.ring, v.affinity_timeout, v.count, v.algorithm, v.ring_gen, v.flags
+        )
+
+    def backend_leaf_raw(self, v: BackendValue) -> bytes:
+        return self._backend_leaf.pack(addr_bytes(v.address), htons(v.port), v.flags)
+
+    def slot_key_raw(self, group: int, slot: int) -> bytes:
+        return self._slot_key.pack(group, slot)
 
     # -- services ------------------------------------------------------------------------------
 

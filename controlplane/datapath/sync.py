@@ -31,6 +31,7 @@ from .maps import (
     SVC_F_DROP_EMPTY,
     SVC_F_PRESERVE_CLIENT,
     SVC_F_SOURCE_RANGES,
+    U32,
     BackendValue,
     Maps,
     SvcValue,
@@ -55,27 +56,29 @@ def group_key(fe: Frontend) -> GroupKey:
 
 
 class Batch:
-    """Writes to one map, gathered and made with BPF_MAP_UPDATE_BATCH (a full sync of
-    10,000 Services is 200,000 writes: one syscall each costs seconds), in the order given."""
+    """Writes to one map, given as raw key and value bytes (Maps.*_raw), gathered and made
+    with BPF_MAP_UPDATE_BATCH in the order given: a full sync of 10,000 Services is 265,000
+    writes, and a syscall and two ctypes objects each would cost seconds."""
 
     def __init__(self, table) -> None:
         self.table, self.keys, self.leaves = table, [], []
 
-    def set(self, key, leaf) -> None:
+    def set(self, key: bytes, leaf: bytes) -> None:
         self.keys.append(key)
         self.leaves.append(leaf)
-        if len(self.keys) >= 4096:  # in chunks: a whole sync's worth of ctypes would stay
-            self.flush()  # in the allocator's arenas (RSS) long after
+        if len(self.keys) >= 4096:  # in chunks: a whole sync's worth would stay in the
+            self.flush()  # allocator's arenas (RSS) long after
 
     def flush(self) -> None:
-        if len(self.keys) < 16:  # a few: one by one, as cheap and simpler to read in traces
+        key_type, leaf_type, n = self.table.Key, self.table.Leaf, len(self.keys)
+        if n < 16:  # a few: one by one, as cheap and simpler to read in traces
             for k, v in zip(self.keys, self.leaves, strict=True):
-                self.table[k] = v
-        else:
-            n = len(self.keys)
-            keys = (type(self.keys[0]) * n)(*self.keys)
-            leaves = (type(self.leaves[0]) * n)(*self.leaves)
-            self.table.items_update_batch(keys, leaves)
+                self.table[key_type.from_buffer_copy(k)] = leaf_type.from_buffer_copy(v)
+        elif n:
+            self.table.items_update_batch(
+                (key_type * n).from_buffer_copy(b"".join(self.keys)),
+                (leaf_type * n).from_buffer_copy(b"".join(self.leaves)),
+            )
         self.keys, self.leaves = [], []
 
 
@@ -148,23 +151,22 @@ class Syncer:
 
     # -- identities ------------------------------------------------------------------------------
 
-    def _backend_id(self, b: Backend) -> int:
-        """The id of the backend at b's address and port: its slot in the backends array.
+    def _backend_id(self, key: tuple[str, int]) -> int:
+        """The id of the backend at this (address, port): its slot in the backends array.
         A new backend takes the lowest free slot (0 is never used); a tracked flow whose
         backend's slot was reused notices because the address no longer matches."""
-        key = (b.address, b.port)
-        if key not in self.backend_ids:
-            free = self.free_from
-            while free in self.backends:
-                free += 1
-            if free >= self.cfg.max_backends:
-                raise SyncError(
-                    f"more than {self.cfg.max_backends - 1} backends: raise --max-backends"
-                )
-            self.free_from = free + 1
-            self.backend_ids[key] = free
-            self.backends[free] = BackendValue("", 0, 0)  # reserved until written
-        return self.backend_ids[key]
+        bid = self.backend_ids.get(key)
+        if bid is not None:
+            return bid
+        free = self.free_from
+        while free in self.backends:
+            free += 1
+        if free >= self.cfg.max_backends:
+            raise SyncError(f"more than {self.cfg.max_backends - 1} backends: raise --max-backends")
+        self.free_from = free + 1
+        self.backend_ids[key] = free
+        self.backends[free] = BackendValue("", 0, 0)  # reserved until written
+        return free
 
     def _adopt_groups(self, wanted: dict[GroupKey, list[Frontend]]) -> None:
         """Each wanted group takes the id its frontends already have in the maps, if free."""
@@ -271,10 +273,10 @@ class Syncer:
             for flag in range(4):  # OR of the flags of every group using it
                 if (users >> (16 * flag)) & 0xFFFF:
                     f |= flag
-            bid = self._backend_id(Backend(*key))
+            bid = self._backend_id(key)
             value = BackendValue(key[0], key[1], f)
             if self.backends.get(bid) != value:
-                backends.set(ct.c_uint32(bid), m.backend_leaf(value))
+                backends.set(U32(bid), m.backend_leaf_raw(value))
                 self.backends[bid] = value
                 res.writes += 1
 
@@ -307,11 +309,11 @@ class Syncer:
             fes = fes_of(gk)
             group = self.groups[self.group_ids[gk]]
             ordered = sorted(fes[0].backends, key=lambda b: b.name)
-            ids = tuple(self._backend_id(b) for b in ordered)
+            ids = tuple(self._backend_id((b.address, b.port)) for b in ordered)
             old_counts[group.id] = len(group.backends)
             for slot, bid in enumerate(ids, start=1):
                 if slot > len(group.backends) or group.backends[slot - 1] != bid:
-                    slots.set(m.slot_key(group.id, slot), ct.c_uint32(bid))
+                    slots.set(m.slot_key_raw(group.id, slot), U32(bid))
                     res.writes += 1
             group.backends = ids
             group.algorithm = self._ring(group, fes[0], ordered, recycled, res)
@@ -351,7 +353,7 @@ class Syncer:
                     ),
                 )
                 if old != value:
-                    services.set(m.svc_key(*fe.key), m.svc_leaf(value))
+                    services.set(m.svc_key_raw(*fe.key), m.svc_leaf_raw(value))
                     self.frontends[fe.key] = value
                     res.writes += 1
 
