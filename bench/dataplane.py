@@ -77,15 +77,21 @@ def other_vip(i: int) -> str:
     return f"10.{202 + i // 65536}.{i // 256 % 256}.{i % 256}"
 
 
-class Rig:
-    def __init__(self) -> None:
+class Namespaces:
+    """A bench rig's network namespaces (unique names), veth pairs between them, a pin root;
+    built on entry and removed on exit, also when building fails half-way."""
+
+    def __init__(self, prefix: str, *roles: str) -> None:
         tag = uuid.uuid4().hex[:6]
-        self.gen, self.lb, self.sink = (f"xlbb-{tag}-{n}" for n in ("gen", "lb", "sink"))
-        self.pin_root = f"/sys/fs/bpf/xlb-bench-{os.getpid()}-{tag}"
+        self.names = [f"{prefix}-{tag}-{r}" for r in roles]
+        self.pin_root = f"/sys/fs/bpf/{prefix}-{os.getpid()}-{tag}"
         self.programs: list = []
 
-    def __enter__(self) -> Rig:
+    def __enter__(self):
         try:
+            for ns in self.names:
+                sh("ip", "netns", "add", ns)
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
             self._build()
         except BaseException:
             self.__exit__()
@@ -93,18 +99,36 @@ class Rig:
         return self
 
     def _build(self) -> None:
+        raise NotImplementedError
+
+    def veth(self, ns_a: str, a: str, ns_b: str, b: str) -> None:
+        """A veth pair, made under unique names in the root namespace, moved, renamed, up."""
+        tmp_a, tmp_b = f"xb{uuid.uuid4().hex[:8]}", f"xb{uuid.uuid4().hex[:8]}"
+        sh("ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
+        sh("ip", "link", "set", tmp_a, "netns", ns_a, "name", a)
+        sh("ip", "link", "set", tmp_b, "netns", ns_b, "name", b)
+        sh("ip", "-n", ns_a, "link", "set", a, "up")
+        sh("ip", "-n", ns_b, "link", "set", b, "up")
+
+    def __exit__(self, *exc) -> None:
+        for p in self.programs:
+            p.cleanup()
+        self.programs = []
+        for ns in self.names:
+            sh("ip", "netns", "del", ns, check=False)
+        subprocess.run(["rm", "-rf", self.pin_root])
+
+
+class Rig(Namespaces):
+    def __init__(self) -> None:
+        super().__init__("xlbb", "gen", "lb", "sink")
+        self.gen, self.lb, self.sink = self.names
+
+    def _build(self) -> None:
         import bcc
 
-        for ns in (self.gen, self.lb, self.sink):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        for a, ns_a, b, ns_b in (("g0", self.gen, "l0", self.lb), ("l1", self.lb, "s0", self.sink)):
-            tmp_a, tmp_b = f"xb{uuid.uuid4().hex[:8]}", f"xb{uuid.uuid4().hex[:8]}"
-            sh("ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
-            sh("ip", "link", "set", tmp_a, "netns", ns_a, "name", a)
-            sh("ip", "link", "set", tmp_b, "netns", ns_b, "name", b)
-            sh("ip", "-n", ns_a, "link", "set", a, "up")
-            sh("ip", "-n", ns_b, "link", "set", b, "up")
+        self.veth(self.gen, "g0", self.lb, "l0")
+        self.veth(self.lb, "l1", self.sink, "s0")
         sh("ip", "-n", self.gen, "addr", "add", f"{GEN_IP}/24", "dev", "g0")
         sh("ip", "-n", self.lb, "addr", "add", f"{LB_IP}/24", "dev", "l0")
         sh("ip", "-n", self.lb, "addr", "add", f"{LB_OUT_IP}/24", "dev", "l1")
@@ -153,11 +177,6 @@ class Rig:
             import socket
 
             self.g0 = socket.if_nametoindex("g0")
-
-    def __exit__(self, *exc) -> None:
-        for ns in (self.gen, self.lb, self.sink):
-            sh("ip", "netns", "del", ns, check=False)
-        subprocess.run(["rm", "-rf", self.pin_root])
 
     @staticmethod
     def mac(ns: str, dev: str) -> str:

@@ -22,14 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.dataplane import other_vip, sh  # noqa: E402
+from bench.dataplane import Namespaces, other_vip, sh  # noqa: E402
 
 CLUSTER_IP, POD_CLI, POD_SRV = "10.96.100.1", "10.244.1.2", "10.244.2.2"
 MODES = ("xlb", "iptables", "nftables")
@@ -69,42 +68,24 @@ def _latency_ms(text: str, pct: str) -> float:
     return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
 
 
-class Pods:
+class Pods(Namespaces):
     """Two pods and their node; nginx in one; the balancer under test set up per mode."""
 
     def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.cli, self.node, self.srv = (f"xlbe-{tag}-{n}" for n in ("cli", "node", "srv"))
-        self.pin_root = f"/sys/fs/bpf/xlb-benchew-{os.getpid()}-{tag}"
+        super().__init__("xlbe", "cli", "node", "srv")
+        self.cli, self.node, self.srv = self.names
         self.cgroup = ""
         self.tmp = tempfile.mkdtemp(prefix="xlb-eastwest-")
         self.nginx: subprocess.Popen | None = None
-        self.programs: list = []
-
-    def __enter__(self) -> Pods:
-        try:
-            self._build()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
     def _build(self) -> None:
-        for ns in (self.cli, self.node, self.srv):
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
         for pod, port, addr, gw in (
             (self.cli, "c0", POD_CLI, "10.244.1.1"),
             (self.srv, "s0", POD_SRV, "10.244.2.1"),
         ):
-            a, b = f"xe{uuid.uuid4().hex[:8]}", f"xe{uuid.uuid4().hex[:8]}"
-            sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-            sh("ip", "link", "set", a, "netns", pod, "name", "eth0")
-            sh("ip", "link", "set", b, "netns", self.node, "name", port)
+            self.veth(pod, "eth0", self.node, port)
             sh("ip", "-n", pod, "addr", "add", f"{addr}/24", "dev", "eth0")
             sh("ip", "-n", self.node, "addr", "add", f"{gw}/24", "dev", port)
-            sh("ip", "-n", pod, "link", "set", "eth0", "up")
-            sh("ip", "-n", self.node, "link", "set", port, "up")
             sh("ip", "-n", pod, "route", "add", "default", "via", gw)
         sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for ns in (self.cli, self.srv):  # a few hundred thousand short connections
@@ -156,11 +137,9 @@ class Pods:
 
             detach_sock(self.cgroup)
             os.rmdir(self.cgroup)
-        for p in self.programs:
-            p.cleanup()
-        for ns in (self.cli, self.node, self.srv):
-            sh("ip", "netns", "del", ns, check=False)
-        subprocess.run(["rm", "-rf", self.pin_root, self.tmp])
+            self.cgroup = ""
+        super().__exit__(*exc)
+        subprocess.run(["rm", "-rf", self.tmp])
 
     def setup(self, mode: str, services: int = 1) -> None:
         """The balancer, with services-1 other Services programmed in front of the one

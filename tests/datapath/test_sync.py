@@ -323,3 +323,26 @@ def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer,
         assert flags == want_flags, step
         assert all(len(groups) == 1 for groups in rings.values()), step
     assert hinted > 20  # the fast path was taken, and often
+
+
+def test_raw_entries_match_the_ctypes_ones_and_a_wrong_layout_is_refused(maps):
+    """The bytes the sync writes are exactly what bcc's types of maps.h would write."""
+    import ctypes as ct
+
+    from controlplane.datapath.maps import BackendValue, SvcValue, layout
+    from controlplane.model.objects import Protocol
+
+    key = ("fd00:10:96::10", 8080, Protocol.UDP, Scope.EXTERNAL)
+    assert maps.svc_key_raw(*key) == bytes(maps.svc_key(*key))
+    value = SvcValue(7, 3, 1, 600, 12, 2, 1, 5)
+    assert maps.svc_leaf_raw(value) == bytes(maps.svc_leaf(value))
+    backend = BackendValue("10.244.1.5", 8080, 3)
+    assert maps.backend_leaf_raw(backend) == bytes(maps.backend_leaf(backend))
+    assert maps.slot_key_raw(9, 4) == bytes(maps.slot_key(9, 4))
+
+    class Entry(ct.Structure):
+        _fields_ = [("a", ct.c_uint32), ("b", ct.c_uint16)]
+
+    assert layout(Entry, {"a": "I", "b": "H"}).pack(1, 2) == bytes(Entry(1, 2))
+    with pytest.raises(ValueError, match="Entry.a: 4 bytes"):
+        layout(Entry, {"a": "H", "b": "H"})

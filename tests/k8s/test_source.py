@@ -157,7 +157,8 @@ def test_an_outage_keeps_the_last_state_and_says_so(api, source):
     eventually(lambda: source.ready)
     api.apply(svc("web", "10.96.0.10"))
     api.apply(eps("web", ["10.244.1.5"]))
-    eventually(lambda: backends(source, "web") == ["10.244.1.5"])
+    # both: the two arrive on separate watches, in either order
+    eventually(lambda: backends(source, "web") == ["10.244.1.5"] and "web" in services(source))
     source.snapshot()
     api.down = True
     api.cut_watches()

@@ -48,12 +48,12 @@ def api_client(api):
 
 
 @contextlib.contextmanager
-def allocating_agent(api, syncer, lease_first=None):
-    """node-1's agent over the API with gossip on loopback, a Lease elector and the
-    allocator; `lease_first` (another elector) may hold the Lease already."""
+def allocating_agent(api, syncer, port=None):
+    """node-1's agent over the API with gossip on 127.0.0.1:port (default: a free one), a
+    Lease elector and the allocator, running for the block."""
     source = KubernetesSource(api_client(api), watch_timeout=5, backoff=(0.05, 1.0))
     lease = LeaseElector(api_client(api), "node-1", **LEASE)
-    members = Members(MembersConfig("node-1", "127.0.0.1", free_ports(1)[0], KEY))
+    members = Members(MembersConfig("node-1", "127.0.0.1", port or free_ports(1)[0], KEY))
     agent = Agent(
         AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
         source,
@@ -212,46 +212,29 @@ def test_kubernetes_failover_moves_announcements_then_allocation(api, syncer):
     loop2.start()
     eventually(lambda: lease2.leading)
     try:
-        source = KubernetesSource(api_client(api), watch_timeout=5, backoff=(0.05, 1.0))
-        lease1 = LeaseElector(api_client(api), "node-1", **LEASE)
-        m1 = Members(MembersConfig("node-1", "127.0.0.1", port, KEY))
-        agent = Agent(
-            AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.05, min_interval=0.1),
-            source,
-            SyncerDatapath(syncer),
-            members=m1,
-            allocator=Allocator(lease1, source, "node-1"),
-        )
-        m1.start()
-        lease1.start()
-        try:
-            with running(agent, join=10):
-                for i in range(6):
-                    api.apply(lb(f"lb{i}", f"10.96.9.{i + 1}"))
-                eventually(lambda: all(ingress(api, f"lb{i}") for i in range(6)), timeout=5)
-                ips = {ingress(api, f"lb{i}")[0] for i in range(6)}
-                mine = {ip for ip in ips if owner(ip, {"node-1", "node-2"}) == "node-1"}
-                assert mine and mine != ips
-                eventually(lambda: announced(syncer) == mine)
-                eventually(lambda: events(api, "lb0"))
-                assert {e["reportingInstance"] for e in events(api, "lb0")} == {"node-2"}
-                stop2.set()  # node-2 dies
-                m2.stop()
-                lease2.stopping.set()
-                t0 = time.monotonic()
-                took = eventually(lambda: announced(syncer) == ips)
-                print(f"node-1 answers for node-2's addresses {took:.2f}s after it died")
-                assert took <= 2.0
-                api.apply(lb("late", "10.96.9.9"))
-                eventually(lambda: ingress(api, "late"), timeout=5)
-                print(f"node-1 allocated {time.monotonic() - t0:.2f}s after node-2 died")
-                eventually(lambda: events(api, "late"))  # posted just after the status
-                assert {e["reportingInstance"] for e in events(api, "late")} == {"node-1"}
-                eventually(lambda: announced(syncer) == ips | set(ingress(api, "late")))
-        finally:
-            lease1.stop()
-            m1.stop()
-            syncer.sync_lb_ips(set())
+        with allocating_agent(api, syncer, port):
+            for i in range(6):
+                api.apply(lb(f"lb{i}", f"10.96.9.{i + 1}"))
+            eventually(lambda: all(ingress(api, f"lb{i}") for i in range(6)), timeout=5)
+            ips = {ingress(api, f"lb{i}")[0] for i in range(6)}
+            mine = {ip for ip in ips if owner(ip, {"node-1", "node-2"}) == "node-1"}
+            assert mine and mine != ips
+            eventually(lambda: announced(syncer) == mine)
+            eventually(lambda: events(api, "lb0"))
+            assert {e["reportingInstance"] for e in events(api, "lb0")} == {"node-2"}
+            stop2.set()  # node-2 dies
+            m2.stop()
+            lease2.stopping.set()
+            t0 = time.monotonic()
+            took = eventually(lambda: announced(syncer) == ips)
+            print(f"node-1 answers for node-2's addresses {took:.2f}s after it died")
+            assert took <= 2.0
+            api.apply(lb("late", "10.96.9.9"))
+            eventually(lambda: ingress(api, "late"), timeout=5)
+            print(f"node-1 allocated {time.monotonic() - t0:.2f}s after node-2 died")
+            eventually(lambda: events(api, "late"))  # posted just after the status
+            assert {e["reportingInstance"] for e in events(api, "late")} == {"node-1"}
+            eventually(lambda: announced(syncer) == ips | set(ingress(api, "late")))
     finally:
         stop2.set()
         loop2.join(2)
