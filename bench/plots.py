@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
-def dataplane(results: list, path: Path, title: str) -> None:
-    """Delivered Mpps per balancer and Service count: median bars, min-max whiskers."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot drawing to files (no display on a CI machine)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def dataplane(results: list, path: Path, title: str) -> None:
+    """Delivered Mpps per balancer and Service count: median bars, min-max whiskers."""
+    plt = _pyplot()
 
     from bench.dataplane import medians
 
@@ -42,11 +50,7 @@ def dataplane(results: list, path: Path, title: str) -> None:
 
 def change_latency(latencies_s: list[float], path: Path, title: str) -> None:
     """The distribution of one-endpoint-change latencies (translate + sync into the maps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     xs = sorted(x * 1000 for x in latencies_s)
     ys = [(i + 1) / len(xs) for i in range(len(xs))]
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -63,11 +67,7 @@ def change_latency(latencies_s: list[float], path: Path, title: str) -> None:
 
 def eastwest(results: list, path: Path, title: str) -> None:
     """Requests per second through a ClusterIP, keep-alive and one request per connection."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     tests = [("keepalive", "keep-alive (requests/s)"), ("close", "Connection: close (conns/s)")]
     modes = list(dict.fromkeys(r.mode for r in results))
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
