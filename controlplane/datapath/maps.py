@@ -195,21 +195,6 @@ class Maps:
         k.scope = SCOPE_NUM[scope]
         return k
 
-    def svc_leaf(self, v: SvcValue) -> Any:
-        leaf = self.services.Leaf()
-        for name in (
-            "id",
-            "group",
-            "ring",
-            "affinity_timeout",
-            "count",
-            "algorithm",
-            "ring_gen",
-            "flags",
-        ):
-            setattr(leaf, name, getattr(v, name))
-        return leaf
-
     def read_services(self) -> dict[tuple[str, int, Protocol, Scope], SvcValue]:
         out = {}
         for k, v in self.services.items():
@@ -220,13 +205,6 @@ class Maps:
         return out
 
     # -- backends and slots ----------------------------------------------------------------------
-
-    def backend_leaf(self, v: BackendValue) -> Any:
-        leaf = self.backends.Leaf()
-        set_addr(leaf.addr, v.address)
-        leaf.port = htons(v.port)
-        leaf.flags = v.flags
-        return leaf
 
     def read_backends(self) -> dict[int, BackendValue]:
         """The occupied slots of the backends array (port 0 marks an empty one), in one

@@ -328,16 +328,24 @@ def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer,
 def test_raw_entries_match_the_ctypes_ones_and_a_wrong_layout_is_refused(maps):
     """The bytes the sync writes are exactly what bcc's types of maps.h would write."""
     import ctypes as ct
+    import socket
 
-    from controlplane.datapath.maps import BackendValue, SvcValue, layout
+    from controlplane.datapath.maps import BackendValue, SvcValue, layout, set_addr
     from controlplane.model.objects import Protocol
 
     key = ("fd00:10:96::10", 8080, Protocol.UDP, Scope.EXTERNAL)
     assert maps.svc_key_raw(*key) == bytes(maps.svc_key(*key))
     value = SvcValue(7, 3, 1, 600, 12, 2, 1, 5)
-    assert maps.svc_leaf_raw(value) == bytes(maps.svc_leaf(value))
+    leaf = maps.services.Leaf()
+    for name in ("id", "group", "ring", "affinity_timeout", "count", "algorithm", "ring_gen"):
+        setattr(leaf, name, getattr(value, name))
+    leaf.flags = value.flags
+    assert maps.svc_leaf_raw(value) == bytes(leaf)
     backend = BackendValue("10.244.1.5", 8080, 3)
-    assert maps.backend_leaf_raw(backend) == bytes(maps.backend_leaf(backend))
+    be = maps.backends.Leaf()
+    set_addr(be.addr, backend.address)
+    be.port, be.flags = socket.htons(backend.port), backend.flags
+    assert maps.backend_leaf_raw(backend) == bytes(be)
     assert maps.slot_key_raw(9, 4) == bytes(maps.slot_key(9, 4))
 
     class Entry(ct.Structure):
