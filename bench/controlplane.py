@@ -94,19 +94,19 @@ def datapath_config(services: int, endpoints: int):
 
 @contextmanager
 def real_maps(services: int, endpoints: int):
-    """xdp_lb compiled for this size, its maps pinned under a unique root (removed after)."""
-    import bcc
-
+    """The maps as an agent has them at this size: the three programs compiled and loaded by
+    the loader's child process (not attached), the maps opened from their pins under a
+    unique root (removed after). This process never imports bcc, like the agent."""
+    from controlplane.datapath import loader
     from controlplane.datapath.maps import Maps
-    from controlplane.datapath.programs import compile_program
     from controlplane.datapath.sync import Syncer
 
     cfg = datapath_config(services, endpoints)
     try:
-        prog = compile_program("xdp_lb.c", cfg)
-        prog.function("xdp_lb", bcc.BPF.XDP)
-        yield Syncer(Maps(prog), cfg)
-        prog.cleanup()
+        loader.load(cfg)
+        maps = Maps.open(cfg.pin_root)
+        yield Syncer(maps, cfg)
+        maps.close()
     finally:
         subprocess.run(["rm", "-rf", cfg.pin_root])
 
@@ -154,9 +154,9 @@ def measure(services: int = 10000, endpoints: int = 10, changes: int = 20) -> di
 
 
 def agent_memory(services: int = 10000, endpoints: int = 10) -> dict:
-    """RSS of a fresh process holding what an agent holds at this size: the parsed cluster,
-    its translation, the loaded datapath and the Syncer's mirror of the maps. `peak` includes
-    compiling the BPF programs (LLVM, at start only)."""
+    """RSS of a fresh process holding what an agent holds at this size: the Kubernetes client
+    imported, the parsed cluster, its translation, the maps of the loaded datapath and the
+    Syncer's mirror of them (the compile runs in the loader's child, as in the agent)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.controlplane", "--memory-child"]
         + ["--services", str(services), "--endpoints", str(endpoints)],
@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:  # agent_memory's fresh process: load, sync, report VmRSS and VmHWM
+        import kubernetes  # noqa: F401  (the agent's API source holds it)
+
         svcs, slices = cluster(args.services, args.endpoints)
         with real_maps(args.services, args.endpoints) as syncer:
             syncer.sync(Translator()(svcs, slices, NODE), NODE.addresses[0])

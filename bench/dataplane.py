@@ -245,7 +245,7 @@ class Rig(Namespaces):
                 )
                 for i in range(services - 1)
             ]
-            Syncer(Maps(prog), cfg).sync(DesiredState(frontends=tuple(fes)), LB_IP)
+            Syncer(Maps.open(prog.pin_root), cfg).sync(DesiredState(frontends=tuple(fes)), LB_IP)
             self.programs.append(prog)
             self.attach_lb_xdp(fn)
         elif mode == "bare-xdp":

@@ -221,7 +221,7 @@ class Pods(Namespaces):
             )
             for i, vip in enumerate(vips)
         )
-        Syncer(Maps(xdp), cfg).sync(DesiredState(frontends=services))
+        Syncer(Maps.open(xdp.pin_root), cfg).sync(DesiredState(frontends=services))
         self.cgroup = os.path.join(cgroup2_root(), f"xlb-benchew-{os.getpid()}")
         os.mkdir(self.cgroup)
         attach_sock(sock, self.cgroup)

@@ -49,7 +49,7 @@ def programmed(xdp, tc, dp_config):
     from controlplane.datapath.maps import Maps
     from controlplane.datapath.sync import Syncer
 
-    maps = Maps(xdp)
+    maps = Maps.open(xdp.pin_root)
     maps.ct.clear()
     Syncer(maps, dp_config).sync(STATE, NODE4, NODE6)
     return xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd

@@ -327,8 +327,7 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
 
     for line in ensure_sysctls(dp_cfg.snat_ports):
         log.info("%s", line)
-    datapath = NodeDatapath.load(dp_cfg)
-    datapath.attach(cfg.uplink, cfg.cgroup, native=cfg.native_xdp)
+    datapath = NodeDatapath.load(dp_cfg, cfg.uplink, cfg.cgroup, native=cfg.native_xdp)
     members = announcer = None
     if cfg.gossip_key:
         from .l2.announce import Announcer

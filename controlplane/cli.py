@@ -193,9 +193,8 @@ def cmd_datapath_up(args: argparse.Namespace) -> int:
     addr6 = next((a for a in addrs if ":" in a), "::")
     for line in ensure_sysctls(cfg.snat_ports):
         print(f"xlb: {line}")
-    dp = NodeDatapath.load(cfg)
     cgroup = args.cgroup or cgroup2_root()
-    dp.attach(args.uplink, cgroup, native=not args.generic_xdp)
+    dp = NodeDatapath.load(cfg, args.uplink, cgroup, native=not args.generic_xdp)
     res = dp.apply(state, addr4, addr6)
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -358,7 +357,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def lab_status(lab) -> int:
     from .datapath.maps import Maps
-    from .datapath.programs import open_pinned
     from .datapath.status import collect, render
     from .lab.lab import _alive
 
@@ -375,7 +373,7 @@ def lab_status(lab) -> int:
         print(f"{'(host for hand-written endpoints)':<44} {'-':<10} {' '.join(state.ext_ips)}")
     for n in state.nodes:
         print(f"\n== programmed on {n.name} ==")
-        print(render(collect(Maps(open_pinned(n.pin_root)))))
+        print(render(collect(Maps.open(n.pin_root))))
     return 0
 
 
@@ -418,10 +416,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .datapath.maps import Maps
-    from .datapath.programs import open_pinned
     from .datapath.status import collect, render
 
-    status = collect(Maps(open_pinned(args.pin_root)))
+    status = collect(Maps.open(args.pin_root))
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
 

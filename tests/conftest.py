@@ -54,10 +54,11 @@ def xdp(dp_config):
 
 @pytest.fixture
 def maps(xdp) -> Maps:
-    m = Maps(xdp)
+    m = Maps.open(xdp.pin_root)
     m.ct.clear()
     m.affinity.clear()
-    return m
+    yield m
+    m.close()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Typed access to the pinned maps, through bcc's generated Key/Leaf types (maps.h is the one
-source of every layout; nothing here restates a struct)."""
+source of every layout; nothing here restates a struct). Opened from the pins and their layout
+(datapath/pinned.py), so no process that only reads and writes maps imports bcc."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from ..model.objects import Protocol
 from ..model.state import Algorithm, Scope
-from .programs import Program
+from .pinned import PinnedTable, open_tables
 
 PROTO_NUM = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 PROTO_NAME = {v: k for k, v in PROTO_NUM.items()}
@@ -131,11 +132,11 @@ U32 = struct.Struct("=I").pack  # a u32 key or value as the kernel stores it
 
 
 class Maps:
-    """The pinned maps, opened through any compiled program that includes maps.h."""
+    """The pinned maps under one pin root, as the last compile laid them out."""
 
-    def __init__(self, program: Program) -> None:
-        self.program = program
-        t = program.table
+    def __init__(self, tables: dict[str, PinnedTable], pin_root: str) -> None:
+        self.tables, self.pin_root = tables, pin_root
+        t = tables.__getitem__
         self.services = t("xlb_services")
         self.slots = t("xlb_slots")
         self.backends = t("xlb_backends")
@@ -166,6 +167,14 @@ class Maps:
         )
         self._backend_leaf = layout(self.backends.Leaf, {"addr": "16s", "port": "H", "flags": "B"})
         self._slot_key = layout(self.slots.Key, {"group": "I", "slot": "I"})
+
+    @classmethod
+    def open(cls, pin_root: str) -> Maps:
+        return cls(open_tables(pin_root), pin_root)
+
+    def close(self) -> None:
+        for table in self.tables.values():
+            table.close()
 
     # -- the same entries as bytes, for batched writes ---------------------------------------------
 

@@ -1,5 +1,6 @@
-"""One node's datapath: the three programs compiled against the same pinned maps, attached to
-the uplink and a cgroup, and a Syncer to program them."""
+"""One node's datapath: the three programs compiled against the same pinned maps (in a child
+process: datapath/loader.py), attached to the uplink and a cgroup, and a Syncer to program
+the maps."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model.state import DesiredState
-from . import attach
+from . import attach, loader
 from .config import DatapathConfig
 from .maps import Maps
-from .programs import Program, compile_program
 from .sync import Syncer, SyncResult
 
 # What forwarding to backends needs from the kernel: bpf_fib_lookup refuses to route when
@@ -51,28 +51,19 @@ def ensure_sysctls(snat_ports: tuple[int, int] | None = None) -> list[str]:
 @dataclass
 class NodeDatapath:
     cfg: DatapathConfig
-    xdp: Program
-    tc: Program
-    sock: Program
     maps: Maps
     syncer: Syncer
-
-    @classmethod
-    def load(cls, cfg: DatapathConfig) -> NodeDatapath:
-        """Compiles the programs; the first creates the pinned maps, the rest open them."""
-        xdp = compile_program("xdp_lb.c", cfg)
-        tc = compile_program("tc_lb.c", cfg)
-        sock = compile_program("sock_lb.c", cfg)
-        maps = Maps(xdp)
-        return cls(cfg, xdp, tc, sock, maps, Syncer(maps, cfg))
-
     uplink_mac: str = ""
 
-    def attach(self, uplink: str, cgroup: str, native: bool = True) -> None:
-        attach.attach_xdp(self.xdp, uplink, native)
-        attach.attach_tc(self.tc, uplink)
-        attach.attach_sock(self.sock, cgroup)
-        self.uplink_mac = interface_mac(uplink)
+    @classmethod
+    def load(
+        cls, cfg: DatapathConfig, uplink: str, cgroup: str, native: bool = True
+    ) -> NodeDatapath:
+        """Compiles the programs and attaches them over any earlier ones (the first creates
+        the pinned maps, the rest open them), then opens the maps for the sync."""
+        loader.load(cfg, uplink, cgroup, native)
+        maps = Maps.open(cfg.pin_root)
+        return cls(cfg, maps, Syncer(maps, cfg), interface_mac(uplink))
 
     def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
         return self.syncer.sync(state, node_addr4, node_addr6, self.uplink_mac)

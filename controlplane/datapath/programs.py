@@ -9,6 +9,7 @@ restarted agent, opens the same maps and traffic never stops.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -21,6 +22,10 @@ from .config import DatapathConfig
 
 BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+# maps.h's pinned maps: BPF_TABLE_PINNED("type", key, value, NAME, size, XLB_PIN_ROOT "/FILE"...
+_PINNED = re.compile(
+    r'BPF_TABLE_PINNED\(\s*"\w+",\s*[^,]+,\s*[^,]+,\s*(\w+),[^;]*?XLB_PIN_ROOT\s*"/(\w+)"', re.S
+)
 
 
 class DatapathError(RuntimeError):
@@ -59,6 +64,7 @@ class Program:
 
     name: str
     bpf: Any
+    pin_root: str
     functions: dict[str, Any] = field(default_factory=dict)
 
     def function(self, name: str, prog_type: int, **kw: Any) -> Any:
@@ -81,14 +87,41 @@ def _compile(source: str, pin_root: str, cflags: list[str], debug: int = 0) -> P
         bpf = bcc.BPF(text=text.encode(), cflags=cflags + ["-Wno-unused-function"], debug=debug)
     except Exception as exc:  # bcc raises plain Exception for compile and map errors
         raise DatapathError(f"xlb: cannot load bpf/{source}: {exc}") from None
-    return Program(source, bpf)
+    return Program(source, bpf, pin_root)
 
 
 def compile_program(source: str, cfg: DatapathConfig, debug: int = 0) -> Program:
-    """Compiles bpf/<source> against cfg's sizes, opening (or creating) the pinned maps."""
+    """Compiles bpf/<source> against cfg's sizes, opening (or creating) the pinned maps, and
+    records their layout beside the pins for processes that open them without bcc."""
     program = _compile(source, cfg.pin_root, cfg.cflags(), debug)
+    record_layout(program)
     release_memory()
     return program
+
+
+def pinned_maps() -> dict[str, str]:
+    """maps.h's pinned maps: C name -> pin file under the pin root."""
+    return dict(_PINNED.findall((BPF_DIR / "lib" / "maps.h").read_text()))
+
+
+def record_layout(program: Program) -> None:
+    """Pins the layout: for every pinned map, bcc's descriptions of its key and value types
+    as this compile generated them from maps.h (see datapath/pinned.py)."""
+    from .pinned import write_layout
+    from .syscall import map_info, pinned_map_info
+
+    lib, module = import_bcc().lib, program.bpf.module
+    tables = {}
+    for name, pin in pinned_maps().items():
+        fd = lib.bpf_table_fd(module, name.encode())
+        if fd < 0:
+            raise DatapathError(f"xlb: bpf/{program.name} has no map {name} (maps.h pins it)")
+        if map_info(fd).id != pinned_map_info(os.path.join(program.pin_root, pin)).id:
+            raise DatapathError(f"xlb: {program.pin_root}/{pin} is not the map {name} opened")
+        key = lib.bpf_table_key_desc(module, name.encode()).decode()
+        leaf = lib.bpf_table_leaf_desc(module, name.encode()).decode()
+        tables[name] = (pin, json.loads(key), json.loads(leaf))
+    write_layout(program.pin_root, tables)
 
 
 def release_memory() -> None:
@@ -98,33 +131,3 @@ def release_memory() -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-# Pinned map file -> the size macro it was created with (stats shares XLB_MAX_SERVICES).
-_SIZE_MACROS = {
-    "services": "XLB_MAX_SERVICES",
-    "backends": "XLB_MAX_BACKENDS",
-    "slots": "XLB_MAX_SLOTS",
-    "ct": "XLB_CT_SIZE",
-    "affinity": "XLB_AFFINITY_SIZE",
-    "source_ranges": "XLB_MAX_SOURCE_RANGES",
-    "sock_rev": "XLB_SOCK_REV_SIZE",
-}
-
-
-def open_pinned(pin_root: str) -> Program:
-    """The maps an agent pinned under pin_root, whatever sizes it chose (read from the pins),
-    for readers such as `xlb status` that run beside the agent or without it."""
-    from .syscall import pinned_map_info
-
-    if not os.path.exists(os.path.join(pin_root, "services")):
-        raise DatapathError(
-            f"xlb: no xlb maps pinned under {pin_root}; is the datapath "
-            "loaded on this node (xlb datapath up), or is it another --pin-root?"
-        )
-    flags = [f'-DXLB_PIN_ROOT="{pin_root}"']
-    for name, macro in _SIZE_MACROS.items():
-        flags.append(f"-D{macro}={pinned_map_info(os.path.join(pin_root, name)).max_entries}")
-    ring_entries = pinned_map_info(os.path.join(pin_root, "rings")).max_entries
-    flags += ["-DXLB_MAX_RINGS=1", f"-DXLB_RING_SIZE={ring_entries // 2}"]
-    return _compile("maps.c", pin_root, flags)

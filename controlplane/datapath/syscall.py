@@ -1,4 +1,5 @@
-"""The bpf(2) commands bcc does not wrap: running a program on a packet (BPF_PROG_TEST_RUN)."""
+"""bpf(2) without bcc: running a program on a packet (BPF_PROG_TEST_RUN), opening pins and
+reading what they hold, detaching from cgroups; datapath/pinned.py builds map access on it."""
 
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ class _DetachAttr(ct.Structure):
     ]
 
 
-def _bpf(cmd: int, attr: ct.Structure) -> int:
+def bpf(cmd: int, attr: ct.Structure) -> int:
+    """One bpf(2) command; its result, or OSError with the errno (ENOENT: FileNotFoundError)."""
     ret = _libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
     if ret < 0:
         err = ct.get_errno()
@@ -133,22 +135,64 @@ def _bpf(cmd: int, attr: ct.Structure) -> int:
     return ret
 
 
+_BPF_MAP_CREATE = 0
+_BPF_OBJ_PIN = 6
+
+
+class _MapCreateAttr(ct.Structure):
+    _fields_ = [
+        ("map_type", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("inner_map_fd", ct.c_uint32),
+        ("numa_node", ct.c_uint32),
+        ("map_name", ct.c_char * 16),
+    ]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
+    """A new map's file descriptor (the caller closes it; a pin keeps the map)."""
+    attr = _MapCreateAttr(
+        map_type=map_type,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_name=name.encode()[:15],
+    )
+    return bpf(_BPF_MAP_CREATE, attr)
+
+
+def obj_pin(fd: int, path: str) -> None:
+    buf = ct.create_string_buffer(path.encode())
+    bpf(_BPF_OBJ_PIN, _ObjGetAttr(pathname=ct.addressof(buf), bpf_fd=fd))
+
+
+def obj_get(path: str) -> int:
+    """A new file descriptor for the object pinned at path (the caller closes it)."""
+    buf = ct.create_string_buffer(path.encode())
+    return bpf(_BPF_OBJ_GET, _ObjGetAttr(pathname=ct.addressof(buf)))
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    bpf(
+        _BPF_OBJ_GET_INFO_BY_FD,
+        _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)),
+    )
+    return info
+
+
 def pinned_map_info(path: str) -> MapInfo:
     """Type and sizes of the map pinned at path."""
-    raw = path.encode()
-    buf = ct.create_string_buffer(raw)
-    fd = _bpf(_BPF_OBJ_GET, _ObjGetAttr(pathname=ct.addressof(buf)))
+    fd = obj_get(path)
     try:
-        info = MapInfo()
-        _bpf(
-            _BPF_OBJ_GET_INFO_BY_FD,
-            _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)),
-        )
-        return info
+        return map_info(fd)
     finally:
         os.close(fd)
 
 
 def prog_detach(target_fd: int, attach_type: int) -> None:
     """Detaches the one program attached (without BPF_F_ALLOW_MULTI) at target for type."""
-    _bpf(_BPF_PROG_DETACH, _DetachAttr(target_fd=target_fd, attach_type=attach_type))
+    bpf(_BPF_PROG_DETACH, _DetachAttr(target_fd=target_fd, attach_type=attach_type))

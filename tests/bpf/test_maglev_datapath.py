@@ -33,7 +33,7 @@ def other_agent(dp_config):
     try:
         program = compile_program("xdp_lb.c", cfg)
         program.function("xdp_lb", bcc.BPF.XDP)
-        yield program, Syncer(Maps(program), cfg)
+        yield program, Syncer(Maps.open(program.pin_root), cfg)
         program.cleanup()
     finally:
         remove_pins(cfg.pin_root)

@@ -121,7 +121,7 @@ def test_removed_service_leaves_nothing_behind(syncer, maps):
 def test_restart_reads_back_ids_and_rewrites_nothing_but_rings(syncer, maps, dp_config):
     state = web(affinity_timeout=30)
     syncer.sync(state, NODE4, NODE6)
-    restarted = Syncer(Maps(maps.program), dp_config)
+    restarted = Syncer(Maps.open(maps.pin_root), dp_config)
     assert restarted.frontends == syncer.frontends
     assert restarted.backend_ids == syncer.backend_ids
     res = restarted.sync(state, NODE4, NODE6)
@@ -256,7 +256,7 @@ def test_incremental_syncs_leave_the_maps_as_a_full_sync_would(syncer, maps, dp_
                 assert g[1] == ALG_NUM[algo]
         assert flags == want_flags, step
         assert all(len(groups) == 1 for groups in rings.values()), step
-    restarted = Syncer(Maps(maps.program), dp_config)
+    restarted = Syncer(Maps.open(maps.pin_root), dp_config)
     res = restarted.sync(state, NODE4, NODE6)
     assert res.deletes == 0
     assert maps_view(maps)[:2] == (got, flags)

@@ -382,6 +382,13 @@ LOOP = textwrap.dedent("""
 """)
 
 
+def test_a_running_agent_holds_neither_bcc_nor_llvm(lab):
+    """The compile runs in the loader's child: the long-lived agent maps only the pins."""
+    for node in lab.load().nodes:
+        libs = Path(f"/proc/{node.agent_pid}/maps").read_text()
+        assert "libbcc" not in libs and "libLLVM" not in libs and "libclang" not in libs, node.name
+
+
 def test_killing_and_restarting_an_agent_under_load_fails_no_request(lab):
     loop = subprocess.Popen(
         [

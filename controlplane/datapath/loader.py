@@ -1,0 +1,124 @@
+"""Compiling and attaching the datapath in a process of its own.
+
+bcc compiles with LLVM inside the calling process, and what that maps and touches stays
+resident for the life of the process: about 100 MB, more than everything else an agent
+holds at 10,000 Services. So the agent runs this module as a child: it compiles the three
+programs against the pinned maps, records their layout beside the pins, attaches them (the
+attachments hold the programs, the pins hold the maps) and exits. The agent then opens the
+maps from the pins (datapath/pinned.py) and never imports bcc.
+
+  python -m controlplane.datapath.loader --config '{...}' [--uplink IF --cgroup DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import BccMissing
+from .config import DatapathConfig
+from .programs import DatapathError
+
+PROGRAMS = ("xdp_lb.c", "tc_lb.c", "sock_lb.c")
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # where `controlplane` lives
+
+
+def load(
+    cfg: DatapathConfig, uplink: str | None = None, cgroup: str | None = None, native: bool = True
+) -> None:
+    """Compiles the programs against cfg's pinned maps (creating them if none are pinned)
+    and, given an uplink and a cgroup, attaches them there, in a child process. Raises
+    DatapathError with the child's own message when it fails."""
+    cmd = [sys.executable, "-m", __name__, "--config", json.dumps(dataclasses.asdict(cfg))]
+    if uplink and cgroup:
+        cmd += ["--uplink", uplink, "--cgroup", cgroup] + ([] if native else ["--generic-xdp"])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise DatapathError("xlb: compiling the BPF programs took over 10 minutes") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        tail = next((line for line in reversed(lines) if line.startswith("xlb:")), None)
+        raise DatapathError(
+            tail
+            or f"xlb: the loader failed ({done.returncode}): "
+            + ("\n".join(lines[-20:]) or "no output")
+        )
+    if done.stderr.strip():  # bcc's warnings: the user should still see them
+        sys.stderr.write(done.stderr)
+
+
+def _load_here(cfg: DatapathConfig, uplink: str | None, cgroup: str | None, native: bool) -> None:
+    from . import attach, import_bcc
+    from .programs import compile_program
+
+    xdp, tc, sock = (compile_program(source, cfg) for source in PROGRAMS)
+    for line in pinned_sizes(cfg):
+        print(line, file=sys.stderr)
+    if uplink and cgroup:
+        attach.attach_xdp(xdp, uplink, native)
+        attach.attach_tc(tc, uplink)
+        attach.attach_sock(sock, cgroup)
+    else:  # loaded only to see that the verifier takes them; the pinned maps stay
+        bpf = import_bcc().BPF
+        xdp.function("xdp_lb", bpf.XDP)
+        tc.function("tc_lb", bpf.SCHED_CLS)
+        attach.load_sock_hooks(sock)
+
+
+def pinned_sizes(cfg: DatapathConfig) -> list[str]:
+    """Warnings for pinned maps that kept another size than cfg asks for: a pinned map is
+    reused as it is (its entries are live flows), so a new size needs `xlb datapath down`
+    first. Maglev rings of another size cannot be used at all: an error."""
+    from .syscall import pinned_map_info
+
+    wanted = {
+        "services": cfg.max_services,
+        "backends": cfg.max_backends,
+        "slots": cfg.max_slots,
+        "ct": cfg.ct_size,
+        "affinity": cfg.affinity_size,
+        "source_ranges": cfg.max_source_ranges,
+    }
+    have = {pin: pinned_map_info(os.path.join(cfg.pin_root, pin)).max_entries for pin in wanted}
+    rings = pinned_map_info(os.path.join(cfg.pin_root, "rings")).max_entries
+    if rings != cfg.max_rings * 2 * cfg.ring_size:
+        raise DatapathError(
+            f"xlb: the Maglev rings pinned under {cfg.pin_root} hold {rings} slots, not "
+            f"{cfg.max_rings} x 2 x {cfg.ring_size}: run `xlb datapath down` (it drops "
+            "tracked flows) before changing --max-rings or --ring-size"
+        )
+    return [
+        f"xlb: warning: the pinned map {pin} keeps its {have[pin]} entries, not {want} as "
+        "configured, until `xlb datapath down` (which drops tracked flows)"
+        for pin, want in wanted.items()
+        if have[pin] != want
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m controlplane.datapath.loader", description=__doc__)
+    p.add_argument("--config", required=True, help="DatapathConfig as JSON")
+    p.add_argument("--uplink")
+    p.add_argument("--cgroup")
+    p.add_argument("--generic-xdp", action="store_true")
+    args = p.parse_args(argv)
+    fields = json.loads(args.config)
+    fields["snat_ports"] = tuple(fields["snat_ports"])
+    try:
+        _load_here(DatapathConfig(**fields), args.uplink, args.cgroup, not args.generic_xdp)
+    except (DatapathError, BccMissing) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

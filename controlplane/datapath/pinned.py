@@ -1,0 +1,377 @@
+"""The pinned maps without bcc: a table is a file descriptor from BPF_OBJ_GET and the key and
+value types bcc generated from maps.h, kept as bcc's own JSON descriptions in one more pinned
+map beside the others (`layout`: bpffs holds no regular files, and whoever can open the maps
+can then read how they are laid out, from any container that mounts the pins).
+
+Why: importing bcc maps LLVM and clang into the process (about 60 MB resident before a single
+compile, 100 MB after). The agent compiles its programs in a short-lived child
+(datapath/loader.py) and then needs only the maps, so it never imports bcc at all. The
+tables here offer the part of bcc's table API that xlb uses, so code and tests read the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import errno
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .programs import DatapathError
+from .syscall import MapInfo, bpf, map_create, map_info, obj_get, obj_pin
+
+LAYOUT_PIN = "layout"  # an array of one entry: zlib-compressed JSON
+
+# bcc's names for C scalar types (bcc/__init__.py's str2ctype).
+_SCALARS: dict[str, Any] = {
+    "_Bool": ct.c_bool,
+    "char": ct.c_char,
+    "signed char": ct.c_byte,
+    "unsigned char": ct.c_ubyte,
+    "short": ct.c_short,
+    "unsigned short": ct.c_ushort,
+    "int": ct.c_int,
+    "unsigned int": ct.c_uint,
+    "long": ct.c_long,
+    "unsigned long": ct.c_ulong,
+    "long long": ct.c_longlong,
+    "unsigned long long": ct.c_ulonglong,
+    "__int128": ct.c_int64 * 2,
+    "unsigned __int128": ct.c_uint64 * 2,
+}
+
+# bpf(2) commands and the map types that need telling apart.
+_LOOKUP, _UPDATE, _DELETE, _NEXT_KEY = 1, 2, 3, 4
+_LOOKUP_BATCH, _UPDATE_BATCH = 24, 26
+_HASH, _ARRAY, _PERCPU_HASH, _PERCPU_ARRAY, _LRU_HASH, _LRU_PERCPU_HASH = 1, 2, 5, 6, 9, 10
+_PERCPU = {_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH}
+_ARRAYS = {_ARRAY, _PERCPU_ARRAY}
+_BATCHES = {_HASH, _ARRAY, _PERCPU_HASH, _PERCPU_ARRAY, _LRU_HASH, _LRU_PERCPU_HASH}
+
+
+class LayoutError(DatapathError):
+    """The layout pin is missing or does not describe the pinned maps; one line for the user."""
+
+
+def decode(desc: Any) -> Any:
+    """The ctypes type for one of bcc's type descriptions (what bpf_table_key_desc returns):
+    a scalar's name, or [name, fields, "struct"|"struct_packed"|"union"], decoded by the
+    same rules bcc uses so the two agree byte for byte."""
+    if isinstance(desc, str):
+        try:
+            return _SCALARS[desc]
+        except KeyError:
+            raise LayoutError(f"xlb: unknown C type {desc!r} in the pinned layout") from None
+    name, members, *kind = desc
+    fields: list[tuple] = []
+    anonymous: list[str] = []
+    for member in members:
+        if len(member) == 2:
+            fields.append((member[0], decode(member[1])))
+        elif isinstance(member[2], list):  # an array: [name, type, [n]]
+            fields.append((member[0], decode(member[1]) * member[2][0]))
+        elif isinstance(member[2], int):  # a bit field
+            fields.append((member[0], decode(member[1]), member[2]))
+        else:  # a nested struct or union, maybe anonymous
+            field_name = member[0] or f"__anon{len(anonymous)}"
+            if not member[0]:
+                anonymous.append(field_name)
+            fields.append((field_name, decode(member)))
+    kind = kind[0] if kind else "struct"
+    base = ct.Union if kind == "union" else ct.Structure
+    body: dict[str, Any] = {"_anonymous_": anonymous, "_fields_": fields}
+    if kind == "struct_packed":
+        body["_pack_"] = 1
+    return type(str(name), (base,), body)
+
+
+@cache
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key: the kernel's possible CPUs, not online."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+class _ElemAttr(ct.Structure):
+    _fields_ = [
+        ("map_fd", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("key", ct.c_uint64),
+        ("value", ct.c_uint64),
+        ("flags", ct.c_uint64),
+    ]
+
+
+class _BatchAttr(ct.Structure):
+    _fields_ = [
+        ("in_batch", ct.c_uint64),
+        ("out_batch", ct.c_uint64),
+        ("keys", ct.c_uint64),
+        ("values", ct.c_uint64),
+        ("count", ct.c_uint32),
+        ("map_fd", ct.c_uint32),
+        ("elem_flags", ct.c_uint64),
+        ("flags", ct.c_uint64),
+    ]
+
+
+class PinnedTable:
+    """One pinned map: Key and Leaf are ctypes types; per-CPU maps read as a list per key."""
+
+    def __init__(self, name: str, fd: int, info: MapInfo, key: Any, leaf: Any) -> None:
+        self.name, self.fd = name, -1  # owned only once the layout checked out
+        self.map_type, self.max_entries = info.type, info.max_entries
+        self.Key, self.Leaf = key, leaf
+        self.percpu = info.type in _PERCPU
+        if self.percpu:  # the kernel lays each CPU's value out at 8-byte alignment
+            stride = (ct.sizeof(leaf) + 7) & ~7
+            self._value_size = stride * possible_cpus()
+        else:
+            stride = self._value_size = ct.sizeof(leaf)
+        self._stride = stride
+        if (ct.sizeof(key), ct.sizeof(leaf)) != (info.key_size, info.value_size):
+            raise LayoutError(
+                f"xlb: pinned map {name} holds {info.key_size}-byte keys and "
+                f"{info.value_size}-byte values, the layout says {ct.sizeof(key)} and "
+                f"{ct.sizeof(leaf)}: the pins are from another xlb; reload the datapath"
+            )
+        self.fd = fd
+
+    @classmethod
+    def open(cls, name: str, path: str, key_desc: Any, leaf_desc: Any) -> PinnedTable:
+        fd = obj_get(path)
+        try:
+            return cls(name, fd, map_info(fd), decode(key_desc), decode(leaf_desc))
+        except Exception:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- one entry -------------------------------------------------------------------------------
+
+    def _elem(self, cmd: int, key: Any, value: Any = None, flags: int = 0) -> int:
+        return bpf(
+            cmd,
+            _ElemAttr(
+                map_fd=self.fd,
+                key=ct.addressof(key),
+                value=ct.addressof(value) if value is not None else 0,
+                flags=flags,
+            ),
+        )
+
+    def _unpack(self, raw: Any) -> Any:
+        """A value buffer as the caller reads it: the Leaf, or a list of one per CPU (plain
+        numbers for a scalar Leaf, as bcc gives them)."""
+        if not self.percpu:
+            return raw
+        values = [self.Leaf.from_buffer_copy(raw, i * self._stride) for i in range(possible_cpus())]
+        return [getattr(v, "value", v) for v in values]
+
+    def lookup(self, key: Any) -> Any | None:
+        raw = ct.create_string_buffer(self._value_size)
+        try:
+            self._elem(_LOOKUP, key, raw)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        leaf = raw if self.percpu else self.Leaf.from_buffer_copy(raw)
+        return self._unpack(leaf)
+
+    def __getitem__(self, key: Any) -> Any:
+        found = self.lookup(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __setitem__(self, key: Any, leaf: Any) -> None:
+        if self.percpu:
+            raise TypeError(f"{self.name}: per-CPU values are written by the datapath only")
+        self._elem(_UPDATE, key, leaf)
+
+    def __delitem__(self, key: Any) -> None:
+        if self.map_type in _ARRAYS:  # array slots cannot be deleted: zero them
+            zero = ct.create_string_buffer(self._value_size)
+            self._elem(_UPDATE, key, zero)
+            return
+        try:
+            self._elem(_DELETE, key)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise KeyError(key) from None
+            raise
+
+    def __contains__(self, key: Any) -> bool:
+        return self.lookup(key) is not None
+
+    # -- all entries -----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        """Every key, by BPF_MAP_GET_NEXT_KEY (a key deleted meanwhile restarts the walk at
+        the kernel's choice: a concurrent writer can make a key appear twice, never vanish)."""
+        if self.map_type in _ARRAYS:
+            for i in range(self.max_entries):
+                yield self.Key(i)
+            return
+        key, first = self.Key(), True
+        while True:
+            nxt = self.Key()
+            attr = _ElemAttr(
+                map_fd=self.fd, key=0 if first else ct.addressof(key), value=ct.addressof(nxt)
+            )
+            try:
+                bpf(_NEXT_KEY, attr)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                raise
+            yield nxt
+            key, first = nxt, False
+
+    def __len__(self) -> int:
+        """Entries held (an array always holds max_entries, as in bcc)."""
+        return sum(1 for _ in self)
+
+    def keys(self) -> Iterator[Any]:
+        return iter(self)
+
+    def values(self) -> Iterator[Any]:
+        return (leaf for _, leaf in self.items())
+
+    def items(self) -> list[tuple[Any, Any]]:
+        """Every (key, value), as a list (as bcc gives them)."""
+        found = ((key, self.lookup(key)) for key in self)
+        return [(key, leaf) for key, leaf in found if leaf is not None]
+
+    def clear(self) -> None:
+        for key in list(self):
+            with contextlib.suppress(KeyError):  # gone meanwhile (an LRU evicted it)
+                del self[key]
+
+    # -- in batches --------------------------------------------------------------------------------
+
+    def items_lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
+        """Every entry, chunk at a time by BPF_MAP_LOOKUP_BATCH (one syscall per chunk)."""
+        if self.map_type not in _BATCHES:
+            yield from self.items()
+            return
+        keys = (self.Key * chunk)()
+        raw = ct.create_string_buffer(self._value_size * chunk)
+        token_in, token_out = self.Key(), self.Key()
+        first = True
+        while True:
+            attr = _BatchAttr(
+                in_batch=0 if first else ct.addressof(token_in),
+                out_batch=ct.addressof(token_out),
+                keys=ct.addressof(keys),
+                values=ct.addressof(raw),
+                count=chunk,
+                map_fd=self.fd,
+            )
+            done = False
+            try:
+                bpf(_LOOKUP_BATCH, attr)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # ENOENT: the last (maybe partial) chunk
+                    raise
+                done = True
+            base = ct.addressof(raw)
+            for i in range(attr.count):
+                at = base + i * self._value_size
+                if self.percpu:
+                    value = self._unpack(ct.string_at(at, self._value_size))
+                else:
+                    value = self.Leaf.from_buffer_copy(ct.string_at(at, self._value_size))
+                yield self.Key.from_buffer_copy(keys, i * ct.sizeof(self.Key)), value
+            if done:
+                return
+            ct.memmove(ct.addressof(token_in), ct.addressof(token_out), ct.sizeof(self.Key))
+            first = False
+
+    def items_update_batch(self, keys: Any, leaves: Any) -> None:
+        """Writes len(keys) entries (ctypes arrays of Key and Leaf) in one BPF_MAP_UPDATE_BATCH."""
+        if len(keys) != len(leaves):
+            raise ValueError(f"{self.name}: {len(keys)} keys but {len(leaves)} values")
+        attr = _BatchAttr(
+            keys=ct.addressof(keys), values=ct.addressof(leaves), count=len(keys), map_fd=self.fd
+        )
+        bpf(_UPDATE_BATCH, attr)
+        if attr.count != len(keys):
+            raise OSError(errno.EIO, f"{self.name}: batch wrote {attr.count} of {len(keys)}")
+
+
+def write_layout(pin_root: str, tables: dict[str, tuple[str, Any, Any]]) -> None:
+    """Records, beside the pins, each pinned map's file and bcc's descriptions of its key and
+    value (name -> (pin file, key desc, value desc)): a new one-entry map, pinned under a
+    temporary name and renamed over the last one, so a reader never sees half of it."""
+    text = json.dumps(
+        {name: {"pin": pin, "key": k, "leaf": v} for name, (pin, k, v) in sorted(tables.items())}
+    )
+    blob = zlib.compress(text.encode())
+    fd = map_create(_ARRAY, 4, len(blob), 1, "xlb_layout")
+    try:
+        value = ct.create_string_buffer(blob, len(blob))
+        key = ct.c_uint32(0)
+        bpf(_UPDATE, _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value)))
+        tmp = os.path.join(pin_root, f"{LAYOUT_PIN}_{os.getpid()}")  # bpffs refuses dots
+        obj_pin(fd, tmp)
+        os.replace(tmp, os.path.join(pin_root, LAYOUT_PIN))
+    finally:
+        os.close(fd)
+
+
+def read_layout(pin_root: str) -> dict[str, Any]:
+    """What write_layout recorded under pin_root."""
+    path = os.path.join(pin_root, LAYOUT_PIN)
+    try:
+        fd = obj_get(path)
+    except FileNotFoundError:
+        raise LayoutError(
+            f"xlb: no xlb maps pinned under {pin_root} (no {LAYOUT_PIN}); is the datapath "
+            "loaded on this node (xlb datapath up, or the agent), or is it another --pin-root?"
+        ) from None
+    try:
+        value = ct.create_string_buffer(map_info(fd).value_size)
+        key = ct.c_uint32(0)
+        bpf(_LOOKUP, _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value)))
+        return json.loads(zlib.decompress(value.raw))
+    except (OSError, ValueError, zlib.error) as exc:
+        raise LayoutError(f"xlb: {path} cannot be read ({exc}); reload the datapath") from None
+    finally:
+        os.close(fd)
+
+
+def open_tables(pin_root: str) -> dict[str, PinnedTable]:
+    """Every map the layout under pin_root describes, opened from its pin."""
+    tables: dict[str, PinnedTable] = {}
+    try:
+        for name, entry in read_layout(pin_root).items():
+            pin = os.path.join(pin_root, entry["pin"])
+            try:
+                tables[name] = PinnedTable.open(name, pin, entry["key"], entry["leaf"])
+            except FileNotFoundError:
+                raise LayoutError(
+                    f"xlb: the layout names {pin}, which is not pinned; reload the datapath"
+                ) from None
+    except BaseException:
+        for table in tables.values():
+            table.close()
+        raise
+    return tables

@@ -1,0 +1,148 @@
+"""The pinned maps opened without bcc: the same types bcc generates, the same entries, clear
+errors when the pins and their layout disagree, and a loader whose caller never maps LLVM."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from controlplane.datapath.pinned import (
+    LayoutError,
+    PinnedTable,
+    open_tables,
+    possible_cpus,
+    read_layout,
+    write_layout,
+)
+from controlplane.datapath.programs import DatapathError, pinned_maps
+from controlplane.datapath.syscall import map_create, obj_pin
+from tests.helpers import REPO
+
+
+def _fields(ctype) -> list[tuple]:
+    """A ctypes type's shape: (name, offset, size, nested shape) for every field, down."""
+    if not hasattr(ctype, "_fields_"):
+        return [(None, 0, ct.sizeof(ctype), ())]
+    out = []
+    for name, *_ in ctype._fields_:
+        f = getattr(ctype, name)
+        sub = dict(ctype._fields_)[name]
+        out.append(
+            (name, f.offset, f.size, tuple(_fields(sub)) if hasattr(sub, "_fields_") else ())
+        )
+    return out
+
+
+def test_every_pinned_map_has_the_types_bcc_generated(xdp, maps):
+    assert set(maps.tables) == set(pinned_maps())
+    for name, table in maps.tables.items():
+        theirs = xdp.table(name)
+        assert _fields(table.Key) == _fields(theirs.Key), name
+        # bcc types a per-CPU map's Leaf as an array of one value per CPU
+        leaf = theirs.Leaf._type_ if table.percpu else theirs.Leaf
+        assert _fields(table.Leaf) == _fields(leaf), name
+        assert table.max_entries == theirs.max_entries, name
+
+
+def test_entries_read_back_as_bcc_reads_them(xdp, maps, syncer):
+    from tests.datapath.test_sync import NODE4, NODE6, web
+
+    syncer.sync(web(), NODE4, NODE6)
+    theirs = {bytes(k): bytes(v) for k, v in xdp.table("xlb_services").items()}
+    ours = {bytes(k): bytes(v) for k, v in maps.services.items()}
+    assert ours == theirs and ours
+    batch = {bytes(k): bytes(v) for k, v in maps.services.items_lookup_batch(chunk=2)}
+    assert batch == ours  # across several chunks
+    reasons = maps.reasons[ct.c_uint32(0)]
+    assert len(reasons) == possible_cpus() and all(isinstance(n, int) for n in reasons)
+
+
+@pytest.fixture
+def scratch_root():
+    root = f"/sys/fs/bpf/xlb-test-pinned-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    os.makedirs(root)
+    yield root
+    subprocess.run(["rm", "-rf", root], check=False)
+
+
+def test_no_layout_names_the_pin_root(scratch_root):
+    with pytest.raises(LayoutError, match=f"no xlb maps pinned under {scratch_root}"):
+        open_tables(scratch_root)
+
+
+def test_a_pin_that_does_not_match_its_layout_is_refused(scratch_root):
+    fd = map_create(2, 4, 8, 4, "xlb_scratch")  # an array of 8-byte values
+    obj_pin(fd, os.path.join(scratch_root, "scratch"))
+    os.close(fd)
+    write_layout(scratch_root, {"xlb_scratch": ("scratch", "unsigned int", "unsigned int")})
+    assert read_layout(scratch_root)["xlb_scratch"]["pin"] == "scratch"
+    with pytest.raises(LayoutError, match="8-byte values, the layout says 4"):
+        open_tables(scratch_root)
+    write_layout(scratch_root, {"xlb_scratch": ("scratch", "unsigned int", "unsigned long long")})
+    (table,) = open_tables(scratch_root).values()
+    table[ct.c_uint32(3)] = ct.c_uint64(7)
+    assert [(k.value, v.value) for k, v in table.items_lookup_batch() if v.value] == [(3, 7)]
+    assert isinstance(table, PinnedTable) and len(table) == 4
+    write_layout(scratch_root, {"xlb_scratch": ("gone", "unsigned int", "unsigned long long")})
+    with pytest.raises(LayoutError, match="gone, which is not pinned"):
+        open_tables(scratch_root)
+
+
+def test_the_loader_compiles_in_a_child_and_its_caller_never_imports_bcc(scratch_root):
+    script = textwrap.dedent(f"""
+        import sys
+        from controlplane.datapath import loader
+        from controlplane.datapath.config import DatapathConfig
+        from controlplane.datapath.maps import Maps
+        cfg = DatapathConfig(pin_root={scratch_root!r}, max_services=256, max_backends=256,
+                             max_slots=1024, max_rings=2, ct_size=1024, affinity_size=256,
+                             max_source_ranges=16)
+        loader.load(cfg)
+        maps = Maps.open(cfg.pin_root)
+        print(maps.ct.max_entries, "bcc" in sys.modules)
+        libs = open("/proc/self/maps").read()
+        print("libbcc" in libs or "libLLVM" in libs)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert out.stdout.split() == ["1024", "False", "False"], out.stderr
+
+
+def test_a_loader_that_fails_says_why_in_the_callers_error(scratch_root):
+    from controlplane.datapath import loader
+    from controlplane.datapath.config import DatapathConfig
+
+    cfg = DatapathConfig(pin_root=scratch_root, max_services=256)
+    with pytest.raises(DatapathError, match="xlb-no-such-if"):
+        loader.load(cfg, "xlb-no-such-if", "/sys/fs/cgroup")
+
+
+def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_refused(scratch_root, capfd):
+    import dataclasses
+
+    from controlplane.datapath import loader
+    from controlplane.datapath.config import DatapathConfig
+
+    cfg = DatapathConfig(
+        pin_root=scratch_root,
+        max_services=256,
+        max_backends=256,
+        max_slots=1024,
+        max_rings=2,
+        ct_size=1024,
+        affinity_size=256,
+        max_source_ranges=16,
+    )
+    loader.load(cfg)
+    assert "warning" not in capfd.readouterr().err
+    loader.load(dataclasses.replace(cfg, ct_size=2048))
+    assert "the pinned map ct keeps its 1024 entries, not 2048" in capfd.readouterr().err
+    with pytest.raises(DatapathError, match="run `xlb datapath down`"):
+        loader.load(dataclasses.replace(cfg, max_rings=3))
