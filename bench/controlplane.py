@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from controlplane.agent import collector_paused  # noqa: E402
 from controlplane.datapath.programs import release_memory  # noqa: E402
 from controlplane.model import Translator  # noqa: E402
 from controlplane.model.objects import (  # noqa: E402
@@ -125,18 +126,20 @@ def measure(services: int = 10000, endpoints: int = 10, changes: int = 20) -> di
     svcs, slices = cluster(services, endpoints)
     translator = Translator()  # as the agent: a change re-translates only its Service
     with real_maps(services, endpoints) as syncer:
-        t0 = time.perf_counter()
-        state = translator(svcs, slices, NODE)
-        t1 = time.perf_counter()
-        res = syncer.sync(state, NODE.addresses[0])
-        t2 = time.perf_counter()
+        with collector_paused():  # as the agent
+            t0 = time.perf_counter()
+            state = translator(svcs, slices, NODE)
+            t1 = time.perf_counter()
+            res = syncer.sync(state, NODE.addresses[0])
+            t2 = time.perf_counter()
         gc.freeze()  # as the agent does after every sync (and after a big one:)
         release_memory()
         latencies = []
         for i in range(changes):
             change_one_endpoint(slices, i)
             start = time.perf_counter()
-            syncer.sync(translator(svcs, slices, NODE), NODE.addresses[0])
+            with collector_paused():
+                syncer.sync(translator(svcs, slices, NODE), NODE.addresses[0])
             latencies.append(time.perf_counter() - start)
             gc.freeze()
     latencies.sort()

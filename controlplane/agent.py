@@ -16,7 +16,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,21 @@ from .sources.cluster import Cluster, ClusterConfig
 from .sources.manifests import load_cluster, manifest_files
 
 log = logging.getLogger("xlb.agent")
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a translation or a sync builds its objects:
+    they are long-lived (frozen after the sync), yet every 700 allocations would start a
+    collection, and the older generations' walks over them took 0.75 s of a 2.3 s full
+    sync at 10,000 Services. Cycles made meanwhile are collected once it is back on."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 @dataclass
@@ -176,7 +192,8 @@ class Agent:
             except Exception:  # the datapath's sync goes on; allocation is retried
                 log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
                 self.retry = True
-        state, addresses = desired_state(cluster, self.cfg.node, translator=self.translator)
+        with collector_paused():
+            state, addresses = desired_state(cluster, self.cfg.node, translator=self.translator)
         # Events on Services: from one node only (the first by name), or every node would
         # post the same one
         reporter = getattr(self.source, "report", None)
@@ -191,7 +208,8 @@ class Agent:
         addrs = self.cfg.node_ips or addresses
         addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")
         addr6 = next((a for a in addrs if ":" in a), "::")
-        res = self.datapath.apply(state, addr4, addr6)
+        with collector_paused():
+            res = self.datapath.apply(state, addr4, addr6)
         self.state = state
         if self.members is not None:
             self._elect(cluster)
