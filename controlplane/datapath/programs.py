@@ -106,21 +106,43 @@ def pinned_maps() -> dict[str, str]:
 
 def record_layout(program: Program) -> None:
     """Pins the layout: for every pinned map, bcc's descriptions of its key and value types
-    as this compile generated them from maps.h (see datapath/pinned.py)."""
-    from .pinned import write_layout
+    as this compile generated them from maps.h (see datapath/pinned.py). Refuses, before any
+    program of this compile is attached, maps pinned by an xlb whose maps.h differed: bcc
+    opens a pinned map whatever its layout, and the verifier would let a program read it
+    with the wrong one."""
+    import ctypes
+
+    from .pinned import LayoutError, decode, read_layout, write_layout
     from .syscall import map_info, pinned_map_info
 
+    try:
+        before = read_layout(program.pin_root)
+    except LayoutError:
+        before = {}  # none yet (or pinned before layouts were)
     lib, module = import_bcc().lib, program.bpf.module
     tables = {}
     for name, pin in pinned_maps().items():
         fd = lib.bpf_table_fd(module, name.encode())
         if fd < 0:
             raise DatapathError(f"xlb: bpf/{program.name} has no map {name} (maps.h pins it)")
-        if map_info(fd).id != pinned_map_info(os.path.join(program.pin_root, pin)).id:
+        info = map_info(fd)
+        if info.id != pinned_map_info(os.path.join(program.pin_root, pin)).id:
             raise DatapathError(f"xlb: {program.pin_root}/{pin} is not the map {name} opened")
-        key = lib.bpf_table_key_desc(module, name.encode()).decode()
-        leaf = lib.bpf_table_leaf_desc(module, name.encode()).decode()
-        tables[name] = (pin, json.loads(key), json.loads(leaf))
+        key = json.loads(lib.bpf_table_key_desc(module, name.encode()).decode())
+        leaf = json.loads(lib.bpf_table_leaf_desc(module, name.encode()).decode())
+        sizes = (ctypes.sizeof(decode(key)), ctypes.sizeof(decode(leaf)))
+        if sizes != (info.key_size, info.value_size):
+            differs = f"{info.key_size}/{info.value_size}-byte key/value, now {sizes[0]}/{sizes[1]}"
+        elif name in before and (before[name]["key"], before[name]["leaf"]) != (key, leaf):
+            differs = "its key or value struct changed"
+        else:
+            tables[name] = (pin, key, leaf)
+            continue
+        raise DatapathError(
+            f"xlb: the map {pin} pinned under {program.pin_root} was made by another xlb "
+            f"({differs}); this one cannot use it, and the running datapath is left as it is. "
+            "To switch: `xlb datapath down` (it drops tracked flows), then load again"
+        )
     write_layout(program.pin_root, tables)
 
 

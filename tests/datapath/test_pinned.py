@@ -146,3 +146,43 @@ def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_refused(scratch_roo
     assert "the pinned map ct keeps its 1024 entries, not 2048" in capfd.readouterr().err
     with pytest.raises(DatapathError, match="run `xlb datapath down`"):
         loader.load(dataclasses.replace(cfg, max_rings=3))
+
+
+def _small(root: str):
+    from controlplane.datapath.config import DatapathConfig
+
+    return DatapathConfig(
+        pin_root=root,
+        max_services=256,
+        max_backends=256,
+        max_slots=1024,
+        max_rings=2,
+        ct_size=1024,
+        affinity_size=256,
+        max_source_ranges=16,
+    )
+
+
+def test_maps_pinned_by_an_xlb_with_another_layout_are_refused_before_loading(scratch_root):
+    from controlplane.datapath.programs import compile_program
+
+    # a heartbeat map of another size, as an older maps.h might have pinned it
+    fd = map_create(2, 4, 16, 1, "xlb_heartbeat")
+    obj_pin(fd, os.path.join(scratch_root, "heartbeat"))
+    os.close(fd)
+    with pytest.raises(DatapathError, match=r"map heartbeat .* \(4/16-byte key/value, now 4/8\)"):
+        compile_program("tc_lb.c", _small(scratch_root))
+
+
+def test_a_struct_that_changed_at_the_same_size_is_refused_too(scratch_root):
+    from controlplane.datapath.programs import compile_program
+
+    program = compile_program("tc_lb.c", _small(scratch_root))
+    program.cleanup()
+    layout = read_layout(scratch_root)
+    leaf = layout["xlb_config"]["leaf"]
+    leaf[1][0][0] = "renamed"  # as if maps.h had moved a field
+    tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items()}
+    write_layout(scratch_root, tables)
+    with pytest.raises(DatapathError, match=r"map config .* \(its key or value struct changed\)"):
+        compile_program("tc_lb.c", _small(scratch_root))
