@@ -7,6 +7,7 @@ Targets (issue "Benchmarks"): established flow ≤ 80 ns, new flow ≤ 200 ns.
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -44,6 +45,11 @@ def median_ns(fd: int, packets: list[bytes]) -> float:
     return statistics.median(prog_test_run(fd, p).duration_ns for p in packets)
 
 
+def repeated_ns(fd: int, packet: bytes, repeat: int = 100000, rounds: int = 5) -> float:
+    """The median over rounds of the kernel's mean per run of `repeat` runs of one packet."""
+    return statistics.median(prog_test_run(fd, packet, repeat).duration_ns for _ in range(rounds))
+
+
 @pytest.fixture(scope="module")
 def programmed(xdp, tc, dp_config):
     from controlplane.datapath.maps import Maps
@@ -57,14 +63,14 @@ def programmed(xdp, tc, dp_config):
 
 def record(benchmark, name: str, ns: float) -> None:
     benchmark.extra_info[name] = round(ns, 1)
-    print(f"\n{name}: {ns:.1f} ns/packet (median of {RUNS})")
+    print(f"\n{name}: {ns:.1f} ns/packet")
 
 
 def test_not_a_service(benchmark, programmed):
     fd, _ = programmed
     pkt = bytes(tcp(CLIENT4, 1234, NODE4, 22))
-    out = benchmark.pedantic(prog_test_run, (fd, pkt, 100000), rounds=3, iterations=1)
-    record(benchmark, "not_a_service", out.duration_ns)
+    ns = benchmark.pedantic(repeated_ns, (fd, pkt), rounds=1, iterations=1)
+    record(benchmark, "not_a_service", ns)
 
 
 def test_new_flow_maglev(benchmark, programmed):
@@ -89,9 +95,9 @@ def test_established_flow(benchmark, programmed):
     fd, _ = programmed
     prog_test_run(fd, bytes(tcp(CLIENT4, 40000, NODE4, 30099)))
     ack = bytes(tcp(CLIENT4, 40000, NODE4, 30099, flags="A", payload=b"x" * 100))
-    out = benchmark.pedantic(prog_test_run, (fd, ack, 100000), rounds=3, iterations=1)
-    assert out.data == ack  # really the established rewrite, every time
-    record(benchmark, "established", out.duration_ns)
+    assert prog_test_run(fd, ack).data == ack  # really the established rewrite, every time
+    ns = benchmark.pedantic(repeated_ns, (fd, ack), rounds=1, iterations=1)
+    record(benchmark, "established", ns)
 
 
 def test_timer_overhead_of_single_runs(benchmark, programmed):
@@ -99,7 +105,7 @@ def test_timer_overhead_of_single_runs(benchmark, programmed):
     fd, _ = programmed
     pkt = bytes(tcp(CLIENT4, 1234, NODE4, 22))
     single = benchmark.pedantic(median_ns, (fd, [pkt] * RUNS), rounds=1, iterations=1)
-    record(benchmark, "repeat1_overhead", single - prog_test_run(fd, pkt, 100000).duration_ns)
+    record(benchmark, "repeat1_overhead", single - repeated_ns(fd, pkt))
 
 
 def test_reply_translation_tc(benchmark, programmed):
@@ -113,3 +119,30 @@ def test_reply_translation_tc(benchmark, programmed):
     )
     ns = benchmark.pedantic(median_ns, (tc_fd, [reply] * RUNS), rounds=1, iterations=1)
     record(benchmark, "reply_translation_tc", ns)
+
+
+@pytest.fixture(scope="module")
+def floor():
+    import bcc
+
+    bpf = bcc.BPF(src_file=str(Path(__file__).parent / "bpf" / "floor.c").encode())
+    key = bpf[b"floor_lru"].Key()
+    bpf[b"floor_lru"][key] = bpf[b"floor_lru"].Leaf()  # the entry floor_lru_hit finds
+    yield bpf
+    bpf.cleanup()
+
+
+@pytest.mark.parametrize(
+    "name", ["floor_empty", "floor_lru_hit", "floor_lru_insert", "floor_hash_insert"]
+)
+def test_map_floor(benchmark, floor, name):
+    """The kernel's own costs here, for reading the figures above: the harness (an empty
+    program), one conntrack-sized LRU hit, and one insert (a new flow makes two). 200,001
+    inserts fill a fifth of the map: no eviction is measured."""
+    import bcc
+
+    fd = floor.load_func(name.encode(), bcc.BPF.XDP).fd
+    pkt = bytes(tcp(CLIENT4, 1234, NODE4, 22))
+    assert prog_test_run(fd, pkt).retval == 2  # XDP_PASS: the lookup hit, the insert was taken
+    ns = benchmark.pedantic(repeated_ns, (fd, pkt, 40000), rounds=1, iterations=1)
+    record(benchmark, name, ns)
