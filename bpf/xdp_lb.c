@@ -165,7 +165,8 @@ int xdp_lb(struct xdp_md *ctx)
 	}
 
 	__u64 now = bpf_ktime_get_coarse_ns(); /* new flows: one clock read for all of it */
-	__u32 id = svc->affinity_timeout ? xlb_affinity_get(svc, &p.saddr, now) : 0;
+	struct xlb_affinity *pin = svc->affinity_timeout ? xlb_affinity_find(svc, &p.saddr, now) : 0;
+	__u32 id = pin ? pin->backend : 0;
 	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
 		id = xlb_select(svc, xlb_hash_flow(&p), xlb_hash_addr(&p.saddr));
@@ -177,7 +178,7 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	if (svc->affinity_timeout)
-		xlb_affinity_set(svc, &p.saddr, id, now);
+		xlb_affinity_set(svc, &p.saddr, pin, id, now);
 
 	struct xlb_ct flow = {};
 	flow.nat_saddr = p.saddr;

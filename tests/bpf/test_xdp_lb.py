@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -245,6 +246,15 @@ def test_session_affinity_keeps_a_client_on_one_backend(run):
         for i in range(20, 80)
     }
     assert len(others) == 3  # random spreads other clients over all three
+
+
+def test_each_new_connection_of_a_pinned_client_refreshes_its_pin(run, maps):
+    run(tcp(CLIENT4, 45100, "192.168.198.12", 80))
+    ((key, first),) = maps.affinity.items()
+    time.sleep(0.02)  # past the coarse clock's tick
+    run(tcp(CLIENT4, 45101, "192.168.198.12", 80))
+    ((_, second),) = maps.affinity.items()  # one entry, its stamp moved on
+    assert second.backend == first.backend and second.last_used > first.last_used
 
 
 def test_counters_per_frontend(run, maps, syncer):
