@@ -63,6 +63,21 @@ def test_entries_read_back_as_bcc_reads_them(xdp, maps, syncer):
     assert len(reasons) == possible_cpus() and all(isinstance(n, int) for n in reasons)
 
 
+def _small(root: str):
+    from controlplane.datapath.config import DatapathConfig
+
+    return DatapathConfig(
+        pin_root=root,
+        max_services=256,
+        max_backends=256,
+        max_slots=1024,
+        max_rings=2,
+        ct_size=1024,
+        affinity_size=256,
+        max_source_ranges=16,
+    )
+
+
 @pytest.fixture
 def scratch_root():
     root = f"/sys/fs/bpf/xlb-test-pinned-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -117,50 +132,23 @@ def test_the_loader_compiles_in_a_child_and_its_caller_never_imports_bcc(scratch
 
 def test_a_loader_that_fails_says_why_in_the_callers_error(scratch_root):
     from controlplane.datapath import loader
-    from controlplane.datapath.config import DatapathConfig
 
-    cfg = DatapathConfig(pin_root=scratch_root, max_services=256)
     with pytest.raises(DatapathError, match="xlb-no-such-if"):
-        loader.load(cfg, "xlb-no-such-if", "/sys/fs/cgroup")
+        loader.load(_small(scratch_root), "xlb-no-such-if", "/sys/fs/cgroup")
 
 
 def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_refused(scratch_root, capfd):
     import dataclasses
 
     from controlplane.datapath import loader
-    from controlplane.datapath.config import DatapathConfig
 
-    cfg = DatapathConfig(
-        pin_root=scratch_root,
-        max_services=256,
-        max_backends=256,
-        max_slots=1024,
-        max_rings=2,
-        ct_size=1024,
-        affinity_size=256,
-        max_source_ranges=16,
-    )
+    cfg = _small(scratch_root)
     loader.load(cfg)
     assert "warning" not in capfd.readouterr().err
     loader.load(dataclasses.replace(cfg, ct_size=2048))
     assert "the pinned map ct keeps its 1024 entries, not 2048" in capfd.readouterr().err
     with pytest.raises(DatapathError, match="run `xlb datapath down`"):
         loader.load(dataclasses.replace(cfg, max_rings=3))
-
-
-def _small(root: str):
-    from controlplane.datapath.config import DatapathConfig
-
-    return DatapathConfig(
-        pin_root=root,
-        max_services=256,
-        max_backends=256,
-        max_slots=1024,
-        max_rings=2,
-        ct_size=1024,
-        affinity_size=256,
-        max_source_ranges=16,
-    )
 
 
 def test_maps_pinned_by_an_xlb_with_another_layout_are_refused_before_loading(scratch_root):
