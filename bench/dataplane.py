@@ -8,10 +8,14 @@ The generator is BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES on CPU 0 (abo
 here); the balancer's receive path runs as a threaded NAPI pinned to CPU 1; what the sink
 counts per second is the delivered rate. UDP to one frontend whose backend sits behind the
 sink, with N-1 other Services programmed in front of it (kube-proxy's iptables mode walks
-them in order). Mixes:
+them in order). kube-proxy's modes get the rules kube-proxy writes: the nat chains and its
+filter table (FORWARD, KUBE-FORWARD and the firewall chains, which every forwarded packet
+walks). Mixes:
 
 * established: 16 long-lived flows to a NodePort (externalTrafficPolicy Cluster): the
-  backend is on another node, so every balancer SNATs to the node's address.
+  backend is on another node, so every balancer SNATs to the node's address. The backend
+  answers each flow once before the measurement, so that conntrack holds them as
+  established, as it does flows with replies (the sink itself answers nothing).
 * new-flow: a new flow every packet (16 million before one repeats: source port and
   address move), to a Service with externalTrafficPolicy Local whose backend is on this node
   (behind l1, as a pod's veth): no SNAT, so no balancer runs out of source ports, and what is
@@ -312,6 +316,42 @@ class Rig(Namespaces):
         self.gen_tmpl[ct.c_int(0)] = t
         self.raw = raw
 
+    def answer_flows(self) -> int:
+        """One reply on every UDP flow the balancer's conntrack holds, sent by the backend
+        (the sink) to the tuple conntrack expects. The sink answers nothing, and a UDP flow
+        without a reply stays NEW to conntrack: kube-proxy's filter rules would then walk
+        the established mix as new connections, which no real flow with replies does. Only
+        the kernel's balancers keep such state; returns the flows answered."""
+        import socket
+
+        from scapy.layers.inet import IP, UDP
+        from scapy.layers.l2 import Ether
+
+        table = sh("ip", "netns", "exec", self.lb, "cat", "/proc/net/nf_conntrack")
+        src, dst = self.mac(self.sink, "s0"), self.mac(self.lb, "l1")
+        replies = []
+        for line in table.splitlines():
+            fields = line.split()
+            if "udp" not in fields or "[UNREPLIED]" not in fields:
+                continue
+            reply = dict(
+                f.split("=", 1) for f in fields[fields.index("[UNREPLIED]") + 1 :] if "=" in f
+            )
+            if reply.get("src") != BACKEND:
+                continue
+            frame = (
+                Ether(src=src, dst=dst)
+                / IP(src=reply["src"], dst=reply["dst"])
+                / UDP(sport=int(reply["sport"]), dport=int(reply["dport"]))
+            )
+            replies.append(bytes(frame))
+        with inside(self.sink), socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+            raw.bind(("s0", 0))
+            for frame in replies:
+                raw.send(frame)
+        time.sleep(0.05)
+        return len(replies)
+
     def delivered(self) -> int:
         return sum(self.sink_count[ct.c_int(0)])
 
@@ -334,9 +374,86 @@ class Rig(Namespaces):
         return sent / elapsed, (self.delivered() - before) / elapsed
 
 
+# The filter table every kube-proxy node in iptables mode has, as kube-proxy writes it: each
+# forwarded packet walks FORWARD (new connections also the firewall and service chains) and
+# KUBE-FORWARD, whose conntrack rule accepts an established flow's packets.
+NEW = "-m conntrack --ctstate NEW"
+KUBE_PROXY_FILTER = "\n".join(
+    [
+        "*filter",
+        *(f":{c} ACCEPT [0:0]" for c in ("INPUT", "FORWARD", "OUTPUT")),
+        *(
+            f":{c} - [0:0]"
+            for c in (
+                "KUBE-PROXY-FIREWALL",
+                "KUBE-FORWARD",
+                "KUBE-SERVICES",
+                "KUBE-EXTERNAL-SERVICES",
+                "KUBE-NODEPORTS",
+                "KUBE-FIREWALL",
+            )
+        ),
+        f'-A INPUT {NEW} -m comment --comment "kubernetes load balancer firewall" '
+        "-j KUBE-PROXY-FIREWALL",
+        '-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS',
+        f'-A INPUT {NEW} -m comment --comment "kubernetes externally-visible service portals" '
+        "-j KUBE-EXTERNAL-SERVICES",
+        "-A INPUT -j KUBE-FIREWALL",
+        f'-A FORWARD {NEW} -m comment --comment "kubernetes load balancer firewall" '
+        "-j KUBE-PROXY-FIREWALL",
+        '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+        f'-A FORWARD {NEW} -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        f'-A FORWARD {NEW} -m comment --comment "kubernetes externally-visible service portals" '
+        "-j KUBE-EXTERNAL-SERVICES",
+        f'-A OUTPUT {NEW} -m comment --comment "kubernetes load balancer firewall" '
+        "-j KUBE-PROXY-FIREWALL",
+        f'-A OUTPUT {NEW} -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        "-A OUTPUT -j KUBE-FIREWALL",
+        "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 "
+        '-m comment --comment "block incoming localnet connections" '
+        "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
+        "-m mark --mark 0x4000/0x4000 -j ACCEPT",
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "COMMIT",
+        "",
+    ]
+)
+
+# The same for kube-proxy's nftables mode: its filter chains, inside `table ip kube-proxy`
+# (the check chains hold rules only for Services without endpoints or with source ranges).
+KUBE_PROXY_NFT_FILTER = """  chain firewall-check { }
+  chain service-endpoints-check { }
+  chain cluster-ips-check { }
+  chain nodeport-endpoints-check { }
+  chain filter-prerouting {
+    type filter hook prerouting priority dstnat - 10; policy accept;
+    ct state new jump firewall-check
+  }
+  chain filter-input {
+    type filter hook input priority -110; policy accept;
+    ct state new jump nodeport-endpoints-check
+    ct state new jump service-endpoints-check
+  }
+  chain filter-forward {
+    type filter hook forward priority -110; policy accept;
+    ct state new jump service-endpoints-check
+    ct state new jump cluster-ips-check
+  }
+  chain filter-output {
+    type filter hook output priority -110; policy accept;
+    ct state new jump service-endpoints-check
+    ct state new jump firewall-check
+  }
+"""
+
+
 def iptables_rules(services: int, masquerade: bool = True) -> str:
     """kube-proxy's iptables mode for N UDP Services, the measured one last in KUBE-SERVICES
-    (masquerade: externalTrafficPolicy Cluster marks the packet for SNAT; Local does not)."""
+    (masquerade: externalTrafficPolicy Cluster marks the packet for SNAT; Local does not),
+    with its filter table."""
     lines = [
         "*nat",
         ":PREROUTING ACCEPT [0:0]",
@@ -362,11 +479,12 @@ def iptables_rules(services: int, masquerade: bool = True) -> str:
             f"-A {svc} -j {sep}",
             f"-A {sep} -p udp -m udp -j DNAT --to-destination {BACKEND}:{BPORT}",
         ]
-    return "\n".join(lines[:6] + chains + lines[6:] + rules + ["COMMIT", ""])
+    return "\n".join(lines[:6] + chains + lines[6:] + rules + ["COMMIT", KUBE_PROXY_FILTER])
 
 
 def nft_rules(services: int, masquerade: bool = True) -> str:
-    """kube-proxy's nftables mode: one verdict map keyed by address . protocol . port."""
+    """kube-proxy's nftables mode: one verdict map keyed by address . protocol . port, and
+    its filter chains."""
     mark = "meta mark set 0x4000 " if masquerade else ""
     elems = [
         f"{VIP if i == services - 1 else other_vip(i)} . udp . {VPORT} : goto svc-{i}"
@@ -382,7 +500,7 @@ def nft_rules(services: int, masquerade: bool = True) -> str:
     elements = {{ {", ".join(elems)} }}
   }}
 {chains}
-  chain nat-prerouting {{
+{KUBE_PROXY_NFT_FILTER}  chain nat-prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     ip daddr . meta l4proto . th dport vmap @service-ips
   }}
@@ -399,6 +517,8 @@ def measure(mode: str, services: int, mix: str, seconds: float = 2.0) -> Result:
         rig.setup(mode, services, local_backend=mix == "new-flow")
         rig.frame(0 if mix == "new-flow" else 16)
         rig.run(0.3)  # warm up: neighbour state, conntrack, caches
+        if mix == "established" and mode in ("iptables", "nftables"):
+            rig.answer_flows()  # established to conntrack too, as flows with replies are
         gen, delivered = rig.run(seconds)
         return Result(mode, services, mix, gen, delivered)
 

@@ -28,7 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.dataplane import Namespaces, other_vip, sh  # noqa: E402
+from bench.dataplane import (  # noqa: E402
+    KUBE_PROXY_FILTER,
+    KUBE_PROXY_NFT_FILTER,
+    Namespaces,
+    other_vip,
+    sh,
+)
 
 CLUSTER_IP, POD_CLI, POD_SRV = "10.96.100.1", "10.244.1.2", "10.244.2.2"
 MODES = ("xlb", "iptables", "nftables")
@@ -160,7 +166,7 @@ class Pods(Namespaces):
             text = "\n".join(
                 ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]", *chains]
                 + ["-A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES"]
-                + [*rules, "COMMIT", ""]
+                + [*rules, "COMMIT", KUBE_PROXY_FILTER]
             )
             sh("ip", "netns", "exec", self.node, "iptables-restore", input=text)
         else:
@@ -175,7 +181,7 @@ class Pods(Namespaces):
     elements = {{ {elems} }}
   }}
 {chains}
-  chain nat-prerouting {{
+{KUBE_PROXY_NFT_FILTER}  chain nat-prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
     ip daddr . meta l4proto . th dport vmap @service-ips
   }}
