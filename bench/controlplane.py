@@ -22,8 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controlplane.agent import collector_paused  # noqa: E402
-from controlplane.datapath.programs import release_memory  # noqa: E402
+from controlplane.heap import collector_paused, release_memory  # noqa: E402
 from controlplane.model import Translator  # noqa: E402
 from controlplane.model.objects import (  # noqa: E402
     Endpoint,

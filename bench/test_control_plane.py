@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bench.controlplane import NODE, change_one_endpoint, cluster, real_maps
-from controlplane.agent import collector_paused
+from controlplane.heap import collector_paused
 from controlplane.maglev import build_table
 from controlplane.model import Translator, translate
 

@@ -16,13 +16,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .datapath.node import remote_addresses, warm_neighbours
-from .datapath.programs import release_memory
+from .heap import collector_paused, release_memory
 from .l2.election import owners
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
@@ -33,21 +32,6 @@ from .sources.cluster import Cluster, ClusterConfig
 from .sources.manifests import load_cluster, manifest_files
 
 log = logging.getLogger("xlb.agent")
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a translation or a sync builds its objects:
-    they are long-lived (frozen after the sync), yet every 700 allocations would start a
-    collection, and the older generations' walks over them took 0.75 s of a 2.3 s full
-    sync at 10,000 Services. Cycles made meanwhile are collected once it is back on."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
 
 
 @dataclass

@@ -67,8 +67,13 @@ def addr_bytes(address: str) -> bytes:
 
 
 def addr_text(raw: bytes) -> str:
-    ip = ipaddress.IPv6Address(bytes(raw))
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+    """The address as addr_bytes took it (inet_ntop: a restarted agent reads 100,000)."""
+    raw = bytes(raw)
+    if raw[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    if raw[:12] == bytes(12):  # ::a.b.c.d, which inet_ntop would print that way
+        return str(ipaddress.IPv6Address(raw))
+    return socket.inet_ntop(socket.AF_INET6, raw)
 
 
 def set_addr(field: Any, address: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..heap import collector_paused
 from ..model.state import DesiredState
 from . import attach, loader
 from .config import DatapathConfig
@@ -63,7 +64,9 @@ class NodeDatapath:
         the pinned maps, the rest open them), then opens the maps for the sync."""
         loader.load(cfg, uplink, cgroup, native)
         maps = Maps.open(cfg.pin_root)
-        return cls(cfg, maps, Syncer(maps, cfg), interface_mac(uplink))
+        with collector_paused():  # reads back every entry: 365,000 objects at 10,000 Services
+            syncer = Syncer(maps, cfg)
+        return cls(cfg, maps, syncer, interface_mac(uplink))
 
     def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
         return self.syncer.sync(state, node_addr4, node_addr6, self.uplink_mac)

@@ -256,7 +256,10 @@ class PinnedTable:
         return (leaf for _, leaf in self.items())
 
     def items(self) -> list[tuple[Any, Any]]:
-        """Every (key, value), as a list (as bcc gives them)."""
+        """Every (key, value), as a list (as bcc gives them): in batches where the map type
+        has them (a restarted agent reads 100,000 slots), else key by key."""
+        if self.map_type in _BATCHES:
+            return list(self.items_lookup_batch())
         found = ((key, self.lookup(key)) for key in self)
         return [(key, leaf) for key, leaf in found if leaf is not None]
 
@@ -270,7 +273,10 @@ class PinnedTable:
     def items_lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
         """Every entry, chunk at a time by BPF_MAP_LOOKUP_BATCH (one syscall per chunk)."""
         if self.map_type not in _BATCHES:
-            yield from self.items()
+            for key in self:
+                leaf = self.lookup(key)
+                if leaf is not None:  # not deleted meanwhile
+                    yield key, leaf
             return
         keys = (self.Key * chunk)()
         raw = ct.create_string_buffer(self._value_size * chunk)
@@ -292,14 +298,15 @@ class PinnedTable:
                 if exc.errno != errno.ENOENT:  # ENOENT: the last (maybe partial) chunk
                     raise
                 done = True
-            base = ct.addressof(raw)
-            for i in range(attr.count):
-                at = base + i * self._value_size
+            # plain bytes copies first: a ctypes array's buffer is slow to take apart
+            n, size, key_size = attr.count, self._value_size, ct.sizeof(self.Key)
+            key_bytes, value_bytes = ct.string_at(keys, n * key_size), raw.raw[: n * size]
+            for i in range(n):
                 if self.percpu:
-                    value = self._unpack(ct.string_at(at, self._value_size))
+                    value = self._unpack(value_bytes[i * size : (i + 1) * size])
                 else:
-                    value = self.Leaf.from_buffer_copy(ct.string_at(at, self._value_size))
-                yield self.Key.from_buffer_copy(keys, i * ct.sizeof(self.Key)), value
+                    value = self.Leaf.from_buffer_copy(value_bytes, i * size)
+                yield self.Key.from_buffer_copy(key_bytes, i * key_size), value
             if done:
                 return
             ct.memmove(ct.addressof(token_in), ct.addressof(token_out), ct.sizeof(self.Key))

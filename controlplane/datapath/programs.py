@@ -8,7 +8,6 @@ restarted agent, opens the same maps and traffic never stops.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..heap import release_memory
 from . import import_bcc
 from .config import DatapathConfig
 
@@ -144,12 +144,3 @@ def record_layout(program: Program) -> None:
             "To switch: `xlb datapath down` (it drops tracked flows), then load again"
         )
     write_layout(program.pin_root, tables)
-
-
-def release_memory() -> None:
-    """Hands the heap's free pages back to the system: a compile (LLVM) or a big sync
-    leaves tens of MB free but resident in the allocator otherwise (glibc only)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
