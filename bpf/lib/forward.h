@@ -13,8 +13,10 @@
  * 105 ns a packet here (measured with bpf_stats in the packet-rate rig: 43% of xdp_lb's time
  * on an established flow), a hit in this cache about 25. Stale for at most XLB_FIB_CACHE_NS
  * after a route or neighbour changes, which the kernel's own neighbour state matches anyway;
- * only successful lookups are kept. Keyed by destination and ingress port (policy routing on
- * the source is not seen). Private to the program: a restart starts it empty. */
+ * only successful lookups are kept. Keyed by destination and ingress port, so used only while
+ * the node has no policy routing rules (the agent says so in xlb_config.fib_cache): with
+ * them, an answer may depend on the source, ports or marks. Private to the program: a
+ * restart starts it empty. */
 #define XLB_FIB_CACHE_SLOTS 256
 #define XLB_FIB_CACHE_NS (100 * 1000 * 1000ULL)
 
@@ -56,8 +58,10 @@ static __always_inline int xlb_transmit(struct xdp_md *ctx, const __u8 *dmac, co
 static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_pkt *p,
 					   __u64 now)
 {
+	__u32 zero = 0;
+	struct xlb_config *cfg = xlb_config.lookup(&zero);
 	__u32 slot = ((p->daddr.u32[3] ^ p->daddr.u32[2]) * 0x9e3779b1) >> 24;
-	struct xlb_fib_entry *c = xlb_fib_cache.lookup(&slot);
+	struct xlb_fib_entry *c = cfg && cfg->fib_cache ? xlb_fib_cache.lookup(&slot) : 0;
 	if (c && c->stamp && now - c->stamp < XLB_FIB_CACHE_NS &&
 	    c->in_ifindex == ctx->ingress_ifindex && xlb_addr_eq(&c->dst, &p->daddr))
 		return xlb_transmit(ctx, c->dmac, c->smac, c->out_ifindex);

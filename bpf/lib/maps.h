@@ -199,7 +199,9 @@ struct xlb_config {
 	__u16 snat_port_max;
 	__u32 ring_size; /* Maglev M, for readers that did not compile with it */
 	__u8 uplink_mac[6]; /* the source of ARP and neighbour advertisement replies */
-	__u16 pad;
+	__u8 fib_cache; /* 1: routing depends on the destination alone (no policy rules), so FIB
+			 * answers may be cached (forward.h); 0 until the agent has looked */
+	__u8 pad;
 };
 
 BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_MAX_SERVICES,

@@ -5,6 +5,7 @@ the maps."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import socket
 from collections.abc import Iterable
@@ -20,6 +21,8 @@ from .sync import Syncer, SyncResult
 
 # What forwarding to backends needs from the kernel: bpf_fib_lookup refuses to route when
 # forwarding is off, and local backends are reached through the stack's forwarding path.
+log = logging.getLogger("xlb.datapath")
+
 SYSCTLS = {
     "/proc/sys/net/ipv4/ip_forward": "1",
     "/proc/sys/net/ipv6/conf/all/forwarding": "1",
@@ -55,6 +58,7 @@ class NodeDatapath:
     maps: Maps
     syncer: Syncer
     uplink_mac: str = ""
+    policy_rules: int = -1  # of the last sync (-1: not looked yet)
 
     @classmethod
     def load(
@@ -69,13 +73,43 @@ class NodeDatapath:
         return cls(cfg, maps, syncer, interface_mac(uplink))
 
     def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
-        return self.syncer.sync(state, node_addr4, node_addr6, self.uplink_mac)
+        rules = policy_rules()
+        if rules != self.policy_rules:
+            log.info(
+                "FIB answers %s (%d policy routing rules)",
+                "not cached: routes may depend on more than the destination" if rules else "cached",
+                rules,
+            )
+            self.policy_rules = rules
+        return self.syncer.sync(state, node_addr4, node_addr6, self.uplink_mac, not rules)
 
     def announce(self, owned: set[str]) -> tuple[set[str], set[str]]:
         return self.syncer.sync_lb_ips(owned)
 
     def heartbeat(self) -> None:
         self.syncer.heartbeat()
+
+
+# The kernel's own routing rules (ip rule): (priority, table) of local, main and default.
+_DEFAULT_RULES = {(0, 255), (32766, 254), (32767, 253)}
+_PLAIN_RULE_ATTRS = {"FRA_TABLE", "FRA_PRIORITY", "FRA_PROTOCOL", "FRA_SUPPRESS_PREFIXLEN"}
+
+
+def policy_rules() -> int:
+    """How many routing rules this network namespace has beyond the kernel's own, IPv4 and
+    IPv6. With any, a route may depend on the source, ports, marks or interfaces, and the
+    datapath stops caching FIB answers by destination (forward.h)."""
+    from pyroute2 import IPRoute
+
+    extra = 0
+    with IPRoute() as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for rule in ipr.get_rules(family=family):
+                key = (rule.get_attr("FRA_PRIORITY") or 0, rule.get_attr("FRA_TABLE"))
+                plain = {name for name, _ in rule["attrs"]} <= _PLAIN_RULE_ATTRS
+                if key not in _DEFAULT_RULES or not plain or rule["src_len"] or rule["dst_len"]:
+                    extra += 1
+    return extra
 
 
 def interface_mac(ifname: str) -> str:

@@ -63,6 +63,7 @@ def collect(maps: Maps) -> dict[str, Any]:
             "flows": ct_entries // 2,
         },
         "maglevRingSize": config.ring_size,
+        "fibCache": bool(config.fib_cache),
         "announcing": announcing(maps),
         "reasons": maps.reason_counts(),
     }
@@ -106,6 +107,8 @@ def render(status: dict[str, Any]) -> str:
         "",
         f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries)",
         f"maglev ring size: {status['maglevRingSize']}",
+        "FIB answers: "
+        + ("cached 100 ms" if status["fibCache"] else "looked up per packet (policy routing)"),
         announcing_line(status["announcing"]),
         "",
         "packets not balanced, by reason:",

@@ -203,11 +203,14 @@ class Syncer:
         node_addr4: str = "0.0.0.0",
         node_addr6: str = "::",
         uplink_mac: str = "",
+        fib_cache: bool = True,
     ) -> SyncResult:
         """Writes what differs. Groups whose frontends are the very objects (or equal to the
         ones) of the last sync are skipped whole, so one endpoint change costs one group's
         writes and a walk over the group keys, not a walk over every backend; the first sync
-        after a (re)start looks at everything, and removes whatever the maps hold beyond it."""
+        after a (re)start looks at everything, and removes whatever the maps hold beyond it.
+        fib_cache: the node routes by destination alone (no policy rules), so the datapath
+        may cache FIB answers."""
         start = time.perf_counter()
         res = SyncResult()
         m = self.maps
@@ -417,7 +420,7 @@ class Syncer:
                 self.service_groups.setdefault(gk[0], set()).add(gk)
         self.synced = True
         self.serial = state.serial
-        self._sync_config(node_addr4, node_addr6, uplink_mac, res)
+        self._sync_config(node_addr4, node_addr6, uplink_mac, fib_cache, res)
         res.seconds = time.perf_counter() - start
         return res
 
@@ -480,8 +483,10 @@ class Syncer:
         else:
             self.ranges.pop(svc_id, None)
 
-    def _sync_config(self, addr4: str, addr6: str, mac: str, res: SyncResult) -> None:
-        value = (addr4, addr6, mac, self.cfg.snat_ports)
+    def _sync_config(
+        self, addr4: str, addr6: str, mac: str, fib_cache: bool, res: SyncResult
+    ) -> None:
+        value = (addr4, addr6, mac, fib_cache, self.cfg.snat_ports)
         if value == self.config_value:
             return
         leaf = self.maps.config.Leaf()
@@ -489,6 +494,7 @@ class Syncer:
         set_addr(leaf.node_addr6, addr6)
         leaf.snat_port_min, leaf.snat_port_max = self.cfg.snat_ports
         leaf.ring_size = self.cfg.ring_size
+        leaf.fib_cache = int(fib_cache)
         if mac:
             leaf.uplink_mac[:] = bytes.fromhex(mac.replace(":", ""))
         self.maps.config[ct.c_uint32(0)] = leaf

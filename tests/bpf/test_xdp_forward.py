@@ -205,3 +205,28 @@ def test_a_changed_next_hop_is_followed_once_the_fib_cache_entry_ages(run, lan):
         sh("ip", "-n", ns, "neigh", "change", "192.168.198.202", "dev", "up0", "nud", "permanent")
     time.sleep(0.15)
     assert Ether(run(pkt).data).dst == NODE2_MAC
+
+
+def test_with_policy_routing_the_fib_is_asked_for_every_packet(run, lan, syncer):
+    """A rule can route by source, ports or marks, which a cache by destination would not
+    see: the agent counts the rules beyond the kernel's own and switches the cache off."""
+    from controlplane.datapath.node import policy_rules
+
+    ns, _, _ = lan
+    pkt = udp(CLIENT4, 40800, NODE4, 30053)
+    with inside(ns):
+        assert policy_rules() == 0
+    # SNATed flows from this node to node-2's pods leave by another next hop (table 100)
+    sh("ip", "-n", ns, "route", "add", "10.244.2.0/24", "via", "192.168.198.1", "table", "100")
+    try:
+        assert Ether(run(pkt).data).dst == NODE2_MAC  # and cached for the next 100 ms
+        sh("ip", "-n", ns, "rule", "add", "from", NODE4, "lookup", "100", "priority", "100")
+        with inside(ns):
+            assert policy_rules() == 1
+        syncer.sync(STATE, NODE4, NODE6, fib_cache=False)
+        assert Ether(run(pkt).data).dst == CLIENT_MAC  # the rule's answer, not the cache's
+    finally:
+        sh("ip", "-n", ns, "rule", "del", "priority", "100", check=False)
+        sh("ip", "-n", ns, "route", "flush", "table", "100")
+        syncer.sync(STATE, NODE4, NODE6)
+    assert Ether(run(pkt).data).dst == NODE2_MAC
