@@ -56,21 +56,40 @@ def load(
 
 
 def _load_here(cfg: DatapathConfig, uplink: str | None, cgroup: str | None, native: bool) -> None:
-    from . import attach, import_bcc
+    from . import attach, import_bcc, migrate
     from .programs import compile_program
 
-    xdp, tc, sock = (compile_program(source, cfg) for source in PROGRAMS)
-    for line in pinned_sizes(cfg):
-        print(line, file=sys.stderr)
-    if uplink and cgroup:
-        attach.attach_xdp(xdp, uplink, native)
-        attach.attach_tc(tc, uplink)
-        attach.attach_sock(sock, cgroup)
-    else:  # loaded only to see that the verifier takes them; the pinned maps stay
-        bpf = import_bcc().BPF
-        xdp.function("xdp_lb", bpf.XDP)
-        tc.function("tc_lb", bpf.SCHED_CLS)
-        attach.load_sock_hooks(sock)
+    migration = migrate.prepare(cfg)  # maps laid out by another xlb: carried over first
+    try:
+        xdp, tc, sock = (compile_program(source, cfg) for source in PROGRAMS)
+        for line in pinned_sizes(cfg):
+            print(line, file=sys.stderr)
+        if uplink and cgroup:
+            attach.attach_xdp(xdp, uplink, native)
+            attach.attach_tc(tc, uplink)
+            attach.attach_sock(sock, cgroup)
+        else:  # loaded only to see that the verifier takes them; the pinned maps stay
+            bpf = import_bcc().BPF
+            xdp.function("xdp_lb", bpf.XDP)
+            tc.function("tc_lb", bpf.SCHED_CLS)
+            attach.load_sock_hooks(sock)
+    except BaseException:
+        if migration is not None:
+            migration.abort()
+        raise
+    if migration is not None:
+        late = migration.finish()
+        names = ", ".join(pin for pin, *_ in migration.moved.values())
+        print(
+            f"xlb: carried the maps {names} over from another xlb's layout ({late} entries "
+            "made meanwhile copied again)"
+            + (
+                f"; counters of {', '.join(migration.counters)} start again"
+                if migration.counters
+                else ""
+            ),
+            file=sys.stderr,
+        )
 
 
 def pinned_sizes(cfg: DatapathConfig) -> list[str]:

@@ -79,7 +79,8 @@ class Program:
         self.bpf.cleanup()
 
 
-def _compile(source: str, pin_root: str, cflags: list[str], debug: int = 0) -> Program:
+def compile_source(source: str, pin_root: str, cflags: list[str], debug: int = 0) -> Program:
+    """Compiles bpf/<source> with these flags (its maps pinned under pin_root), nothing more."""
     bcc = import_bcc()
     ensure_bpffs(pin_root)
     text = expand(BPF_DIR / source)
@@ -93,7 +94,7 @@ def _compile(source: str, pin_root: str, cflags: list[str], debug: int = 0) -> P
 def compile_program(source: str, cfg: DatapathConfig, debug: int = 0) -> Program:
     """Compiles bpf/<source> against cfg's sizes, opening (or creating) the pinned maps, and
     records their layout beside the pins for processes that open them without bcc."""
-    program = _compile(source, cfg.pin_root, cfg.cflags(), debug)
+    program = compile_source(source, cfg.pin_root, cfg.cflags(), debug)
     record_layout(program)
     release_memory()
     return program
@@ -102,6 +103,23 @@ def compile_program(source: str, cfg: DatapathConfig, debug: int = 0) -> Program
 def pinned_maps() -> dict[str, str]:
     """maps.h's pinned maps: C name -> pin file under the pin root."""
     return dict(_PINNED.findall((BPF_DIR / "lib" / "maps.h").read_text()))
+
+
+def layout_of(program: Program) -> dict[str, tuple[str, Any, Any, Any]]:
+    """maps.h's pinned maps as program opened them: name -> (pin file, bcc's key and value
+    descriptions, the map's info)."""
+    from .syscall import map_info
+
+    lib, module = import_bcc().lib, program.bpf.module
+    out = {}
+    for name, pin in pinned_maps().items():
+        fd = lib.bpf_table_fd(module, name.encode())
+        if fd < 0:
+            raise DatapathError(f"xlb: bpf/{program.name} has no map {name} (maps.h pins it)")
+        key = json.loads(lib.bpf_table_key_desc(module, name.encode()).decode())
+        leaf = json.loads(lib.bpf_table_leaf_desc(module, name.encode()).decode())
+        out[name] = (pin, key, leaf, map_info(fd))
+    return out
 
 
 def record_layout(program: Program) -> None:
@@ -113,23 +131,16 @@ def record_layout(program: Program) -> None:
     import ctypes
 
     from .pinned import LayoutError, decode, read_layout, write_layout
-    from .syscall import map_info, pinned_map_info
+    from .syscall import pinned_map_info
 
     try:
         before = read_layout(program.pin_root)
     except LayoutError:
         before = {}  # none yet (or pinned before layouts were)
-    lib, module = import_bcc().lib, program.bpf.module
     tables = {}
-    for name, pin in pinned_maps().items():
-        fd = lib.bpf_table_fd(module, name.encode())
-        if fd < 0:
-            raise DatapathError(f"xlb: bpf/{program.name} has no map {name} (maps.h pins it)")
-        info = map_info(fd)
+    for name, (pin, key, leaf, info) in layout_of(program).items():
         if info.id != pinned_map_info(os.path.join(program.pin_root, pin)).id:
             raise DatapathError(f"xlb: {program.pin_root}/{pin} is not the map {name} opened")
-        key = json.loads(lib.bpf_table_key_desc(module, name.encode()).decode())
-        leaf = json.loads(lib.bpf_table_leaf_desc(module, name.encode()).decode())
         sizes = (ctypes.sizeof(decode(key)), ctypes.sizeof(decode(leaf)))
         if sizes != (info.key_size, info.value_size):
             differs = f"{info.key_size}/{info.value_size}-byte key/value, now {sizes[0]}/{sizes[1]}"

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import pytest
 
@@ -22,6 +21,7 @@ from controlplane.datapath.pinned import (
 )
 from controlplane.datapath.programs import DatapathError, pinned_maps
 from controlplane.datapath.syscall import map_create, obj_pin
+from tests.datapath.conftest import small_config
 from tests.helpers import REPO
 
 
@@ -61,29 +61,6 @@ def test_entries_read_back_as_bcc_reads_them(xdp, maps, syncer):
     assert batch == ours  # across several chunks
     reasons = maps.reasons[ct.c_uint32(0)]
     assert len(reasons) == possible_cpus() and all(isinstance(n, int) for n in reasons)
-
-
-def _small(root: str):
-    from controlplane.datapath.config import DatapathConfig
-
-    return DatapathConfig(
-        pin_root=root,
-        max_services=256,
-        max_backends=256,
-        max_slots=1024,
-        max_rings=2,
-        ct_size=1024,
-        affinity_size=256,
-        max_source_ranges=16,
-    )
-
-
-@pytest.fixture
-def scratch_root():
-    root = f"/sys/fs/bpf/xlb-test-pinned-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    os.makedirs(root)
-    yield root
-    subprocess.run(["rm", "-rf", root], check=False)
 
 
 def test_no_layout_names_the_pin_root(scratch_root):
@@ -134,7 +111,7 @@ def test_a_loader_that_fails_says_why_in_the_callers_error(scratch_root):
     from controlplane.datapath import loader
 
     with pytest.raises(DatapathError, match="xlb-no-such-if"):
-        loader.load(_small(scratch_root), "xlb-no-such-if", "/sys/fs/cgroup")
+        loader.load(small_config(scratch_root), "xlb-no-such-if", "/sys/fs/cgroup")
 
 
 def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_refused(scratch_root, capfd):
@@ -142,7 +119,7 @@ def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_refused(scratch_roo
 
     from controlplane.datapath import loader
 
-    cfg = _small(scratch_root)
+    cfg = small_config(scratch_root)
     loader.load(cfg)
     assert "warning" not in capfd.readouterr().err
     loader.load(dataclasses.replace(cfg, ct_size=2048))
@@ -159,13 +136,13 @@ def test_maps_pinned_by_an_xlb_with_another_layout_are_refused_before_loading(sc
     obj_pin(fd, os.path.join(scratch_root, "heartbeat"))
     os.close(fd)
     with pytest.raises(DatapathError, match=r"map heartbeat .* \(4/16-byte key/value, now 4/8\)"):
-        compile_program("tc_lb.c", _small(scratch_root))
+        compile_program("tc_lb.c", small_config(scratch_root))
 
 
 def test_a_struct_that_changed_at_the_same_size_is_refused_too(scratch_root):
     from controlplane.datapath.programs import compile_program
 
-    program = compile_program("tc_lb.c", _small(scratch_root))
+    program = compile_program("tc_lb.c", small_config(scratch_root))
     program.cleanup()
     layout = read_layout(scratch_root)
     leaf = layout["xlb_config"]["leaf"]
@@ -173,4 +150,4 @@ def test_a_struct_that_changed_at_the_same_size_is_refused_too(scratch_root):
     tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items()}
     write_layout(scratch_root, tables)
     with pytest.raises(DatapathError, match=r"map config .* \(its key or value struct changed\)"):
-        compile_program("tc_lb.c", _small(scratch_root))
+        compile_program("tc_lb.c", small_config(scratch_root))

@@ -1,0 +1,136 @@
+"""An upgrade whose maps.h changed a layout: the pinned entries are carried into maps of the
+new layout, field by field by name, before the new programs are loaded."""
+
+from __future__ import annotations
+
+import copy
+import ctypes as ct
+import glob
+import os
+import struct
+
+import pytest
+
+from controlplane.datapath import loader
+from controlplane.datapath.maps import Maps, addr_bytes, get_addr
+from controlplane.datapath.migrate import NotCarried, converter
+from controlplane.datapath.pinned import PinnedTable, read_layout, write_layout
+from controlplane.datapath.programs import DatapathError
+from controlplane.datapath.syscall import map_create, obj_pin
+from tests.datapath.conftest import small_config
+
+LRU_HASH = 9
+
+
+def test_a_field_that_moved_is_carried_and_a_new_one_starts_at_zero():
+    old = [
+        "v",
+        [["a", "unsigned int"], ["b", "unsigned short"], ["pad", "unsigned short"]],
+        "struct",
+    ]
+    new = [
+        "v",
+        [
+            ["a", "unsigned int"],
+            ["c", "unsigned char"],
+            ["pad", "unsigned char"],
+            ["b", "unsigned short"],
+        ],
+        "struct",
+    ]
+    assert converter(old, new)(struct.pack("=IHH", 7, 9, 0xFFFF)) == struct.pack(
+        "=IBBH", 7, 0, 0, 9
+    )
+
+
+def test_a_field_whose_type_changed_is_not_carried():
+    old = ["v", [["a", "unsigned int"], ["b", "unsigned int"]], "struct"]
+    new = ["v", [["a", "unsigned int"], ["b", "unsigned long long"]], "struct"]
+    with pytest.raises(NotCarried, match="b changed"):
+        converter(old, new)
+
+
+def _without(desc: list, field: str) -> list:
+    out = copy.deepcopy(desc)
+    out[1] = [m for m in out[1] if m[0] != field]
+    return out
+
+
+def test_an_upgrade_carries_the_flows_and_settings_of_maps_whose_layout_changed(
+    scratch_root, capfd
+):
+    cfg = small_config(scratch_root)
+    loader.load(cfg)
+    layout = read_layout(scratch_root)
+    # As an older xlb laid them out: conntrack values without `stamp` (48 bytes, not 56), and
+    # a config whose `fib_cache` byte was still padding.
+    ct_old = _without(layout["xlb_ct"]["leaf"], "stamp")
+    config_old = copy.deepcopy(layout["xlb_config"]["leaf"])
+    config_old[1] = [m for m in config_old[1] if m[0] not in ("fib_cache", "pad")]
+    config_old[1].insert(-1, ["pad", "unsigned short"])
+    os.unlink(os.path.join(scratch_root, "ct"))
+    fd = map_create(LRU_HASH, 40, 48, cfg.ct_size, "xlb_ct")
+    obj_pin(fd, os.path.join(scratch_root, "ct"))
+    os.close(fd)
+    old_ct = PinnedTable.open("xlb_ct", f"{scratch_root}/ct", layout["xlb_ct"]["key"], ct_old)
+    for i in range(300):
+        key = addr_bytes(f"198.18.1.{i % 250}") + addr_bytes("192.168.1.1")
+        key += struct.pack("=HHB3x", 20000 + i, 80, 6)
+        value = addr_bytes(f"198.18.1.{i % 250}") + addr_bytes("10.244.1.5")
+        value += struct.pack("=HHHHII", 20000 + i, 8080, 0, 0, 1 + i % 7, 3)
+        old_ct[old_ct.Key.from_buffer_copy(key)] = old_ct.Leaf.from_buffer_copy(value)
+    old_ct.close()
+    old_config = PinnedTable.open(
+        "xlb_config", f"{scratch_root}/config", layout["xlb_config"]["key"], config_old
+    )
+    leaf = old_config.Leaf()
+    ct.memmove(ct.addressof(leaf.node_addr4), addr_bytes("192.168.198.201"), 16)
+    leaf.snat_port_min, leaf.snat_port_max, leaf.pad = 40000, 50000, 0xFFFF
+    old_config[ct.c_uint32(0)] = leaf
+    old_config.close()
+    tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items()}
+    tables["xlb_ct"] = ("ct", layout["xlb_ct"]["key"], ct_old)
+    tables["xlb_config"] = ("config", layout["xlb_config"]["key"], config_old)
+    write_layout(scratch_root, tables)
+    capfd.readouterr()
+
+    loader.load(cfg)
+
+    assert "carried the maps ct, config over" in capfd.readouterr().err
+    maps = Maps.open(scratch_root)
+    flows = {bytes(k): v for k, v in maps.ct.items()}
+    assert len(flows) == 300
+    for i in range(300):
+        key = addr_bytes(f"198.18.1.{i % 250}") + addr_bytes("192.168.1.1")
+        v = flows[key + struct.pack("=HHB3x", 20000 + i, 80, 6)]
+        assert (get_addr(v.nat_daddr), v.nat_dport, v.backend, v.svc, v.stamp) == (
+            "10.244.1.5",
+            8080,  # as written: the bytes are carried, not reinterpreted
+            1 + i % 7,
+            3,
+            0,
+        )
+    config = maps.config[ct.c_uint32(0)]
+    assert get_addr(config.node_addr4) == "192.168.198.201"
+    assert (config.snat_port_min, config.snat_port_max, config.fib_cache) == (40000, 50000, 0)
+    assert read_layout(scratch_root)["xlb_ct"]["leaf"] == layout["xlb_ct"]["leaf"]
+    maps.close()
+    assert not glob.glob(f"{scratch_root}_next_*")
+
+
+def test_a_change_that_cannot_be_carried_leaves_everything_as_it_was(scratch_root):
+    cfg = small_config(scratch_root)
+    loader.load(cfg)
+    layout = read_layout(scratch_root)
+    config_old = copy.deepcopy(layout["xlb_config"]["leaf"])
+    for member in config_old[1]:
+        if member[0] == "ring_size":
+            member[1] = "unsigned short"  # a field whose size changed
+    config_old[1].insert(-1, ["pad2", "unsigned short"])
+    tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items()}
+    tables["xlb_config"] = ("config", layout["xlb_config"]["key"], config_old)
+    write_layout(scratch_root, tables)
+    with pytest.raises(DatapathError, match=r"map config .* cannot be carried over \(ring_size"):
+        loader.load(cfg)
+    assert read_layout(scratch_root)["xlb_config"]["leaf"] == config_old
+    assert not glob.glob(f"{scratch_root}_next_*")
