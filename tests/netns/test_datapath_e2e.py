@@ -5,7 +5,9 @@ through XDP + tc (NodePort) and through the socket hooks (ClusterIP)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -52,6 +54,57 @@ spec:
 status: {{podIP: {PODS[name]}}}
 """)
     return "---".join(docs)
+
+
+def echo_flow(topo) -> subprocess.Popen:
+    """A TCP flow from the client to a NodePort, echoing for 10 s, once it is connected."""
+    flow = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{topo.client}", sys.executable, "-c", ECHO_CLIENT]
+        + [NODE_IP, "30090", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert flow.stdout.readline().strip() == "connected"
+    return flow
+
+
+def test_established_flows_survive_an_upgrade_that_changed_a_map_layout(topo):
+    """A new xlb whose maps.h laid conntrack out otherwise (here: a padding field renamed)
+    carries the entries into a map of its own layout, and the flow goes on: on its very
+    entry (a lost entry would be made again, with a new stamp)."""
+    from controlplane.datapath.maps import Maps, get_addr
+    from controlplane.datapath.pinned import read_layout, write_layout
+
+    def entries() -> dict[bytes, int]:
+        maps = Maps.open(topo.pin_root)
+        try:
+            return {
+                bytes(k): v.stamp
+                for k, v in maps.ct.items()
+                if get_addr(k.daddr) == NODE_IP and k.dport == socket.htons(30090)
+            }
+        finally:
+            maps.close()
+
+    flow = echo_flow(topo)
+    before = entries()
+    assert before
+    layout = read_layout(topo.pin_root)
+    tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items()}
+    older = copy.deepcopy(layout["xlb_ct"]["leaf"])
+    for member in older[1]:
+        if member[0] == "pad":
+            member[0] = "reserved"
+    tables["xlb_ct"] = ("ct", layout["xlb_ct"]["key"], older)
+    write_layout(topo.pin_root, tables)  # as an older xlb would have left it
+    out = topo.up(["web-1"])
+    assert "carried the maps ct over" in out.stderr
+    after = entries()
+    assert all(after.get(key) == stamp for key, stamp in before.items()), (before, after)
+    got, err = flow.communicate(timeout=30)
+    assert flow.returncode == 0, err
+    assert int(got.split()[-1]) > 100  # hundreds of round trips, none lost
 
 
 class Topology:
@@ -239,25 +292,7 @@ def test_established_flows_survive_datapath_restart_and_an_endpoint_change(topo)
     """Re-running the datapath (a restarted agent: new programs attached over the old ones,
     maps read back) and adding an endpoint must not break a flow that is already running,
     from outside (XDP conntrack) or from the node (socket hooks)."""
-    flows = [
-        subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/run/netns/{topo.client}",
-                sys.executable,
-                "-c",
-                ECHO_CLIENT,
-                NODE_IP,
-                "30090",
-                "10",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ),
-    ]
-    for f in flows:
-        assert f.stdout.readline().strip() == "connected"
+    flows = [echo_flow(topo)]
     topo.up(["web-1"])  # restart with the same manifests
     topo.up(["web-1", "web-2"])  # and a new endpoint
     for f in flows:
