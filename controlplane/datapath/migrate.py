@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import dataclasses
+import glob
 import os
 import shutil
 from collections.abc import Callable
@@ -179,6 +180,13 @@ def _pinned_sizes(cfg: DatapathConfig, root: str) -> DatapathConfig:
     return dataclasses.replace(cfg, pin_root=root, **sizes)
 
 
+def remove_scratch(pin_root: str) -> None:
+    """Removes the scratch directories of loaders beside pin_root (and so the old maps they
+    hold, once no program uses them)."""
+    for path in glob.glob(f"{pin_root.rstrip('/')}_next_*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def prepare(cfg: DatapathConfig) -> Migration | None:
     """Before the programs are compiled: carries every pinned map whose layout this xlb's
     maps.h changed into a map of the new layout, now pinned in its place. None when no map
@@ -189,8 +197,8 @@ def prepare(cfg: DatapathConfig) -> Migration | None:
     except LayoutError:
         return None  # nothing pinned (or pinned before layouts were: record_layout checks)
     root = cfg.pin_root.rstrip("/")
+    remove_scratch(root)  # what a loader killed half-way left
     scratch = f"{root}_next_{os.getpid()}"  # beside the pins: the same bpffs, renames work
-    shutil.rmtree(scratch, ignore_errors=True)
     program = compile_source("maps.c", scratch, _pinned_sizes(cfg, scratch).cflags())
     try:
         new_layout = layout_of(program)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..heap import collector_paused
 from ..model.state import DesiredState
-from . import attach, loader
+from . import attach, loader, migrate
 from .config import DatapathConfig
 from .maps import Maps
 from .sync import Syncer, SyncResult
@@ -151,3 +151,4 @@ def unload(uplink: str | None, cgroup: str | None, pin_root: str) -> None:
     if cgroup:
         attach.detach_sock(cgroup)
     shutil.rmtree(pin_root, ignore_errors=True)
+    migrate.remove_scratch(pin_root)
