@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 
 import pytest
 
 from controlplane.datapath.config import DatapathConfig
+from tests.kernel import owned
 
 
 def small_config(root: str) -> DatapathConfig:
@@ -28,7 +28,7 @@ def small_config(root: str) -> DatapathConfig:
 @pytest.fixture
 def scratch_root():
     """A pin root no other test or run uses, removed with whatever a loader left beside it."""
-    root = f"/sys/fs/bpf/xlb-test-pinned-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    root = f"/sys/fs/bpf/{owned('xlb-test-')}"  # a killed run's: reaped by the next
     os.makedirs(root)
     yield root
     subprocess.run(["sh", "-c", f"rm -rf {root} {root}_next_*"], check=False)
