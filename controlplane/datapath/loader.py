@@ -60,12 +60,14 @@ def _load_here(cfg: DatapathConfig, uplink: str | None, cgroup: str | None, nati
     from .programs import compile_program
 
     migration = migrate.prepare(cfg)  # maps laid out by another xlb: carried over first
+    attached = False
     try:
         xdp, tc, sock = (compile_program(source, cfg) for source in PROGRAMS)
         for line in pinned_sizes(cfg):
             print(line, file=sys.stderr)
         if uplink and cgroup:
             attach.attach_xdp(xdp, uplink, native)
+            attached = True  # a program on the new maps runs: no way back to the old ones
             attach.attach_tc(tc, uplink)
             attach.attach_sock(sock, cgroup)
         else:  # loaded only to see that the verifier takes them; the pinned maps stay
@@ -74,7 +76,9 @@ def _load_here(cfg: DatapathConfig, uplink: str | None, cgroup: str | None, nati
             tc.function("tc_lb", bpf.SCHED_CLS)
             attach.load_sock_hooks(sock)
     except BaseException:
-        if migration is not None:
+        if migration is not None and attached:
+            migration.finish()
+        elif migration is not None:
             migration.abort()
         raise
     if migration is not None:

@@ -19,10 +19,10 @@ from .config import DatapathConfig
 from .maps import Maps
 from .sync import Syncer, SyncResult
 
-# What forwarding to backends needs from the kernel: bpf_fib_lookup refuses to route when
-# forwarding is off, and local backends are reached through the stack's forwarding path.
 log = logging.getLogger("xlb.datapath")
 
+# What forwarding to backends needs from the kernel: bpf_fib_lookup refuses to route when
+# forwarding is off, and local backends are reached through the stack's forwarding path.
 SYSCTLS = {
     "/proc/sys/net/ipv4/ip_forward": "1",
     "/proc/sys/net/ipv6/conf/all/forwarding": "1",
@@ -73,7 +73,11 @@ class NodeDatapath:
         return cls(cfg, maps, syncer, interface_mac(uplink))
 
     def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
-        rules = policy_rules()
+        try:
+            rules = policy_rules()
+        except Exception as exc:  # netlink refused: assume rules, the safe side
+            log.warning("cannot list the routing rules (%s); FIB answers not cached", exc)
+            rules = 1
         if rules != self.policy_rules:
             log.info(
                 "FIB answers %s (%d policy routing rules)",
