@@ -61,9 +61,62 @@ def programmed(xdp, tc, dp_config):
     return xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd
 
 
+MEASURED: dict[str, float] = {}  # this run's figures, written to bench/results at the end
+RESULTS = Path(__file__).parent / "results"
+# What each figure is, for the table; targets from the issue "Benchmarks".
+PATHS = {
+    "established": ("XDP, established flow (repeat 100,000, median of 5)", "≤ 80 ns"),
+    "not_a_service": ("XDP, packet to no Service (repeat 100,000, median of 5)", ""),
+    "new_flow_maglev": ("XDP, new flow with Maglev (single runs, median of 3,000)", "≤ 200 ns"),
+    "new_flow_affinity_hit": ("XDP, new flow, session-affinity hit (single runs)", ""),
+    "reply_translation_tc": ("tc, reply translation (single runs)", ""),
+    "repeat1_overhead": ("what a single run adds over a repeated one (harness)", ""),
+    "floor_empty": ("floor: an empty XDP program", ""),
+    "floor_lru_hit": ("floor: one LRU hit, conntrack-sized", ""),
+    "floor_lru_insert": ("floor: one LRU insert, conntrack-sized", ""),
+    "floor_hash_insert": ("floor: one plain hash insert, conntrack-sized", ""),
+}
+
+
 def record(benchmark, name: str, ns: float) -> None:
     benchmark.extra_info[name] = round(ns, 1)
+    MEASURED[name] = round(ns, 1)
     print(f"\n{name}: {ns:.1f} ns/packet")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def written():
+    """After the module: the figures as JSON and a markdown table under bench/results/, when
+    every path was measured (a -k selection writes nothing)."""
+    import json
+    import os
+    import platform
+    import time
+
+    yield
+    if set(MEASURED) != set(PATHS):
+        return
+    machine = (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"kernel {platform.release()}"
+    )
+    when = time.strftime("%Y-%m-%d %H:%M")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "per-packet.json").write_text(
+        json.dumps({"machine": machine, "time": when, "ns": MEASURED}, indent=2) + "\n"
+    )
+    rows = [
+        f"Measured on {machine}, {when}, by `make bench` (bench/test_datapath_cost.py):",
+        "BPF_PROG_TEST_RUN's own time per run, the harness included.",
+        "",
+        "| path | ns per packet | target |",
+        "|---|---|---|",
+        *(
+            f"| {what} | {MEASURED[name]:.0f} | {target} |"
+            for name, (what, target) in PATHS.items()
+        ),
+    ]
+    (RESULTS / "per-packet.md").write_text("\n".join(rows) + "\n")
 
 
 def test_not_a_service(benchmark, programmed):
