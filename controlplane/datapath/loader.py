@@ -86,12 +86,7 @@ def _load_here(cfg: DatapathConfig, uplink: str | None, cgroup: str | None, nati
         names = ", ".join(pin for pin, *_ in migration.moved.values())
         print(
             f"xlb: carried the maps {names} over from another xlb's layout ({late} entries "
-            "made meanwhile copied again)"
-            + (
-                f"; counters of {', '.join(migration.counters)} start again"
-                if migration.counters
-                else ""
-            ),
+            "made meanwhile copied again)",
             file=sys.stderr,
         )
 

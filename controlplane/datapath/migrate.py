@@ -7,8 +7,9 @@ layout, at the sizes the pins have), copies every entry of each changed map into
 twin field by field, by name, swaps the pins, and only then compiles and attaches the
 programs; after the switch it copies once more what the old programs added meanwhile (new
 flows) and lets the old maps go. A field the old layout lacked starts at zero, padding is
-not carried, per-CPU counters start again. A change no name can carry (a field whose type
-or size changed) is refused before anything is touched.
+not carried; per-CPU counters are carried CPU by CPU (what they count during the switch, a
+few seconds, is lost). A change no name can carry (a field whose type or size changed) is
+refused before anything is touched.
 """
 
 from __future__ import annotations
@@ -24,15 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import DatapathConfig
-from .pinned import (
-    _ARRAYS,
-    _BATCHES,
-    LayoutError,
-    PinnedTable,
-    decode,
-    read_layout,
-    write_layout,
-)
+from .pinned import LayoutError, PinnedTable, decode, read_layout, write_layout
 from .programs import DatapathError, compile_source, layout_of
 
 Convert = Callable[[bytes], bytes]
@@ -98,34 +91,30 @@ def converter(old_desc: Any, new_desc: Any) -> Convert:
 
 
 def _copy(old: PinnedTable, new: PinnedTable, key: Convert, leaf: Convert, only_new: bool) -> int:
-    """Writes old's entries, converted, into new (only_new: those new does not hold yet)."""
-    keys, leaves, n = [], [], 0
-
-    def flush() -> None:
-        if not keys:
-            return
-        if new.map_type in _BATCHES:
-            count = len(keys)
-            new.items_update_batch(
-                (new.Key * count).from_buffer_copy(b"".join(keys)),
-                (new.Leaf * count).from_buffer_copy(b"".join(leaves)),
+    """Writes old's entries, converted, into new (only_new: those new does not hold yet);
+    a per-CPU map's values are converted CPU by CPU. The count written."""
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    n, old_size = 0, ct.sizeof(old.Leaf)
+    for raw_key, raw_value in old.raw_items():
+        new_key = key(raw_key)
+        if only_new and new.Key.from_buffer_copy(new_key) in new:
+            continue
+        if old.percpu:
+            value = b"".join(
+                leaf(raw_value[at : at + old_size]).ljust(new._stride, b"\0")
+                for at in range(0, len(raw_value), old._stride)
             )
         else:
-            for k, v in zip(keys, leaves, strict=True):
-                new[new.Key.from_buffer_copy(k)] = new.Leaf.from_buffer_copy(v)
-        keys.clear()
-        leaves.clear()
-
-    for k, v in old.items():
-        raw_key = key(bytes(k))
-        if only_new and new.Key.from_buffer_copy(raw_key) in new:
-            continue
-        keys.append(raw_key)
-        leaves.append(leaf(bytes(v)))
+            value = leaf(raw_value)
+        keys.append(new_key)
+        values.append(value)
         n += 1
         if len(keys) >= 4096:
-            flush()
-    flush()
+            new.update_raw(keys, values)
+            keys, values = [], []
+    if keys:
+        new.update_raw(keys, values)
     return n
 
 
@@ -138,7 +127,6 @@ class Migration:
     scratch: str
     old_layout: dict[str, Any]
     moved: dict[str, tuple[str, PinnedTable, PinnedTable, Convert, Convert]]
-    counters: list[str]  # per-CPU maps that start again from zero
 
     def finish(self) -> int:
         """After the new programs are attached: copies what the old ones added meanwhile,
@@ -146,7 +134,7 @@ class Migration:
         carried = 0
         try:
             for _, old, new, key, leaf in self.moved.values():
-                if not old.percpu and new.map_type not in _ARRAYS:  # arrays: copied whole
+                if not new.is_array:  # arrays were copied whole (counters too)
                     carried += _copy(old, new, key, leaf, only_new=True)
         finally:
             self._close()
@@ -226,16 +214,13 @@ def prepare(cfg: DatapathConfig) -> Migration | None:
                     "is left as it is. To switch: `xlb datapath down` (it drops tracked "
                     "flows), then load again"
                 ) from None
-        moved, counters = {}, []
+        moved = {}
         for name, (pin, key, leaf, _) in changed.items():
             before = old_layout[name]
             old = PinnedTable.open(name, os.path.join(root, pin), before["key"], before["leaf"])
             new = PinnedTable.open(name, os.path.join(scratch, pin), key, leaf)
             moved[name] = (pin, old, new, *plans[name])
-            if old.percpu:
-                counters.append(pin)
-            else:
-                _copy(old, new, *plans[name], only_new=False)
+            _copy(old, new, *plans[name], only_new=False)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -243,4 +228,4 @@ def prepare(cfg: DatapathConfig) -> Migration | None:
         os.replace(os.path.join(root, pin), os.path.join(scratch, f"{pin}_old"))
         os.replace(os.path.join(scratch, pin), os.path.join(root, pin))
     write_layout(root, {name: (e[0], e[1], e[2]) for name, e in new_layout.items()})
-    return Migration(root, scratch, old_layout, moved, counters)
+    return Migration(root, scratch, old_layout, moved)

@@ -132,6 +132,7 @@ class PinnedTable:
         self.map_type, self.max_entries = info.type, info.max_entries
         self.Key, self.Leaf = key, leaf
         self.percpu = info.type in _PERCPU
+        self.is_array = info.type in _ARRAYS  # every key exists; entries cannot be deleted
         if self.percpu:  # the kernel lays each CPU's value out at 8-byte alignment
             stride = (ct.sizeof(leaf) + 7) & ~7
             self._value_size = stride * possible_cpus()
@@ -272,11 +273,60 @@ class PinnedTable:
 
     def items_lookup_batch(self, chunk: int = 4096) -> Iterator[tuple[Any, Any]]:
         """Every entry, chunk at a time by BPF_MAP_LOOKUP_BATCH (one syscall per chunk)."""
+        size, key_size = self._value_size, ct.sizeof(self.Key)
+        for key_bytes, value_bytes, n in self._raw_chunks(chunk):
+            for i in range(n):
+                if self.percpu:
+                    value = self._unpack(value_bytes[i * size : (i + 1) * size])
+                else:
+                    value = self.Leaf.from_buffer_copy(value_bytes, i * size)
+                yield self.Key.from_buffer_copy(key_bytes, i * key_size), value
+
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every entry as the kernel holds it: key bytes, value bytes (per-CPU maps: every
+        CPU's value, each at 8-byte alignment)."""
+        size, key_size = self._value_size, ct.sizeof(self.Key)
+        for key_bytes, value_bytes, n in self._raw_chunks(4096):
+            for i in range(n):
+                yield (
+                    key_bytes[i * key_size : (i + 1) * key_size],
+                    value_bytes[i * size : (i + 1) * size],
+                )
+
+    def update_raw(self, keys: list[bytes], values: list[bytes]) -> None:
+        """Writes entries given as the kernel holds them (see raw_items): in one
+        BPF_MAP_UPDATE_BATCH where the map type has it, else one by one."""
+        key_size = ct.sizeof(self.Key)
+        if any(len(k) != key_size for k in keys) or any(len(v) != self._value_size for v in values):
+            raise ValueError(f"{self.name}: entries of another size than the map's")
+        if self.map_type in _BATCHES and len(keys) > 1:
+            k = ct.create_string_buffer(b"".join(keys), key_size * len(keys))
+            v = ct.create_string_buffer(b"".join(values), self._value_size * len(values))
+            attr = _BatchAttr(
+                keys=ct.addressof(k), values=ct.addressof(v), count=len(keys), map_fd=self.fd
+            )
+            bpf(_UPDATE_BATCH, attr)
+            return
+        for key, value in zip(keys, values, strict=True):
+            k = ct.create_string_buffer(key, key_size)
+            v = ct.create_string_buffer(value, self._value_size)
+            bpf(_UPDATE, _ElemAttr(map_fd=self.fd, key=ct.addressof(k), value=ct.addressof(v)))
+
+    def _raw_chunks(self, chunk: int) -> Iterator[tuple[bytes, bytes, int]]:
+        """(key bytes, value bytes, count) a chunk at a time: by BPF_MAP_LOOKUP_BATCH where
+        the map type has it (plain bytes: a ctypes array's buffer is slow to take apart),
+        else key by key."""
+        key_size = ct.sizeof(self.Key)
         if self.map_type not in _BATCHES:
             for key in self:
-                leaf = self.lookup(key)
-                if leaf is not None:  # not deleted meanwhile
-                    yield key, leaf
+                raw = ct.create_string_buffer(self._value_size)
+                try:
+                    self._elem(_LOOKUP, key, raw)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:  # deleted meanwhile
+                        continue
+                    raise
+                yield ct.string_at(ct.addressof(key), key_size), raw.raw, 1
             return
         keys = (self.Key * chunk)()
         raw = ct.create_string_buffer(self._value_size * chunk)
@@ -298,18 +348,11 @@ class PinnedTable:
                 if exc.errno != errno.ENOENT:  # ENOENT: the last (maybe partial) chunk
                     raise
                 done = True
-            # plain bytes copies first: a ctypes array's buffer is slow to take apart
-            n, size, key_size = attr.count, self._value_size, ct.sizeof(self.Key)
-            key_bytes, value_bytes = ct.string_at(keys, n * key_size), raw.raw[: n * size]
-            for i in range(n):
-                if self.percpu:
-                    value = self._unpack(value_bytes[i * size : (i + 1) * size])
-                else:
-                    value = self.Leaf.from_buffer_copy(value_bytes, i * size)
-                yield self.Key.from_buffer_copy(key_bytes, i * key_size), value
+            n = attr.count
+            yield ct.string_at(keys, n * key_size), raw.raw[: n * self._value_size], n
             if done:
                 return
-            ct.memmove(ct.addressof(token_in), ct.addressof(token_out), ct.sizeof(self.Key))
+            ct.memmove(ct.addressof(token_in), ct.addressof(token_out), key_size)
             first = False
 
     def items_update_batch(self, keys: Any, leaves: Any) -> None:

@@ -88,15 +88,28 @@ def test_an_upgrade_carries_the_flows_and_settings_of_maps_whose_layout_changed(
     leaf.snat_port_min, leaf.snat_port_max, leaf.pad = 40000, 50000, 0xFFFF
     old_config[ct.c_uint32(0)] = leaf
     old_config.close()
+    # and per-frontend counters whose `drops` were still called `dropped`: carried per CPU
+    stats_old = copy.deepcopy(layout["xlb_stats"]["leaf"])
+    for member in stats_old[1]:
+        if member[0] == "drops":
+            member[0] = "dropped"
+    old_stats = PinnedTable.open(
+        "xlb_stats", f"{scratch_root}/stats", layout["xlb_stats"]["key"], stats_old
+    )
+    cpus = len(old_stats[ct.c_uint32(5)])
+    per_cpu = b"".join(struct.pack("=QQQQ", 10 + c, 1000, 2, 7) for c in range(cpus))
+    old_stats.update_raw([struct.pack("=I", 5)], [per_cpu])
+    old_stats.close()
     tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items()}
     tables["xlb_ct"] = ("ct", layout["xlb_ct"]["key"], ct_old)
     tables["xlb_config"] = ("config", layout["xlb_config"]["key"], config_old)
+    tables["xlb_stats"] = ("stats", layout["xlb_stats"]["key"], stats_old)
     write_layout(scratch_root, tables)
     capfd.readouterr()
 
     loader.load(cfg)
 
-    assert "carried the maps ct, config over" in capfd.readouterr().err
+    assert "carried the maps ct, stats, config over" in capfd.readouterr().err
     maps = Maps.open(scratch_root)
     flows = {bytes(k): v for k, v in maps.ct.items()}
     assert len(flows) == 300
@@ -110,6 +123,13 @@ def test_an_upgrade_carries_the_flows_and_settings_of_maps_whose_layout_changed(
             3,
             0,
         )
+    counts = maps.svc_counts(5)
+    assert counts == {
+        "packets": sum(10 + c for c in range(cpus)),
+        "bytes": 1000 * cpus,
+        "new_flows": 2 * cpus,
+        "drops": 0,  # renamed: not carried
+    }
     config = maps.config[ct.c_uint32(0)]
     assert get_addr(config.node_addr4) == "192.168.198.201"
     assert (config.snat_port_min, config.snat_port_max, config.fib_cache) == (40000, 50000, 0)
