@@ -102,8 +102,8 @@ def _copy(old: PinnedTable, new: PinnedTable, key: Convert, leaf: Convert, only_
             continue
         if old.percpu:
             value = b"".join(
-                leaf(raw_value[at : at + old_size]).ljust(new._stride, b"\0")
-                for at in range(0, len(raw_value), old._stride)
+                leaf(raw_value[at : at + old_size]).ljust(new.stride, b"\0")
+                for at in range(0, len(raw_value), old.stride)
             )
         else:
             value = leaf(raw_value)

@@ -138,7 +138,7 @@ class PinnedTable:
             self._value_size = stride * possible_cpus()
         else:
             stride = self._value_size = ct.sizeof(leaf)
-        self._stride = stride
+        self.stride = stride  # bytes from one CPU's value to the next (per-CPU maps)
         if (ct.sizeof(key), ct.sizeof(leaf)) != (info.key_size, info.value_size):
             raise LayoutError(
                 f"xlb: pinned map {name} holds {info.key_size}-byte keys and "
@@ -182,7 +182,7 @@ class PinnedTable:
         numbers for a scalar Leaf, as bcc gives them)."""
         if not self.percpu:
             return raw
-        values = [self.Leaf.from_buffer_copy(raw, i * self._stride) for i in range(possible_cpus())]
+        values = [self.Leaf.from_buffer_copy(raw, i * self.stride) for i in range(possible_cpus())]
         return [getattr(v, "value", v) for v in values]
 
     def lookup(self, key: Any) -> Any | None:
