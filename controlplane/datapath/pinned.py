@@ -23,7 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from .programs import DatapathError
-from .syscall import MapInfo, bpf, map_create, map_info, obj_get, obj_pin
+from .syscall import (
+    MAP_DELETE,
+    MAP_LOOKUP,
+    MAP_LOOKUP_BATCH,
+    MAP_NEXT_KEY,
+    MAP_UPDATE,
+    MAP_UPDATE_BATCH,
+    MapInfo,
+    map_batch,
+    map_create,
+    map_elem,
+    map_info,
+    obj_get,
+    obj_pin,
+)
 
 LAYOUT_PIN = "layout"  # an array of one entry: zlib-compressed JSON
 
@@ -45,9 +59,7 @@ _SCALARS: dict[str, Any] = {
     "unsigned __int128": ct.c_uint64 * 2,
 }
 
-# bpf(2) commands and the map types that need telling apart.
-_LOOKUP, _UPDATE, _DELETE, _NEXT_KEY = 1, 2, 3, 4
-_LOOKUP_BATCH, _UPDATE_BATCH = 24, 26
+# The map types that need telling apart.
 _HASH, _ARRAY, _PERCPU_HASH, _PERCPU_ARRAY, _LRU_HASH, _LRU_PERCPU_HASH = 1, 2, 5, 6, 9, 10
 _PERCPU = {_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH}
 _ARRAYS = {_ARRAY, _PERCPU_ARRAY}
@@ -101,29 +113,6 @@ def possible_cpus() -> int:
     return count
 
 
-class _ElemAttr(ct.Structure):
-    _fields_ = [
-        ("map_fd", ct.c_uint32),
-        ("pad", ct.c_uint32),
-        ("key", ct.c_uint64),
-        ("value", ct.c_uint64),
-        ("flags", ct.c_uint64),
-    ]
-
-
-class _BatchAttr(ct.Structure):
-    _fields_ = [
-        ("in_batch", ct.c_uint64),
-        ("out_batch", ct.c_uint64),
-        ("keys", ct.c_uint64),
-        ("values", ct.c_uint64),
-        ("count", ct.c_uint32),
-        ("map_fd", ct.c_uint32),
-        ("elem_flags", ct.c_uint64),
-        ("flags", ct.c_uint64),
-    ]
-
-
 class PinnedTable:
     """One pinned map: Key and Leaf are ctypes types; per-CPU maps read as a list per key."""
 
@@ -166,15 +155,10 @@ class PinnedTable:
 
     # -- one entry -------------------------------------------------------------------------------
 
-    def _elem(self, cmd: int, key: Any, value: Any = None, flags: int = 0) -> int:
-        return bpf(
-            cmd,
-            _ElemAttr(
-                map_fd=self.fd,
-                key=ct.addressof(key),
-                value=ct.addressof(value) if value is not None else 0,
-                flags=flags,
-            ),
+    def _elem(self, cmd: int, key: Any, value: Any = None) -> bool:
+        """One map command on key (and value, ctypes objects): False on ENOENT."""
+        return map_elem(
+            cmd, self.fd, ct.addressof(key), ct.addressof(value) if value is not None else 0
         )
 
     def _unpack(self, raw: Any) -> Any:
@@ -187,12 +171,8 @@ class PinnedTable:
 
     def lookup(self, key: Any) -> Any | None:
         raw = ct.create_string_buffer(self._value_size)
-        try:
-            self._elem(_LOOKUP, key, raw)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
-            raise
+        if not self._elem(MAP_LOOKUP, key, raw):
+            return None
         leaf = raw if self.percpu else self.Leaf.from_buffer_copy(raw)
         return self._unpack(leaf)
 
@@ -205,19 +185,15 @@ class PinnedTable:
     def __setitem__(self, key: Any, leaf: Any) -> None:
         if self.percpu:
             raise TypeError(f"{self.name}: per-CPU values are written by the datapath only")
-        self._elem(_UPDATE, key, leaf)
+        self._elem(MAP_UPDATE, key, leaf)
 
     def __delitem__(self, key: Any) -> None:
         if self.map_type in _ARRAYS:  # array slots cannot be deleted: zero them
             zero = ct.create_string_buffer(self._value_size)
-            self._elem(_UPDATE, key, zero)
+            self._elem(MAP_UPDATE, key, zero)
             return
-        try:
-            self._elem(_DELETE, key)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                raise KeyError(key) from None
-            raise
+        if not self._elem(MAP_DELETE, key):
+            raise KeyError(key)
 
     def __contains__(self, key: Any) -> bool:
         return self.lookup(key) is not None
@@ -234,27 +210,16 @@ class PinnedTable:
         key, first = self.Key(), True
         while True:
             nxt = self.Key()
-            attr = _ElemAttr(
-                map_fd=self.fd, key=0 if first else ct.addressof(key), value=ct.addressof(nxt)
-            )
-            try:
-                bpf(_NEXT_KEY, attr)
-            except OSError as exc:
-                if exc.errno == errno.ENOENT:
-                    return
-                raise
+            if not map_elem(
+                MAP_NEXT_KEY, self.fd, 0 if first else ct.addressof(key), ct.addressof(nxt)
+            ):
+                return
             yield nxt
             key, first = nxt, False
 
     def __len__(self) -> int:
         """Entries held (an array always holds max_entries, as in bcc)."""
         return sum(1 for _ in self)
-
-    def keys(self) -> Iterator[Any]:
-        return iter(self)
-
-    def values(self) -> Iterator[Any]:
-        return (leaf for _, leaf in self.items())
 
     def items(self) -> list[tuple[Any, Any]]:
         """Every (key, value), as a list (as bcc gives them): in batches where the map type
@@ -302,15 +267,12 @@ class PinnedTable:
         if self.map_type in _BATCHES and len(keys) > 1:
             k = ct.create_string_buffer(b"".join(keys), key_size * len(keys))
             v = ct.create_string_buffer(b"".join(values), self._value_size * len(values))
-            attr = _BatchAttr(
-                keys=ct.addressof(k), values=ct.addressof(v), count=len(keys), map_fd=self.fd
-            )
-            bpf(_UPDATE_BATCH, attr)
+            self._update_batch(ct.addressof(k), ct.addressof(v), len(keys))
             return
         for key, value in zip(keys, values, strict=True):
             k = ct.create_string_buffer(key, key_size)
             v = ct.create_string_buffer(value, self._value_size)
-            bpf(_UPDATE, _ElemAttr(map_fd=self.fd, key=ct.addressof(k), value=ct.addressof(v)))
+            map_elem(MAP_UPDATE, self.fd, ct.addressof(k), ct.addressof(v))
 
     def _raw_chunks(self, chunk: int) -> Iterator[tuple[bytes, bytes, int]]:
         """(key bytes, value bytes, count) a chunk at a time: by BPF_MAP_LOOKUP_BATCH where
@@ -320,35 +282,23 @@ class PinnedTable:
         if self.map_type not in _BATCHES:
             for key in self:
                 raw = ct.create_string_buffer(self._value_size)
-                try:
-                    self._elem(_LOOKUP, key, raw)
-                except OSError as exc:
-                    if exc.errno == errno.ENOENT:  # deleted meanwhile
-                        continue
-                    raise
-                yield ct.string_at(ct.addressof(key), key_size), raw.raw, 1
+                if self._elem(MAP_LOOKUP, key, raw):  # else deleted meanwhile
+                    yield ct.string_at(ct.addressof(key), key_size), raw.raw, 1
             return
         keys = (self.Key * chunk)()
         raw = ct.create_string_buffer(self._value_size * chunk)
         token_in, token_out = self.Key(), self.Key()
         first = True
         while True:
-            attr = _BatchAttr(
+            n, done = map_batch(
+                MAP_LOOKUP_BATCH,
+                self.fd,
+                ct.addressof(keys),
+                ct.addressof(raw),
+                chunk,
                 in_batch=0 if first else ct.addressof(token_in),
                 out_batch=ct.addressof(token_out),
-                keys=ct.addressof(keys),
-                values=ct.addressof(raw),
-                count=chunk,
-                map_fd=self.fd,
             )
-            done = False
-            try:
-                bpf(_LOOKUP_BATCH, attr)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:  # ENOENT: the last (maybe partial) chunk
-                    raise
-                done = True
-            n = attr.count
             yield ct.string_at(keys, n * key_size), raw.raw[: n * self._value_size], n
             if done:
                 return
@@ -359,12 +309,12 @@ class PinnedTable:
         """Writes len(keys) entries (ctypes arrays of Key and Leaf) in one BPF_MAP_UPDATE_BATCH."""
         if len(keys) != len(leaves):
             raise ValueError(f"{self.name}: {len(keys)} keys but {len(leaves)} values")
-        attr = _BatchAttr(
-            keys=ct.addressof(keys), values=ct.addressof(leaves), count=len(keys), map_fd=self.fd
-        )
-        bpf(_UPDATE_BATCH, attr)
-        if attr.count != len(keys):
-            raise OSError(errno.EIO, f"{self.name}: batch wrote {attr.count} of {len(keys)}")
+        self._update_batch(ct.addressof(keys), ct.addressof(leaves), len(keys))
+
+    def _update_batch(self, keys: int, values: int, count: int) -> None:
+        written, _ = map_batch(MAP_UPDATE_BATCH, self.fd, keys, values, count)
+        if written != count:
+            raise OSError(errno.EIO, f"{self.name}: batch wrote {written} of {count}")
 
 
 def write_layout(pin_root: str, tables: dict[str, tuple[str, Any, Any]]) -> None:
@@ -379,7 +329,7 @@ def write_layout(pin_root: str, tables: dict[str, tuple[str, Any, Any]]) -> None
     try:
         value = ct.create_string_buffer(blob, len(blob))
         key = ct.c_uint32(0)
-        bpf(_UPDATE, _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value)))
+        map_elem(MAP_UPDATE, fd, ct.addressof(key), ct.addressof(value))
         tmp = os.path.join(pin_root, f"{LAYOUT_PIN}_{os.getpid()}")  # bpffs refuses dots
         obj_pin(fd, tmp)
         os.replace(tmp, os.path.join(pin_root, LAYOUT_PIN))
@@ -400,7 +350,8 @@ def read_layout(pin_root: str) -> dict[str, Any]:
     try:
         value = ct.create_string_buffer(map_info(fd).value_size)
         key = ct.c_uint32(0)
-        bpf(_LOOKUP, _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value)))
+        if not map_elem(MAP_LOOKUP, fd, ct.addressof(key), ct.addressof(value)):
+            raise ValueError("its one entry is missing")
         return json.loads(zlib.decompress(value.raw))
     except (OSError, ValueError, zlib.error) as exc:
         raise LayoutError(f"xlb: {path} cannot be read ({exc}); reload the datapath") from None

@@ -4,6 +4,7 @@ reading what they hold, detaching from cgroups; datapath/pinned.py builds map ac
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import os
 from dataclasses import dataclass
 
@@ -167,6 +168,64 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, 
 def obj_pin(fd: int, path: str) -> None:
     buf = ct.create_string_buffer(path.encode())
     bpf(_BPF_OBJ_PIN, _ObjGetAttr(pathname=ct.addressof(buf), bpf_fd=fd))
+
+
+# The map commands of bpf(2).
+MAP_LOOKUP, MAP_UPDATE, MAP_DELETE, MAP_NEXT_KEY = 1, 2, 3, 4
+MAP_LOOKUP_BATCH, MAP_UPDATE_BATCH = 24, 26
+
+
+class _ElemAttr(ct.Structure):
+    _fields_ = [
+        ("map_fd", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("key", ct.c_uint64),
+        ("value", ct.c_uint64),
+        ("flags", ct.c_uint64),
+    ]
+
+
+class _BatchAttr(ct.Structure):
+    _fields_ = [
+        ("in_batch", ct.c_uint64),
+        ("out_batch", ct.c_uint64),
+        ("keys", ct.c_uint64),
+        ("values", ct.c_uint64),
+        ("count", ct.c_uint32),
+        ("map_fd", ct.c_uint32),
+        ("elem_flags", ct.c_uint64),
+        ("flags", ct.c_uint64),
+    ]
+
+
+def map_elem(cmd: int, fd: int, key: int, value: int = 0) -> bool:
+    """One map command on one entry (key and value: addresses, 0 for none; for
+    MAP_NEXT_KEY value receives the next key). False when the kernel says ENOENT (no such
+    entry, or no next one); other errors raise."""
+    try:
+        bpf(cmd, _ElemAttr(map_fd=fd, key=key, value=value))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_batch(
+    cmd: int, fd: int, keys: int, values: int, count: int, in_batch: int = 0, out_batch: int = 0
+) -> tuple[int, bool]:
+    """A batch command on count entries at keys and values (addresses): how many the kernel
+    did, and whether it reached the end of the map (ENOENT: the last, maybe partial, chunk)."""
+    attr = _BatchAttr(
+        in_batch=in_batch, out_batch=out_batch, keys=keys, values=values, count=count, map_fd=fd
+    )
+    try:
+        bpf(cmd, attr)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return attr.count, True
+    return attr.count, False
 
 
 def obj_get(path: str) -> int:
