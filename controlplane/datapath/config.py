@@ -9,6 +9,17 @@ from ..maglev import DEFAULT_M, is_prime
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/xlb"
 
+# Pinned map file -> the field that sizes it (stats share max_services; rings are
+# max_rings x 2 x ring_size).
+SIZE_FIELDS = {
+    "services": "max_services",
+    "backends": "max_backends",
+    "slots": "max_slots",
+    "ct": "ct_size",
+    "affinity": "affinity_size",
+    "source_ranges": "max_source_ranges",
+}
+
 
 @dataclass(frozen=True)
 class DatapathConfig:

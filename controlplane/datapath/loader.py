@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from . import BccMissing
-from .config import DatapathConfig
+from .config import SIZE_FIELDS, DatapathConfig
 from .programs import DatapathError
 
 PROGRAMS = ("xdp_lb.c", "tc_lb.c", "sock_lb.c")
@@ -97,14 +97,7 @@ def pinned_sizes(cfg: DatapathConfig) -> list[str]:
     first. Maglev rings of another size cannot be used at all: an error."""
     from .syscall import pinned_map_info
 
-    wanted = {
-        "services": cfg.max_services,
-        "backends": cfg.max_backends,
-        "slots": cfg.max_slots,
-        "ct": cfg.ct_size,
-        "affinity": cfg.affinity_size,
-        "source_ranges": cfg.max_source_ranges,
-    }
+    wanted = {pin: getattr(cfg, field) for pin, field in SIZE_FIELDS.items()}
     have = {pin: pinned_map_info(os.path.join(cfg.pin_root, pin)).max_entries for pin in wanted}
     rings = pinned_map_info(os.path.join(cfg.pin_root, "rings")).max_entries
     if rings != cfg.max_rings * 2 * cfg.ring_size:

@@ -24,21 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DatapathConfig
+from .config import SIZE_FIELDS, DatapathConfig
 from .pinned import LayoutError, PinnedTable, decode, read_layout, write_layout
 from .programs import DatapathError, compile_source, layout_of
 
 Convert = Callable[[bytes], bytes]
-
-# Pin -> the DatapathConfig field that sizes it: the scratch maps take the pinned sizes.
-_SIZES = {
-    "services": "max_services",
-    "backends": "max_backends",
-    "slots": "max_slots",
-    "ct": "ct_size",
-    "affinity": "affinity_size",
-    "source_ranges": "max_source_ranges",
-}
 
 
 class NotCarried(ValueError):
@@ -162,7 +152,7 @@ def _pinned_sizes(cfg: DatapathConfig, root: str) -> DatapathConfig:
     from .syscall import pinned_map_info
 
     sizes = {}
-    for pin, name in _SIZES.items():
+    for pin, name in SIZE_FIELDS.items():
         with contextlib.suppress(FileNotFoundError):  # a map this version adds
             sizes[name] = pinned_map_info(os.path.join(cfg.pin_root, pin)).max_entries
     return dataclasses.replace(cfg, pin_root=root, **sizes)
