@@ -3,9 +3,14 @@ against maps pinned under a unique root that is removed afterwards."""
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
+import tempfile
 
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from controlplane.datapath.config import DatapathConfig
 from controlplane.datapath.maps import Maps
@@ -22,6 +27,50 @@ def pytest_configure(config) -> None:
         raise KeyboardInterrupt("SIGTERM")
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+# Tests write nothing into the checkout: hypothesis keeps no example database, and its
+# other caches go to a directory of this run's, removed at the end.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="xlb-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+settings.register_profile("xlb", database=None)
+settings.load_profile("xlb")
+
+
+def _checkout_files() -> set[str] | None:
+    """Every path git reports in the checkout, ignored ones too, but the interpreter's
+    bytecode caches; None outside a git checkout."""
+    from tests.helpers import REPO
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--ignored", "--untracked=all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line[3:] for line in out.stdout.splitlines() if "__pycache__/" not in line}
+
+
+def pytest_sessionstart(session) -> None:
+    session.config._xlb_checkout = _checkout_files()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """A test that wrote into the checkout fails the run, naming what it wrote."""
+    shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+    before = getattr(session.config, "_xlb_checkout", None)
+    after = _checkout_files()
+    if before is None or after is None:
+        return
+    written = sorted(after - before)
+    if written:
+        print(f"\nerror: the tests wrote into the checkout: {', '.join(written[:20])}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
