@@ -55,6 +55,8 @@ class AgentConfig:
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
     lb_allocator: bool = True  # with the Kubernetes source: allocate LB IPs (Lease holder)
     lb_class: str = ""  # also serve Services of this spec.loadBalancerClass
+    # what the model is told: --proxy-name, --nodeport-addresses, the default algorithms
+    translate: TranslateConfig = field(default_factory=TranslateConfig)
 
 
 class ManifestWatch:
@@ -177,7 +179,9 @@ class Agent:
                 log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
                 self.retry = True
         with collector_paused():
-            state, addresses = desired_state(cluster, self.cfg.node, translator=self.translator)
+            state, addresses = desired_state(
+                cluster, self.cfg.node, self.cfg.translate, translator=self.translator
+            )
         # Events on Services: from one node only (the first by name), or every node would
         # post the same one
         reporter = getattr(self.source, "report", None)

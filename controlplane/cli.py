@@ -212,8 +212,9 @@ def cmd_datapath_down(args: argparse.Namespace) -> int:
     from .datapath.attach import cgroup2_root
     from .datapath.node import unload
 
-    unload(args.uplink, args.cgroup or cgroup2_root(), args.pin_root)
-    print(f"xlb: detached from {args.uplink or '(no uplink)'} and removed {args.pin_root}")
+    devices = [d for d in (args.uplink or "").split(",") if d]
+    unload(devices, args.cgroup or cgroup2_root(), args.pin_root)
+    print(f"xlb: detached from {', '.join(devices) or '(no uplink)'} and removed {args.pin_root}")
     return 0
 
 
@@ -240,7 +241,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     else:
         if not args.filename:
             raise SystemExit("xlb agent: --source manifests needs -f FILE|DIR")
-        source = ManifestSource(args.filename)
+        source = ManifestSource(args.filename, ClusterConfig(pools=tuple(_pools(args.pool or []))))
     return run_agent(agent_config(args, node), source, _datapath_config(args))
 
 
@@ -272,7 +273,34 @@ def agent_config(args: argparse.Namespace, node: str):
         peers=_peers(args.peer or [], args.gossip_port),
         lb_allocator=not args.no_lb_allocator,
         lb_class=args.lb_class,
+        translate=TranslateConfig(
+            external_algorithm=Algorithm(args.external_algorithm),
+            internal_algorithm=Algorithm(args.internal_algorithm),
+            proxy_name=args.proxy_name,
+            nodeport_cidrs=_nodeport_addresses(args.nodeport_addresses or []),
+        ),
     )
+
+
+def _nodeport_addresses(entries: list[str]) -> tuple[str, ...]:
+    """--nodeport-addresses as kube-proxy takes it: CIDRs and `primary`, comma-separated or
+    repeated."""
+    from .model.translate import NODEPORT_PRIMARY
+
+    out = []
+    for entry in (e.strip() for x in entries for e in x.split(",")):
+        if not entry:
+            continue
+        if entry != NODEPORT_PRIMARY:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise SystemExit(
+                    f"xlb agent: --nodeport-addresses {entry!r}: write CIDRs (e.g. "
+                    f"192.168.1.0/24,fd00::/64) or {NODEPORT_PRIMARY}"
+                ) from None
+        out.append(entry)
+    return tuple(out)
 
 
 def _peers(entries: list[str], port: int) -> dict[str, tuple[str, int]]:
@@ -503,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the C the programs are compiled from, with flags, and exit",
     )
     down = dp_sub.add_parser("down", help="detach everything xlb attached and remove its pins")
-    down.add_argument("--uplink")
+    down.add_argument("--uplink", help="the interfaces to detach from (comma-separated)")
     down.add_argument("--cgroup")
     for p in (up, down):
         p.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
@@ -652,7 +680,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="healthz answers 503 when an update waits longer (seconds)",
     )
-    agent.add_argument("--node-ip", action="append")
+    agent.add_argument(
+        "--node-ip",
+        action="append",
+        help="this node's address (repeatable, one per family): the source of SNAT and of "
+        "the gossip; default: the Node object's",
+    )
+    agent.add_argument(
+        "--nodeport-addresses",
+        action="append",
+        metavar="CIDR|primary[,...]",
+        help="as kube-proxy's: NodePorts answer only on node addresses in these CIDRs, or on "
+        "the node's primary address of each family (primary); default: every node address",
+    )
+    agent.add_argument(
+        "--external-algorithm",
+        choices=[a.value for a in Algorithm],
+        default="maglev",
+        help="backend choice for traffic from outside, unless a Service's xlb.io/lb-algorithm "
+        "says otherwise (default maglev: every node picks the same backend for a flow)",
+    )
+    agent.add_argument(
+        "--internal-algorithm",
+        choices=[a.value for a in Algorithm],
+        default="random",
+        help="backend choice at connect() for the node's own processes and pods (default random)",
+    )
     agent.add_argument(
         "--uplink",
         required=True,

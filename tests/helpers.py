@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,14 @@ def slice_(
 
 def addrs(backends) -> list[str]:
     return sorted(b.address for b in backends)
+
+
+def eventually(check, timeout: float = 15, every: float = 0.2):
+    """check() until it returns something true, which is returned; at the timeout, its last
+    answer (false), for the caller's assertion to show."""
+    end = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got or time.monotonic() > end:
+            return got
+        time.sleep(every)

@@ -147,11 +147,11 @@ def remote_addresses(state: DesiredState, node_addresses: Iterable[str]) -> set[
     return out | set(node_addresses)
 
 
-def unload(uplink: str | None, cgroup: str | None, pin_root: str) -> None:
+def unload(devices: Iterable[str], cgroup: str | None, pin_root: str) -> None:
     """Detaches everything xlb attached and removes its pins; safe to repeat."""
-    if uplink:
-        attach.detach_xdp(uplink)
-        attach.detach_tc(uplink)
+    for device in devices:
+        attach.detach_xdp(device)
+        attach.detach_tc(device)
     if cgroup:
         attach.detach_sock(cgroup)
     shutil.rmtree(pin_root, ignore_errors=True)

@@ -63,6 +63,8 @@ def collect(maps: Maps) -> dict[str, Any]:
             "flows": ct_entries // 2,
         },
         "maglevRingSize": config.ring_size,
+        # the sources of SNAT to backends on other nodes
+        "nodeAddresses": [get_addr(config.node_addr4), get_addr(config.node_addr6)],
         "fibCache": bool(config.fib_cache),
         "announcing": announcing(maps),
         "reasons": maps.reason_counts(),
@@ -107,6 +109,7 @@ def render(status: dict[str, Any]) -> str:
         "",
         f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries)",
         f"maglev ring size: {status['maglevRingSize']}",
+        f"node addresses (SNAT): {', '.join(status['nodeAddresses'])}",
         "FIB answers: "
         + ("cached 100 ms" if status["fibCache"] else "looked up per packet (policy routing)"),
         announcing_line(status["announcing"]),

@@ -43,7 +43,8 @@ class Allocator:
         current = {s.key: s.ingress_ips for s in cluster.services if s.ingress_ips}
         assigned, diags = allocate(cluster.services, cluster.pools, current, self.lb_class)
         now = time.monotonic()
-        for key, ips in sorted(status_changes(cluster.services, assigned, cluster.pools).items()):
+        changes = status_changes(cluster.services, assigned, cluster.pools, self.lb_class)
+        for key, ips in sorted(changes.items()):
             last = self.written.get(key)
             if last and last[0] == ips and now - last[1] < 10.0:
                 continue

@@ -49,18 +49,35 @@ from .state import (
 class TranslateConfig:
     external_algorithm: Algorithm = Algorithm.MAGLEV
     internal_algorithm: Algorithm = Algorithm.RANDOM
-    proxy_name: str = ""  # serve Services whose service-proxy-name label equals this
-    nodeport_cidrs: tuple[str, ...] = ()  # empty: every address of the Node object
+    # "": serve the Services without a service-proxy-name label (kube-proxy's rule); else
+    # only those labelled with this name (as Cilium's k8s-service-proxy-name)
+    proxy_name: str = ""
+    # kube-proxy's --nodeport-addresses: CIDRs and "primary" (the Node's first address of
+    # each family); empty: every address of the node
+    nodeport_cidrs: tuple[str, ...] = ()
     supported_protocols: frozenset[Protocol] = frozenset({Protocol.TCP, Protocol.UDP})
 
 
+NODEPORT_PRIMARY = "primary"
+
+
 def nodeport_addresses(node: Node | None, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    """The node's addresses that NodePorts answer on, as kube-proxy's --nodeport-addresses
+    admits them: in one of the CIDRs, or the primary address of its family."""
     if node is None:
         return ()
     if not cidrs:
         return node.addresses
-    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    return tuple(a for a in node.addresses if any(ipaddress.ip_address(a) in n for n in nets))
+    nets = [ipaddress.ip_network(c, strict=False) for c in cidrs if c != NODEPORT_PRIMARY]
+    primary = set()
+    if NODEPORT_PRIMARY in cidrs:
+        for family in Family:
+            first = next((a for a in node.addresses if family_of(a) == family), None)
+            if first:
+                primary.add(first)
+    return tuple(
+        a for a in node.addresses if a in primary or any(ipaddress.ip_address(a) in n for n in nets)
+    )
 
 
 def _algorithm(service: Service, scope: Scope, cfg: TranslateConfig, diag: Collector) -> Algorithm:
@@ -90,6 +107,11 @@ def _skip_reason(service: Service, cfg: TranslateConfig) -> str | None:
         return (
             f"not proxied: labelled {LABEL_SERVICE_PROXY_NAME}={proxy!r}, so another proxy "
             "serves it"
+        )
+    if proxy is None and cfg.proxy_name:
+        return (
+            f"not proxied: this xlb serves only Services labelled {LABEL_SERVICE_PROXY_NAME}="
+            f"{cfg.proxy_name!r} (--proxy-name); the cluster's default proxy serves the rest"
         )
     if service.type is ServiceType.EXTERNAL_NAME:
         return (

@@ -40,6 +40,7 @@ class ClusterConfig:
     nodes: int = 2  # synthesised when the manifests hold no Node
     node_lan: tuple[str, ...] = ("192.168.198.0/24", "fd00:198::/64")
     first_node_host: int = 201  # node-1 is .201, clear of the example externalIPs
+    pools: tuple = ()  # LoadBalancer pools from the config (--pool), beside the manifests'
 
     @property
     def families(self) -> tuple[Family, ...]:

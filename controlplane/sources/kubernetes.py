@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -410,11 +411,33 @@ def str_of(diagnostic: Diagnostic) -> str:
 
 
 def api_client(kubeconfig: str | None = None) -> Any:
-    """In a pod: the service account; elsewhere: a kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    """The kubeconfig given; else in a pod the service account (the API server's address from
+    KUBERNETES_SERVICE_HOST/PORT, which the DaemonSet sets to the server itself: xlb is what
+    implements the kubernetes Service); else KUBECONFIG or ~/.kube/config. Raises SystemExit
+    with what to do when none is usable."""
     from kubernetes import client, config
 
+    if kubeconfig:
+        try:
+            config.load_kube_config(config_file=kubeconfig)
+        except (OSError, config.ConfigException) as exc:
+            raise SystemExit(f"xlb agent: --kubeconfig {kubeconfig}: {exc}") from None
+        return client.ApiClient()
+    in_pod = os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token")
     try:
         config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)
+        return client.ApiClient()
+    except config.ConfigException as exc:
+        if in_pod:
+            raise SystemExit(
+                f"xlb agent: cannot reach the API server from this pod ({exc}): set XLB_API_HOST "
+                "and XLB_API_PORT in ConfigMap kube-system/xlb-config to the API server's "
+                "address (not the kubernetes Service's: xlb implements it)"
+            ) from None
+    try:
+        config.load_kube_config()
+    except (OSError, config.ConfigException) as exc:
+        raise SystemExit(
+            f"xlb agent: no Kubernetes credentials ({exc}): run in a pod, or give --kubeconfig"
+        ) from None
     return client.ApiClient()

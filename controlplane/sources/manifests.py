@@ -219,7 +219,7 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
     services: list[Service] = []
     slices: list[EndpointSlice] = []
     endpoints: list[tuple[str, list[EndpointSlice]]] = []
-    pools: list = []
+    pools: list = list(cfg.pools)
     for doc in docs:
         kind = doc.obj["kind"]
         if kind == "Service":

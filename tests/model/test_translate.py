@@ -284,7 +284,14 @@ def test_service_proxy_name_label():
     labelled = service(labels={"service.kubernetes.io/service-proxy-name": "other"})
     assert translate([labelled], [], NODE1).frontends == ()
     mine = service(labels={"service.kubernetes.io/service-proxy-name": "xlb"})
-    assert len(translate([mine], [], NODE1, TranslateConfig(proxy_name="xlb")).frontends) == 1
+    named = TranslateConfig(proxy_name="xlb")
+    assert len(translate([mine], [], NODE1, named).frontends) == 1
+    # an xlb with a proxy name serves only its labelled Services, not the unlabelled ones
+    # (the cluster's default proxy's), and says why
+    plain = service("plain")
+    state = translate([plain, mine], [], NODE1, named)
+    assert {f.service for f in state.frontends} == {"default/web"}
+    assert any("--proxy-name" in d.message for d in state.diagnostics if d.name == "plain")
 
 
 def test_headless_labelled_endpoint_slices_are_ignored():
@@ -324,6 +331,29 @@ def test_node_port_on_every_node_address_of_the_service_family():
         )
     ]
     assert got == ["192.168.198.201"]
+
+
+def test_node_port_addresses_primary_is_the_first_of_each_family():
+    """kube-proxy's --nodeport-addresses=primary: the node's primary IPs, not its others."""
+    node = Node("n", ("192.168.198.201", "fd00:198::201", "203.0.113.7", "fd00:9::7"))
+    spec = {
+        "type": "NodePort",
+        "ipFamilyPolicy": "PreferDualStack",
+        "clusterIPs": ["10.96.0.10", "fd00:10:96::10"],
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}],
+    }
+
+    def addresses(*cidrs: str) -> list[str]:
+        state = translate([service(**spec)], [], node, TranslateConfig(nodeport_cidrs=cidrs))
+        return sorted(f.address for f in frontends(state, FrontendKind.NODE_PORT, Scope.EXTERNAL))
+
+    assert addresses("primary") == ["192.168.198.201", "fd00:198::201"]
+    assert addresses("primary", "203.0.113.0/24") == [
+        "192.168.198.201",
+        "203.0.113.7",
+        "fd00:198::201",
+    ]
+    assert addresses() == sorted(node.addresses)
 
 
 def test_load_balancer_without_node_ports():

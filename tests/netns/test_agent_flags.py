@@ -1,0 +1,553 @@
+"""Every flag of `xlb agent`, end to end: the real agent process runs on a node in network
+namespaces with the flag under test, and each row checks what the flag should change where
+a user would see it (traffic, `xlb status`, the kernel's attachments, the ports served, the
+API server's objects), not the config field it lands in. The one stand-in is the API server
+of the Kubernetes rows (tests/k8s/apiserver.py, bound inside the node's namespace)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from controlplane.cli import build_parser
+from tests.helpers import eventually
+from tests.k8s.apiserver import ApiServer
+from tests.kernel import inside
+from tests.netns.nodes import AgentProcess, Lan, NodeTopology, node_topology
+
+NODE_IP, CLIENT_IP, EXTERNAL_IP = "192.168.198.201", "192.168.198.100", "203.0.113.201"
+POD_IP = "10.244.1.5"
+
+MANIFEST = f"""
+apiVersion: v1
+kind: Node
+metadata: {{name: node-1}}
+status:
+  addresses:
+  - {{type: InternalIP, address: {NODE_IP}}}
+  - {{type: ExternalIP, address: {EXTERNAL_IP}}}
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-2}}
+status: {{addresses: [{{type: InternalIP, address: 192.168.198.202}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.50
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: mine
+  labels: {{service.kubernetes.io/service-proxy-name: xlb}}
+spec:
+  clusterIP: 10.96.0.60
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: lb}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.70
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30070}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, labels: {{app: web}}}}
+spec:
+  nodeName: node-1
+  containers: [{{name: web, ports: [{{containerPort: 8080}}]}}]
+status: {{podIP: {POD_IP}}}
+"""
+POOL = "lab=192.168.198.240/29"
+LB_IP = "192.168.198.240"
+
+
+@dataclass
+class Run:
+    """What a row's check has: the node, the agent, and (Kubernetes rows) the API server."""
+
+    topo: NodeTopology
+    agent: AgentProcess
+    manifest: Path
+    api: ApiServer | None = None
+
+    def status(self) -> dict:
+        out = self.topo.xlb("status", "--json", "--pin-root", self.topo.pin_root)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def frontends(self, kind_scope: str | None = None) -> set[tuple[str, int, str]]:
+        return {
+            (f["address"], f["port"], f["scope"])
+            for f in self.status()["frontends"]
+            if kind_scope is None or f["scope"] == kind_scope
+        }
+
+    def in_node(self, *cmd: str) -> subprocess.CompletedProcess:
+        return self.topo.run_in(self.topo.node, *cmd)
+
+    def http_code(self, url: str) -> str:
+        return self.in_node("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--max-time", "2", url).stdout  # fmt: skip
+
+    def syncs(self, metrics: str = "http://127.0.0.1:10249/metrics") -> int:
+        text = self.in_node("curl", "-s", "--max-time", "2", metrics).stdout
+        found = re.search(r"^kubeproxy_sync_proxy_rules_duration_seconds_count (\S+)$", text, re.M)
+        assert found, text[:2000]
+        return int(float(found.group(1)))
+
+    def touch(self, i: int) -> None:
+        """A change to the manifests that moves nothing (a new annotation)."""
+        self.manifest.write_text(MANIFEST + f"---\n# edit {i}\n" + "apiVersion: v1\n"
+                                 f"kind: ConfigMap\nmetadata: {{name: edit-{i}}}\n")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Row:
+    flag: str
+    args: tuple[str, ...]
+    check: Callable[[Run], None]
+    kubernetes: bool = False  # the Kubernetes source, against the API stand-in
+    ready: str = "http://127.0.0.1:10256/healthz"
+    files: dict[str, str] = field(default_factory=dict)  # name -> content, under the run's dir
+
+
+def _nodeport_reaches_the_pod(run: Run) -> None:
+    out = run.topo.curl(run.topo.client, f"http://{NODE_IP}:30080/")
+    assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+
+
+def _node(run: Run) -> None:
+    fes = run.frontends("external")
+    assert ("192.168.198.202", 30080, "external") in fes, fes
+    assert not any(a == NODE_IP for a, _, _ in fes), fes
+    assert all(not b["local"] for b in run.status()["backends"])  # web-1 is on node-1
+
+
+def _node_ip(run: Run) -> None:
+    assert run.status()["nodeAddresses"][0] == "192.168.198.99"
+
+
+def _nodeport_cidr(run: Run) -> None:
+    addresses = {a for a, p, _ in run.frontends("external") if p == 30080}
+    assert addresses == {NODE_IP}, addresses
+    _nodeport_reaches_the_pod(run)
+
+
+def _nodeport_default(run: Run) -> None:
+    addresses = {a for a, p, _ in run.frontends("external") if p == 30080}
+    assert addresses == {NODE_IP, EXTERNAL_IP}, addresses
+
+
+def _algorithms(scope: str, algorithm: str) -> Callable[[Run], None]:
+    def check(run: Run) -> None:
+        got = {f["algorithm"] for f in run.status()["frontends"] if f["scope"] == scope}
+        assert got == {algorithm}, got
+
+    return check
+
+
+def _proxy_name(run: Run) -> None:
+    addresses = {a for a, _, _ in run.frontends()}
+    assert "10.96.0.60" in addresses and "10.96.0.50" not in addresses, addresses
+
+
+def _unlabelled_only(run: Run) -> None:
+    addresses = {a for a, _, _ in run.frontends()}
+    assert "10.96.0.50" in addresses and "10.96.0.60" not in addresses, addresses
+
+
+def _uplink(run: Run) -> None:
+    up0 = run.in_node("ip", "-d", "link", "show", "dev", "up0").stdout
+    assert "prog/xdp" in up0 and "xdpgeneric" not in up0, up0
+    assert "xdp" not in run.in_node("ip", "-d", "link", "show", "dev", "vpod0").stdout
+    _nodeport_reaches_the_pod(run)
+
+
+def _generic_xdp(run: Run) -> None:
+    up0 = run.in_node("ip", "-d", "link", "show", "up0").stdout
+    assert "xdpgeneric" in up0, up0
+    _nodeport_reaches_the_pod(run)
+
+
+def _cgroup(run: Run) -> None:
+    shown = subprocess.run(["bpftool", "cgroup", "show", run.topo.cgroup], capture_output=True,
+                           text=True).stdout  # fmt: skip
+    for hook in ("connect4", "connect6", "sendmsg4", "recvmsg4", "getpeername4"):
+        assert hook in shown, shown
+    out = run.topo.curl(run.topo.node, "http://10.96.0.50/", cgroup=True)
+    assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+
+
+def _pin_root(run: Run) -> None:
+    for name in ("services", "backends", "ct", "config"):
+        assert Path(run.topo.pin_root, name).exists(), name
+
+
+def _map_size(name: str, entries: int) -> Callable[[Run], None]:
+    def check(run: Run) -> None:
+        info = subprocess.run(
+            ["bpftool", "-j", "map", "show", "pinned", f"{run.topo.pin_root}/{name}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert json.loads(info)["max_entries"] == entries, info
+
+    return check
+
+
+def _ring_size(run: Run) -> None:
+    assert run.status()["maglevRingSize"] == 1021
+    _map_size("rings", 16 * 2 * 1021)(run)  # --max-rings 16 in every row
+
+
+def _bind_address(run: Run) -> None:
+    assert run.http_code("http://127.0.0.1:10256/healthz") == "200"
+    assert run.http_code(f"http://{NODE_IP}:10256/healthz") == "000"  # nothing listens there
+
+
+def _healthz_port(run: Run) -> None:
+    assert run.http_code("http://127.0.0.1:20256/healthz") == "200"
+    assert run.http_code("http://127.0.0.1:10256/healthz") == "000"
+
+
+def _metrics_port(run: Run) -> None:
+    assert run.syncs("http://127.0.0.1:20249/metrics") >= 1
+    assert run.http_code("http://127.0.0.1:10249/metrics") == "000"
+    assert run.in_node("curl", "-s", "http://127.0.0.1:20249/proxyMode").stdout == "xlb"
+
+
+def _metrics_off(run: Run) -> None:
+    assert run.http_code("http://127.0.0.1:10249/metrics") == "000"
+    assert run.http_code("http://127.0.0.1:10256/healthz") == "200"
+
+
+def _healthz_off(run: Run) -> None:
+    assert run.http_code("http://127.0.0.1:10256/healthz") == "000"
+    assert run.syncs() >= 1
+
+
+def _health_timeout(run: Run) -> None:
+    """An update that waits longer than the timeout turns healthz 503 (here it waits out
+    the 4 s between syncs), and 200 again once it is programmed."""
+    run.touch(1)
+    assert eventually(lambda: run.http_code("http://127.0.0.1:10256/healthz") == "503", 4)
+    assert eventually(lambda: run.http_code("http://127.0.0.1:10256/healthz") == "200", 15)
+
+
+def _coalesced(run: Run) -> None:
+    """Five edits in 1.2 s: the agent syncs at most twice for them (one sync per edit at the
+    defaults; each `wait` flag alone bounds it)."""
+    before = run.syncs()
+    for i in range(5):
+        run.touch(i)
+        time.sleep(0.3)
+    time.sleep(6)
+    done = run.syncs() - before
+    print(f"five edits in 1.2 s became {done} syncs")
+    assert 1 <= done <= 2, done
+
+
+def _not_coalesced(run: Run) -> None:
+    """The control for the two rows above: at the defaults, each edit is its own sync."""
+    before = run.syncs()
+    for i in range(5):
+        run.touch(i)
+        time.sleep(0.3)
+    assert eventually(lambda: run.syncs() - before >= 4, 5), run.syncs() - before
+
+
+def _announces(run: Run) -> None:
+    def answered() -> str:
+        out = run.topo.run_in(run.topo.client, "arping", "-c", "1", "-w", "2", "-I", "c0", LB_IP)
+        said.append(out.stdout + out.stderr)
+        return "bytes from" in out.stdout
+
+    said: list[str] = []
+    assert eventually(lambda: LB_IP in run.status()["announcing"]["addresses"], 10), run.status()
+    assert eventually(answered, 10), f"no ARP answer: {said[-1]} {run.status()['reasons']}"
+    out = run.topo.curl(run.topo.client, f"http://{LB_IP}/")
+    assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+
+
+def _silent_without_key(run: Run) -> None:
+    assert (LB_IP, 80, "external") in run.frontends()  # the pool's address is served ...
+    assert run.status()["announcing"]["addresses"] == []  # ... but not announced
+    bound = run.in_node("ss", "-Hulnp").stdout
+    assert ":7947 " not in bound, bound
+
+
+def _gossip_port(run: Run) -> None:
+    bound = run.in_node("ss", "-Huln").stdout
+    assert ":7999 " in bound and ":7947 " not in bound, bound
+
+
+def _peer(run: Run) -> None:
+    """The peer given (the client's address, a port it listens on) hears the agent's gossip."""
+    listen = run.topo.run_in(
+        run.topo.client, "timeout", "5", "python3", "-c",
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.bind(('{CLIENT_IP}', 7998)); data, src = s.recvfrom(65535); print(src[0], len(data))",
+        timeout=10,
+    )  # fmt: skip
+    assert listen.returncode == 0, listen.stderr
+    assert listen.stdout.split()[0] == NODE_IP, listen.stdout
+
+
+def _pool(run: Run) -> None:
+    assert (LB_IP, 80, "external") in run.frontends()
+    out = run.topo.curl(run.topo.client, f"http://{LB_IP}/")  # routed via the node (fixture)
+    assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+
+
+# -- the Kubernetes source -----------------------------------------------------------------------
+
+
+PROXY_LABEL = {"service.kubernetes.io/service-proxy-name": "xlb"}
+
+
+def _service(name: str, ip: str, labels: dict | None = None, **spec) -> dict:
+    spec = {"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080}], **spec}
+    meta = {"name": name, "namespace": "default", "labels": labels or {}}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec}
+
+
+def _endpoints(name: str, endpoints_api: str) -> dict:
+    meta = {"name": name, "namespace": "default"}
+    if endpoints_api == "endpoints":
+        subset = {"addresses": [{"ip": POD_IP, "nodeName": "node-1"}], "ports": [{"port": 8080}]}
+        return {"apiVersion": "v1", "kind": "Endpoints", "metadata": meta, "subsets": [subset]}
+    meta = {**meta, "name": f"{name}-a", "labels": {"kubernetes.io/service-name": name}}
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": meta,
+        "addressType": "IPv4",
+        "ports": [{"port": 8080}],
+        "endpoints": [{"addresses": [POD_IP], "nodeName": "node-1"}],
+    }
+
+
+def _api_objects(api: ApiServer, endpoints_api: str, lb_class: str) -> None:
+    """What the manifest rows' cluster holds, as API objects."""
+    address = {"type": "InternalIP", "address": NODE_IP}
+    node = {"metadata": {"name": "node-1"}, "status": {"addresses": [address]}}
+    api.apply({"apiVersion": "v1", "kind": "Node", **node})
+    lb_ports = [{"port": 80, "targetPort": 8080, "nodePort": 30070}]
+    lb = {"type": "LoadBalancer", "ports": lb_ports}
+    if lb_class:
+        lb["loadBalancerClass"] = lb_class
+    api.apply(_service("web", "10.96.0.50"))
+    api.apply(_service("mine", "10.96.0.60", PROXY_LABEL))
+    api.apply(_service("lb", "10.96.0.70", **lb))
+    for name in ("web", "mine", "lb"):
+        api.apply(_endpoints(name, endpoints_api))
+
+
+def _from_the_api(run: Run) -> None:
+    assert ("10.96.0.50", 80, "internal") in run.frontends()
+    out = run.topo.curl(run.topo.node, "http://10.96.0.50/", cgroup=True)
+    assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+
+
+def _from_endpoints(run: Run) -> None:
+    _from_the_api(run)
+    assert run.api.requests[("/api/v1/endpoints", "list")] >= 1
+    assert run.api.requests[("/apis/discovery.k8s.io/v1/endpointslices", "list")] == 0
+
+
+def _lb_status(run: Run) -> None:
+    def ingress() -> list:
+        obj = run.api.objects["/api/v1/services"][("default", "lb")]
+        return (obj.get("status") or {}).get("loadBalancer", {}).get("ingress", [])
+
+    assert eventually(lambda: ingress() == [{"ip": LB_IP, "ipMode": "VIP"}], 20), ingress()
+    assert eventually(lambda: (LB_IP, 80, "external") in run.frontends(), 10)
+
+
+def _no_allocator(run: Run) -> None:
+    time.sleep(2)  # the allocator takes the Lease at once when it runs at all
+    leases = [k for k in run.api.writes if k[1] == "/apis/coordination.k8s.io/v1/leases"]
+    assert leases == [], leases
+    obj = run.api.objects["/api/v1/services"][("default", "lb")]
+    assert not (obj.get("status") or {}).get("loadBalancer", {}).get("ingress")
+
+
+def _allocator(run: Run) -> None:
+    """The control for --no-lb-allocator: by default the agent takes the Lease and writes."""
+    _lb_status(run)
+    assert any(k[1] == "/apis/coordination.k8s.io/v1/leases" for k in run.api.writes)
+
+
+ROWS = [
+    Row("--filename", (), _nodeport_reaches_the_pod),
+    Row("--node", ("--node", "node-2"), _node),
+    Row("--node-ip", ("--node-ip", "192.168.198.99"), _node_ip),
+    Row("--nodeport-addresses CIDR", ("--nodeport-addresses", "192.168.198.0/24"), _nodeport_cidr),
+    Row("--nodeport-addresses primary", ("--nodeport-addresses", "primary"), _nodeport_cidr),
+    Row("--nodeport-addresses (default)", (), _nodeport_default),
+    Row(
+        "--external-algorithm",
+        ("--external-algorithm", "source-hash"),
+        _algorithms("external", "source-hash"),
+    ),  # fmt: skip
+    Row(
+        "--internal-algorithm",
+        ("--internal-algorithm", "maglev"),
+        _algorithms("internal", "maglev"),
+    ),  # fmt: skip
+    Row("--proxy-name", ("--proxy-name", "xlb"), _proxy_name),
+    Row("--proxy-name (default)", (), _unlabelled_only),
+    Row("--uplink", (), _uplink),
+    Row("--generic-xdp", ("--generic-xdp",), _generic_xdp),
+    Row("--cgroup", (), _cgroup),
+    Row("--pin-root", (), _pin_root),
+    Row("--ct-size", ("--ct-size", "2048"), _map_size("ct", 2048)),
+    Row("--max-rings", ("--max-rings", "2"), _map_size("rings", 2 * 2 * 16381)),
+    Row("--ring-size", ("--ring-size", "1021"), _ring_size),
+    Row("--bind-address", ("--bind-address", "127.0.0.1"), _bind_address),
+    Row(
+        "--healthz-port",
+        ("--healthz-port", "20256"),
+        _healthz_port,
+        ready="http://127.0.0.1:20256/healthz",
+    ),  # fmt: skip
+    Row(
+        "--healthz-port -1",
+        ("--healthz-port", "-1"),
+        _healthz_off,
+        ready="http://127.0.0.1:10249/metrics",
+    ),  # fmt: skip
+    Row("--metrics-port", ("--metrics-port", "20249"), _metrics_port),
+    Row("--metrics-port -1", ("--metrics-port", "-1"), _metrics_off),
+    Row(
+        "--health-timeout", ("--health-timeout", "0.5", "--min-sync-interval", "4"), _health_timeout
+    ),  # fmt: skip
+    Row("--min-sync-interval", ("--min-sync-interval", "5"), _coalesced),
+    Row(
+        "--poll-interval",
+        ("--poll-interval", "5"),
+        _coalesced,
+        ready="http://127.0.0.1:10256/healthz",
+    ),  # fmt: skip
+    Row("--poll-interval/--min-sync-interval (defaults)", (), _not_coalesced),
+    Row("--pool", ("--pool", POOL), _pool),
+    Row(
+        "--gossip-key-file",
+        ("--pool", POOL, "--gossip-key-file", "{dir}/key"),
+        _announces,
+        files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
+    ),  # fmt: skip
+    Row("--gossip-key-file (none)", ("--pool", POOL), _silent_without_key),
+    Row(
+        "--gossip-port",
+        ("--gossip-key-file", "{dir}/key", "--gossip-port", "7999"),
+        _gossip_port,
+        files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
+    ),  # fmt: skip
+    Row(
+        "--peer",
+        ("--gossip-key-file", "{dir}/key", "--peer", f"node-2={CLIENT_IP}:7998"),
+        _peer,
+        files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
+    ),  # fmt: skip
+    Row("--source kubernetes --kubeconfig", (), _from_the_api, kubernetes=True),
+    Row("--endpoints-api", ("--endpoints-api", "endpoints"), _from_endpoints, kubernetes=True),
+    Row("--proxy-name (kubernetes)", ("--proxy-name", "xlb"), _proxy_name, kubernetes=True),
+    Row(
+        "--lb-class", ("--pool", POOL, "--lb-class", "example.com/lab"), _lb_status, kubernetes=True
+    ),  # fmt: skip
+    Row(
+        "--no-lb-allocator", ("--pool", POOL, "--no-lb-allocator"), _no_allocator, kubernetes=True
+    ),  # fmt: skip
+    Row("--no-lb-allocator (default)", ("--pool", POOL), _allocator, kubernetes=True),
+]
+
+
+def test_every_agent_flag_has_a_row():
+    """A new flag without an end-to-end row here fails this test."""
+    agent = build_parser()._subparsers._group_actions[0].choices["agent"]
+    flags = {a.option_strings[-1] for a in agent._actions if a.option_strings} - {"--help"}
+    covered = {w for r in ROWS for w in r.flag.split() if w.startswith("--")}
+    assert flags - covered == set(), f"flags without an end-to-end row: {flags - covered}"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flags")
+    with node_topology(tmp, [Lan(NODE_IP, CLIENT_IP)], {"web-1": POD_IP}) as topo:
+        # the ExternalIP lives on the node's LAN too (node-2's address does not: the gossip
+        # must find node-2 dead)
+        topo.run_in(topo.node, "ip", "addr", "add", f"{EXTERNAL_IP}/32", "dev", "up0")
+        # the pool's addresses through the node, announced or not (the rows that check ARP
+        # ask with arping, which does not route)
+        topo.run_in(topo.client, "ip", "route", "add", POOL.split("=")[1], "via", NODE_IP)
+        yield topo
+
+
+@contextlib.contextmanager
+def _api_in(topo: NodeTopology, row: Row):
+    """The API stand-in listening inside the node's namespace, with a kubeconfig for it."""
+    with inside(topo.node):
+        api = ApiServer()
+    try:
+        endpoints = "endpoints" if "endpoints" in row.args else "endpointslices"
+        lb_class = row.args[row.args.index("--lb-class") + 1] if "--lb-class" in row.args else ""
+        _api_objects(api, endpoints, lb_class)
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.flag for r in ROWS])
+def test_agent_flag(node: NodeTopology, row: Row, tmp_path):
+    manifest = tmp_path / "cluster.yaml"
+    manifest.write_text(MANIFEST)
+    for name, content in row.files.items():
+        (tmp_path / name).write_text(content)
+    args = [a.replace("{dir}", str(tmp_path)) for a in row.args]
+    base = ["--node", "node-1", "--uplink", "up0", "--cgroup", node.cgroup,
+            "--pin-root", node.pin_root, "--max-rings", "16"]  # fmt: skip
+    if "--max-rings" in args:
+        base = base[:-2]
+    if "--node" in args:
+        base = base[2:]
+    with contextlib.ExitStack() as stack:
+        api = None
+        if row.kubernetes:
+            api = stack.enter_context(_api_in(node, row))
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(json.dumps({
+                "apiVersion": "v1", "kind": "Config", "current-context": "t",
+                "clusters": [{"name": "t", "cluster": {"server": api.url}}],
+                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+                "users": [{"name": "t", "user": {}}],
+            }))  # fmt: skip
+            source = ["--source", "kubernetes", "--kubeconfig", str(kubeconfig)]
+        else:
+            source = ["-f", str(manifest)]
+        agent = stack.enter_context(AgentProcess(node, [*source, *base, *args]))
+        stack.callback(node.down)  # the next row starts from a bare node
+        agent.wait_ready(row.ready)
+        try:
+            row.check(Run(node, agent, manifest, api))
+        except AssertionError:
+            print(agent.text()[-4000:])
+            raise
