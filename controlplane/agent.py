@@ -44,6 +44,7 @@ class AgentConfig:
     poll_interval: float = 0.1
     min_interval: float = 0.1
     native_xdp: bool = True
+    preloaded: bool = False  # `xlb prepare-node` compiled and attached; open the pins only
     neighbour_refresh: float = 30.0  # seconds between re-resolving next hops
     bind_address: str = "0.0.0.0"
     healthz_port: int = 10256  # -1: off
@@ -333,7 +334,9 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
 
     for line in ensure_sysctls(dp_cfg.snat_ports):
         log.info("%s", line)
-    datapath = NodeDatapath.load(dp_cfg, cfg.uplink, cfg.cgroup, native=cfg.native_xdp)
+    datapath = NodeDatapath.load(
+        dp_cfg, cfg.uplink, cfg.cgroup, native=cfg.native_xdp, preloaded=cfg.preloaded
+    )
     members = announcer = None
     if cfg.gossip_key:
         from .l2.announce import Announcer

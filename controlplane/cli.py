@@ -250,20 +250,23 @@ def agent_config(args: argparse.Namespace, node: str):
     from .agent import AgentConfig
     from .datapath.attach import cgroup2_root
 
+    node_ips = [a for a in args.node_ip or [] if a]  # the DaemonSet's --node-ip=$(NODE_IP)
     uplink = args.uplink
     if uplink == "auto":
         from .datapath.attach import default_uplink
 
-        uplink = default_uplink()
+        uplink = default_uplink(node_ips)
     return AgentConfig(
         node=node,
         uplink=uplink,
-        cgroup=args.cgroup or cgroup2_root(),
+        # only the loader uses it: a preloaded agent may run where no cgroup v2 is mounted
+        cgroup=args.cgroup or ("" if args.preloaded else cgroup2_root()),
         pin_root=args.pin_root,
-        node_ips=args.node_ip or [],
+        node_ips=node_ips,
         poll_interval=args.poll_interval,
         min_interval=args.min_sync_interval,
         native_xdp=not args.generic_xdp,
+        preloaded=args.preloaded,
         bind_address=args.bind_address,
         healthz_port=args.healthz_port,
         metrics_port=args.metrics_port,
@@ -337,9 +340,18 @@ def _pools(entries: list[str]) -> list:
 
 
 def _gossip_key(path: str | None) -> bytes:
-    """The cluster's shared gossip key, from a file or XLB_GOSSIP_KEY; empty: no L2."""
+    """The cluster's shared gossip key, from a file or XLB_GOSSIP_KEY; empty: no L2. A file
+    that is not there is no key (the DaemonSet mounts an optional Secret), said once."""
     if path:
-        return Path(path).read_bytes().strip()
+        try:
+            return Path(path).read_bytes().strip()
+        except FileNotFoundError:
+            print(
+                f"xlb agent: no gossip key at {path}: not gossiping, not announcing "
+                "LoadBalancer IPs (create Secret kube-system/xlb-gossip to turn them on)",
+                file=sys.stderr,
+            )
+            return b""
     return os.environ.get("XLB_GOSSIP_KEY", "").encode()
 
 
@@ -406,16 +418,27 @@ def lab_status(lab) -> int:
 
 
 def cmd_prepare_node(args: argparse.Namespace) -> int:
-    """What the DaemonSet's privileged init container does, once per start."""
-    from .datapath.config import DatapathConfig
+    """What the DaemonSet's privileged init container does, once per start: bpffs, the
+    sysctls, kube-proxy's leftovers if asked, and (with --uplink) the programs compiled and
+    attached, so that the agent needs neither CAP_SYS_ADMIN nor the compiler."""
+    from .datapath import loader
+    from .datapath.attach import cgroup2_root, default_uplink
     from .datapath.node import ensure_sysctls
     from .datapath.programs import ensure_bpffs
 
+    cfg = _datapath_config(args)
     ensure_bpffs(args.pin_root)
-    for line in ensure_sysctls(DatapathConfig(pin_root=args.pin_root).snat_ports):
+    for line in ensure_sysctls(cfg.snat_ports):
         print(f"xlb: {line}")
-    if os.environ.get("XLB_CLEANUP_KUBE_PROXY", "").lower() in ("1", "true", "yes"):
-        return cmd_cleanup(args)
+    cleanup = os.environ.get("XLB_CLEANUP_KUBE_PROXY", "").lower() in ("1", "true", "yes")
+    if cleanup and cmd_cleanup(args):
+        return 1
+    if args.uplink:
+        node_ips = [a for a in args.node_ip or [] if a]
+        uplink = default_uplink(node_ips) if args.uplink == "auto" else args.uplink
+        cgroup = args.cgroup or cgroup2_root()
+        loader.load(cfg, uplink, cgroup, native=not args.generic_xdp)
+        print(f"xlb: programs attached to {uplink} (XDP, tc) and cgroup {cgroup}")
     return 0
 
 
@@ -588,6 +611,15 @@ def build_parser() -> argparse.ArgumentParser:
         "with XLB_CLEANUP_KUBE_PROXY=true, remove kube-proxy's rules",
     )
     prep.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
+    prep.add_argument(
+        "--uplink",
+        help="also compile and attach the programs here (auto: as the agent's --uplink), "
+        "for an agent started with --preloaded",
+    )
+    prep.add_argument("--node-ip", action="append", help="for --uplink auto")
+    prep.add_argument("--cgroup", help="for the socket hooks (default: the cgroup v2 root)")
+    prep.add_argument("--generic-xdp", action="store_true")
+    _datapath_sizes(prep)
     prep.set_defaults(func=cmd_prepare_node)
 
     clean = sub.add_parser(
@@ -636,8 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", help="this node's name (default: $NODE_NAME)")
     agent.add_argument(
         "--gossip-key-file",
-        help="shared key of the agents' membership gossip "
-        "(or XLB_GOSSIP_KEY); with it, this node announces LoadBalancer IPs",
+        help="file with the agents' shared gossip key (or XLB_GOSSIP_KEY); with it, this "
+        "node gossips and announces LoadBalancer IPs; a missing file: neither",
     )
     agent.add_argument(
         "--gossip-port", type=int, default=7947, help="UDP; not 7946, which MetalLB speakers use"
@@ -709,10 +741,18 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--uplink",
         required=True,
-        help="the node's interface towards clients, or auto (default route)",
+        help="the node's interface towards clients, or auto: the one holding the first "
+        "--node-ip, else the default route's",
     )
     agent.add_argument("--cgroup")
     agent.add_argument("--generic-xdp", action="store_true")
+    agent.add_argument(
+        "--preloaded",
+        action="store_true",
+        help="`xlb prepare-node --uplink ...` compiled and attached the programs (the "
+        "DaemonSet's privileged init container): only open the pinned maps, so that the "
+        "agent needs no CAP_SYS_ADMIN",
+    )
     agent.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
     agent.add_argument(
         "--poll-interval",

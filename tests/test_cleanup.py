@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 
-from controlplane.cleanup import filter_iptables_save
+from controlplane.cleanup import filter_iptables_save, kube_proxy_virtual_servers
 from tests.helpers import REPO
-from tests.kernel import netns, sh
+from tests.kernel import netns
 
 KUBE_PROXY_RULES = [
     ("iptables", "-t", "nat", "-N", "KUBE-SERVICES"),
@@ -71,8 +72,10 @@ OTHERS = [
 ]
 
 
-def in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True)
+def in_ns(ns: str, *cmd: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, input=input
+    )
 
 
 def test_filter_keeps_what_is_not_kube_proxys():
@@ -122,4 +125,85 @@ def test_cleanup_removes_kube_proxy_state_and_keeps_the_rest():
         assert "kube-proxy" not in tables and "table inet mine" in tables
         again = cleanup_in(ns)
         assert again.stdout.strip() == "nothing of kube-proxy's found on this node"
-    sh("true")
+
+
+KUBE_PROXY_DATA = REPO / "tests" / "data" / "kube-proxy"
+
+
+def _tables(dump: str) -> dict[str, tuple[set[str], Counter]]:
+    """iptables-save text -> table -> (chains, rules): order-insensitive, as kube-proxy's own
+    test compares (sortIPTablesRules), counters ignored."""
+    out: dict[str, tuple[set[str], Counter]] = {}
+    current = ""
+    for line in dump.splitlines():
+        if line.startswith("*"):
+            current = line[1:]
+            out[current] = (set(), Counter())
+        elif line.startswith(":"):
+            out[current][0].add(line.split()[0][1:])
+        elif line.startswith("-A"):  # iptables-save escapes quotes inside comments
+            out[current][1][line.replace("\\'", "'")] += 1
+    return out
+
+
+def test_kube_proxys_own_cleanup_table():
+    """kube-proxy's TestCleanupLeftovers (its state and expected result, as data) on real
+    iptables: kube-proxy's chains and jumps go; kubelet's KUBE-FIREWALL, KUBE-KUBELET-CANARY
+    and KUBE-IPTABLES-HINT and someone else's rules stay; beside them, kube-proxy's nftables
+    tables and IPVS device go, and another nftables table stays. A second run finds nothing."""
+    before = (KUBE_PROXY_DATA / "cleanup-before.iptables").read_text()
+    expected = _tables((KUBE_PROXY_DATA / "cleanup-after.iptables").read_text())
+    with netns() as ns:
+        assert in_ns(ns, "iptables-restore", input=before).returncode == 0
+        for cmd in (
+            ("nft", "add", "table", "ip", "kube-proxy"),
+            ("nft", "add", "table", "ip6", "kube-proxy"),
+            ("nft", "add", "table", "inet", "mine"),
+            # this kernel has no dummy devices: a veth of that name stands in for it
+            ("ip", "link", "add", "kube-ipvs0", "type", "veth", "peer", "name", "kipvs-peer"),
+            ("ip", "link", "add", "mine0", "type", "veth", "peer", "name", "mine1"),
+        ):
+            out = in_ns(ns, *cmd)
+            assert out.returncode == 0, (cmd, out.stderr)
+        out = cleanup_in(ns)
+        assert out.returncode == 0, out.stderr
+        got = _tables(in_ns(ns, "iptables-save").stdout)
+        for table, (chains, rules) in expected.items():
+            assert got[table][0] == chains, (table, got[table][0] ^ chains)
+            assert got[table][1] == rules, (table, got[table][1] - rules, rules - got[table][1])
+        tables = in_ns(ns, "nft", "list", "tables").stdout
+        assert "kube-proxy" not in tables and "table inet mine" in tables
+        links = in_ns(ns, "ip", "-o", "link").stdout
+        assert "kube-ipvs0" not in links and "mine0" in links
+        assert "removed link kube-ipvs0" in out.stdout
+        again = cleanup_in(ns)
+        assert again.returncode == 0
+        assert again.stdout.strip() == "nothing of kube-proxy's found on this node"
+
+
+def test_only_kube_proxys_ipvs_virtual_servers():
+    """This kernel has no IPVS: which virtual servers `ipvsadm -Sn` output names for removal
+    is checked as data. kube-proxy's are on addresses bound to kube-ipvs0 or on the NodePorts
+    its ipsets list; another IPVS user's (an L4 balancer on the node) and fwmark services
+    stay, where `kube-proxy --cleanup` flushes every one."""
+    saved = "\n".join(
+        [
+            "-A -t 10.96.0.1:443 -s rr",
+            "-a -t 10.96.0.1:443 -r 192.168.56.10:6443 -m -w 1",
+            "-A -u 10.96.0.10:53 -s rr",
+            "-A -t 192.168.56.11:30080 -s rr",
+            "-A -t [fd00:10:96::1]:443 -s rr",
+            "-A -t 192.168.56.11:8443 -s wlc",  # someone else's, on the node's address
+            "-A -u 192.168.56.11:30080 -s rr",  # a UDP 30080 kube-proxy never made
+            "-A -f 42 -s rr",
+        ]
+    )
+    got = kube_proxy_virtual_servers(
+        saved, ["10.96.0.1", "10.96.0.10", "fd00:10:96::1"], {"tcp": {30080}}
+    )
+    assert got == [
+        ["-D", "-t", "10.96.0.1:443"],
+        ["-D", "-u", "10.96.0.10:53"],
+        ["-D", "-t", "192.168.56.11:30080"],
+        ["-D", "-t", "[fd00:10:96::1]:443"],
+    ]

@@ -149,11 +149,17 @@ def _ifindex(ipr, ifname: str) -> int:
     return found[0]
 
 
-def default_uplink() -> str:
-    """The interface of the default route (IPv4, else IPv6): where clients come from."""
+def default_uplink(node_ips: list[str] | None = None) -> str:
+    """The interface that holds the first of node_ips (the node's own address: where the
+    cluster reaches it), else the one of the default route (IPv4, else IPv6). On a node with
+    a NAT interface for the internet and a private network for the cluster (Vagrant, many
+    bare-metal racks), the default route's is the wrong one."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
+        for address in node_ips or []:
+            for a in ipr.get_addr(address=address):
+                return ipr.get_links(a["index"])[0].get_attr("IFLA_IFNAME")
         for family in (2, 10):
             for route in ipr.get_default_routes(family=family):
                 oif = route.get_attr("RTA_OIF")

@@ -46,6 +46,17 @@ def load(
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         tail = next((line for line in reversed(lines) if line.startswith("xlb:")), None)
+        # bcc says why a compile failed on lines of its own before ours (a map it could not
+        # open, a verifier message): the first few go along
+        said = [line.strip() for line in lines if not line.startswith(("xlb:", " ", "\t"))]
+        if tail and said:
+            tail += " (" + "; ".join(said[:3]) + ")"
+        if tail and "Operation not permitted" in tail:
+            tail += (
+                ": compiling against pinned maps needs CAP_SYS_ADMIN (bcc reopens them by "
+                "id); run `xlb prepare-node --uplink ...` privileged and the agent with "
+                "--preloaded, as the DaemonSet does"
+            )
         raise DatapathError(
             tail
             or f"xlb: the loader failed ({done.returncode}): "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import socket
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from ..model.state import DesiredState
 from . import attach, loader, migrate
 from .config import DatapathConfig
 from .maps import Maps
+from .programs import DatapathError
 from .sync import Syncer, SyncResult
 
 log = logging.getLogger("xlb.datapath")
@@ -35,16 +37,26 @@ def ensure_sysctls(snat_ports: tuple[int, int] | None = None) -> list[str]:
     changed = []
     for path, value in SYSCTLS.items():
         p = Path(path)
+        name = path.removeprefix("/proc/sys/").replace("/", ".")
         if p.exists() and p.read_text().strip() != value:
-            p.write_text(value)
-            changed.append(f"set {path.removeprefix('/proc/sys/').replace('/', '.')}={value}")
+            try:
+                p.write_text(value)
+            except OSError as exc:  # an unprivileged container: the init container sets it
+                changed.append(f"cannot set {name}={value} ({exc.strerror}); forwarding to "
+                               "backends needs it: run `xlb prepare-node` privileged")  # fmt: skip
+                continue
+            changed.append(f"set {name}={value}")
     reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
     if snat_ports and reserved.exists():
         current = reserved.read_text().strip()
         want = f"{snat_ports[0]}-{snat_ports[1]}"
         if want not in current.split(","):
             value = f"{current},{want}" if current else want
-            reserved.write_text(value)
+            try:
+                reserved.write_text(value)
+            except OSError as exc:
+                changed.append(f"cannot reserve the SNAT ports {want} ({exc.strerror})")
+                return changed
             changed.append(
                 f"set net.ipv4.ip_local_reserved_ports={value} (SNAT ports to "
                 "backends on other nodes)"
@@ -62,11 +74,26 @@ class NodeDatapath:
 
     @classmethod
     def load(
-        cls, cfg: DatapathConfig, uplink: str, cgroup: str, native: bool = True
+        cls,
+        cfg: DatapathConfig,
+        uplink: str,
+        cgroup: str,
+        native: bool = True,
+        preloaded: bool = False,
     ) -> NodeDatapath:
         """Compiles the programs and attaches them over any earlier ones (the first creates
-        the pinned maps, the rest open them), then opens the maps for the sync."""
-        loader.load(cfg, uplink, cgroup, native)
+        the pinned maps, the rest open them), then opens the maps for the sync. preloaded:
+        `xlb prepare-node` did the compiling and attaching (the DaemonSet's privileged init
+        container), so only the pins are opened; reopening pinned maps by compiling needs
+        CAP_SYS_ADMIN (bcc reopens them by id), opening them by path does not."""
+        if preloaded:
+            if not os.path.exists(os.path.join(cfg.pin_root, "layout")):
+                raise DatapathError(
+                    f"xlb: nothing is loaded under {cfg.pin_root}: run `xlb prepare-node "
+                    "--uplink ...` first (the DaemonSet's init container does), or drop --preloaded"
+                )
+        else:
+            loader.load(cfg, uplink, cgroup, native)
         maps = Maps.open(cfg.pin_root)
         with collector_paused():  # reads back every entry: 365,000 objects at 10,000 Services
             syncer = Syncer(maps, cfg)

@@ -49,7 +49,7 @@ def expand(args, env):
 
 
 def test_the_daemonset_runs_valid_xlb_command_lines():
-    env = dict(by_kind("ConfigMap")["data"], NODE_NAME="node-1")
+    env = dict(by_kind("ConfigMap")["data"], NODE_NAME="node-1", NODE_IP="192.168.1.11")
     spec = by_kind("DaemonSet")["spec"]["template"]["spec"]
     agent = spec["containers"][0]["command"]
     args = build_parser().parse_args(expand(agent[1:], env))
@@ -67,18 +67,21 @@ def test_the_daemonset_runs_valid_xlb_command_lines():
     assert spec["containers"][0]["securityContext"]["privileged"] is False
 
 
-def test_the_gossip_key_comes_from_an_optional_secret_and_reaches_the_agent(monkeypatch):
-    """No Secret: the pod still starts (no L2); with it, the agent reads the key from env."""
+def test_the_gossip_key_is_a_file_from_an_optional_secret(tmp_path):
+    """No Secret: the pod still starts (an empty optional volume: no key, no L2); with it,
+    the agent reads the key from the mounted file."""
     from controlplane.cli import _gossip_key
 
     spec = by_kind("DaemonSet")["spec"]["template"]["spec"]
-    env = {e["name"]: e for e in spec["containers"][0]["env"]}
-    ref = env["XLB_GOSSIP_KEY"]["valueFrom"]["secretKeyRef"]
-    assert ref["optional"] is True and ref["name"] == "xlb-gossip"
-    monkeypatch.setenv("XLB_GOSSIP_KEY", "s3cret")
-    assert _gossip_key(None) == b"s3cret"
-    monkeypatch.delenv("XLB_GOSSIP_KEY")
-    assert _gossip_key(None) == b""
+    volume = next(v for v in spec["volumes"] if v["name"] == "gossip-key")
+    assert volume["secret"]["optional"] is True and volume["secret"]["secretName"] == "xlb-gossip"
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "gossip-key")
+    flag = next(a for a in spec["containers"][0]["command"] if a.startswith("--gossip-key-file="))
+    assert flag.split("=", 1)[1].startswith(mount["mountPath"] + "/")
+    key = tmp_path / "key"
+    key.write_text("s3cret\n")
+    assert _gossip_key(str(key)) == b"s3cret"
+    assert _gossip_key(str(tmp_path / "absent")) == b""
 
 
 def test_rbac_grants_what_the_kubernetes_source_uses_and_no_more():

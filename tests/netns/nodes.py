@@ -41,17 +41,13 @@ class NodeTopology:
     def client(self) -> str:
         return self.clients[0]
 
-    def xlb_cmd(self, *args: str) -> list[str]:
+    def xlb_cmd(self, *args: str, wrap: tuple[str, ...] = ()) -> list[str]:
         """The real CLI on the node: only the network namespace is entered, so the pins land
-        in the host's bpffs and outlive the command (ip netns exec would remount /sys)."""
-        return [
-            "nsenter",
-            f"--net=/run/netns/{self.node}",
-            sys.executable,
-            "-m",
-            "controlplane.cli",
-            *args,
-        ]
+        in the host's bpffs and outlive the command (ip netns exec would remount /sys);
+        wrap runs before it inside the namespace (e.g. setpriv). nsenter execs, so the
+        process is the CLI itself."""
+        enter = ["nsenter", f"--net=/run/netns/{self.node}", *wrap]
+        return [*enter, sys.executable, "-m", "controlplane.cli", *args]
 
     def xlb(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -179,17 +175,26 @@ def node_topology(tmp: Path, lans: list[Lan], pods: dict[str, str]) -> Iterator[
 class AgentProcess:
     """`xlb agent` running on the node; stopped (SIGTERM, then killed) on exit."""
 
-    def __init__(self, topo: NodeTopology, args: list[str], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        topo: NodeTopology,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+    ):
         self.topo = topo
         self.log = topo.tmp / f"agent-{unique('a')}.log"
         self.out = open(self.log, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            topo.xlb_cmd("agent", *args),
+            topo.xlb_cmd("agent", *args, wrap=tuple(wrap or ())),
             cwd=REPO,
             stdout=self.out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
+
+    def pid(self) -> int:
+        return self.proc.pid
 
     def text(self) -> str:
         return self.log.read_text()

@@ -128,6 +128,7 @@ class Row:
     kubernetes: bool = False  # the Kubernetes source, against the API stand-in
     ready: str = "http://127.0.0.1:10256/healthz"
     files: dict[str, str] = field(default_factory=dict)  # name -> content, under the run's dir
+    before: Callable[[NodeTopology], None] | None = None  # run on the node before the agent
 
 
 def _nodeport_reaches_the_pod(run: Run) -> None:
@@ -317,6 +318,24 @@ def _pool(run: Run) -> None:
     assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
 
 
+def _xdp_prog_id(topo: NodeTopology) -> int:
+    shown = json.loads(topo.run_in(topo.node, "ip", "-j", "-d", "link", "show", "up0").stdout)
+    return shown[0]["xdp"]["prog"]["id"]
+
+
+def _prepare_node(topo: NodeTopology) -> None:
+    out = topo.xlb("prepare-node", "--uplink", "up0", "--cgroup", topo.cgroup,
+                   "--pin-root", topo.pin_root, "--max-rings", "16")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    topo.preloaded_prog = _xdp_prog_id(topo)
+
+
+def _preloaded(run: Run) -> None:
+    """The agent used what prepare-node attached: the same XDP program, serving."""
+    assert _xdp_prog_id(run.topo) == run.topo.preloaded_prog
+    _nodeport_reaches_the_pod(run)
+
+
 # -- the Kubernetes source -----------------------------------------------------------------------
 
 
@@ -417,6 +436,7 @@ ROWS = [
     Row("--proxy-name (default)", (), _unlabelled_only),
     Row("--uplink", (), _uplink),
     Row("--generic-xdp", ("--generic-xdp",), _generic_xdp),
+    Row("--preloaded", ("--preloaded",), _preloaded, before=_prepare_node),
     Row("--cgroup", (), _cgroup),
     Row("--pin-root", (), _pin_root),
     Row("--ct-size", ("--ct-size", "2048"), _map_size("ct", 2048)),
@@ -543,8 +563,10 @@ def test_agent_flag(node: NodeTopology, row: Row, tmp_path):
             source = ["--source", "kubernetes", "--kubeconfig", str(kubeconfig)]
         else:
             source = ["-f", str(manifest)]
-        agent = stack.enter_context(AgentProcess(node, [*source, *base, *args]))
         stack.callback(node.down)  # the next row starts from a bare node
+        if row.before:
+            row.before(node)
+        agent = stack.enter_context(AgentProcess(node, [*source, *base, *args]))
         agent.wait_ready(row.ready)
         try:
             row.check(Run(node, agent, manifest, api))
