@@ -141,7 +141,7 @@ class Pods(Namespaces):
         if self.cgroup:
             from controlplane.datapath.attach import detach_sock
 
-            detach_sock(self.cgroup)
+            detach_sock(self.cgroup, self.pin_root)
             os.rmdir(self.cgroup)
             self.cgroup = ""
         super().__exit__(*exc)

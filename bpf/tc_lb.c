@@ -10,6 +10,10 @@
 #include "lib/skb_nat.h"
 
 #define XLB_PULL_LEN (sizeof(struct ethhdr) + 60 + sizeof(struct tcphdr))
+/* What xlb returns for every packet it lets go on, rewritten or not: "next" (TC_ACT_UNSPEC),
+ * so that the programs after it in a tcx chain, or the filters after it in tc, see the packet
+ * too. TC_ACT_OK would end another's chain (a CNI's egress program, a monitor). */
+#define XLB_TC_NEXT TC_ACT_UNSPEC
 
 int tc_lb(struct __sk_buff *skb)
 {
@@ -19,7 +23,7 @@ int tc_lb(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct xlb_pkt p = {};
 	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK)
-		return TC_ACT_OK;
+		return XLB_TC_NEXT;
 
 	struct xlb_ct_key k = {};
 	k.saddr = p.saddr;
@@ -29,11 +33,11 @@ int tc_lb(struct __sk_buff *skb)
 	k.proto = p.proto;
 	struct xlb_ct *ct = xlb_ct.lookup(&k);
 	if (!ct || (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) != XLB_CT_F_REVERSE)
-		return TC_ACT_OK; /* not a reply of a flow xdp_lb handed to a local backend */
+		return XLB_TC_NEXT; /* not a reply of a flow xdp_lb handed to a local backend */
 	union xlb_addr frontend = ct->nat_saddr;
 	__be16 fport = ct->nat_sport;
 	__u32 svc = ct->svc;
 	xlb_count_svc(svc, skb->len, 0, 0);
 	xlb_skb_snat(skb, &p, &frontend, fport);
-	return TC_ACT_OK;
+	return XLB_TC_NEXT;
 }

@@ -43,6 +43,7 @@ class AgentConfig:
     node_ips: list[str] = field(default_factory=list)
     poll_interval: float = 0.1
     min_interval: float = 0.1
+    devices: list[str] = field(default_factory=list)  # served (XDP, tc); empty: the uplink
     native_xdp: bool = True
     preloaded: bool = False  # `xlb prepare-node` compiled and attached; open the pins only
     neighbour_refresh: float = 30.0  # seconds between re-resolving next hops
@@ -119,9 +120,15 @@ def desired_state(
     node_name: str,
     cfg: TranslateConfig | None = None,
     translator: Callable[..., DesiredState] = translate,
+    local_addresses: Iterable[str] = (),
 ) -> tuple[DesiredState, list[str]]:
-    """This node's desired state and its addresses (for SNAT)."""
+    """This node's desired state and its addresses (for SNAT: the Node object's). NodePorts
+    answer on the Node's addresses and on local_addresses (those of the devices served)."""
     node = next((n for n in cluster.nodes if n.name == node_name), None)
+    extra = tuple(a for a in local_addresses if node is not None and a not in node.addresses)
+    own = list(node.addresses) if node is not None else []
+    if extra:
+        node = dataclasses.replace(node, addresses=node.addresses + extra)
     if node is None:
         diag = Diagnostic(
             Level.ERROR,
@@ -136,7 +143,7 @@ def desired_state(
     # replace(), not a new state: the translator's hints (what changed) go along to the sync
     return dataclasses.replace(
         state, diagnostics=tuple(cluster.diagnostics) + state.diagnostics
-    ), list(node.addresses)
+    ), own
 
 
 class Agent:
@@ -179,10 +186,17 @@ class Agent:
             except Exception:  # the datapath's sync goes on; allocation is retried
                 log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
                 self.retry = True
+        where = self._local_addresses()
+        served = {a for a, dev in where.items() if dev in self.cfg.devices}
         with collector_paused():
             state, addresses = desired_state(
-                cluster, self.cfg.node, self.cfg.translate, translator=self.translator
+                cluster,
+                self.cfg.node,
+                self.cfg.translate,
+                translator=self.translator,
+                local_addresses=sorted(served),
             )
+        state = self._unserved(state, where)
         # Events on Services: from one node only (the first by name), or every node would
         # post the same one
         reporter = getattr(self.source, "report", None)
@@ -231,6 +245,50 @@ class Agent:
                 res.ring_writes,
                 res.seconds * 1000,
             )
+
+    def _local_addresses(self) -> dict[str, str]:
+        """This node's addresses -> the interface holding each; empty unless the agent
+        serves named devices (an agent under test drives a stand-in datapath)."""
+        if not self.cfg.devices:
+            return {}
+        from .datapath.devices import interfaces, local_addresses
+
+        try:
+            return local_addresses(interfaces())
+        except Exception as exc:  # netlink refused: no extra addresses this round
+            log.warning("cannot list the node's addresses: %s", exc)
+            return {}
+
+    def _unserved(self, state: DesiredState, where: dict[str, str]) -> DesiredState:
+        """One warning per frontend on a local address of an interface xlb does not serve:
+        traffic that arrives there is not balanced (never a silent black hole)."""
+        from .datapath.devices import unserved
+
+        external = [
+            (fe.service, fe.address, fe.port, str(fe.protocol))
+            for fe in state.frontends
+            if str(fe.scope) == "external"
+        ]
+        found = unserved(external, self.cfg.devices, where)
+        if not found:
+            return state
+        diags = []
+        for service, address, port, proto, device in dict.fromkeys(found):
+            namespace, _, name = service.partition("/")
+            diags.append(
+                Diagnostic(
+                    Level.WARNING,
+                    "Service",
+                    namespace,
+                    name,
+                    "",
+                    f"{proto} {address}:{port} is on {device}, which xlb does not serve "
+                    f"(--devices {','.join(self.cfg.devices)}): traffic arriving on {device} "
+                    "is not balanced; add it to --devices or leave its address out with "
+                    "--nodeport-addresses",
+                )
+            )
+        return dataclasses.replace(state, diagnostics=state.diagnostics + tuple(diags))
 
     def _elect(self, cluster: Cluster) -> None:
         """Which LoadBalancer IPs this node answers for, from the live members; announces
@@ -335,7 +393,12 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
     for line in ensure_sysctls(dp_cfg.snat_ports):
         log.info("%s", line)
     datapath = NodeDatapath.load(
-        dp_cfg, cfg.uplink, cfg.cgroup, native=cfg.native_xdp, preloaded=cfg.preloaded
+        dp_cfg,
+        cfg.uplink,
+        cfg.cgroup,
+        native=cfg.native_xdp,
+        preloaded=cfg.preloaded,
+        devices=cfg.devices or [cfg.uplink],
     )
     members = announcer = None
     if cfg.gossip_key:

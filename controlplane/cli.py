@@ -194,14 +194,15 @@ def cmd_datapath_up(args: argparse.Namespace) -> int:
     for line in ensure_sysctls(cfg.snat_ports):
         print(f"xlb: {line}")
     cgroup = args.cgroup or cgroup2_root()
-    dp = NodeDatapath.load(cfg, args.uplink, cgroup, native=not args.generic_xdp)
+    uplink, devices = resolve_devices(args.uplink, args.devices, list(addrs))
+    dp = NodeDatapath.load(cfg, uplink, cgroup, native=not args.generic_xdp, devices=devices)
     res = dp.apply(state, addr4, addr6)
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
     mib = sum(cfg.memory(os.cpu_count() or 1).values()) / 2**20
     print(
-        f"xlb: node {node.name}: {len(state.frontends)} frontends on {args.uplink} (XDP, tc) "
-        f"and cgroup {cgroup}; {res.writes} writes, {res.deletes} deletes, "
+        f"xlb: node {node.name}: {len(state.frontends)} frontends on {', '.join(devices)} "
+        f"(XDP, tc) and cgroup {cgroup}; {res.writes} writes, {res.deletes} deletes, "
         f"{res.ring_writes} Maglev rings in {res.seconds * 1000:.1f} ms; maps under "
         f"{cfg.pin_root} reserve about {mib:.0f} MiB"
     )
@@ -251,14 +252,11 @@ def agent_config(args: argparse.Namespace, node: str):
     from .datapath.attach import cgroup2_root
 
     node_ips = [a for a in args.node_ip or [] if a]  # the DaemonSet's --node-ip=$(NODE_IP)
-    uplink = args.uplink
-    if uplink == "auto":
-        from .datapath.attach import default_uplink
-
-        uplink = default_uplink(node_ips)
+    uplink, devices = resolve_devices(args.uplink, args.devices, node_ips)
     return AgentConfig(
         node=node,
         uplink=uplink,
+        devices=devices,
         # only the loader uses it: a preloaded agent may run where no cgroup v2 is mounted
         cgroup=args.cgroup or ("" if args.preloaded else cgroup2_root()),
         pin_root=args.pin_root,
@@ -304,6 +302,27 @@ def _nodeport_addresses(entries: list[str]) -> tuple[str, ...]:
                 ) from None
         out.append(entry)
     return tuple(out)
+
+
+def resolve_devices(
+    uplink: str | None, devices: list[str] | None, node_ips: list[str]
+) -> tuple[str, list[str]]:
+    """--uplink and --devices -> (uplink, devices served). The uplink (where LoadBalancer IPs
+    are announced; auto: the interface of the node's address, else the default route's) is
+    always served; --devices adds names, globs or auto."""
+    from .datapath.attach import default_uplink
+    from .datapath.devices import choose, interfaces
+
+    found = interfaces()
+    try:
+        served = choose(devices or [], node_ips, found)
+    except ValueError as exc:
+        raise SystemExit(f"xlb: {exc}") from None
+    if not uplink or uplink == "auto":
+        uplink = default_uplink(node_ips)
+    if uplink not in served:
+        served.insert(0, uplink)
+    return uplink, served
 
 
 def _peers(entries: list[str], port: int) -> dict[str, tuple[str, int]]:
@@ -422,7 +441,7 @@ def cmd_prepare_node(args: argparse.Namespace) -> int:
     sysctls, kube-proxy's leftovers if asked, and (with --uplink) the programs compiled and
     attached, so that the agent needs neither CAP_SYS_ADMIN nor the compiler."""
     from .datapath import loader
-    from .datapath.attach import cgroup2_root, default_uplink
+    from .datapath.attach import cgroup2_root
     from .datapath.node import ensure_sysctls
     from .datapath.programs import ensure_bpffs
 
@@ -433,12 +452,12 @@ def cmd_prepare_node(args: argparse.Namespace) -> int:
     cleanup = os.environ.get("XLB_CLEANUP_KUBE_PROXY", "").lower() in ("1", "true", "yes")
     if cleanup and cmd_cleanup(args):
         return 1
-    if args.uplink:
+    if args.uplink or args.devices:
         node_ips = [a for a in args.node_ip or [] if a]
-        uplink = default_uplink(node_ips) if args.uplink == "auto" else args.uplink
+        _, devices = resolve_devices(args.uplink, args.devices, node_ips)
         cgroup = args.cgroup or cgroup2_root()
-        loader.load(cfg, uplink, cgroup, native=not args.generic_xdp)
-        print(f"xlb: programs attached to {uplink} (XDP, tc) and cgroup {cgroup}")
+        loader.load(cfg, devices, cgroup, native=not args.generic_xdp)
+        print(f"xlb: programs attached to {', '.join(devices)} (XDP, tc) and cgroup {cgroup}")
     return 0
 
 
@@ -539,7 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--node-ip", action="append", help="this node's address for SNAT (default: from its Node)"
     )
-    up.add_argument("--uplink", required=True, help="the node's network interface to the LAN")
+    up.add_argument(
+        "--uplink",
+        default="auto",
+        help="the node's interface to the LAN, where LoadBalancer IPs are announced "
+        "(auto: the one holding the node's address, else the default route's)",
+    )
+    up.add_argument(
+        "--devices",
+        action="append",
+        metavar="IF|GLOB|auto",
+        help="interfaces to serve beside the uplink, repeatable or comma-separated: names, "
+        "globs (eth*), or auto (every up interface holding a node address or a default route)",
+    )
     up.add_argument(
         "--cgroup", help="cgroup v2 directory for the socket hooks (default: the cgroup v2 root)"
     )
@@ -615,6 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--uplink",
         help="also compile and attach the programs here (auto: as the agent's --uplink), "
         "for an agent started with --preloaded",
+    )
+    prep.add_argument(
+        "--devices",
+        action="append",
+        metavar="IF|GLOB|auto",
+        help="interfaces to serve beside the uplink, repeatable or comma-separated: names, "
+        "globs (eth*), or auto (every up interface holding a node address or a default route)",
     )
     prep.add_argument("--node-ip", action="append", help="for --uplink auto")
     prep.add_argument("--cgroup", help="for the socket hooks (default: the cgroup v2 root)")
@@ -740,9 +778,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument(
         "--uplink",
-        required=True,
-        help="the node's interface towards clients, or auto: the one holding the first "
-        "--node-ip, else the default route's",
+        default="auto",
+        help="the node's interface towards clients, where LoadBalancer IPs are announced; "
+        "auto (default): the one holding the first --node-ip, else the default route's",
+    )
+    agent.add_argument(
+        "--devices",
+        action="append",
+        metavar="IF|GLOB|auto",
+        help="interfaces to serve beside the uplink (XDP and tc on each; NodePorts answer on "
+        "their addresses), repeatable or comma-separated: names, globs (eth*), or auto (every "
+        "up interface holding a node address or a default route)",
     )
     agent.add_argument("--cgroup")
     agent.add_argument("--generic-xdp", action="store_true")

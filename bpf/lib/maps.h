@@ -28,6 +28,9 @@
 #ifndef XLB_AFFINITY_SIZE
 #define XLB_AFFINITY_SIZE 65536
 #endif
+#ifndef XLB_MAX_DEVICES
+#define XLB_MAX_DEVICES 64 /* interfaces xlb serves on one node (--devices) */
+#endif
 #ifndef XLB_MAX_LB_IPS
 #define XLB_MAX_LB_IPS 4096
 #endif
@@ -190,6 +193,12 @@ struct xlb_svc_stats {
 #define XLB_R_PASS_NO_NEIGH 16     /* rewritten, next hop unresolved: the stack forwards and resolves */
 #define XLB_R_MAX 17
 
+/* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
+struct xlb_device {
+	__u8 mac[6];
+	__u16 flags; /* none yet */
+};
+
 /* Node-wide settings, written by the agent. */
 struct xlb_config {
 	union xlb_addr node_addr4; /* source for SNAT of IPv4 flows to remote backends */
@@ -198,7 +207,7 @@ struct xlb_config {
 	__u16 snat_port_min;
 	__u16 snat_port_max;
 	__u32 ring_size; /* Maglev M, for readers that did not compile with it */
-	__u8 uplink_mac[6]; /* the source of ARP and neighbour advertisement replies */
+	__u8 uplink_mac[6]; /* ARP and neighbour answers on a device not in xlb_devices */
 	__u8 fib_cache; /* 1: routing depends on the destination alone (no policy rules), so FIB
 			 * answers may be cached (forward.h); 0 until the agent has looked */
 	__u8 pad;
@@ -232,6 +241,9 @@ BPF_TABLE_PINNED("array", __u32, struct xlb_config, xlb_config, 1, XLB_PIN_ROOT 
 /* The LoadBalancer IPs this node announces (the election's choice): xdp_lb answers ARP and
  * neighbour solicitations for them. */
 BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_lb_ips, XLB_MAX_LB_IPS, XLB_PIN_ROOT "/lb_ips");
+/* The devices the programs are attached to, by ifindex (the agent writes them). */
+BPF_TABLE_PINNED("hash", __u32, struct xlb_device, xlb_devices, XLB_MAX_DEVICES,
+		 XLB_PIN_ROOT "/devices");
 /* The agent's heartbeat (coarse monotonic ns). The programs outlive the agent, which is how
  * traffic survives its restarts; but a node whose agent is gone must stop answering for
  * LoadBalancer IPs, or it would fight the node that took them over. */

@@ -22,13 +22,19 @@ struct xlb_arp_ipv4 {
 #define XLB_ND_NA 136
 #define XLB_ND_NA_LEN 32 /* header, flags, target, and one target link-layer option */
 
-/* The MAC to answer with, or NULL before the agent configured it or after it fell silent. */
-static __always_inline __u8 *xlb_uplink_mac(void)
+/* The MAC to answer with on the device the request came in on (its own, so that a node
+ * with several LANs answers each with the right address), or NULL before the agent
+ * configured it or after it fell silent. */
+static __always_inline __u8 *xlb_reply_mac(const struct xdp_md *ctx)
 {
 	__u32 zero = 0;
 	__u64 *beat = xlb_heartbeat.lookup(&zero);
 	if (!beat || bpf_ktime_get_coarse_ns() - *beat > XLB_ANNOUNCE_GRACE)
 		return 0;
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct xlb_device *dev = xlb_devices.lookup(&ifindex);
+	if (dev)
+		return dev->mac;
 	struct xlb_config *cfg = xlb_config.lookup(&zero);
 	if (!cfg || !(cfg->uplink_mac[0] | cfg->uplink_mac[1] | cfg->uplink_mac[2] |
 		      cfg->uplink_mac[3] | cfg->uplink_mac[4] | cfg->uplink_mac[5]))
@@ -50,7 +56,7 @@ static __always_inline int xlb_arp_reply(struct xdp_md *ctx)
 		return -1;
 	union xlb_addr target;
 	xlb_addr_set4(&target, arp->tpa);
-	__u8 *mac = xlb_uplink_mac();
+	__u8 *mac = xlb_reply_mac(ctx);
 	if (!mac || !xlb_lb_ips.lookup(&target))
 		return -1;
 	__be32 asker = arp->spa;
@@ -77,7 +83,7 @@ static __always_inline int xlb_nd_reply(struct xdp_md *ctx, const struct xlb_pkt
 		return -1;
 	union xlb_addr target;
 	__builtin_memcpy(&target, icmp + 8, 16);
-	__u8 *mac = xlb_uplink_mac();
+	__u8 *mac = xlb_reply_mac(ctx);
 	if (!mac || !xlb_lb_ips.lookup(&target))
 		return -1;
 	__u8 own[ETH_ALEN];

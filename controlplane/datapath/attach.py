@@ -1,36 +1,33 @@
-"""Attaching the compiled programs to the node: XDP on the uplink, tc on its egress, the
-socket hooks on a cgroup v2 directory. Every attachment outlives the process that made it
-(netlink and cgroups hold the programs), so a restarting agent never leaves a gap: it
-attaches its new programs over the old ones in one step each."""
+"""Attaching the compiled programs to the node with BPF links: XDP on each device, tcx on
+its egress, the socket hooks on a cgroup v2 directory.
+
+Links are the kernel's attachments that are objects of their own: pinned under
+PIN_ROOT/links, they outlive the process that made them, a restarting xlb swaps its new
+program into each in one step (BPF_LINK_UPDATE: the hook never runs without a program), and
+they share their hooks: a cgroup link is always multi-attach (it neither evicts nor locks out
+another program), tcx runs a chain of programs where xlb's is one (it returns TC_ACT_UNSPEC,
+"next", for what it does not rewrite). XDP has one program per device: xlb never replaces
+another's, and says so. Detaching removes xlb's links, and only xlb's legacy attachments
+(netlink XDP, a tc filter, exclusive cgroup programs, left by an xlb before links) by name.
+tcx needs kernel 6.6; before it, xlb's tc program is a filter at a priority of its own."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+from dataclasses import dataclass
 
 from . import import_bcc
+from . import syscall as sc
 from .programs import DatapathError, Program
 
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-
-
-def attach_xdp(program: Program, ifname: str, native: bool = True) -> None:
-    """Attaches xdp_lb to ifname (native mode unless the driver lacks it)."""
-    bcc = import_bcc()
-    fn = program.function("xdp_lb", bcc.BPF.XDP)
-    try:
-        bcc.BPF.attach_xdp(ifname, fn, XDP_FLAGS_DRV_MODE if native else XDP_FLAGS_SKB_MODE)
-    except Exception as exc:
-        raise DatapathError(f"xlb: cannot attach XDP to {ifname}: {exc}") from None
-
-
-def detach_xdp(ifname: str) -> None:
-    bcc = import_bcc()
-    for flags in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
-        with contextlib.suppress(Exception):  # nothing attached in that mode
-            bcc.BPF.remove_xdp(ifname, flags)
-
+# a legacy tc filter's place (kernels without tcx): a priority others rarely take
+TC_PRIO, TC_HANDLE = 0xC1B, 0xC1B
+XDP_NAME, TC_NAME = "xdp_lb", "tc_lb"
+ENOTSUPP = 524  # the kernel's own "not supported" (no tcx), which errno does not name
 
 # sock_lb.c's entry points and the cgroup hook each is attached to.
 SOCK_HOOKS = (
@@ -43,6 +40,208 @@ SOCK_HOOKS = (
     ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME"),
     ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME"),
 )
+OUR_NAMES = {XDP_NAME, TC_NAME} | {name[:15] for name, _ in SOCK_HOOKS}
+
+
+def links_dir(pin_root: str) -> str:
+    return os.path.join(pin_root, "links")
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One of xlb's links, as `xlb status` shows it."""
+
+    pin: str
+    kind: str  # xdp, tcx, cgroup
+    link_id: int
+    prog_id: int
+    target: int  # ifindex, or cgroup id
+
+
+def _ifindex(ifname: str) -> int:
+    try:
+        return socket_ifindex(ifname)
+    except OSError:
+        raise DatapathError(
+            f"xlb: no network interface {ifname!r} here; pass the node's uplink with --uplink"
+        ) from None
+
+
+def socket_ifindex(ifname: str) -> int:
+    import socket
+
+    return socket.if_nametoindex(ifname)
+
+
+def _open_link(pin: str) -> int | None:
+    """The pinned link's fd, or None (no pin)."""
+    try:
+        return sc.obj_get(pin)
+    except FileNotFoundError:
+        return None
+
+
+def _swap_or_create(pin: str, prog_fd: int, alive, create) -> str:
+    """The program put into the link pinned at pin (updated in place while alive(info)
+    says the link still holds its hook), else a new link from create() pinned there.
+    Returns "updated" or "attached"."""
+    fd = _open_link(pin)
+    if fd is not None:
+        try:
+            if alive(sc.link_info(fd)):
+                sc.link_update(fd, prog_fd)
+                return "updated"
+        finally:
+            os.close(fd)
+        os.unlink(pin)  # its device or cgroup went away: the link holds nothing
+    fd = create()
+    try:
+        os.makedirs(os.path.dirname(pin), exist_ok=True)
+        sc.obj_pin(fd, pin)
+    finally:
+        os.close(fd)
+    return "attached"
+
+
+# -- XDP ----------------------------------------------------------------------------------------
+
+
+def xdp_attached(ifname: str) -> tuple[int, int]:
+    """(program id, mode) of the XDP program on ifname: mode 1 native, 2 generic, 3 offload,
+    0 none."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return 0, 0
+        xdp = ipr.get_links(found[0])[0].get_attr("IFLA_XDP")
+    if not xdp:
+        return 0, 0
+    mode = xdp.get_attr("IFLA_XDP_ATTACHED") or 0
+    # pyroute2 names the modes (XDP_ATTACHED_DRV, _SKB, _HW); older versions gave numbers
+    mode = _XDP_MODES.get(mode, mode) if isinstance(mode, str) else mode
+    return xdp.get_attr("IFLA_XDP_PROG_ID") or 0, mode
+
+
+_XDP_MODES = {"xdp": 1, "drv": 1, "xdpgeneric": 2, "skb": 2, "xdpoffload": 3, "hw": 3, "multi": 4}
+
+
+def attach_xdp(program: Program, ifname: str, native: bool = True) -> str:
+    """xdp_lb on ifname by a link pinned under the program's pin root (native mode unless
+    the driver lacks it); another's XDP program there is never replaced."""
+    bcc = import_bcc()
+    fn = program.function(XDP_NAME, bcc.BPF.XDP)
+    index = _ifindex(ifname)
+    pin = os.path.join(links_dir(program.pin_root), f"xdp-{index}")
+    mode = 1 if native else 2
+    prog_id, attached_mode = xdp_attached(ifname)
+    # --generic-xdp changed (a native request that fell back to generic is no change)
+    if (
+        _open_link_alive(pin, index)
+        and attached_mode not in (0, mode)
+        and not (native and attached_mode == 2)
+    ):
+        _detach_pin(pin)  # a link keeps its mode: a new one
+        prog_id, attached_mode = 0, 0
+    elif prog_id and not _open_link_alive(pin, index):
+        name = _prog_name(prog_id)
+        if name != XDP_NAME:
+            raise DatapathError(
+                f"xlb: {ifname} already runs another XDP program ({name or '?'}, id "
+                f"{prog_id}); xlb does not replace it: detach it or leave {ifname} out"
+            )
+        # an older xlb's netlink attachment: a link cannot be made beside it
+        _remove_netlink_xdp(ifname, attached_mode)
+
+    def create() -> int:
+        if native:
+            try:
+                return sc.link_create(fn.fd, index, sc.BPF_XDP, XDP_FLAGS_DRV_MODE)
+            except OSError as exc:  # the driver has no native XDP: the stack runs it
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, ENOTSUPP):
+                    raise
+        return sc.link_create(fn.fd, index, sc.BPF_XDP, XDP_FLAGS_SKB_MODE)
+
+    try:
+        return _swap_or_create(pin, fn.fd, lambda i: i.ifindex == index, create)
+    except OSError as exc:
+        raise DatapathError(f"xlb: cannot attach XDP to {ifname}: {exc.strerror}") from None
+
+
+def _open_link_alive(pin: str, ifindex: int) -> bool:
+    fd = _open_link(pin)
+    if fd is None:
+        return False
+    try:
+        return sc.link_info(fd).ifindex == ifindex
+    finally:
+        os.close(fd)
+
+
+def _prog_name(prog_id: int) -> str:
+    try:
+        return sc.prog_name_by_id(prog_id)
+    except OSError:
+        return ""
+
+
+# -- tc (tcx, else a filter) -------------------------------------------------------------------
+
+
+def attach_tc(program: Program, ifname: str) -> str:
+    """tc_lb on ifname's egress: a tcx link (kernel 6.6+) after the programs already there,
+    else a clsact filter at xlb's own priority (never replacing another's)."""
+    bcc = import_bcc()
+    fn = program.function(TC_NAME, bcc.BPF.SCHED_CLS)
+    index = _ifindex(ifname)
+    pin = os.path.join(links_dir(program.pin_root), f"tcx-{index}")
+
+    def create() -> int:
+        return sc.link_create(fn.fd, index, sc.BPF_TCX_EGRESS)
+
+    try:
+        done = _swap_or_create(pin, fn.fd, lambda i: i.ifindex == index, create)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
+            raise DatapathError(f"xlb: cannot attach tc to {ifname}: {exc.strerror}") from None
+        _attach_tc_filter(fn, ifname)
+        return "attached (tc filter: no tcx in this kernel)"
+    _detach_tc_filter(ifname)  # an older xlb's filter, if any: it would run a second time
+    return done
+
+
+def _attach_tc_filter(fn, ifname: str) -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        try:
+            ipr.tc("add", "clsact", idx)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # another program (or ours) already made it
+                raise DatapathError(f"xlb: cannot add clsact to {ifname}: {exc}") from None
+        ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=fn.name,
+               parent="ffff:fff3", classid=1, direct_action=True, prio=TC_PRIO)  # fmt: skip
+
+
+def _detach_tc_filter(ifname: str) -> None:
+    """xlb's own legacy filters on ifname's egress (by name: tc_lb), at its priority or at
+    the one older xlbs used (1)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr, contextlib.suppress(Exception):
+        idx = ipr.link_lookup(ifname=ifname)[0]
+        for f in ipr.get_filters(idx, parent=0xFFFFFFF3):
+            options = f.get_attr("TCA_OPTIONS")
+            name = options.get_attr("TCA_BPF_NAME") if options else None
+            if name and name.split(":")[0] == TC_NAME:
+                ipr.tc("del-filter", "bpf", idx, f["handle"], parent="ffff:fff3",
+                       prio=f["info"] >> 16)  # fmt: skip
+
+
+# -- cgroup --------------------------------------------------------------------------------------
 
 
 def load_sock_hooks(program: Program) -> None:
@@ -63,33 +262,133 @@ def _cgroup_fd(path: str) -> int:
         ) from None
 
 
-def attach_sock(program: Program, cgroup: str) -> None:
-    """Attaches every socket hook to the cgroup v2 directory (replacing xlb's previous ones:
-    attaching without BPF_F_ALLOW_MULTI swaps the program in one step)."""
+def _cgroup_id(path: str) -> int:
+    """The cgroup's id: its directory's inode number on cgroup v2."""
+    return os.stat(path).st_ino
+
+
+def attach_sock(program: Program, cgroup: str) -> str:
+    """Every socket hook on the cgroup v2 directory by links (multi-attach: other programs
+    there keep running, and can still attach after xlb)."""
     bcc = import_bcc()
     load_sock_hooks(program)
     fd = _cgroup_fd(cgroup)
+    cgroup_id = _cgroup_id(cgroup)
+    done = set()
     try:
+        _detach_exclusive(fd)  # an older xlb's exclusive attachments lock links out
         for name, hook in SOCK_HOOKS:
-            bcc.BPF.attach_func(program.functions[name], fd, getattr(bcc.BPFAttachType, hook))
-    except Exception as exc:
-        raise DatapathError(f"xlb: cannot attach socket hooks to {cgroup}: {exc}") from None
+            attach_type = getattr(bcc.BPFAttachType, hook)
+            pin = os.path.join(links_dir(program.pin_root), f"cgroup-{name.removeprefix('sock_')}")
+            prog_fd = program.functions[name].fd
+
+            def create(prog_fd=prog_fd, attach_type=attach_type) -> int:
+                return sc.link_create(prog_fd, fd, attach_type)
+
+            done.add(_swap_or_create(pin, prog_fd, lambda i: i.u0 == cgroup_id, create))
+    except OSError as exc:
+        hint = ""
+        if exc.errno == errno.EPERM:
+            hint = " (another program holds the hook exclusively, without BPF_F_ALLOW_MULTI)"
+        raise DatapathError(
+            f"xlb: cannot attach socket hooks to {cgroup}: {exc.strerror}{hint}"
+        ) from None
     finally:
         os.close(fd)
+    return ", ".join(sorted(done))
 
 
-def detach_sock(cgroup: str) -> None:
-    """Removes xlb's socket hooks from the cgroup (whatever program is attached there)."""
-    from .syscall import prog_detach
-
+def _detach_exclusive(cgroup_fd: int) -> None:
+    """xlb's own programs attached without links and without BPF_F_ALLOW_MULTI (by an xlb
+    before links), found by name; another's are left."""
     bcc = import_bcc()
-    fd = _cgroup_fd(cgroup)
-    try:
-        for _, hook in SOCK_HOOKS:
-            with contextlib.suppress(OSError):
-                prog_detach(fd, getattr(bcc.BPFAttachType, hook))
-    finally:
-        os.close(fd)
+    for _, hook in SOCK_HOOKS:
+        attach_type = getattr(bcc.BPFAttachType, hook)
+        with contextlib.suppress(OSError):
+            ids, flags = sc.prog_query(cgroup_fd, attach_type)
+            if ids and not flags & sc.BPF_F_ALLOW_MULTI and _prog_name(ids[0]) in OUR_NAMES:
+                sc.prog_detach(cgroup_fd, attach_type)
+
+
+# -- detaching and listing ----------------------------------------------------------------------
+
+
+def _detach_pin(pin: str) -> None:
+    fd = _open_link(pin)
+    if fd is not None:
+        try:
+            with contextlib.suppress(OSError):  # already detached (its device went away)
+                sc.link_detach(fd)
+        finally:
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pin)
+
+
+def detach_links(pin_root: str) -> list[str]:
+    """Every link xlb pinned under pin_root, detached and unpinned: only xlb's programs go."""
+    directory = links_dir(pin_root)
+    gone = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        _detach_pin(os.path.join(directory, name))
+        gone.append(name)
+    return gone
+
+
+def _remove_netlink_xdp(ifname: str, mode: int) -> None:
+    bcc = import_bcc()
+    flags = XDP_FLAGS_DRV_MODE if mode == 1 else XDP_FLAGS_SKB_MODE
+    bcc.BPF.remove_xdp(ifname.encode(), flags)
+
+
+def detach_legacy(devices: list[str], cgroup: str | None) -> None:
+    """What an xlb before links attached: its netlink XDP programs and tc filters on the
+    devices, its exclusive cgroup programs; each by name, so nothing of another's (a program
+    held by a link, anyone's, refuses netlink's removal)."""
+    for device in devices:
+        prog_id, mode = xdp_attached(device)
+        if prog_id and _prog_name(prog_id) == XDP_NAME:
+            with contextlib.suppress(Exception):
+                _remove_netlink_xdp(device, mode)
+        _detach_tc_filter(device)
+    if cgroup and os.path.isdir(cgroup):
+        fd = _cgroup_fd(cgroup)
+        try:
+            _detach_exclusive(fd)
+        finally:
+            os.close(fd)
+
+
+def detach_sock(cgroup: str, pin_root: str) -> None:
+    """xlb's socket hooks on the cgroup: its links under pin_root and an older xlb's
+    exclusive attachments; another's programs stay."""
+    directory = links_dir(pin_root)
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.startswith("cgroup-"):
+            _detach_pin(os.path.join(directory, name))
+    detach_legacy([], cgroup)
+
+
+def attachments(pin_root: str) -> list[Attachment]:
+    """xlb's links under pin_root, for `xlb status`."""
+    directory = links_dir(pin_root)
+    out = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        fd = _open_link(os.path.join(directory, name))
+        if fd is None:
+            continue
+        try:
+            info = sc.link_info(fd)
+        finally:
+            os.close(fd)
+        kind = {sc.LINK_TYPE_XDP: "xdp", sc.LINK_TYPE_TCX: "tcx", sc.LINK_TYPE_CGROUP: "cgroup"}
+        target = info.ifindex if info.type != sc.LINK_TYPE_CGROUP else info.u0
+        out.append(Attachment(name, kind.get(info.type, str(info.type)), info.id, info.prog_id,
+                              target))  # fmt: skip
+    return out
+
+
+# -- where things are ---------------------------------------------------------------------------
 
 
 def cgroup2_root() -> str:
@@ -103,50 +402,6 @@ def cgroup2_root() -> str:
         "xlb: no cgroup v2 mounted; mount it (mount -t cgroup2 none "
         "/sys/fs/cgroup/unified) to use the socket hooks"
     )
-
-
-def attach_tc(program: Program, ifname: str) -> None:
-    """Puts tc_lb on ifname's egress (clsact), replacing xlb's previous filter in one step."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    bcc = import_bcc()
-    fn = program.function("tc_lb", bcc.BPF.SCHED_CLS)
-    with IPRoute() as ipr:
-        idx = _ifindex(ipr, ifname)
-        try:
-            ipr.tc("add", "clsact", idx)
-        except NetlinkError as exc:
-            if exc.code != 17:  # EEXIST: another program (or ours) already made it
-                raise DatapathError(f"xlb: cannot add clsact to {ifname}: {exc}") from None
-        ipr.tc(
-            "replace-filter",
-            "bpf",
-            idx,
-            ":1",
-            fd=fn.fd,
-            name=fn.name,
-            parent="ffff:fff3",
-            classid=1,
-            direct_action=True,
-            prio=1,
-        )
-
-
-def detach_tc(ifname: str) -> None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr, contextlib.suppress(Exception):
-        ipr.tc("del-filter", "bpf", _ifindex(ipr, ifname), ":1", parent="ffff:fff3", prio=1)
-
-
-def _ifindex(ipr, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise DatapathError(
-            f"xlb: no network interface {ifname!r} here; pass the node's uplink with --uplink"
-        )
-    return found[0]
 
 
 def default_uplink(node_ips: list[str] | None = None) -> str:

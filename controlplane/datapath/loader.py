@@ -7,7 +7,7 @@ programs against the pinned maps, records their layout beside the pins, attaches
 attachments hold the programs, the pins hold the maps) and exits. The agent then opens the
 maps from the pins (datapath/pinned.py) and never imports bcc.
 
-  python -m controlplane.datapath.loader --config '{...}' [--uplink IF --cgroup DIR]
+  python -m controlplane.datapath.loader --config '{...}' [--devices IF,IF --cgroup DIR]
 """
 
 from __future__ import annotations
@@ -29,14 +29,20 @@ _PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # where `controlp
 
 
 def load(
-    cfg: DatapathConfig, uplink: str | None = None, cgroup: str | None = None, native: bool = True
+    cfg: DatapathConfig,
+    devices: list[str] | str | None = None,
+    cgroup: str | None = None,
+    native: bool = True,
 ) -> None:
     """Compiles the programs against cfg's pinned maps (creating them if none are pinned)
-    and, given an uplink and a cgroup, attaches them there, in a child process. Raises
-    DatapathError with the child's own message when it fails."""
+    and, given devices and a cgroup, attaches them there (XDP and tc on every device), in a
+    child process. Raises DatapathError with the child's own message when it fails."""
+    if isinstance(devices, str):
+        devices = [devices]
     cmd = [sys.executable, "-m", __name__, "--config", json.dumps(dataclasses.asdict(cfg))]
-    if uplink and cgroup:
-        cmd += ["--uplink", uplink, "--cgroup", cgroup] + ([] if native else ["--generic-xdp"])
+    if devices and cgroup:
+        cmd += ["--devices", ",".join(devices), "--cgroup", cgroup]
+        cmd += [] if native else ["--generic-xdp"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
     try:
@@ -66,7 +72,7 @@ def load(
         sys.stderr.write(done.stderr)
 
 
-def _load_here(cfg: DatapathConfig, uplink: str | None, cgroup: str | None, native: bool) -> None:
+def _load_here(cfg: DatapathConfig, devices: list[str], cgroup: str | None, native: bool) -> None:
     from . import attach, import_bcc, migrate
     from .programs import compile_program
 
@@ -76,10 +82,11 @@ def _load_here(cfg: DatapathConfig, uplink: str | None, cgroup: str | None, nati
         xdp, tc, sock = (compile_program(source, cfg) for source in PROGRAMS)
         for line in pinned_sizes(cfg):
             print(line, file=sys.stderr)
-        if uplink and cgroup:
-            attach.attach_xdp(xdp, uplink, native)
-            attached = True  # a program on the new maps runs: no way back to the old ones
-            attach.attach_tc(tc, uplink)
+        if devices and cgroup:
+            for device in devices:
+                attach.attach_xdp(xdp, device, native)
+                attached = True  # a program on the new maps runs: no way back to the old ones
+                attach.attach_tc(tc, device)
             attach.attach_sock(sock, cgroup)
         else:  # loaded only to see that the verifier takes them; the pinned maps stay
             bpf = import_bcc().BPF
@@ -128,14 +135,15 @@ def pinned_sizes(cfg: DatapathConfig) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m controlplane.datapath.loader", description=__doc__)
     p.add_argument("--config", required=True, help="DatapathConfig as JSON")
-    p.add_argument("--uplink")
+    p.add_argument("--devices", default="", help="comma-separated")
     p.add_argument("--cgroup")
     p.add_argument("--generic-xdp", action="store_true")
     args = p.parse_args(argv)
     fields = json.loads(args.config)
     fields["snat_ports"] = tuple(fields["snat_ports"])
     try:
-        _load_here(DatapathConfig(**fields), args.uplink, args.cgroup, not args.generic_xdp)
+        devices = [d for d in args.devices.split(",") if d]
+        _load_here(DatapathConfig(**fields), devices, args.cgroup, not args.generic_xdp)
     except (DatapathError, BccMissing) as exc:
         print(exc, file=sys.stderr)
         return 1

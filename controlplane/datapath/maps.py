@@ -154,6 +154,7 @@ class Maps:
         self.config = t("xlb_config")
         self.lb_ips = t("xlb_lb_ips")
         self.heartbeat = t("xlb_heartbeat")
+        self.devices = t("xlb_devices")
         self._svc_key = layout(
             self.services.Key, {"addr": "16s", "port": "H", "proto": "B", "scope": "B"}
         )

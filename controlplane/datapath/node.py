@@ -80,23 +80,25 @@ class NodeDatapath:
         cgroup: str,
         native: bool = True,
         preloaded: bool = False,
+        devices: list[str] | None = None,
     ) -> NodeDatapath:
         """Compiles the programs and attaches them over any earlier ones (the first creates
         the pinned maps, the rest open them), then opens the maps for the sync. preloaded:
         `xlb prepare-node` did the compiling and attaching (the DaemonSet's privileged init
         container), so only the pins are opened; reopening pinned maps by compiling needs
         CAP_SYS_ADMIN (bcc reopens them by id), opening them by path does not."""
-        if preloaded:
-            if not os.path.exists(os.path.join(cfg.pin_root, "layout")):
-                raise DatapathError(
-                    f"xlb: nothing is loaded under {cfg.pin_root}: run `xlb prepare-node "
-                    "--uplink ...` first (the DaemonSet's init container does), or drop --preloaded"
-                )
-        else:
-            loader.load(cfg, uplink, cgroup, native)
+        if preloaded and not os.path.exists(os.path.join(cfg.pin_root, "layout")):
+            raise DatapathError(
+                f"xlb: nothing is loaded under {cfg.pin_root}: run `xlb prepare-node "
+                "--uplink ...` first (the DaemonSet's init container does), or drop --preloaded"
+            )
+        devices = devices or [uplink]
+        if not preloaded:
+            loader.load(cfg, devices, cgroup, native)
         maps = Maps.open(cfg.pin_root)
         with collector_paused():  # reads back every entry: 365,000 objects at 10,000 Services
             syncer = Syncer(maps, cfg)
+        syncer.sync_devices(device_macs(devices))
         return cls(cfg, maps, syncer, interface_mac(uplink))
 
     def apply(self, state: DesiredState, node_addr4: str, node_addr6: str) -> SyncResult:
@@ -143,6 +145,14 @@ def policy_rules() -> int:
     return extra
 
 
+def device_macs(devices: list[str]) -> dict[int, str]:
+    """ifindex -> MAC of each device (those not here are left out)."""
+    from .devices import interfaces
+
+    by_name = {i.name: i for i in interfaces()}
+    return {by_name[d].index: by_name[d].mac for d in devices if d in by_name and by_name[d].mac}
+
+
 def interface_mac(ifname: str) -> str:
     """The MAC of ifname in this process's network namespace (netlink; /sys/class/net shows
     the namespace sysfs was mounted in, which `nsenter --net` does not change)."""
@@ -176,10 +186,7 @@ def remote_addresses(state: DesiredState, node_addresses: Iterable[str]) -> set[
 
 def unload(devices: Iterable[str], cgroup: str | None, pin_root: str) -> None:
     """Detaches everything xlb attached and removes its pins; safe to repeat."""
-    for device in devices:
-        attach.detach_xdp(device)
-        attach.detach_tc(device)
-    if cgroup:
-        attach.detach_sock(cgroup)
+    attach.detach_links(pin_root)
+    attach.detach_legacy(list(devices), cgroup)
     shutil.rmtree(pin_root, ignore_errors=True)
     migrate.remove_scratch(pin_root)

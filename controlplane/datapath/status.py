@@ -67,8 +67,33 @@ def collect(maps: Maps) -> dict[str, Any]:
         "nodeAddresses": [get_addr(config.node_addr4), get_addr(config.node_addr6)],
         "fibCache": bool(config.fib_cache),
         "announcing": announcing(maps),
+        "attachments": attached(maps.pin_root),
         "reasons": maps.reason_counts(),
     }
+
+
+def attached(pin_root: str) -> list[dict[str, Any]]:
+    """xlb's links (XDP and tcx per device, the socket hooks on the cgroup) and, for XDP,
+    whether the driver runs it (native) or the stack does (generic)."""
+    import socket
+
+    from .attach import attachments, xdp_attached
+
+    out = []
+    for a in attachments(pin_root):
+        entry = {"link": a.pin, "kind": a.kind, "linkId": a.link_id, "programId": a.prog_id}
+        if a.kind in ("xdp", "tcx"):
+            try:
+                entry["device"] = socket.if_indextoname(a.target)
+            except OSError:
+                entry["device"] = f"#{a.target} (gone)"
+            if a.kind == "xdp":
+                mode = xdp_attached(entry["device"])[1]
+                entry["mode"] = {1: "native", 2: "generic", 3: "offload"}.get(mode, "?")
+        else:
+            entry["cgroupId"] = a.target
+        out.append(entry)
+    return out
 
 
 def announcing(maps: Maps) -> dict[str, Any]:
@@ -113,11 +138,24 @@ def render(status: dict[str, Any]) -> str:
         "FIB answers: "
         + ("cached 100 ms" if status["fibCache"] else "looked up per packet (policy routing)"),
         announcing_line(status["announcing"]),
+        attachments_line(status["attachments"]),
         "",
         "packets not balanced, by reason:",
     ]
     out += [f"  {name:<22} {count}" for name, count in status["reasons"].items() if count]
     return "\n".join(out)
+
+
+def attachments_line(links: list[dict[str, Any]]) -> str:
+    parts = [
+        f"XDP on {a['device']} ({a['mode']})" if a["kind"] == "xdp" else f"tcx on {a['device']}"
+        for a in links
+        if a["kind"] in ("xdp", "tcx")
+    ]
+    hooks = sum(1 for a in links if a["kind"] == "cgroup")
+    if hooks:
+        parts.append(f"{hooks} socket hooks on the cgroup")
+    return "attached (BPF links): " + (", ".join(parts) or "nothing")
 
 
 def announcing_line(a: dict[str, Any]) -> str:

@@ -506,6 +506,18 @@ class Syncer:
         bpf_ktime_get_coarse_ns reads (CLOCK_MONOTONIC_COARSE)."""
         self.maps.heartbeat[ct.c_uint32(0)] = ct.c_uint64(time.clock_gettime_ns(CLOCK_COARSE))
 
+    def sync_devices(self, devices: dict[int, str]) -> None:
+        """The devices the programs run on (ifindex -> MAC): their ARP/NDP answers carry
+        their own MAC. Devices no longer served are removed."""
+        have = {int(k.value) for k in self.maps.devices}
+        for index, mac in devices.items():
+            leaf = self.maps.devices.Leaf()
+            leaf.mac[:] = bytes.fromhex(mac.replace(":", ""))
+            self.maps.devices[ct.c_uint32(index)] = leaf
+        for index in have - set(devices):
+            with contextlib.suppress(KeyError):
+                del self.maps.devices[ct.c_uint32(index)]
+
     def sync_lb_ips(self, owned: set[str]) -> tuple[set[str], set[str]]:
         """The LoadBalancer IPs xdp_lb answers ARP/NDP for; returns (taken over, given up)."""
         gained, lost = owned - self.lb_ips, self.lb_ips - owned

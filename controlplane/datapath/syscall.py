@@ -6,9 +6,39 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
+import platform
 from dataclasses import dataclass
 
-_SYS_BPF = 321  # x86_64
+# bpf(2)'s number differs by architecture (the kernel's syscall tables); its attribute
+# layouts do not (every pointer is an __aligned_u64).
+_SYS_BPF_BY_MACHINE = {
+    "x86_64": 321,
+    "amd64": 321,
+    "aarch64": 280,
+    "arm64": 280,
+    "riscv64": 280,
+    "loongarch64": 280,
+    "ppc64le": 361,
+    "ppc64": 361,
+    "s390x": 351,
+    "armv7l": 386,
+    "armv6l": 386,
+    "i686": 357,
+    "i386": 357,
+}
+
+
+def sys_bpf_number(machine: str | None = None) -> int:
+    machine = machine or platform.machine()
+    try:
+        return _SYS_BPF_BY_MACHINE[machine]
+    except KeyError:
+        raise OSError(
+            errno.ENOSYS, f"xlb does not know bpf(2)'s number on {machine}: add it to syscall.py"
+        ) from None
+
+
+_SYS_BPF = sys_bpf_number()
 _BPF_PROG_TEST_RUN = 10
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
@@ -255,3 +285,160 @@ def pinned_map_info(path: str) -> MapInfo:
 def prog_detach(target_fd: int, attach_type: int) -> None:
     """Detaches the one program attached (without BPF_F_ALLOW_MULTI) at target for type."""
     bpf(_BPF_PROG_DETACH, _DetachAttr(target_fd=target_fd, attach_type=attach_type))
+
+
+# -- links: attachments that are objects of their own (pinned, updated in place, and never
+# evicting or locking out another program's) --------------------------------------------------
+
+_BPF_PROG_QUERY = 16
+_BPF_PROG_GET_FD_BY_ID = 13
+_BPF_LINK_CREATE = 28
+_BPF_LINK_UPDATE = 29
+_BPF_LINK_DETACH = 34
+
+# attach types (enum bpf_attach_type) used here beyond the cgroup ones bcc names
+BPF_XDP = 37
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+# link types (enum bpf_link_type)
+LINK_TYPE_CGROUP = 3
+LINK_TYPE_XDP = 6
+LINK_TYPE_TCX = 11
+BPF_F_ALLOW_MULTI = 1 << 1
+
+
+class _LinkCreateAttr(ct.Structure):
+    _fields_ = [
+        ("prog_fd", ct.c_uint32),
+        ("target", ct.c_uint32),  # an fd (cgroup) or an ifindex (XDP, tcx)
+        ("attach_type", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("relative", ct.c_uint32),  # tcx: 0, appended after the programs already there
+        ("pad", ct.c_uint32),
+        ("expected_revision", ct.c_uint64),
+        ("rest", ct.c_uint64 * 2),
+    ]
+
+
+class _LinkUpdateAttr(ct.Structure):
+    _fields_ = [
+        ("link_fd", ct.c_uint32),
+        ("new_prog_fd", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("old_prog_fd", ct.c_uint32),
+    ]
+
+
+class _LinkDetachAttr(ct.Structure):
+    _fields_ = [("link_fd", ct.c_uint32)]
+
+
+class LinkInfo(ct.Structure):
+    """The head of struct bpf_link_info and the union's members used here: ifindex for XDP
+    and tcx (0 once the device is gone), cgroup id for cgroup links."""
+
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("prog_id", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("u0", ct.c_uint64),  # xdp/tcx: ifindex (low 32 bits); cgroup: cgroup_id
+        ("u1", ct.c_uint64),  # tcx: (attach_type in the high half); cgroup: attach_type
+        ("rest", ct.c_uint64 * 6),
+    ]
+
+    @property
+    def ifindex(self) -> int:
+        return self.u0 & 0xFFFFFFFF
+
+
+class ProgInfo(ct.Structure):
+    """The head of struct bpf_prog_info, up to its name."""
+
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("tag", ct.c_uint8 * 8),
+        ("jited_prog_len", ct.c_uint32),
+        ("xlated_prog_len", ct.c_uint32),
+        ("jited_prog_insns", ct.c_uint64),
+        ("xlated_prog_insns", ct.c_uint64),
+        ("load_time", ct.c_uint64),
+        ("created_by_uid", ct.c_uint32),
+        ("nr_map_ids", ct.c_uint32),
+        ("map_ids", ct.c_uint64),
+        ("name", ct.c_char * 16),
+    ]
+
+
+class _QueryAttr(ct.Structure):
+    _fields_ = [
+        ("target", ct.c_uint32),
+        ("attach_type", ct.c_uint32),
+        ("query_flags", ct.c_uint32),
+        ("attach_flags", ct.c_uint32),
+        ("prog_ids", ct.c_uint64),
+        ("prog_cnt", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("prog_attach_flags", ct.c_uint64),
+        ("link_ids", ct.c_uint64),
+        ("link_attach_flags", ct.c_uint64),
+        ("revision", ct.c_uint64),
+    ]
+
+
+class _GetFdByIdAttr(ct.Structure):
+    _fields_ = [("id", ct.c_uint32), ("next_id", ct.c_uint32), ("open_flags", ct.c_uint32)]
+
+
+def link_create(prog_fd: int, target: int, attach_type: int, flags: int = 0) -> int:
+    """A new link's fd: prog_fd attached at target (cgroup fd or ifindex) for attach_type."""
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target=target, attach_type=attach_type, flags=flags)
+    return bpf(_BPF_LINK_CREATE, attr)
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    """Puts new_prog_fd in the link's place in one step (the hook never runs without one)."""
+    bpf(_BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd))
+
+
+def link_detach(link_fd: int) -> None:
+    bpf(_BPF_LINK_DETACH, _LinkDetachAttr(link_fd=link_fd))
+
+
+def link_info(fd: int) -> LinkInfo:
+    info = LinkInfo()
+    bpf(
+        _BPF_OBJ_GET_INFO_BY_FD,
+        _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)),
+    )
+    return info
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = ProgInfo()
+    bpf(
+        _BPF_OBJ_GET_INFO_BY_FD,
+        _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)),
+    )
+    return info
+
+
+def prog_name_by_id(prog_id: int) -> str:
+    """The name of a loaded program (needs CAP_SYS_ADMIN, as the loader has)."""
+    fd = bpf(_BPF_PROG_GET_FD_BY_ID, _GetFdByIdAttr(id=prog_id))
+    try:
+        return prog_info(fd).name.decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def prog_query(target: int, attach_type: int) -> tuple[list[int], int]:
+    """The ids of the programs attached at target for attach_type, and the attach flags
+    (BPF_F_ALLOW_MULTI or not) of the hook."""
+    ids = (ct.c_uint32 * 64)()
+    attr = _QueryAttr(
+        target=target, attach_type=attach_type, prog_ids=ct.addressof(ids), prog_cnt=64
+    )
+    bpf(_BPF_PROG_QUERY, attr)
+    return list(ids[: attr.prog_cnt]), attr.attach_flags

@@ -110,7 +110,7 @@ def pod_net(xdp, dp_config):
             server.start()
             attach_sock(program, cgroup)
             yield ns, cgroup
-            detach_sock(cgroup)
+            detach_sock(cgroup, program.pin_root)
             stop.set()
             server.join(2)
     finally:

@@ -11,7 +11,7 @@ from controlplane.datapath.syscall import prog_test_run
 from tests.bpf.packets import CLIENT_MAC, NODE_MAC, checksums_valid, tcp, udp
 from tests.bpf.test_xdp_lb import CLIENT4, CLIENT6, NODE4, NODE6, STATE
 
-TC_ACT_OK = 0
+TC_NEXT = 0xFFFFFFFF  # TC_ACT_UNSPEC (-1) as the u32 retval: the next program sees it too
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_reply_of_local_backend_leaves_as_the_frontend(fds, request_pkt, l3, l4)
         / b"response"
     )
     out = prog_test_run(tc_fd, bytes(reply))
-    assert out.retval == TC_ACT_OK
+    assert out.retval == TC_NEXT
     got = Ether(out.data)
     assert (got[l3].src, got[l4].sport) == (request_pkt[l3].dst, request_pkt[l4].dport)
     assert (got[l3].dst, got[l4].dport) == (request_pkt[l3].src, request_pkt[l4].sport)
@@ -55,4 +55,4 @@ def test_other_egress_traffic_is_untouched(fds):
         Ether() / IP() / b"x",
     ):
         out = prog_test_run(tc_fd, bytes(pkt))
-        assert (out.retval, out.data) == (TC_ACT_OK, bytes(pkt))
+        assert (out.retval, out.data) == (TC_NEXT, bytes(pkt))

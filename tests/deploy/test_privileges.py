@@ -18,32 +18,20 @@ import pytest
 import yaml
 
 from tests.helpers import REPO
-from tests.netns.nodes import AgentProcess, Lan, node_topology
+from tests.netns.nodes import (
+    AgentProcess,
+    Lan,
+    manifest,
+    node_doc,
+    node_topology,
+    pod_doc,
+    service_doc,
+)
 
 NODE_IP, CLIENT_IP, POD_IP = "192.168.198.201", "192.168.198.100", "10.244.1.5"
-MANIFEST = f"""
-apiVersion: v1
-kind: Node
-metadata: {{name: node-1}}
-status: {{addresses: [{{type: InternalIP, address: {NODE_IP}}}]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.50
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080, nodePort: 30080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: web-1, labels: {{app: web}}}}
-spec:
-  nodeName: node-1
-  containers: [{{name: web, ports: [{{containerPort: 8080}}]}}]
-status: {{podIP: {POD_IP}}}
-"""
+MANIFEST = manifest(
+    node_doc("node-1", NODE_IP), service_doc("web", "10.96.0.50"), pod_doc("web-1", POD_IP)
+)
 
 
 def daemonset() -> dict:
@@ -87,7 +75,12 @@ def _prepare(node) -> None:
     """The init container's command line from the DaemonSet, run on the node as root (it is
     privileged); pin root and cgroup are this run's."""
     init = daemonset()["spec"]["template"]["spec"]["initContainers"][0]
-    env = {"XLB_PIN_ROOT": node.pin_root, "XLB_UPLINK": "auto", "NODE_IP": NODE_IP}
+    env = {
+        "XLB_PIN_ROOT": node.pin_root,
+        "XLB_UPLINK": "auto",
+        "XLB_DEVICES": "auto",
+        "NODE_IP": NODE_IP,
+    }
     args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in init["command"][1:]]
     out = node.xlb(*args, "--cgroup", node.cgroup, "--max-rings", "4")
     assert out.returncode == 0, out.stderr

@@ -227,3 +227,49 @@ class AgentProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# -- the manifests these nodes run ---------------------------------------------------------------
+
+
+def node_doc(name: str, *addresses: str, external: tuple[str, ...] = ()) -> str:
+    """A Node object with InternalIPs (and ExternalIPs)."""
+    listed = [f"{{type: InternalIP, address: {a}}}" for a in addresses]
+    listed += [f"{{type: ExternalIP, address: {a}}}" for a in external]
+    return f"""
+apiVersion: v1
+kind: Node
+metadata: {{name: {name}}}
+status: {{addresses: [{", ".join(listed)}]}}
+"""
+
+
+def pod_doc(name: str, ip: str, node: str = "node-1", app: str = "web", port: int = 8080) -> str:
+    """A Pod on node at ip, serving port (tests/netns/pod_server.py answers on it)."""
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: {app}, ports: [{{containerPort: {port}}}]}}]
+status: {{podIP: {ip}}}
+"""
+
+
+def service_doc(name: str, cluster_ip: str, type_: str = "NodePort", node_port: int = 30080) -> str:
+    """A Service of port 80 -> 8080 selecting app=web."""
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  type: {type_}
+  clusterIP: {cluster_ip}
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: {node_port}}}]
+"""
+
+
+def manifest(*docs: str) -> str:
+    return "---".join(docs)

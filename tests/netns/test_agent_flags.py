@@ -183,6 +183,13 @@ def _uplink(run: Run) -> None:
     _nodeport_reaches_the_pod(run)
 
 
+def _devices_auto(run: Run) -> None:
+    """auto with the node's address: up0 (which holds it), not the pod's veth."""
+    served = {a["device"] for a in run.status()["attachments"] if a["kind"] == "xdp"}
+    assert served == {"up0"}, served
+    _nodeport_reaches_the_pod(run)
+
+
 def _generic_xdp(run: Run) -> None:
     up0 = run.in_node("ip", "-d", "link", "show", "up0").stdout
     assert "xdpgeneric" in up0, up0
@@ -435,6 +442,7 @@ ROWS = [
     Row("--proxy-name", ("--proxy-name", "xlb"), _proxy_name),
     Row("--proxy-name (default)", (), _unlabelled_only),
     Row("--uplink", (), _uplink),
+    Row("--devices", ("--devices", "auto", "--node-ip", NODE_IP), _devices_auto),
     Row("--generic-xdp", ("--generic-xdp",), _generic_xdp),
     Row("--preloaded", ("--preloaded",), _preloaded, before=_prepare_node),
     Row("--cgroup", (), _cgroup),

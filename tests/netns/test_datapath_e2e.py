@@ -4,20 +4,16 @@ through XDP + tc (NodePort) and through the socket hooks (ClusterIP)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
+import dataclasses
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from controlplane.datapath.attach import cgroup2_root
-from tests.helpers import REPO
-from tests.kernel import netns, owned, reap, remove_pins, sh, unique
+from tests.netns.nodes import Lan, NodeTopology, node_topology
 
 NODE_IP, CLIENT_IP = "192.168.198.201", "192.168.198.100"
 PODS = {"web-1": "10.244.1.5", "web-2": "10.244.1.6"}
@@ -107,135 +103,29 @@ def test_established_flows_survive_an_upgrade_that_changed_a_map_layout(topo):
     assert int(got.split()[-1]) > 100  # hundreds of round trips, none lost
 
 
-class Topology:
-    def __init__(self, tmp, node, client, pods, pin_root, cgroup):
-        self.tmp, self.node, self.client, self.pods = tmp, node, client, pods
-        self.pin_root, self.cgroup = pin_root, cgroup
-
-    def xlb(self, *args: str) -> subprocess.CompletedProcess:
-        """The real CLI on the node: only the network namespace is entered, so the pins land
-        in the host's bpffs and outlive the command (ip netns exec would remount /sys)."""
-        return subprocess.run(
-            [
-                "nsenter",
-                f"--net=/run/netns/{self.node}",
-                sys.executable,
-                "-m",
-                "controlplane.cli",
-                *args,
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+class Topology(NodeTopology):
+    """The shared one-node topology, with `xlb datapath up` from this module's manifests."""
 
     def up(self, pods: list[str]) -> subprocess.CompletedProcess:
         path = self.tmp / "cluster.yaml"
         path.write_text(manifests(pods))
-        out = self.xlb(
-            "datapath",
-            "up",
-            "-f",
-            str(path),
-            "--node",
-            "node-1",
-            "--uplink",
-            "up0",
-            "--cgroup",
-            self.cgroup,
-            "--pin-root",
-            self.pin_root,
-            "--max-rings",
-            "4",
-        )
+        out = self.xlb("datapath", "up", "-f", str(path), "--node", "node-1", "--uplink", "up0",
+                       "--cgroup", self.cgroup, "--pin-root", self.pin_root,
+                       "--max-rings", "4")  # fmt: skip
         assert out.returncode == 0, out.stderr
         return out
-
-    def run_in(self, ns: str, *cmd: str, cgroup: bool = False, **kw):
-        def join():
-            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
-        return subprocess.run(
-            ["nsenter", f"--net=/run/netns/{ns}", *cmd],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            preexec_fn=join if cgroup else None,
-            **kw,
-        )
 
 
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    reap("/sys/fs/bpf", "xlb-test-")
-    reap(cgroup2_root(), "xlbt-")
-    pin_root = f"/sys/fs/bpf/{owned('xlb-test-')}"
-    cgroup = os.path.join(cgroup2_root(), owned("xlbt-"))
-    os.mkdir(cgroup)
-    servers = []
-    with contextlib.ExitStack() as stack:
-        node, client = stack.enter_context(netns()), stack.enter_context(netns())
-        pod_ns = {name: stack.enter_context(netns()) for name in PODS}
-        t = Topology(tmp, node, client, pod_ns, pin_root, cgroup)
-        try:
-            a, b = unique("xa"), unique("xb")
-            sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-            sh("ip", "link", "set", a, "netns", client, "name", "c0")
-            sh("ip", "link", "set", b, "netns", node, "name", "up0")
-            for ns, dev, addr in ((client, "c0", CLIENT_IP), (node, "up0", NODE_IP)):
-                sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-                sh("ip", "-n", ns, "link", "set", dev, "up")
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-            # frames from outside carry full checksums, as on a wire: a veth peer with TX
-            # offload would hand XDP a partial (pseudo-header) checksum it cannot know about
-            sh("ip", "netns", "exec", client, "ethtool", "-K", "c0", "tx", "off")
-            for i, (name, ip) in enumerate(PODS.items()):
-                ns, host_side = pod_ns[name], f"vpod{i}"
-                a, b = unique("xp"), unique("xq")
-                sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-                sh("ip", "link", "set", a, "netns", ns, "name", "eth0")
-                sh("ip", "link", "set", b, "netns", node, "name", host_side)
-                # a /32 and a link-scoped gateway: pod to pod goes through the node
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
-                sh("ip", "-n", ns, "link", "set", "eth0", "up")
-                sh("ip", "-n", ns, "link", "set", "lo", "up")
-                sh("ip", "-n", ns, "route", "add", "10.244.1.1", "dev", "eth0", "scope", "link")
-                sh("ip", "-n", ns, "route", "add", "default", "via", "10.244.1.1")
-                sh("ip", "-n", node, "addr", "add", "10.244.1.1/32", "dev", host_side)
-                sh("ip", "-n", node, "link", "set", host_side, "up")
-                sh("ip", "-n", node, "route", "add", f"{ip}/32", "dev", host_side)
-                log = open(tmp / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
-                servers.append(
-                    subprocess.Popen(
-                        [
-                            "nsenter",
-                            f"--net=/run/netns/{ns}",
-                            sys.executable,
-                            str(REPO / "tests" / "netns" / "pod_server.py"),
-                            name,
-                            ip,
-                        ],
-                        stdout=log,
-                        stderr=log,
-                    )
-                )
-            time.sleep(0.5)
-            t.up(["web-1"])
-            yield t
-        finally:
-            t.xlb("datapath", "down", "--uplink", "up0", "--cgroup", cgroup, "--pin-root", pin_root)
-            for s in servers:
-                s.kill()
-                s.wait()
-            remove_pins(pin_root)
-            with contextlib.suppress(OSError):
-                os.rmdir(cgroup)
+    with node_topology(tmp, [Lan(NODE_IP, CLIENT_IP)], PODS) as shared:
+        t = Topology(**{f.name: getattr(shared, f.name) for f in dataclasses.fields(shared)})
+        t.up(["web-1"])
+        yield t
 
 
-def curl(topo: Topology, ns: str, url: str, cgroup: bool = False) -> str:
+def curl(topo: NodeTopology, ns: str, url: str, cgroup: bool = False) -> str:
     out = topo.run_in(ns, "curl", "-sS", "--max-time", "3", url, cgroup=cgroup)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
