@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
@@ -151,15 +152,14 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 1 if (errors and args.strict) else 0
 
 
-def _node_state(args: argparse.Namespace):
-    """The cluster in the manifests, this node, and what it must program."""
+def _node_of(args: argparse.Namespace):
+    """The cluster in the manifests and this node."""
     cluster = load_cluster(args.filename, ClusterConfig(nodes=args.nodes))
     nodes = {n.name: n for n in cluster.nodes}
     name = args.node or (cluster.nodes[0].name if cluster.nodes else "")
     if name not in nodes:
         raise SystemExit(f"xlb: no node {name!r}; nodes: {', '.join(nodes) or 'none'}")
-    state = translate(cluster.services, cluster.slices, nodes[name])
-    return cluster, nodes[name], state
+    return cluster, nodes[name]
 
 
 def _datapath_config(args: argparse.Namespace):
@@ -175,26 +175,35 @@ def _datapath_config(args: argparse.Namespace):
 
 def cmd_datapath_up(args: argparse.Namespace) -> int:
     from .datapath.attach import cgroup2_root
+    from .datapath.devices import interfaces, local_addresses
     from .datapath.node import NodeDatapath, ensure_sysctls
     from .datapath.programs import BPF_DIR, expand
 
-    cluster, node, state = _node_state(args)
+    cluster, node = _node_of(args)
     cfg = _datapath_config(args)
     if args.ebpf:
         for source in ("xdp_lb.c", "tc_lb.c", "sock_lb.c"):
             print(f"// cflags: {' '.join(cfg.cflags())}")
             print(expand(BPF_DIR / source))
         return 0
-    for d in list(cluster.diagnostics) + list(state.diagnostics):
-        if d.level is not Level.INFO:
-            print(d, file=sys.stderr)
     addrs = args.node_ip or list(node.addresses)
     addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")
     addr6 = next((a for a in addrs if ":" in a), "::")
+    uplink, devices = resolve_devices(args.uplink, args.devices, list(addrs))
+    # NodePorts answer on the served devices' addresses too, as the agent's do
+    where = local_addresses(interfaces())
+    extra = tuple(a for a, dev in sorted(where.items()) if dev in devices and a not in addrs)
+    state = translate(
+        cluster.services,
+        cluster.slices,
+        dataclasses.replace(node, addresses=node.addresses + extra),
+    )
+    for d in list(cluster.diagnostics) + list(state.diagnostics):
+        if d.level is not Level.INFO:
+            print(d, file=sys.stderr)
     for line in ensure_sysctls(cfg.snat_ports):
         print(f"xlb: {line}")
     cgroup = args.cgroup or cgroup2_root()
-    uplink, devices = resolve_devices(args.uplink, args.devices, list(addrs))
     dp = NodeDatapath.load(cfg, uplink, cgroup, native=not args.generic_xdp, devices=devices)
     res = dp.apply(state, addr4, addr6)
     for w in res.warnings:
