@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .datapath.node import remote_addresses, warm_neighbours
 from .heap import collector_paused, release_memory
-from .l2.election import owners
+from .l2.election import ours_to_announce, owners
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
@@ -48,6 +48,7 @@ class AgentConfig:
     preloaded: bool = False  # `xlb prepare-node` compiled and attached; open the pins only
     neighbour_refresh: float = 30.0  # seconds between re-resolving next hops
     bind_address: str = "0.0.0.0"
+    metrics_bind_address: str = "127.0.0.1"  # kube-proxy's default: metrics stay on the node
     healthz_port: int = 10256  # -1: off
     metrics_port: int = 10249  # -1: off
     health_timeout: float = 60.0
@@ -175,6 +176,8 @@ class Agent:
         self.remote: set[str] = set()
         self.last_warm = 0.0
         self.retry = False
+        self.failures = 0  # syncs failed in a row: the next waits 0.1 s * 2^failures (<= 30 s)
+        self.next_try = 0.0
         self.state = DesiredState()
         self.translator = Translator()  # re-translates only the Services that changed
 
@@ -188,11 +191,16 @@ class Agent:
                 self.retry = True
         where = self._local_addresses()
         served = {a for a, dev in where.items() if dev in self.cfg.devices}
+        # every Node's addresses: never taken by a tenant's externalIP or ingress IP
+        translate_cfg = dataclasses.replace(
+            self.cfg.translate,
+            node_addresses=frozenset(a for n in cluster.nodes for a in n.addresses),
+        )
         with collector_paused():
             state, addresses = desired_state(
                 cluster,
                 self.cfg.node,
-                self.cfg.translate,
+                translate_cfg,
                 translator=self.translator,
                 local_addresses=sorted(served),
             )
@@ -312,8 +320,10 @@ class Agent:
             cluster.advertisements,
             cluster.pools,
             uplinks,
+            self.cfg.lb_class,
         )
-        nobody = {ip for s in cluster.services for ip in s.ingress_ips} - set(chosen)
+        mine = ours_to_announce(cluster.services, cluster.pools, self.cfg.lb_class)
+        nobody = mine - set(chosen)
         for ip in sorted(nobody - self.unannounced):
             log.warning(
                 "LoadBalancer IP %s: no live node may announce it (L2Advertisements, "
@@ -365,7 +375,11 @@ class Agent:
                     self.retry = True  # became (or stopped being) the allocator
                 if time.monotonic() - self.last_warm > self.cfg.neighbour_refresh:
                     self.warm()
-                if self.source.ready and (self.source.changed() or self.retry):
+                # a failed sync is retried with backoff; a new change is synced at once
+                # (it may be the fix)
+                backing_off = self.failures and time.monotonic() < self.next_try
+                changed = self.source.ready and self.source.changed()
+                if self.source.ready and (changed or (self.retry and not backing_off)):
                     self.health.queued()
                     wait = max(
                         self.cfg.min_interval - (time.monotonic() - self.last_sync),
@@ -376,8 +390,22 @@ class Agent:
                     try:
                         self.retry = False
                         self.sync_once()
-                    except Exception:  # one bad round must not stop the agent
-                        log.exception("sync failed; the datapath keeps its last state")
+                        if self.failures:
+                            log.info("sync succeeded after %d failures", self.failures)
+                        self.failures = 0
+                    except Exception as exc:  # one bad round must not stop the agent
+                        self.failures += 1
+                        self.metrics.sync_failures.inc()
+                        delay = min(0.1 * 2**self.failures, 30.0)
+                        self.next_try = time.monotonic() + delay
+                        log.error(
+                            "sync failed (%d in a row; next try in %.1f s); the datapath keeps "
+                            "its last state: %s",
+                            self.failures,
+                            delay,
+                            f"{type(exc).__name__}: {exc}",
+                            exc_info=self.failures == 1,  # the traceback once, not every try
+                        )
                         self.retry = True
                     if on_sync:
                         on_sync()
@@ -437,7 +465,12 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
     )
     agent.hc_ports = HealthCheckNodePorts(cfg.bind_address, lambda: agent.health.status()[0] == 200)
     endpoints = Endpoints(
-        agent.health, agent.metrics, cfg.bind_address, cfg.healthz_port, cfg.metrics_port
+        agent.health,
+        agent.metrics,
+        cfg.bind_address,
+        cfg.healthz_port,
+        cfg.metrics_port,
+        cfg.metrics_bind_address,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop.set())

@@ -139,6 +139,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     cfg = TranslateConfig(
         external_algorithm=Algorithm(args.external_algorithm),
         internal_algorithm=Algorithm(args.internal_algorithm),
+        node_addresses=frozenset(a for n in cluster.nodes for a in n.addresses),
     )
     state = translate(cluster.services, cluster.slices, nodes[node_name], cfg)
     state = DesiredState(
@@ -197,6 +198,7 @@ def cmd_datapath_up(args: argparse.Namespace) -> int:
         cluster.services,
         cluster.slices,
         dataclasses.replace(node, addresses=node.addresses + extra),
+        TranslateConfig(node_addresses=frozenset(a for n in cluster.nodes for a in n.addresses)),
     )
     for d in list(cluster.diagnostics) + list(state.diagnostics):
         if d.level is not Level.INFO:
@@ -275,6 +277,7 @@ def agent_config(args: argparse.Namespace, node: str):
         native_xdp=not args.generic_xdp,
         preloaded=args.preloaded,
         bind_address=args.bind_address,
+        metrics_bind_address=args.metrics_bind_address,
         healthz_port=args.healthz_port,
         metrics_port=args.metrics_port,
         health_timeout=args.health_timeout,
@@ -288,8 +291,25 @@ def agent_config(args: argparse.Namespace, node: str):
             internal_algorithm=Algorithm(args.internal_algorithm),
             proxy_name=args.proxy_name,
             nodeport_cidrs=_nodeport_addresses(args.nodeport_addresses or []),
+            external_ips=_external_ips(args.external_ips),
         ),
     )
+
+
+def _external_ips(value: str) -> tuple[str, ...]:
+    """--external-ips: allow, deny, or CIDRs (comma-separated) that externalIPs must be in."""
+    words = tuple(w.strip() for w in value.split(",") if w.strip())
+    if words in (("allow",), ("deny",)):
+        return words
+    for w in words:
+        try:
+            ipaddress.ip_network(w, strict=False)
+        except ValueError:
+            raise SystemExit(
+                f"xlb agent: --external-ips {value!r}: write allow, deny, or CIDRs "
+                "(e.g. 203.0.113.0/24,2001:db8::/64)"
+            ) from None
+    return words or ("allow",)
 
 
 def _nodeport_addresses(entries: list[str]) -> tuple[str, ...]:
@@ -749,7 +769,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--bind-address",
         default="0.0.0.0",
-        help="address for healthz, metrics and healthCheckNodePorts",
+        help="address for healthz and healthCheckNodePorts (default 0.0.0.0)",
+    )
+    agent.add_argument(
+        "--metrics-bind-address",
+        default="127.0.0.1",
+        help="address for metrics and proxyMode (default 127.0.0.1, as kube-proxy's: a pod "
+        "may not read them; 0.0.0.0 for a Prometheus outside the node)",
     )
     agent.add_argument("--healthz-port", type=int, default=10256, help="-1 turns it off")
     agent.add_argument("--metrics-port", type=int, default=10249, help="-1 turns it off")
@@ -771,6 +797,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR|primary[,...]",
         help="as kube-proxy's: NodePorts answer only on node addresses in these CIDRs, or on "
         "the node's primary address of each family (primary); default: every node address",
+    )
+    agent.add_argument(
+        "--external-ips",
+        default="allow",
+        metavar="allow|deny|CIDR[,CIDR]",
+        help="which Service externalIPs are served (any tenant may name any address, "
+        "CVE-2020-8554): allow (default, as kube-proxy), deny (as the API's "
+        "DenyServiceExternalIPs), or only those in these CIDRs; a Node's address never is",
     )
     agent.add_argument(
         "--external-algorithm",

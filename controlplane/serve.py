@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .model.state import HealthCheck
+
+log = logging.getLogger("xlb.serve")
 
 PROXY_MODE = "xlb"
 
@@ -85,6 +90,11 @@ class Metrics:
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",
             buckets=buckets,
+            registry=self.registry,
+        )
+        self.sync_failures = PromCounter(
+            "xlb_sync_failures",
+            "Syncs that failed (the datapath kept its last state; retried with backoff)",
             registry=self.registry,
         )
         self.last_sync = Gauge(
@@ -157,17 +167,36 @@ class _MapsCollector:
 
 
 class _Server:
-    """A small threaded HTTP server for one handler function."""
+    """A small threaded HTTP server for one handler function, that no caller can exhaust:
+    every connection has a deadline (an idle or slow one is closed after IDLE_TIMEOUT), at
+    most PER_SOURCE connections from one address and MAX_CONNECTIONS in all are served at
+    once (others are closed at once, counted in `refused`), the listen backlog is deep, and
+    a handler's failure answers 500 without its text (it is logged)."""
+
+    IDLE_TIMEOUT = 5.0
+    MAX_CONNECTIONS = 128
+    PER_SOURCE = 16
 
     def __init__(
         self, address: str, port: int, handle: Callable[[str], tuple[int, str, bytes]]
     ) -> None:
+        server = self
+        self.refused = 0
+        self.active: Counter = Counter()
+        self.lock = threading.Lock()
+
         class Handler(BaseHTTPRequestHandler):
+            timeout = _Server.IDLE_TIMEOUT  # socketserver sets it on the connection
+
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
-                code, ctype, body = handle(self.path.split("?")[0])
+                try:
+                    code, ctype, body = handle(self.path.split("?")[0])
+                except Exception:  # never the exception's text to an unauthenticated caller
+                    log.exception("serving %s failed", self.path)
+                    code, ctype, body = _json(500, {"error": "internal error; see the agent's log"})
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -175,8 +204,34 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.http = ThreadingHTTPServer((address, port), Handler)
-        self.http.daemon_threads = True
+        class Http(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # a flood of connects must not fill the SYN backlog
+
+            def process_request(self, request, client_address) -> None:
+                source = client_address[0]
+                with server.lock:
+                    busy = sum(server.active.values()) >= server.MAX_CONNECTIONS
+                    if busy or server.active[source] >= server.PER_SOURCE:
+                        server.refused += 1
+                        self.shutdown_request(request)
+                        return
+                    server.active[source] += 1
+                super().process_request(request, client_address)
+
+            def process_request_thread(self, request, client_address) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    with server.lock:
+                        server.active[client_address[0]] -= 1
+                        if server.active[client_address[0]] <= 0:
+                            del server.active[client_address[0]]
+
+            def handle_error(self, request, client_address) -> None:
+                pass  # a peer that went away or timed out: nothing to report
+
+        self.http = Http((address, port), Handler)
         self.port = self.http.server_address[1]
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
@@ -199,6 +254,7 @@ class Endpoints:
         address: str = "0.0.0.0",
         healthz_port: int = 10256,
         metrics_port: int = 10249,
+        metrics_address: str | None = None,  # default: address
     ) -> None:
         self.health, self.metrics = health, metrics
         self.servers: list[_Server] = []
@@ -206,7 +262,8 @@ class Endpoints:
             self.healthz = _Server(address, healthz_port, self._healthz)
             self.servers.append(self.healthz)
         if metrics_port >= 0:
-            self.metrics_server = _Server(address, metrics_port, self._metrics)
+            where = address if metrics_address is None else metrics_address
+            self.metrics_server = _Server(where, metrics_port, self._metrics)
             self.servers.append(self.metrics_server)
 
     def _healthz(self, path: str) -> tuple[int, str, bytes]:

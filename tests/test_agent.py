@@ -131,3 +131,44 @@ def test_bad_objects_are_logged_once_and_the_rest_is_programmed(agent):
     about = [x for x in lines.lines if "s207" in x]
     assert len(about) == 2  # the unknown field and the missing ports, once each
     assert all("Service default/s207" in x for x in about)
+
+
+class FailingDatapath(SyncerDatapath):
+    """The real maps behind a switch: while broken, every sync fails as a full map would."""
+
+    def __init__(self, syncer):
+        super().__init__(syncer)
+        self.broken = True
+        self.tries: list[float] = []
+
+    def apply(self, state, addr4, addr6):
+        self.tries.append(time.monotonic())
+        if self.broken:
+            from controlplane.datapath.sync import SyncError
+
+            raise SyncError("the services map is full")
+        return super().apply(state, addr4, addr6)
+
+
+def test_a_sync_that_keeps_failing_backs_off_and_recovers(tmp_path, syncer, caplog):
+    (tmp_path / "node.yaml").write_text(NODE + "---" + service(1))
+    datapath = FailingDatapath(syncer)
+    a = Agent(
+        AgentConfig("node-1", "eth0", "/", "/", poll_interval=0.02, min_interval=0.02),
+        ManifestSource([str(tmp_path)]),
+        datapath,
+    )
+    with caplog.at_level(logging.ERROR), running(a, join=2):
+        time.sleep(3.5)
+        tries = list(datapath.tries)
+        gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
+        print(f"{len(tries)} tries in 3.5 s, gaps {[round(g, 2) for g in gaps]}")
+        # 0.2, 0.4, 0.8, 1.6 s apart: a handful, not one every poll (175 at 0.02 s)
+        assert 3 <= len(tries) <= 7, tries
+        assert all(later >= earlier * 1.5 for earlier, later in zip(gaps, gaps[1:], strict=False))
+        assert a.metrics.sync_failures._value.get() == len(tries)
+        assert "SyncError: the services map is full" in caplog.text
+        assert caplog.text.count("Traceback") <= 1  # the traceback once, not every try
+        datapath.broken = False
+        wait_for(lambda: ("10.96.1.1", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends, 5)
+        assert a.failures == 0

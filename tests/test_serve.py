@@ -3,6 +3,7 @@ kube-proxy's users and tools expect."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import urllib.error
@@ -14,6 +15,7 @@ from controlplane.model.objects import EndpointSlice
 from controlplane.model.state import DesiredState, HealthCheck
 from controlplane.serve import Endpoints, Health, HealthCheckNodePorts, Metrics
 from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend, local
+from tests.helpers import eventually
 
 
 def fetch(url: str) -> tuple[int, str, str]:
@@ -132,3 +134,71 @@ def test_a_taken_health_check_port_is_one_clear_line():
         assert f"healthCheckNodePort {port} of Service default/web" in problem
         assert hc.sync([HealthCheck("default/web", port, 1)]) == []  # said once
         hc.close()
+
+
+def _flood(port: int, count: int, source: str) -> list[socket.socket]:
+    """count idle TCP connections to 127.0.0.1:port from source, as a hostile pod would."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind((source, 0))
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def test_ten_thousand_idle_connections_do_not_starve_others():
+    """A pod that opens 10,000 idle connections to :10256 and to a healthCheckNodePort holds
+    at most a handful of workers; everyone else is still answered at once, and its
+    connections are closed within the idle timeout."""
+    import resource
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 30000)), hard))
+    health = Health()
+    health.updated()
+    endpoints = Endpoints(health, Metrics(), "127.0.0.1", 0, -1)
+    hc_port = free_port()
+    hc = HealthCheckNodePorts("127.0.0.1")
+    hc.sync([HealthCheck("default/web", hc_port, 1)])
+    flood: list[socket.socket] = []
+    try:
+        for port in (endpoints.healthz.port, hc_port):
+            flood += _flood(port, 5000, "127.0.0.2")
+        time.sleep(1.0)
+        start = time.monotonic()
+        for _ in range(20):  # the kubelet's probes, from another address
+            assert fetch(f"http://127.0.0.1:{endpoints.healthz.port}/healthz")[0] == 200
+            assert fetch(f"http://127.0.0.1:{hc_port}/")[0] == 200
+        took = time.monotonic() - start
+        print(f"40 requests beside 10,000 idle connections: {took:.2f} s")
+        assert took < 10  # generous: each answered at once, not after an idle timeout
+
+        def refused() -> int:
+            return endpoints.healthz.refused + hc.servers[hc_port].refused
+
+        # all but PER_SOURCE a server were closed as soon as they were accepted
+        assert eventually(lambda: refused() > 9000, 20), refused()
+        print(f"{refused()} of the 10,000 closed at once")
+    finally:
+        for s in flood:
+            s.close()
+        endpoints.close()
+        hc.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_failing_handler_answers_500_without_its_text():
+    class Broken(Health):
+        def status(self):
+            raise RuntimeError("secret path /etc/xlb/gossip/key")
+
+    endpoints = Endpoints(Broken(), Metrics(), "127.0.0.1", 0, -1)
+    try:
+        code, _, body = fetch(f"http://127.0.0.1:{endpoints.healthz.port}/healthz")
+        assert code == 500 and "secret" not in body and "internal error" in body
+    finally:
+        endpoints.close()

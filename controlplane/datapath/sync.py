@@ -339,7 +339,12 @@ class Syncer:
                 if old is None and free_ids is None:
                     used_ids = {v.id for v in self.frontends.values()}
                     free_ids = iter(i for i in range(self.cfg.max_services) if i not in used_ids)
-                svc_id = old.id if old is not None else next(free_ids)
+                svc_id = old.id if old is not None else next(free_ids, None)
+                if svc_id is None:  # a typed error, not a bare StopIteration
+                    raise SyncError(
+                        f"more than {self.cfg.max_services} frontends: the services map is "
+                        "full; raise max_services (the datapath keeps its last state)"
+                    )
                 self._sync_ranges(svc_id, set(fe.source_ranges), res)
                 value = SvcValue(
                     id=svc_id,

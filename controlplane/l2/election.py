@@ -13,13 +13,26 @@ import hashlib
 from collections.abc import Iterable
 
 from ..model.objects import EndpointSlice, Node, Service, ServiceType, TrafficPolicy
-from .ipam import Advertisement, Pool, pool_of
+from .ipam import Advertisement, Pool, ours, pool_of
 
 
 def owner(ip: str, candidates: Iterable[str]) -> str | None:
     return min(
         candidates, key=lambda n: hashlib.sha256(f"{n}#{ip}".encode()).digest(), default=None
     )
+
+
+def ours_to_announce(
+    services: Iterable[Service], pools: list[Pool] | None, lb_class: str = ""
+) -> set[str]:
+    """The LoadBalancer IPs xlb may answer for on the LAN (see owners)."""
+    return {
+        ip
+        for svc in services
+        if svc.type is ServiceType.LOAD_BALANCER and ours(svc, lb_class)
+        for ip in svc.ingress_ips
+        if pools is None or pool_of(ip, pools) is not None
+    }
 
 
 def owners(
@@ -30,8 +43,14 @@ def owners(
     advertisements: list[Advertisement] | None = None,
     pools: list[Pool] | None = None,
     uplinks: dict[str, str] | None = None,
+    lb_class: str = "",
 ) -> dict[str, str]:
-    """Every LoadBalancer IP -> the node that announces it (IPs with no candidate: absent).
+    """Every LoadBalancer IP of xlb's -> the node that announces it (IPs with no candidate:
+    absent). xlb's are the addresses in its pools of the Services of its classes (none, or
+    --lb-class): anyone who can write a Service's status could otherwise make the nodes
+    answer ARP for any address on the LAN, the gateway's included. (pools None: the caller
+    has no pools to judge by, and every ingress IP counts.) Others' are still balanced when
+    they reach the node, as kube-proxy does, but never answered for.
 
     With no L2Advertisement at all, every node announces every pool (xlb's default); once
     one exists, MetalLB's rule holds: an address is announced only if an advertisement covers
@@ -56,10 +75,14 @@ def owners(
 
     everyone = {n.name for n in nodes}
     out: dict[str, str] = {}
+    services = list(services)
+    announceable = ours_to_announce(services, pools, lb_class)
     for svc in services:
         if svc.type is not ServiceType.LOAD_BALANCER:
             continue
         for ip in svc.ingress_ips:
+            if ip not in announceable:
+                continue
             if advertisements is None:
                 candidates = everyone
             else:

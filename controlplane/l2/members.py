@@ -95,6 +95,8 @@ class Members:
         self.acks: dict[int, threading.Event] = {}
         self.gossip: list[dict] = []  # recent state changes, piggybacked on every message
         self.refused: Counter = Counter()
+        self.probes = 0  # rounds run
+        self.probe_errors = 0  # rounds that raised (logged; probing goes on)
         self.stopping = threading.Event()
         self.sock = socket.socket(
             socket.AF_INET6 if ":" in cfg.address else socket.AF_INET, socket.SOCK_DGRAM
@@ -258,7 +260,8 @@ class Members:
     def _probe(self, target: Member, deadline: float) -> bool:
         if self._ping(target.address, self.cfg.probe_timeout):
             return True
-        helpers = [m for m in self.members.values() if m is not target and m.state == "alive"]
+        with self.lock:  # each sync changes the table (set_peers): never iterate it bare
+            helpers = [m for m in self.members.values() if m is not target and m.state == "alive"]
         if not helpers:
             return False  # nobody to ask: the direct probe was the only one
         seq = self._next_seq()
@@ -270,25 +273,37 @@ class Members:
         return ok
 
     def _probe_loop(self) -> None:
+        """Until stopped, whatever one round meets: a prober that died would leave every
+        member alive for good, and failover would silently stop."""
         order: list[str] = []
         while not self.stopping.is_set():
-            start = time.monotonic()
-            deadline = start + self.cfg.probe_interval
-            if not order:
+            try:
+                order = self._probe_round(order)
+            except Exception:  # noqa: BLE001 (logged; the next round goes on)
+                log.exception("gossip probe round failed; probing goes on")
+                self.probe_errors += 1
+                self.stopping.wait(self.cfg.probe_interval)
+
+    def _probe_round(self, order: list[str]) -> list[str]:
+        start = time.monotonic()
+        deadline = start + self.cfg.probe_interval
+        if not order:
+            with self.lock:
                 order = sorted(self.members)
-                random.shuffle(order)
+            random.shuffle(order)
+        with self.lock:
             target = self.members.get(order.pop()) if order else None
-            if target is not None and not self._probe(target, deadline):
-                with self.lock:
-                    if target.state == "alive":
-                        target.state, target.since = "suspect", time.monotonic()
-                        self.gossip.append(
-                            {"n": target.name, "s": "suspect", "i": target.incarnation}
-                        )
-            self._expire_suspects()  # after every probe: a failed one uses the whole interval
-            while not self.stopping.is_set() and time.monotonic() < deadline:
-                self.stopping.wait(min(0.02, max(0.0, deadline - time.monotonic())))
-                self._expire_suspects()  # often: a suspicion ends on time, not at a tick
+        self.probes += 1
+        if target is not None and not self._probe(target, deadline):
+            with self.lock:
+                if target.state == "alive":
+                    target.state, target.since = "suspect", time.monotonic()
+                    self.gossip.append({"n": target.name, "s": "suspect", "i": target.incarnation})
+        self._expire_suspects()  # after every probe: a failed one uses the whole interval
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            self.stopping.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+            self._expire_suspects()  # often: a suspicion ends on time, not at a tick
+        return order
 
     def _expire_suspects(self) -> None:
         now = time.monotonic()

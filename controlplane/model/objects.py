@@ -95,6 +95,10 @@ class Service:
     external_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    # metadata.creationTimestamp (RFC 3339, UTC: sorts as text) and uid: who is older when
+    # two Services claim one frontend
+    created: str = ""
+    uid: str = ""
     key: str = field(init=False, repr=False, compare=False, default="")  # namespace/name
 
     @property

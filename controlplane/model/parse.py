@@ -43,6 +43,24 @@ def family_of(address: str) -> Family:
     return Family.IPv6 if ipaddress.ip_address(address).version == 6 else Family.IPv4
 
 
+def special_address(ip: str) -> str | None:
+    """Why the API server refuses ip as an externalIP or an endpoint (its ValidateNonSpecialIP
+    rule), or None: a special address would hijack the node's own traffic."""
+    a = ipaddress.ip_address(ip)
+    if a.is_unspecified:
+        return "may not be unspecified (0.0.0.0, ::)"
+    if a.is_loopback:
+        return "may not be in the loopback range (127.0.0.0/8, ::1/128)"
+    if a.is_link_local:
+        return "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+    # as Go's IP.IsLinkLocalMulticast, which the API server calls: 224.0.0.0/24, ffX2::/16
+    if (a.version == 4 and a in ipaddress.ip_network("224.0.0.0/24")) or (
+        a.version == 6 and a.packed[0] == 0xFF and a.packed[1] & 0x0F == 0x02
+    ):
+        return "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"
+    return None
+
+
 def _ip(value: Any) -> str | None:
     """Canonical text of an IP address, or None. Leading zeros are rejected as the API does."""
     if not isinstance(value, str):
@@ -120,6 +138,8 @@ def parse_service(
         ip = _ip(raw)
         if ip is None:
             diag.error(f"spec.externalIPs[{i}]", f"{raw!r} is not a valid IP address")
+        elif strict and special_address(ip):
+            diag.error(f"spec.externalIPs[{i}]", f"{ip} {special_address(ip)}")
         else:
             external_ips.append(ip)
 
@@ -184,6 +204,8 @@ def parse_service(
         traffic_distribution=str(spec.get("trafficDistribution") or ""),
         labels=labels,
         annotations=annotations,
+        created=str(meta.get("creationTimestamp") or ""),
+        uid=str(meta.get("uid") or ""),
     ), diag.items
 
 
@@ -486,6 +508,9 @@ def parse_endpoint_slice(
                     f"{raw!r} ignored: not an {address_type} address",
                 )
                 continue
+            if strict and address_type != "FQDN" and special_address(ip):
+                diag.error(f"endpoints[{i}].addresses[{j}]", f"{ip} {special_address(ip)}")
+                continue
             addresses.append(ip)
         if not addresses:
             continue
@@ -555,6 +580,9 @@ def parse_endpoints(
                         f"subsets[{s}].{key}[{i}].ip",
                         f"{addr!r} ignored: needs `ip:` with an IP address",
                     )
+                    continue
+                if strict and special_address(ip):
+                    diag.error(f"subsets[{s}].{key}[{i}].ip", f"{ip} {special_address(ip)}")
                     continue
                 by_family[family_of(ip)].append(
                     Endpoint(

@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .diagnostics import Collector, Diagnostic
@@ -56,6 +56,11 @@ class TranslateConfig:
     # each family); empty: every address of the node
     nodeport_cidrs: tuple[str, ...] = ()
     supported_protocols: frozenset[Protocol] = frozenset({Protocol.TCP, Protocol.UDP})
+    # --external-ips: ("allow",), ("deny",) (the API's DenyServiceExternalIPs), or CIDRs that
+    # externalIPs must fall in (CVE-2020-8554: any tenant may name any address)
+    external_ips: tuple[str, ...] = ("allow",)
+    # every Node's addresses, cluster-wide: never taken by an externalIP or an ingress IP
+    node_addresses: frozenset[str] = frozenset()
 
 
 NODEPORT_PRIMARY = "primary"
@@ -133,16 +138,35 @@ def _external_addresses(
             for a in nodeport_addresses(node, cfg.nodeport_cidrs)
             if family_of(a) == family
         ]
-    for ip in service.external_ips:
+    for ip in admitted_external_ips(service, cfg)[0]:
         if family_of(ip) == family:
             out.append((FrontendKind.EXTERNAL_IP, ip))
     if service.type is ServiceType.LOAD_BALANCER:
         out += [
             (FrontendKind.LOAD_BALANCER, ip)
             for ip in service.ingress_ips
-            if family_of(ip) == family
+            if family_of(ip) == family and ip not in cfg.node_addresses
         ]
     return out
+
+
+def admitted_external_ips(service: Service, cfg: TranslateConfig) -> tuple[list[str], list[str]]:
+    """(the externalIPs served, the reasons the others are not): --external-ips decides,
+    and a Node's address is never one (it would take the node's own ports from every pod)."""
+    policy = cfg.external_ips
+    nets = [ipaddress.ip_network(c, strict=False) for c in policy if c not in ("allow", "deny")]
+    served, refused = [], []
+    for ip in service.external_ips:
+        if ip in cfg.node_addresses:
+            refused.append(f"{ip} is a Node's address; an externalIP may not take it")
+        elif "deny" in policy:
+            refused.append(f"{ip}: externalIPs are denied on this cluster (--external-ips deny)")
+        elif nets and not any(ipaddress.ip_address(ip) in n for n in nets):
+            allowed = ",".join(policy)
+            refused.append(f"{ip} is outside the allowed externalIPs ({allowed})")
+        else:
+            served.append(ip)
+    return served, refused
 
 
 def _translate_service(
@@ -246,6 +270,8 @@ class _Result:
     per_service: dict[str, tuple[tuple[Frontend, ...], HealthCheck | None, tuple[Diagnostic, ...]]]
     owner: dict[FrontendKey, str]
     conflicts: bool
+    # (address, port, protocol) -> Service, whatever the scope: what conflicts are judged by
+    endpoint_owner: dict[tuple[str, int, Protocol], str] = field(default_factory=dict)
 
     def state(self, order: list[str], **hints: Any) -> DesiredState:
         rows = [self.per_service[k] for k in order]
@@ -269,8 +295,25 @@ def _contribution(
     if not service.cluster_ips:
         diag.warning("spec.clusterIP", "no ClusterIP allocated yet; not proxied until it has one")
         return [], None, diag.items
+    for reason in admitted_external_ips(service, cfg)[1]:
+        diag.error("spec.externalIPs", f"not served: {reason}")
+    for ip in service.ingress_ips:
+        if ip in cfg.node_addresses:
+            diag.error(
+                "status.loadBalancer.ingress",
+                f"not served: {ip} is a Node's address; a LoadBalancer IP may not take it",
+            )
     fes, hc = _translate_service(service, mine, node, cfg, diag)
     return fes, hc, diag.items
+
+
+# Who keeps a frontend two Services claim: an allocated ClusterIP first, then a NodePort (a
+# node's own address), then the oldest object (creationTimestamp, then uid, then name).
+_KIND_RANK = {FrontendKind.CLUSTER_IP: 0, FrontendKind.NODE_PORT: 1}
+
+
+def _claim(fe: Frontend, service: Service) -> tuple:
+    return (_KIND_RANK.get(fe.kind, 2), service.created or "~", service.uid, service.key)
 
 
 def _settle(
@@ -278,33 +321,44 @@ def _settle(
     by_service: dict[str, list[EndpointSlice]],
     one: Callable[[Service, list[EndpointSlice]], _Translated],
 ) -> tuple[_Result, list[str]]:
-    """Every Service's contribution, in name order; a frontend key two Services claim goes
-    to the first, the second gets an error."""
+    """Every Service's contribution, in name order. A frontend key two Services claim goes
+    to the stronger claim (_claim: a tenant's externalIP never takes another's ClusterIP,
+    a node's address or an older Service's frontend); the other gets an error naming it."""
     result = _Result({}, {}, False)
-    order = []
-    for service in sorted(services, key=lambda s: s.key):
-        mine, hc, items = one(service, by_service.get(service.key, []))
+    order = sorted(services, key=lambda s: s.key)
+    contributions = [(s, one(s, by_service.get(s.key, []))) for s in order]
+    # by address, port and protocol, whatever the scope: a ClusterIP's address is its
+    # Service's from outside too (an externalIP on it would catch what XDP sees)
+    best: dict[tuple[str, int, Protocol], tuple] = {}
+    for service, (mine, _, _) in contributions:
+        for fe in mine:
+            claim = _claim(fe, service)
+            if fe.key[:3] not in best or claim < best[fe.key[:3]]:
+                best[fe.key[:3]] = claim
+    for service, (mine, hc, items) in contributions:
         diag = Collector("Service", service.namespace, service.name)
         diag.items.extend(items)
         admitted = []
         reported: set[tuple[str, int, Protocol]] = set()
         for fe in mine:
-            other = result.owner.get(fe.key)
-            if other is not None:
-                if other != service.key and fe.key[:3] not in reported:
+            winner = best[fe.key[:3]][3]
+            if winner != service.key:
+                if fe.key[:3] not in reported:
                     reported.add(fe.key[:3])
                     result.conflicts = True
                     diag.error(
                         "",
                         f"{fe.protocol} {fe.endpoint} is already served by Service "
-                        f"{other}; skipped here: give one of them another address or port",
+                        f"{winner}; skipped here: give one of them another address or port",
                     )
+                continue
+            if fe.key in result.owner:
                 continue  # the same address twice in one Service (e.g. node IP as externalIP)
             result.owner[fe.key] = service.key
+            result.endpoint_owner[fe.key[:3]] = service.key
             admitted.append(fe)
         result.per_service[service.key] = (tuple(admitted), hc, tuple(diag.items))
-        order.append(service.key)
-    return result, order
+    return result, [s.key for s in order]
 
 
 def _by_service(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:
@@ -419,18 +473,21 @@ class Translator:
         keys = {s.key for s in changed} | set(gone)
         new: dict[str, tuple[list[Frontend], HealthCheck | None, list[Diagnostic]]] = {}
         claimed: dict[FrontendKey, str] = {}
+        claimed_endpoints: dict[tuple[str, int, Protocol], str] = {}
         for s in changed:
             out = _contribution(s, by_service.get(s.key, []), node, cfg)
             admitted = []
             for fe in out[0]:
-                other = claimed.get(fe.key) or last.owner.get(fe.key)
+                k3 = fe.key[:3]
+                other = claimed_endpoints.get(k3) or last.endpoint_owner.get(k3)
                 if other is not None and other not in keys:
-                    return None  # another Service has it: the full path reports that
-                if other is not None and other != s.key and claimed.get(fe.key):
+                    return None  # another Service has it: the full path settles that
+                if other is not None and other != s.key:
                     return None  # two changed Services want it
                 if claimed.get(fe.key) == s.key:
                     continue  # twice in one Service
                 claimed[fe.key] = s.key
+                claimed_endpoints[k3] = s.key
                 admitted.append(fe)
             new[s.key] = (admitted, out[1], out[2])
             self.cache[s.key] = (s, tuple(by_service.get(s.key, [])), node, cfg, out)
@@ -440,6 +497,8 @@ class Translator:
                 for fe in old[0]:
                     if last.owner.get(fe.key) == key:
                         del last.owner[fe.key]
+                    if last.endpoint_owner.get(fe.key[:3]) == key:
+                        del last.endpoint_owner[fe.key[:3]]
             if key in new:
                 fes, hc, items = new[key]
                 last.per_service[key] = (tuple(fes), hc, tuple(items))
@@ -449,6 +508,7 @@ class Translator:
                 self.cache.pop(key, None)
                 self.order.remove(key)
         last.owner.update(claimed)
+        last.endpoint_owner.update(claimed_endpoints)
         return keys
 
 

@@ -83,3 +83,30 @@ def test_advertisements_choose_pools_nodes_and_interfaces():
     ]
     got = owners([lan], [], NODES, LIVE - {"node-3", "node-4"}, two, POOLS, uplinks)
     assert got == {"192.168.198.240": owner("192.168.198.240", {"node-1", "node-2"})}
+
+
+HOSTILE = [
+    # (description, the Service, announced by some node)
+    ("ours: in a pool, no class", lb("ours", "192.168.198.241"), True),
+    ("the LAN's gateway, written into a status", lb("gw", "192.168.198.1"), False),
+    ("an address outside every pool", lb("far", "10.1.2.3"), False),
+    (
+        "another controller's class, in our pool's range",
+        lb("theirs", "192.168.198.242", loadBalancerClass="example.com/other"),
+        False,
+    ),
+    (
+        "a class xlb serves (--lb-class)",
+        lb("served", "192.168.198.243", loadBalancerClass="example.com/lab"),
+        True,
+    ),
+]
+
+
+def test_the_lan_hears_answers_only_for_xlbs_addresses():
+    """Anyone who can write a Service's status could make the nodes answer ARP for any
+    address (the gateway's): only addresses of xlb's pools, of the classes it serves, are."""
+    services = [svc for _, svc, _ in HOSTILE]
+    got = owners(services, [], NODES, LIVE, None, POOLS, lb_class="example.com/lab")
+    for description, svc, announced in HOSTILE:
+        assert (svc.ingress_ips[0] in got) is announced, description

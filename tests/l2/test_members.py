@@ -113,3 +113,51 @@ def test_a_lone_peer_that_dies_is_declared_dead():
         assert eventually(lambda: a.alive() == {"a"}) - t0 <= 1.0
     finally:
         a.stop()
+
+
+def test_the_prober_survives_a_member_table_that_every_sync_changes():
+    """Each sync hands the members over again (set_peers); the prober iterated the table
+    without the lock, died of `dictionary changed size during iteration`, and no member was
+    ever declared dead again. Churn the table hard while probing unreachable peers."""
+    import threading
+
+    (port,) = free_ports(1)
+    me = Members(MembersConfig("node-1", "127.0.0.1", port, KEY, probe_interval=0.01,
+                               probe_timeout=0.002, suspect_timeout=0.05))  # fmt: skip
+    dead_ports = free_ports(400)  # nothing listens: every probe fails, indirect ones too
+    peers = [{f"n{i}": ("127.0.0.1", p) for i, p in enumerate(dead_ports) if i % 2 == k}
+             for k in (0, 1)]  # fmt: skip
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            for table in peers:
+                me.set_peers({**table, "node-1": ("127.0.0.1", port)})
+
+    import sys
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave at every few bytecodes: races show
+    me.start()
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        time.sleep(2.0)
+        rounds = me.probes
+        time.sleep(0.5)
+        assert me.threads[1].is_alive(), "the prober died"
+        assert me.probes > rounds, "the prober stopped probing"
+        assert me.probe_errors == 0, me.probe_errors
+    finally:
+        stop.set()
+        churner.join(2)
+        sys.setswitchinterval(switch)
+        me.stop()
+    # and, the table still, unreachable members are found dead (the prober works)
+    few = dict(list(peers[0].items())[:3])
+    me2 = Members(MembersConfig("node-1", "127.0.0.1", free_ports(1)[0], KEY, peers=few))
+    me2.start()
+    try:
+        eventually(lambda: me2.alive() == {"node-1"}, timeout=10)
+    finally:
+        me2.stop()

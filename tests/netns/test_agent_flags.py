@@ -25,6 +25,7 @@ from tests.netns.nodes import AgentProcess, Lan, NodeTopology, node_topology
 
 NODE_IP, CLIENT_IP, EXTERNAL_IP = "192.168.198.201", "192.168.198.100", "203.0.113.201"
 POD_IP = "10.244.1.5"
+EXT_IP = "198.51.100.7"
 
 MANIFEST = f"""
 apiVersion: v1
@@ -67,6 +68,15 @@ spec:
   clusterIP: 10.96.0.70
   selector: {{app: web}}
   ports: [{{port: 80, targetPort: 8080, nodePort: 30070}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ext}}
+spec:
+  clusterIP: 10.96.0.80
+  externalIPs: [{EXT_IP}]
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
 ---
 apiVersion: v1
 kind: Pod
@@ -233,6 +243,17 @@ def _bind_address(run: Run) -> None:
     assert run.http_code(f"http://{NODE_IP}:10256/healthz") == "000"  # nothing listens there
 
 
+def _metrics_local_only(run: Run) -> None:
+    """kube-proxy's default: metrics answer on the node's loopback, not its address."""
+    assert run.syncs() >= 1
+    assert run.http_code(f"http://{NODE_IP}:10249/metrics") == "000"
+    assert run.http_code(f"http://{NODE_IP}:10256/healthz") == "200"  # probes from outside
+
+
+def _metrics_everywhere(run: Run) -> None:
+    assert run.http_code(f"http://{NODE_IP}:10249/metrics") == "200"
+
+
 def _healthz_port(run: Run) -> None:
     assert run.http_code("http://127.0.0.1:20256/healthz") == "200"
     assert run.http_code("http://127.0.0.1:10256/healthz") == "000"
@@ -319,6 +340,15 @@ def _peer(run: Run) -> None:
     )  # fmt: skip
     assert listen.returncode == 0, listen.stderr
     assert listen.stdout.split()[0] == NODE_IP, listen.stdout
+
+
+def _external_ips(served: bool) -> Callable[[Run], None]:
+    def check(run: Run) -> None:
+        assert ((EXT_IP, 80, "external") in run.frontends()) is served, run.frontends()
+        if not served:
+            assert eventually(lambda: f"not served: {EXT_IP}" in run.agent.text(), 5)
+
+    return check
 
 
 def _pool(run: Run) -> None:
@@ -465,6 +495,8 @@ ROWS = [
         _healthz_off,
         ready="http://127.0.0.1:10249/metrics",
     ),  # fmt: skip
+    Row("--metrics-bind-address (default)", (), _metrics_local_only),
+    Row("--metrics-bind-address", ("--metrics-bind-address", "0.0.0.0"), _metrics_everywhere),
     Row("--metrics-port", ("--metrics-port", "20249"), _metrics_port),
     Row("--metrics-port -1", ("--metrics-port", "-1"), _metrics_off),
     Row(
@@ -478,6 +510,12 @@ ROWS = [
         ready="http://127.0.0.1:10256/healthz",
     ),  # fmt: skip
     Row("--poll-interval/--min-sync-interval (defaults)", (), _not_coalesced),
+    Row("--external-ips (default allow)", (), _external_ips(True)),
+    Row("--external-ips deny", ("--external-ips", "deny"), _external_ips(False)),
+    Row("--external-ips CIDR", ("--external-ips", "198.51.100.0/24"), _external_ips(True)),
+    Row(
+        "--external-ips CIDR (outside)", ("--external-ips", "203.0.113.0/24"), _external_ips(False)
+    ),  # fmt: skip
     Row("--pool", ("--pool", POOL), _pool),
     Row(
         "--gossip-key-file",
