@@ -9,7 +9,11 @@ second by whoever probes it, and by the others through gossip piggybacked on eve
 
 Each datagram is msgpack, signed with HMAC-SHA256 under the cluster's shared key and stamped
 with the sender's clock: a datagram that is too big, not msgpack, wrongly signed or more than
-`max_skew` seconds old is dropped and counted, and nothing else happens.
+`max_skew` seconds old is dropped and counted, and nothing else happens. Every datagram also
+carries its sender's boot id and a counter that only grows: one that repeats or goes back
+(a captured datagram replayed, a dead node's old words) is dropped, as is one whose claimed
+sender is not a member, or does not come from that member's address (another key holder
+speaking for it); a restarted sender (new boot id) is believed when its clock moved on.
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class Members:
         self.acks: dict[int, threading.Event] = {}
         self.gossip: list[dict] = []  # recent state changes, piggybacked on every message
         self.refused: Counter = Counter()
+        self.boot = random.getrandbits(63)  # this run's id: the counter starts again with it
+        self.sent = 0  # the counter on every datagram sent
+        self.heard: dict[str, tuple[int, int, float]] = {}  # sender -> (boot, counter, ts)
         self.probes = 0  # rounds run
         self.probe_errors = 0  # rounds that raised (logged; probing goes on)
         self.stopping = threading.Event()
@@ -150,7 +157,9 @@ class Members:
 
     def _send(self, address: tuple[str, int], message: dict) -> None:
         with self.lock:
+            self.sent += 1
             message = {**message, "from": self.cfg.name, "g": self.gossip[-8:]}
+            message["b"], message["c"] = self.boot, self.sent
             if self.cfg.meta:
                 message["m"] = self.cfg.meta
         with contextlib.suppress(OSError):  # an unreachable peer is what probing finds out
@@ -167,9 +176,32 @@ class Members:
                 self.refused[why] += 1
                 continue
             try:
+                why = self._fresh_from_its_sender(msg, sender)
+                if why:
+                    self.refused[why] += 1
+                    continue
                 self._handle(msg, sender)
             except (KeyError, TypeError, ValueError):
                 self.refused["malformed"] += 1
+
+    def _fresh_from_its_sender(self, msg: dict, sender: tuple) -> str:
+        """Why a signed datagram is still refused ("" if it is not): its sender must be a
+        member, at that member's address, and say something it has not said before."""
+        origin = str(msg["from"])
+        boot, counter, ts = int(msg["b"]), int(msg["c"]), float(msg["ts"])
+        with self.lock:
+            member = self.members.get(origin)
+            if member is None:
+                return "unknown_sender"
+            if tuple(member.address[:2]) != tuple(sender[:2]):
+                return "wrong_source"
+            last = self.heard.get(origin)
+            if last is not None:
+                same_run = boot == last[0]
+                if (same_run and counter <= last[1]) or (not same_run and ts <= last[2]):
+                    return "replayed"
+            self.heard[origin] = (boot, counter, ts)
+        return ""
 
     def _handle(self, msg: dict, sender: tuple) -> None:
         for change in msg.get("g") or []:

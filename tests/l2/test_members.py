@@ -161,3 +161,49 @@ def test_the_prober_survives_a_member_table_that_every_sync_changes():
         eventually(lambda: me2.alive() == {"node-1"}, timeout=10)
     finally:
         me2.stop()
+
+
+def test_a_replayed_or_forged_datagram_changes_nothing(trio):
+    """A captured datagram replayed (within the clock's window), a dead member's old words
+    replayed after its death, and a key holder speaking for another member from its own
+    address: each is refused and counted, and the member table stays as it was."""
+    agents, peers = trio
+    eventually(lambda: all(a.alive() == set(peers) for a in agents.values()))
+    one, two, three = agents["node-1"], agents["node-2"], agents["node-3"]
+    captured: list[tuple[bytes, tuple]] = []
+
+    class Tap:  # what a listener on the LAN would have seen of node-3
+        def __init__(self, sock):
+            self.sock = sock
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+        def sendto(self, data, address):
+            if tuple(address[:2]) == peers["node-1"]:
+                captured.append((data, address))
+            return self.sock.sendto(data, address)
+
+    three.sock = Tap(three.sock)
+    eventually(lambda: len(captured) >= 3)
+    three.stop()  # node-3 dies ...
+    eventually(lambda: "node-3" not in one.alive(), timeout=5)
+    before = dict(one.refused)
+    # ... and its words are replayed from its address (the port it spoke from is free now)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(peers["node-3"])
+        for data, address in captured:
+            s.sendto(data, address)
+    eventually(lambda: one.refused["replayed"] - before.get("replayed", 0) >= len(captured))
+    time.sleep(0.3)
+    assert "node-3" not in one.alive()  # the dead stay dead
+
+    # node-2 holds the key too: it speaks for node-1's neighbour node-3 from its own address
+    lie = {"t": "ping", "from": "node-3", "seq": 7, "b": 1, "c": 10**9,
+           "g": [{"n": "node-3", "s": "alive", "i": 10**6}]}  # fmt: skip
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(seal(KEY, lie), peers["node-1"])
+    eventually(lambda: one.refused["wrong_source"] >= 1)
+    time.sleep(0.3)
+    assert "node-3" not in one.alive()
+    assert two.alive() >= {"node-1", "node-2"}
