@@ -168,6 +168,7 @@ class Agent:
         self.members, self.announcer, self.allocator = members, announcer, allocator
         self.leading = False
         self.unannounced: set[str] = set()
+        self.skew_reported: set[str] = set()
         self.live: set[str] = set()
         self.reported: set[Diagnostic] = set()
         self.stop = threading.Event()
@@ -310,7 +311,16 @@ class Agent:
                 if n.addresses and ":" not in n.addresses[0]
             }
         )
-        before, self.live = self.live, self.members.alive()
+        skewed = self.members.skewed()
+        if skewed - self.skew_reported:
+            log.warning(
+                "clock skew with %s: their signed datagrams are more than %.0f s off this "
+                "node's clock (check NTP); they count as alive, so that no address moves",
+                ", ".join(sorted(skewed)),
+                self.members.cfg.max_skew,
+            )
+        self.skew_reported = skewed
+        before, self.live = self.live, self.members.alive() | skewed
         uplinks = {n: m["uplink"] for n, m in self.members.meta().items() if m.get("uplink")}
         chosen = owners(
             cluster.services,
@@ -367,7 +377,11 @@ class Agent:
             threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
         try:
             while not self.stop.is_set():
-                if self.members is not None and self.syncs and self.members.alive() != self.live:
+                if (
+                    self.members is not None
+                    and self.syncs
+                    and self.members.alive() | self.members.skewed() != self.live
+                ):
                     self.retry = True  # someone joined or died: elect again
                     self.warm()  # and our uplink may have flapped, flushing neighbours
                 if self.allocator is not None and self.allocator.lease.leading != self.leading:

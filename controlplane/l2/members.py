@@ -65,13 +65,16 @@ class Member:
     meta: dict[str, str] = field(default_factory=dict)  # what it says of itself
 
 
-def seal(key: bytes, message: dict) -> bytes:
-    body = msgpack.packb({**message, "ts": time.time()}, use_bin_type=True)
+def seal(key: bytes, message: dict, now: float | None = None) -> bytes:
+    body = msgpack.packb({**message, "ts": time.time() if now is None else now}, use_bin_type=True)
     return hmac.new(key, body, hashlib.sha256).digest() + body
 
 
-def unseal(key: bytes, data: bytes, max_skew: float) -> tuple[dict | None, str]:
-    """The message, or None and why it was refused."""
+def unseal(
+    key: bytes, data: bytes, max_skew: float, now: float | None = None
+) -> tuple[dict | None, str]:
+    """The message and "", or why it was refused: None, or for "stale" the (signed) message,
+    so that the caller can tell whose clock disagrees."""
     if len(data) > MAX_DATAGRAM:
         return None, "oversized"
     if len(data) <= MAC_LEN:
@@ -83,8 +86,10 @@ def unseal(key: bytes, data: bytes, max_skew: float) -> tuple[dict | None, str]:
         msg = msgpack.unpackb(body, raw=False)
     except Exception:  # noqa: BLE001 (signed garbage is still garbage)
         return None, "malformed"
-    if not isinstance(msg, dict) or abs(time.time() - float(msg.get("ts", 0))) > max_skew:
-        return None, "stale"
+    if not isinstance(msg, dict):
+        return None, "malformed"
+    if abs((time.time() if now is None else now) - float(msg.get("ts", 0))) > max_skew:
+        return msg, "stale"
     return msg, ""
 
 
@@ -102,6 +107,8 @@ class Members:
         self.boot = random.getrandbits(63)  # this run's id: the counter starts again with it
         self.sent = 0  # the counter on every datagram sent
         self.heard: dict[str, tuple[int, int, float]] = {}  # sender -> (boot, counter, ts)
+        self.stale_from: dict[str, float] = {}  # member -> when its last stale datagram came
+        self.clock = time.time  # the wall clock datagrams are stamped and judged by
         self.probes = 0  # rounds run
         self.probe_errors = 0  # rounds that raised (logged; probing goes on)
         self.stopping = threading.Event()
@@ -163,7 +170,7 @@ class Members:
             if self.cfg.meta:
                 message["m"] = self.cfg.meta
         with contextlib.suppress(OSError):  # an unreachable peer is what probing finds out
-            self.sock.sendto(seal(self.cfg.key, message), address)
+            self.sock.sendto(seal(self.cfg.key, message, self.clock()), address)
 
     def _receive(self) -> None:
         while not self.stopping.is_set():
@@ -171,9 +178,11 @@ class Members:
                 data, sender = self.sock.recvfrom(65535)
             except (TimeoutError, OSError):
                 continue
-            msg, why = unseal(self.cfg.key, data, self.cfg.max_skew)
-            if msg is None:
+            msg, why = unseal(self.cfg.key, data, self.cfg.max_skew, self.clock())
+            if why:
                 self.refused[why] += 1
+                if why == "stale":
+                    self._heard_stale(msg, sender)
                 continue
             try:
                 why = self._fresh_from_its_sender(msg, sender)
@@ -183,6 +192,26 @@ class Members:
                 self._handle(msg, sender)
             except (KeyError, TypeError, ValueError):
                 self.refused["malformed"] += 1
+
+    def _heard_stale(self, msg: dict, sender: tuple) -> None:
+        """A member's signed datagram whose stamp is off by more than max_skew: one of the
+        two clocks is wrong, and the member is likely alive (see skewed)."""
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            origin = str(msg["from"])
+            with self.lock:
+                member = self.members.get(origin)
+                if member is not None and tuple(member.address[:2]) == tuple(sender[:2]):
+                    self.stale_from[origin] = time.monotonic()
+
+    def skewed(self, within: float = 3.0) -> set[str]:
+        """Members heard from lately only with stamps outside max_skew: their clock or ours
+        is off. The election treats them as alive, so that a node with a wrong clock, which
+        hears nobody fresh, never claims every address (nor do the others claim its)."""
+        now = time.monotonic()
+        with self.lock:
+            return {
+                n for n, at in self.stale_from.items() if now - at < within and n in self.members
+            }
 
     def _fresh_from_its_sender(self, msg: dict, sender: tuple) -> str:
         """Why a signed datagram is still refused ("" if it is not): its sender must be a

@@ -182,3 +182,27 @@ def test_a_long_sync_does_not_silence_the_node(tmp_path, syncer):
                 oldest = max(oldest, (time.clock_gettime_ns(CLOCK_COARSE) - beat) / 1e9)
             time.sleep(0.05)
         assert 0 < oldest < 0.5, oldest
+
+
+def test_a_node_whose_clock_is_off_claims_nothing_more(two_nodes, tmp_path):
+    """node-2 lives but its clock is 30 s ahead: node-1 hears only stale datagrams from it,
+    holds it dead by the probes, and still does not take its addresses (it says why)."""
+    agent, syncer, node2 = two_nodes
+    ips = {f"192.168.198.{240 + i}" for i in range(SERVICES)}
+    mine = {ip for ip in ips if owner(ip, {"node-1", "node-2"}) == "node-1"}
+    m2 = node2()
+    try:
+        eventually(lambda: announced(syncer) == mine)
+        m2.clock = lambda: time.time() + 30
+        eventually(lambda: "node-2" not in agent.members.alive(), timeout=5)
+        eventually(lambda: agent.members.skewed() == {"node-2"}, timeout=3)
+        cluster = tmp_path / "cluster.yaml"
+        syncs = agent.syncs
+        cluster.write_text(cluster.read_text() + "\n# an edit: a sync, and an election\n")
+        eventually(lambda: agent.syncs > syncs)
+        time.sleep(0.5)
+        assert announced(syncer) == mine  # node-2's stay node-2's
+    finally:
+        m2.stop()
+    # node-2 really gone (nothing heard at all): node-1 takes over, as before
+    eventually(lambda: announced(syncer) == ips, timeout=8)

@@ -207,3 +207,20 @@ def test_a_replayed_or_forged_datagram_changes_nothing(trio):
     time.sleep(0.3)
     assert "node-3" not in one.alive()
     assert two.alive() >= {"node-1", "node-2"}
+
+
+def test_a_member_with_a_skewed_clock_is_not_taken_for_dead(trio):
+    """node-2's clock runs 30 s ahead: each side refuses the other's datagrams as stale, so
+    each soon holds the other dead. The stale but signed datagrams from the member's own
+    address say it lives: skewed() names it, and the election counts it alive (a node with
+    a wrong clock would otherwise hear nobody and claim every address)."""
+    agents, peers = trio
+    eventually(lambda: all(a.alive() == set(peers) for a in agents.values()))
+    agents["node-2"].clock = lambda: time.time() + 30
+    one = agents["node-1"]
+    eventually(lambda: "node-2" not in one.alive(), timeout=5)
+    assert eventually(lambda: one.skewed() == {"node-2"}, timeout=3)
+    assert agents["node-2"].skewed() == {"node-1", "node-3"}  # and it sees the same of them
+    assert one.refused["stale"] > 0
+    agents["node-2"].clock = time.time  # the clock is fixed: it is heard fresh again
+    eventually(lambda: "node-2" in one.alive(), timeout=5)
