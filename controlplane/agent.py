@@ -184,12 +184,6 @@ class Agent:
 
     def sync_once(self) -> None:
         cluster = self.source.snapshot()
-        if self.allocator is not None:
-            try:
-                self.allocator.sync(cluster)
-            except Exception:  # the datapath's sync goes on; allocation is retried
-                log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
-                self.retry = True
         where = self._local_addresses()
         served = {a for a, dev in where.items() if dev in self.cfg.devices}
         # every Node's addresses: never taken by a tenant's externalIP or ingress IP
@@ -223,6 +217,12 @@ class Agent:
         with collector_paused():
             res = self.datapath.apply(state, addr4, addr6)
         self.state = state
+        if self.allocator is not None:  # after the datapath: its API writes never delay it
+            try:
+                self.allocator.sync(cluster)
+            except Exception:  # allocation is retried on the next sync
+                log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
+                self.retry = True
         if self.members is not None:
             self._elect(cluster)
         self.metrics.synced(res.seconds, len(state.frontends), cluster.slices)
@@ -494,6 +494,8 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         lease.stop()  # gives the Lease up: another node allocates at once
     if members is not None:
         members.stop()
+    if announcer is not None:
+        announcer.close()
     endpoints.close()
     agent.hc_ports.close()
     log.info("stopping; the datapath stays in place")

@@ -4,6 +4,7 @@ so that clients and switches update at once instead of when their caches expire.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import logging
 import socket
@@ -56,13 +57,23 @@ def unsolicited_na(mac: bytes, ip: str) -> bytes:
 
 
 class Announcer:
-    """Sends the announcements for addresses taken over, from a raw socket on the uplink."""
+    """Sends the announcements for addresses taken over, from a raw socket on the uplink, on
+    one sender thread: a takeover of a whole pool schedules its addresses, it does not start
+    a thread for each. Announcing an address again restarts its repeats."""
 
-    def __init__(self, ifname: str, mac: str) -> None:
+    def __init__(self, ifname: str, mac: str, sock: socket.socket | None = None) -> None:
         self.ifname, self.mac = ifname, bytes.fromhex(mac.replace(":", ""))
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        self.sock.bind((ifname, 0))
+        if sock is None:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            sock.bind((ifname, 0))
+        self.sock = sock
         self.sent = 0
+        self.cond = threading.Condition()
+        self.due: list[tuple[float, int, str, int]] = []  # (when, generation, ip, repeat)
+        self.generation: dict[str, int] = {}  # the latest announce() of each address
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="announcer", daemon=True)
+        self.thread.start()
 
     def frames(self, ip: str) -> list[bytes]:
         if ":" in ip:
@@ -70,20 +81,37 @@ class Announcer:
         return [garp(self.mac, ip, 1), garp(self.mac, ip, 2)]
 
     def announce(self, ip: str) -> None:
-        """Announces ip now and a few more times in the background."""
-        threading.Thread(target=self._repeat, args=(ip,), daemon=True).start()
+        """Announces ip now and at each of REPEATS_AT after."""
+        with self.cond:
+            gen = self.generation.get(ip, 0) + 1
+            self.generation[ip] = gen
+            heapq.heappush(self.due, (time.monotonic(), gen, ip, 0))
+            self.cond.notify()
 
-    def _repeat(self, ip: str) -> None:
-        start = time.monotonic()
-        for at in REPEATS_AT:
-            time.sleep(max(0.0, start + at - time.monotonic()))
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.closed and (not self.due or self.due[0][0] > time.monotonic()):
+                    self.cond.wait(self.due[0][0] - time.monotonic() if self.due else None)
+                if self.closed:
+                    return
+                when, gen, ip, repeat = heapq.heappop(self.due)
+                if self.generation.get(ip) != gen:
+                    continue  # announced again since: that schedule stands
+                start = when - REPEATS_AT[repeat]
+                if repeat + 1 < len(REPEATS_AT):
+                    heapq.heappush(self.due, (start + REPEATS_AT[repeat + 1], gen, ip, repeat + 1))
             for frame in self.frames(ip):
                 try:
                     self.sock.send(frame)
                     self.sent += 1
                 except OSError as exc:
                     log.warning("announcing %s on %s: %s", ip, self.ifname, exc)
-                    return
+                    break
 
     def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        self.thread.join(2)
         self.sock.close()

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import os
+import queue
 import random
 import socket
 import threading
@@ -277,6 +278,10 @@ class KubernetesSource:
         self.pools = list(pools or [])  # from xlb's own config, beside any IPAddressPool
         endpoints_kind = "EndpointSlice" if endpoints_api == "endpointslices" else "Endpoints"
         self.store = Store(("Service", endpoints_kind, "Node", "IPAddressPool", "L2Advertisement"))
+        self.event_queue: queue.Queue = queue.Queue(maxsize=self.EVENT_QUEUE)
+        self.event_lock = threading.Lock()
+        self.event_thread: threading.Thread | None = None
+        self.events_dropped = 0
         # As kube-proxy: Services claimed by another proxy, and the endpoints of headless
         # Services, are not even fetched.
         svc_selector = (
@@ -329,6 +334,10 @@ class KubernetesSource:
             r.stop()
         for r in self.reflectors:
             r.join(5)
+        if self.event_thread is not None:  # what is queued is sent first, for a while
+            with contextlib.suppress(queue.Full):
+                self.event_queue.put(None, timeout=1)
+            self.event_thread.join(5)
 
     @property
     def ready(self) -> bool:
@@ -359,10 +368,34 @@ class KubernetesSource:
             diagnostic.namespace, diagnostic.name, "Warning", reason, str_of(diagnostic), node
         )
 
+    EVENT_QUEUE = 1000  # Events waiting to be sent; more are dropped (and counted)
+
     def post_event(
         self, namespace: str, name: str, type_: str, reason: str, message: str, node: str
     ) -> None:
-        """An Event on a Service (best effort: the log has it too)."""
+        """An Event on a Service, queued for the sender thread: the sync never waits on the
+        API server for one (best effort: the log has it too)."""
+        with self.event_lock:
+            if self.event_thread is None:
+                self.event_thread = threading.Thread(
+                    target=self._send_events, name="events", daemon=True
+                )
+                self.event_thread.start()
+        try:
+            self.event_queue.put_nowait((namespace, name, type_, reason, message, node))
+        except queue.Full:
+            self.events_dropped += 1
+
+    def _send_events(self) -> None:
+        while True:
+            item = self.event_queue.get()
+            if item is None:
+                return
+            self._send_event(*item)
+
+    def _send_event(
+        self, namespace: str, name: str, type_: str, reason: str, message: str, node: str
+    ) -> None:
         from kubernetes import client
 
         now = dt.datetime.now(dt.UTC)

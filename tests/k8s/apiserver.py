@@ -91,6 +91,7 @@ class ApiServer:
         self.requests: Counter = Counter()  # (path, "list" | "watch")
         self.bookmark_every = 1.0
         self.events: list[dict] = []  # v1 Events created by clients
+        self.event_delay = 0.0  # seconds each Event's creation takes (a slow server)
         self.crds = True  # MetalLB's CRDs installed (else their paths answer 404)
         self.writes: Counter = Counter()  # (method, collection, subresource) from clients
         server = self
@@ -224,6 +225,7 @@ class ApiServer:
             h.connection.close()
             return
         if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "events":
+            time.sleep(self.event_delay)  # a slow or overloaded server, as seen by clients
             with self.cond:
                 self.rv += 1
                 body.setdefault("metadata", {})["resourceVersion"] = str(self.rv)

@@ -119,3 +119,23 @@ def test_a_problem_becomes_one_warning_event_on_its_service(cluster):
     assert event["type"] == "Warning" and event["reason"] == "XlbInvalidSpec"
     assert event["message"].startswith("spec.sessionAffinity: 'Cookie'")
     assert event["reportingComponent"] == "xlb" and event["reportingInstance"] == "node-1"
+
+
+def test_a_slow_events_api_never_delays_the_datapath(cluster):
+    """Each Event takes the API server 2 s: ten broken Services' Warnings queue behind one
+    another, while the good Service beside them is programmed at once."""
+    api, agent, syncer = cluster
+    api.event_delay = 2.0
+    for i in range(10):
+        bad = svc(f"bad{i}", f"10.96.4.{i + 1}")
+        bad["spec"]["sessionAffinity"] = "Cookie"
+        api.apply(bad)
+    eventually(lambda: len(api.events) >= 1, timeout=10)  # the sender is busy with them
+    start = time.monotonic()
+    api.apply(svc("good", "10.96.4.100"))
+    eventually(lambda: key("10.96.4.100") in syncer.frontends, timeout=5)
+    took = time.monotonic() - start
+    print(f"programmed {took:.2f} s after it was created, with Events 2 s each behind it")
+    assert took < 1.5
+    assert len(api.events) < 10  # the Warnings are still being sent
+    api.event_delay = 0.0
