@@ -147,6 +147,26 @@ def desired_state(
     ), own
 
 
+def gossip_address(node_ips: list[str]) -> str:
+    """Where the gossip socket binds: the node's IPv4 address, else its IPv6 one (an
+    IPv6-only cluster), else every IPv4 address."""
+    return next((a for a in node_ips if ":" not in a), None) or next(
+        (a for a in node_ips if ":" in a), "0.0.0.0"
+    )
+
+
+def gossip_peers(nodes, cfg) -> dict[str, tuple[str, int]]:
+    """Every Node's first address of the gossip socket's family: IPv6-only nodes gossip
+    over IPv6, and a dual-stack cluster over IPv4, as the socket binds."""
+    v6 = ":" in cfg.address
+    return {
+        n.name: (address, cfg.port)
+        for n in nodes
+        for address in [next((a for a in n.addresses if (":" in a) == v6), None)]
+        if address is not None
+    }
+
+
 class Agent:
     def __init__(
         self,
@@ -302,15 +322,7 @@ class Agent:
     def _elect(self, cluster: Cluster) -> None:
         """Which LoadBalancer IPs this node answers for, from the live members; announces
         the ones it takes over."""
-        port = self.members.cfg.port
-        self.members.set_peers(
-            self.cfg.peers
-            or {
-                n.name: (n.addresses[0], port)
-                for n in cluster.nodes
-                if n.addresses and ":" not in n.addresses[0]
-            }
-        )
+        self.members.set_peers(self.cfg.peers or gossip_peers(cluster.nodes, self.members.cfg))
         skewed = self.members.skewed()
         if skewed - self.skew_reported:
             log.warning(
@@ -447,7 +459,7 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         from .l2.announce import Announcer
         from .l2.members import Members, MembersConfig
 
-        bind = next((a for a in cfg.node_ips if ":" not in a), "0.0.0.0")
+        bind = gossip_address(cfg.node_ips)
         members = Members(
             MembersConfig(
                 cfg.node,

@@ -224,3 +224,36 @@ def test_a_member_with_a_skewed_clock_is_not_taken_for_dead(trio):
     assert one.refused["stale"] > 0
     agents["node-2"].clock = time.time  # the clock is fixed: it is heard fresh again
     eventually(lambda: "node-2" in one.alive(), timeout=5)
+
+
+def test_an_ipv6_only_cluster_gossips_over_ipv6():
+    """Nodes with IPv6 addresses only: the agents bind and find each other over IPv6, and the
+    election sees both."""
+    from controlplane.agent import gossip_address, gossip_peers
+    from controlplane.model.objects import Node
+
+    nodes = [Node("node-1", ("::1",)), Node("node-2", ("::1",)), Node("v4", ("192.0.2.1",))]
+    assert gossip_address(["fd00::1"]) == "fd00::1"
+    assert gossip_address(["192.0.2.1", "fd00::1"]) == "192.0.2.1"
+    socks = [socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2)]
+    for s in socks:
+        s.bind(("::1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    agents = []
+    for name, port in zip(("node-1", "node-2"), ports, strict=True):
+        cfg = MembersConfig(name, gossip_address(["::1"]), port, KEY)
+        agents.append(Members(cfg))
+    # as the agent computes them: each Node's IPv6 address (the IPv4-only node is left out)
+    for a, port in zip(agents, ports[::-1], strict=True):
+        peers = gossip_peers(nodes, a.cfg)
+        assert set(peers) == {"node-1", "node-2"}
+        a.set_peers({n: ("::1", port) for n in peers})  # both on ::1 here, other ports
+    for a in agents:
+        a.start()
+    try:
+        eventually(lambda: all(a.alive() == {"node-1", "node-2"} for a in agents))
+    finally:
+        for a in agents:
+            a.stop()
