@@ -184,12 +184,34 @@ class Reflector(threading.Thread):
             kw["label_selector"] = self.selector
         return self.list_fn(_preload_content=False, **kw)
 
+    PAGE = 500  # items a list request asks for at most (kube-proxy's informers: 500)
+
     def _list(self) -> str:
-        resp = self._call(_request_timeout=30)
-        body = json.loads(resp.data)
-        self.lists += 1
-        self.store.replace(self.kind, body.get("items") or [])
-        return str(body["metadata"]["resourceVersion"])
+        """Every object, in pages of PAGE (a list of 10,000 Services is not one response the
+        server must build at once); a page token that expired midway starts the list anew."""
+        for _ in range(3):
+            items: list = []
+            token = ""
+            try:
+                while True:
+                    kw: dict[str, Any] = {"_request_timeout": 30, "limit": self.PAGE}
+                    if token:
+                        kw["_continue"] = token
+                    body = json.loads(self._call(**kw).data)
+                    items += body.get("items") or []
+                    meta = body.get("metadata") or {}
+                    token = meta.get("continue") or ""
+                    if not token:
+                        break
+            except Exception as exc:
+                if getattr(exc, "status", None) == 410 and token:
+                    log.info("%s list: the page token expired; listing anew", self.kind)
+                    continue
+                raise
+            self.lists += 1
+            self.store.replace(self.kind, items)
+            return str(meta["resourceVersion"])
+        raise RuntimeError(f"{self.kind}: the list kept expiring between pages")
 
     def _watch(self, version: str) -> str:
         from kubernetes.watch.watch import iter_resp_lines

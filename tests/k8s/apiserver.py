@@ -9,6 +9,7 @@ than the retained history; label selectors; and knobs for what real servers do t
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -92,6 +93,8 @@ class ApiServer:
         self.bookmark_every = 1.0
         self.events: list[dict] = []  # v1 Events created by clients
         self.event_delay = 0.0  # seconds each Event's creation takes (a slow server)
+        self.pages = 0  # list responses served (a paginated list is several)
+        self.compact_at_page = 0  # after serving this page, compact: its token expires
         self.crds = True  # MetalLB's CRDs installed (else their paths answer 404)
         self.writes: Counter = Counter()  # (method, collection, subresource) from clients
         server = self
@@ -201,20 +204,57 @@ class ApiServer:
         kind, api_version = RESOURCES[url.path]
         selector = q.get("labelSelector", "")
         if not watch:
-            with self.cond:
-                items = [
-                    o
-                    for o in self.objects[url.path].values()
-                    if matches(selector, o["metadata"].get("labels") or {})
-                ]
-                body = {
-                    "kind": f"{kind}List",
-                    "apiVersion": api_version,
-                    "metadata": {"resourceVersion": str(self.rv)},
-                    "items": items,
-                }
-            return self._json(h, 200, body)
+            return self._list(h, url.path, kind, api_version, q, selector)
         self._watch(h, url.path, kind, api_version, q, selector)
+
+    def _list(self, h, path, kind, api_version, q, selector) -> None:
+        """A list, in pages when the client asks (`limit`), as kube-apiserver serves them:
+        items in key order, `metadata.continue` an opaque token naming the list's
+        resourceVersion and the last key, `remainingItemCount`; a token older than the
+        retained history is `410 Gone` (ResourceExpired), and the client lists anew."""
+        limit = int(q.get("limit") or 0)
+        token = q.get("continue", "")
+        with self.cond:
+            rv, after = self.rv, None
+            if token:
+                try:
+                    rv, after = json.loads(base64.urlsafe_b64decode(token.encode()))
+                except ValueError:
+                    return self._status(h, 400, "BadRequest", "invalid continue token")
+                if rv < self.oldest:
+                    return self._status(
+                        h, 410, "Expired", "The provided continue parameter is too old "
+                        "to display a consistent list result. You can start a new list "
+                        "without the continue parameter.",
+                    )  # fmt: skip
+            items = sorted(
+                (
+                    (f"{key[0]}/{key[1]}", o)
+                    for key, o in self.objects[path].items()
+                    if matches(selector, o["metadata"].get("labels") or {})
+                ),
+                key=lambda kv: kv[0],
+            )
+            if after is not None:
+                items = [kv for kv in items if kv[0] > after]
+            page = items[:limit] if limit else items
+            meta: dict[str, Any] = {"resourceVersion": str(rv)}
+            if limit and len(items) > limit:
+                meta["continue"] = base64.urlsafe_b64encode(
+                    json.dumps([rv, page[-1][0]]).encode()
+                ).decode()
+                meta["remainingItemCount"] = len(items) - limit
+            self.pages += 1
+            if self.pages == self.compact_at_page:  # writes and a compaction between pages
+                self.rv += 1
+                self.oldest = self.rv
+            body = {
+                "kind": f"{kind}List",
+                "apiVersion": api_version,
+                "metadata": meta,
+                "items": [o for _, o in page],
+            }
+        return self._json(h, 200, body)
 
     def create(self, h: BaseHTTPRequestHandler) -> None:
         """POST an Event (kept in `events`) or an object of a served resource (a Lease)."""

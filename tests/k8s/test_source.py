@@ -220,3 +220,23 @@ def test_without_metallb_crds_the_source_is_ready_and_finds_them_later(api):
         eventually(lambda: [p.name for p in src.snapshot().pools] == ["lan"])
     finally:
         src.stop()
+
+
+def test_lists_come_in_pages_and_an_expired_page_token_lists_anew(api):
+    """1,200 Services arrive in pages of 500, as informers ask for them; when the history is
+    compacted between two pages (the token is then 410 Gone, as kube-apiserver answers),
+    the list starts again and still holds everything."""
+    for i in range(1200):
+        api.apply(svc(f"s{i}", f"10.97.{i // 250}.{i % 250 + 1}"))
+    api.compact_at_page = 2  # the second page served: the token it carries is stale
+    cfg = client.Configuration()
+    cfg.host = api.url
+    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
+    src.start()
+    try:
+        eventually(lambda: src.ready, timeout=15)
+        assert len(services(src)) == 1200
+        print(f"{api.pages} pages served")
+        assert api.pages >= 3 + 3  # the Services twice (the second time whole) ...
+    finally:
+        src.stop()
