@@ -736,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--gossip-key-file",
         help="file with the agents' shared gossip key (or XLB_GOSSIP_KEY); with it, this "
-        "node gossips and announces LoadBalancer IPs; a missing file: neither",
+        "node gossips and announces LoadBalancer IPs; a missing file: neither. One key a "
+        "line: the first signs, any verifies (to rotate without a split)",
     )
     agent.add_argument(
         "--gossip-port", type=int, default=7947, help="UDP; not 7946, which MetalLB speakers use"

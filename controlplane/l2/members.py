@@ -71,7 +71,7 @@ def seal(key: bytes, message: dict, now: float | None = None) -> bytes:
 
 
 def unseal(
-    key: bytes, data: bytes, max_skew: float, now: float | None = None
+    key: bytes | list[bytes], data: bytes, max_skew: float, now: float | None = None
 ) -> tuple[dict | None, str]:
     """The message and "", or why it was refused: None, or for "stale" the (signed) message,
     so that the caller can tell whose clock disagrees."""
@@ -80,7 +80,8 @@ def unseal(
     if len(data) <= MAC_LEN:
         return None, "truncated"
     mac, body = data[:MAC_LEN], data[MAC_LEN:]
-    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+    keys = key if isinstance(key, list) else [key]
+    if not any(hmac.compare_digest(mac, hmac.new(k, body, hashlib.sha256).digest()) for k in keys):
         return None, "bad_signature"
     try:
         msg = msgpack.unpackb(body, raw=False)
@@ -108,6 +109,9 @@ class Members:
         self.sent = 0  # the counter on every datagram sent
         self.heard: dict[str, tuple[int, int, float]] = {}  # sender -> (boot, counter, ts)
         self.stale_from: dict[str, float] = {}  # member -> when its last stale datagram came
+        # the keyring: one key a line, the first signs, any verifies (a rotation: add the new
+        # key second everywhere, then first, then drop the old, one rolling restart each)
+        self.keys = [k.strip() for k in cfg.key.splitlines() if k.strip()] or [cfg.key]
         self.clock = time.time  # the wall clock datagrams are stamped and judged by
         self.probes = 0  # rounds run
         self.probe_errors = 0  # rounds that raised (logged; probing goes on)
@@ -170,7 +174,7 @@ class Members:
             if self.cfg.meta:
                 message["m"] = self.cfg.meta
         with contextlib.suppress(OSError):  # an unreachable peer is what probing finds out
-            self.sock.sendto(seal(self.cfg.key, message, self.clock()), address)
+            self.sock.sendto(seal(self.keys[0], message, self.clock()), address)
 
     def _receive(self) -> None:
         while not self.stopping.is_set():
@@ -178,7 +182,7 @@ class Members:
                 data, sender = self.sock.recvfrom(65535)
             except (TimeoutError, OSError):
                 continue
-            msg, why = unseal(self.cfg.key, data, self.cfg.max_skew, self.clock())
+            msg, why = unseal(self.keys, data, self.cfg.max_skew, self.clock())
             if why:
                 self.refused[why] += 1
                 if why == "stale":

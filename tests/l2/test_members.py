@@ -257,3 +257,50 @@ def test_an_ipv6_only_cluster_gossips_over_ipv6():
     finally:
         for a in agents:
             a.stop()
+
+
+def test_a_key_rotates_across_rolling_restarts_without_a_split():
+    """Three members on key A; each step restarts one member with its next keyring (one key
+    a line: the first signs, any verifies): A+B everywhere, then B+A, then B alone. At every
+    step, on every member, everyone is alive: no two halves that cannot hear each other (which
+    would each take the other's addresses)."""
+    ports = free_ports(3)
+    peers = {f"node-{i + 1}": ("127.0.0.1", p) for i, p in enumerate(ports)}
+
+    def member(name: str, ring: bytes) -> Members:
+        m = Members(MembersConfig(name, "127.0.0.1", peers[name][1], ring, peers))
+        m.start()
+        return m
+
+    agents = {name: member(name, b"key-A") for name in peers}
+    try:
+        eventually(lambda: all(a.alive() == set(peers) for a in agents.values()))
+        for ring in (b"key-A\nkey-B", b"key-B\nkey-A", b"key-B"):
+            for name in peers:  # a rolling restart, one node at a time
+                agents[name].stop()
+                agents[name] = member(name, ring)
+                eventually(lambda: all(a.alive() == set(peers) for a in agents.values()),
+                           timeout=5)  # fmt: skip
+                time.sleep(0.4)  # more than a suspicion's life: nobody is losing anyone
+                assert all(a.alive() == set(peers) for a in agents.values()), (ring, name)
+        assert all(a.keys == [b"key-B"] for a in agents.values())
+    finally:
+        for a in agents.values():
+            a.stop()
+
+
+def test_a_key_switched_without_the_overlap_splits_the_members():
+    """The control for the rotation above: one member moved straight from A to B hears no
+    one, and no one hears it."""
+    ports = free_ports(2)
+    peers = {"a": ("127.0.0.1", ports[0]), "b": ("127.0.0.1", ports[1])}
+    a = Members(MembersConfig("a", "127.0.0.1", ports[0], b"key-A", peers))
+    b = Members(MembersConfig("b", "127.0.0.1", ports[1], b"key-B", peers))
+    a.start()
+    b.start()
+    try:
+        eventually(lambda: a.alive() == {"a"} and b.alive() == {"b"}, timeout=5)
+        assert a.refused["bad_signature"] > 0
+    finally:
+        a.stop()
+        b.stop()
