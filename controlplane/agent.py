@@ -189,6 +189,8 @@ class Agent:
         self.leading = False
         self.unannounced: set[str] = set()
         self.skew_reported: set[str] = set()
+        self.announced: set[str] = set()  # the LoadBalancer IPs this node answers for
+        self.isolated = False  # hearing no majority of the members (see _elect)
         self.live: set[str] = set()
         self.reported: set[Diagnostic] = set()
         self.stop = threading.Event()
@@ -354,7 +356,23 @@ class Agent:
             )
         self.unannounced = nobody
         owned = {ip for ip, n in chosen.items() if n == self.cfg.node}
+        known = self.members.known()
+        if known >= 3 and 2 * len(self.live) <= known:
+            # Fewer than a majority heard: this node may be the one cut off (its cable, its
+            # clock, a partition), and the others the ones that live. It keeps answering for
+            # what it holds and takes nothing more, so two sides never answer for one
+            # address. (With two nodes no majority exists; MetalLB's rule holds there.)
+            kept = owned & self.announced
+            if owned - kept and not self.isolated:
+                log.warning(
+                    "hearing %d of %d members, no majority: not taking over %d addresses "
+                    "until more are heard", len(self.live), known, len(owned - kept),
+                )  # fmt: skip
+            self.isolated, owned = True, kept
+        else:
+            self.isolated = False
         gained, lost = self.datapath.announce(owned)
+        self.announced = set(owned)
         if self.live - before:
             # A node came back: the LAN may still point at it for addresses it answered
             # for while it was cut off, so say again where every one of ours lives.

@@ -207,6 +207,11 @@ class Members:
                 if member is not None and tuple(member.address[:2]) == tuple(sender[:2]):
                     self.stale_from[origin] = time.monotonic()
 
+    def known(self) -> int:
+        """Members in the table, this node included."""
+        with self.lock:
+            return len(self.members) + 1
+
     def skewed(self, within: float = 3.0) -> set[str]:
         """Members heard from lately only with stamps outside max_skew: their clock or ours
         is off. The election treats them as alive, so that a node with a wrong clock, which

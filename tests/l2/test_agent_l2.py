@@ -206,3 +206,45 @@ def test_a_node_whose_clock_is_off_claims_nothing_more(two_nodes, tmp_path):
         m2.stop()
     # node-2 really gone (nothing heard at all): node-1 takes over, as before
     eventually(lambda: announced(syncer) == ips, timeout=8)
+
+
+def test_a_node_that_hears_no_majority_takes_nothing_more(tmp_path, syncer):
+    """Three nodes. One peer dies: node-1 still hears two of three and takes its addresses.
+    Both peers go silent (node-1 may be the one cut off): it keeps what it holds and takes
+    nothing more, so two sides of a split never answer for one address."""
+    port = free_ports(1)[0]
+    node3 = textwrap.dedent("""
+        ---
+        apiVersion: v1
+        kind: Node
+        metadata: {name: node-3}
+        status: {addresses: [{type: InternalIP, address: 127.0.0.3}]}
+    """)
+
+    def peer(name: str, address: str) -> Members:
+        others = {"node-1": ("127.0.0.1", port)}
+        m = Members(MembersConfig(name, address, port, KEY, peers=others))
+        m.start()
+        return m
+
+    ips = {f"192.168.198.{240 + i}" for i in range(SERVICES)}
+    everyone = {"node-1", "node-2", "node-3"}
+
+    def share(live: set[str]) -> set[str]:
+        return {ip for ip in ips if owner(ip, live) == "node-1"}
+
+    with node1(tmp_path, syncer, SyncerDatapath(syncer), port, extra=node3):
+        m2, m3 = peer("node-2", "127.0.0.2"), peer("node-3", "127.0.0.3")
+        try:
+            eventually(lambda: announced(syncer) == share(everyone), timeout=5)
+            m3.stop()  # one dies: two of three heard, a majority: node-1 takes its part
+            held = share({"node-1", "node-2"})
+            assert held != share(everyone)  # (it does take something here)
+            eventually(lambda: announced(syncer) == held, timeout=5)
+            m2.stop()  # and another: one of three heard, no majority
+            time.sleep(2.5)  # long past the point where the dead are declared dead
+            assert announced(syncer) == held  # kept, and nothing more
+        finally:
+            for m in (m2, m3):
+                if not m.stopping.is_set():
+                    m.stop()
