@@ -125,6 +125,18 @@ class ApiServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http.server_address[1]}"
 
+    def write_kubeconfig(self, path) -> str:
+        """A kubeconfig for this server at path (for a real client in another process)."""
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "t",
+            "clusters": [{"name": "t", "cluster": {"server": self.url}}],
+            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
+            "users": [{"name": "t", "user": {}}],
+        }  # fmt: skip
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return str(path)
+
     def close(self) -> None:
         self.down = True
         self.cut_watches()

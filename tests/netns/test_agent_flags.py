@@ -602,12 +602,7 @@ def test_agent_flag(node: NodeTopology, row: Row, tmp_path):
         if row.kubernetes:
             api = stack.enter_context(_api_in(node, row))
             kubeconfig = tmp_path / "kubeconfig"
-            kubeconfig.write_text(json.dumps({
-                "apiVersion": "v1", "kind": "Config", "current-context": "t",
-                "clusters": [{"name": "t", "cluster": {"server": api.url}}],
-                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-                "users": [{"name": "t", "user": {}}],
-            }))  # fmt: skip
+            api.write_kubeconfig(kubeconfig)
             source = ["--source", "kubernetes", "--kubeconfig", str(kubeconfig)]
         else:
             source = ["-f", str(manifest)]

@@ -79,12 +79,7 @@ def test_the_lan_hears_the_node_only_for_xlbs_addresses(node, tmp_path):
         api.apply(_lb(name, ip, cip, cls))
         api.apply(_slice(name))
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "t",
-        "clusters": [{"name": "t", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-        "users": [{"name": "t", "user": {}}],
-    }))  # fmt: skip
+    api.write_kubeconfig(kubeconfig)
     (tmp_path / "key").write_text(KEY)
     args = ["--source", "kubernetes", "--kubeconfig", str(kubeconfig), "--node", "node-1",
             "--uplink", "up0", "--cgroup", topo.cgroup, "--pin-root", topo.pin_root,
