@@ -190,6 +190,8 @@ class Agent:
         self.unannounced: set[str] = set()
         self.skew_reported: set[str] = set()
         self.announced: set[str] = set()  # the LoadBalancer IPs this node answers for
+        self.addresses: dict[str, str] = {}  # _local_addresses' last answer, and when
+        self.addresses_at = -1e9
         self.isolated = False  # hearing no majority of the members (see _elect)
         self.live: set[str] = set()
         self.reported: set[Diagnostic] = set()
@@ -277,18 +279,24 @@ class Agent:
                 res.seconds * 1000,
             )
 
+    ADDRESSES_TTL = 5.0  # seconds the node's addresses are taken as known between syncs
+
     def _local_addresses(self) -> dict[str, str]:
-        """This node's addresses -> the interface holding each; empty unless the agent
-        serves named devices (an agent under test drives a stand-in datapath)."""
+        """This node's addresses -> the interface holding each, looked up at most every
+        ADDRESSES_TTL (three netlink dumps: not on every sync of a burst); empty unless the
+        agent serves named devices (an agent under test drives a stand-in datapath)."""
         if not self.cfg.devices:
             return {}
+        now = time.monotonic()
+        if now - self.addresses_at < self.ADDRESSES_TTL:
+            return self.addresses
         from .datapath.devices import interfaces, local_addresses
 
         try:
-            return local_addresses(interfaces())
-        except Exception as exc:  # netlink refused: no extra addresses this round
+            self.addresses, self.addresses_at = local_addresses(interfaces()), now
+        except Exception as exc:  # netlink refused: the last known, tried again next sync
             log.warning("cannot list the node's addresses: %s", exc)
-            return {}
+        return self.addresses
 
     def _unserved(self, state: DesiredState, where: dict[str, str]) -> DesiredState:
         """One warning per frontend on a local address of an interface xlb does not serve:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 from dataclasses import dataclass
 
 from . import import_bcc
@@ -60,17 +61,11 @@ class Attachment:
 
 def _ifindex(ifname: str) -> int:
     try:
-        return socket_ifindex(ifname)
+        return socket.if_nametoindex(ifname)
     except OSError:
         raise DatapathError(
             f"xlb: no network interface {ifname!r} here; pass the node's uplink with --uplink"
         ) from None
-
-
-def socket_ifindex(ifname: str) -> int:
-    import socket
-
-    return socket.if_nametoindex(ifname)
 
 
 def _open_link(pin: str) -> int | None:
@@ -136,15 +131,11 @@ def attach_xdp(program: Program, ifname: str, native: bool = True) -> str:
     pin = os.path.join(links_dir(program.pin_root), f"xdp-{index}")
     mode = 1 if native else 2
     prog_id, attached_mode = xdp_attached(ifname)
+    ours = _open_link_alive(pin, index)
     # --generic-xdp changed (a native request that fell back to generic is no change)
-    if (
-        _open_link_alive(pin, index)
-        and attached_mode not in (0, mode)
-        and not (native and attached_mode == 2)
-    ):
+    if ours and attached_mode not in (0, mode) and not (native and attached_mode == 2):
         _detach_pin(pin)  # a link keeps its mode: a new one
-        prog_id, attached_mode = 0, 0
-    elif prog_id and not _open_link_alive(pin, index):
+    elif prog_id and not ours:
         name = _prog_name(prog_id)
         if name != XDP_NAME:
             raise DatapathError(

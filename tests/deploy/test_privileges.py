@@ -19,19 +19,16 @@ import yaml
 
 from tests.helpers import REPO
 from tests.netns.nodes import (
+    CLIENT_IP,
+    NODE_IP,
+    POD_IP,
     AgentProcess,
     Lan,
-    manifest,
-    node_doc,
     node_topology,
-    pod_doc,
-    service_doc,
+    web_cluster,
 )
 
-NODE_IP, CLIENT_IP, POD_IP = "192.168.198.201", "192.168.198.100", "10.244.1.5"
-MANIFEST = manifest(
-    node_doc("node-1", NODE_IP), service_doc("web", "10.96.0.50"), pod_doc("web-1", POD_IP)
-)
+MANIFEST = web_cluster()
 
 
 def daemonset() -> dict:

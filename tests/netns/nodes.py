@@ -273,3 +273,16 @@ spec:
 
 def manifest(*docs: str) -> str:
     return "---".join(docs)
+
+
+# The addresses these tests use: the node's LAN (up0) and a second network (up1), and a pod.
+NODE_IP, CLIENT_IP = "192.168.198.201", "192.168.198.100"
+NODE_IP2, CLIENT_IP2 = "192.168.199.201", "192.168.199.100"
+POD_IP = "10.244.1.5"
+
+
+def web_cluster(*more: str, type_: str = "NodePort") -> str:
+    """node-1 on the LAN, Service web (10.96.0.50, NodePort 30080) and its pod web-1, and
+    more documents beside them."""
+    web = service_doc("web", "10.96.0.50", type_=type_)
+    return manifest(node_doc("node-1", NODE_IP), *more, web, pod_doc("web-1", POD_IP))

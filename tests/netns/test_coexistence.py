@@ -16,20 +16,18 @@ import pytest
 from controlplane.datapath import syscall as sc
 from tests.kernel import inside
 from tests.netns.nodes import (
+    CLIENT_IP,
+    CLIENT_IP2,
+    NODE_IP,
+    NODE_IP2,
+    POD_IP,
     Lan,
     NodeTopology,
-    manifest,
-    node_doc,
     node_topology,
-    pod_doc,
-    service_doc,
+    web_cluster,
 )
 
-NODE_IP, CLIENT_IP, POD_IP = "192.168.198.201", "192.168.198.100", "10.244.1.5"
-NODE_IP2, CLIENT_IP2 = "192.168.199.201", "192.168.199.100"
-MANIFEST = manifest(
-    node_doc("node-1", NODE_IP), service_doc("web", "10.96.0.50"), pod_doc("web-1", POD_IP)
-)
+MANIFEST = web_cluster()
 
 THEIRS = b"""
 #include <linux/pkt_cls.h>

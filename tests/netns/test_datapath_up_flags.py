@@ -14,6 +14,9 @@ import pytest
 
 from controlplane.cli import build_parser
 from tests.netns.nodes import (
+    CLIENT_IP,
+    NODE_IP,
+    POD_IP,
     Lan,
     NodeTopology,
     manifest,
@@ -21,16 +24,12 @@ from tests.netns.nodes import (
     node_topology,
     pod_doc,
     service_doc,
+    web_cluster,
 )
+from tests.netns.nodes import CLIENT_IP2 as CLIENT_B
+from tests.netns.nodes import NODE_IP2 as NODE_B
 
-NODE_IP, CLIENT_IP, POD_IP = "192.168.198.201", "192.168.198.100", "10.244.1.5"
-NODE_B, CLIENT_B = "192.168.199.201", "192.168.199.100"
-CLUSTER = manifest(
-    node_doc("node-1", NODE_IP),
-    node_doc("node-2", "192.168.198.202"),
-    service_doc("web", "10.96.0.50"),
-    pod_doc("web-1", POD_IP),
-)
+CLUSTER = web_cluster(node_doc("node-2", "192.168.198.202"))
 # no Node objects: --nodes says how many to synthesise (192.168.198.201, .202, ...)
 NODELESS = manifest(service_doc("web", "10.96.0.50"), pod_doc("web-1", POD_IP))
 

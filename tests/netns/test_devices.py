@@ -10,6 +10,11 @@ import pytest
 
 from tests.helpers import eventually
 from tests.netns.nodes import (
+    CLIENT_IP,
+    CLIENT_IP2,
+    NODE_IP,
+    NODE_IP2,
+    POD_IP,
     AgentProcess,
     Lan,
     NodeTopology,
@@ -20,9 +25,8 @@ from tests.netns.nodes import (
     service_doc,
 )
 
-NODE_A, CLIENT_A = "192.168.198.201", "192.168.198.100"
-NODE_B, CLIENT_B = "192.168.199.201", "192.168.199.100"
-POD_IP, POOL, LB_IP = "10.244.1.5", "lab=192.168.198.240/29", "192.168.198.240"
+NODE_A, CLIENT_A, NODE_B, CLIENT_B = NODE_IP, CLIENT_IP, NODE_IP2, CLIENT_IP2
+POOL, LB_IP = "lab=192.168.198.240/29", "192.168.198.240"
 KEY = "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"
 
 
