@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import runstate
 from .datapath.node import remote_addresses, warm_neighbours
 from .heap import collector_paused, release_memory
 from .l2.election import ours_to_announce, owners
@@ -205,6 +206,8 @@ class Agent:
         self.next_try = 0.0
         self.state = DesiredState()
         self.translator = Translator()  # re-translates only the Services that changed
+        self.publish = False  # the real agent (run_agent) keeps a record for `xlb status`
+        self.published: dict | None = None
 
     def sync_once(self) -> None:
         cluster = self.source.snapshot()
@@ -235,6 +238,8 @@ class Agent:
                 if reporter and d.kind == "Service":
                     reporter(d, self.cfg.node)
         self.reported = set(state.diagnostics)
+        if self.publish:
+            self._publish(state)
         addrs = self.cfg.node_ips or addresses
         addr4 = next((a for a in addrs if ":" not in a), "0.0.0.0")
         addr6 = next((a for a in addrs if ":" in a), "::")
@@ -278,6 +283,28 @@ class Agent:
                 res.ring_writes,
                 res.seconds * 1000,
             )
+
+    def _publish(self, state: DesiredState) -> None:
+        """The record `xlb status` shows beside the maps: the policies and what they refused
+        (rewritten only when it changes)."""
+        refused = sorted(
+            f"{d.namespace}/{d.name}: {d.message}"
+            for d in state.diagnostics
+            if d.kind == "Service" and d.field == "spec.externalIPs" and d.level is Level.ERROR
+        )
+        record = {
+            "pid": os.getpid(),
+            "node": self.cfg.node,
+            "externalIPs": ",".join(self.cfg.translate.external_ips),
+            "refusedExternalIPs": refused,
+            "gossip": self.members is not None,
+        }
+        if record != self.published:
+            try:
+                runstate.write(self.cfg.pin_root, record)
+            except OSError as exc:  # a read-only /run costs `xlb status` a line, nothing more
+                log.warning("cannot write the record for `xlb status`: %s", exc)
+            self.published = record
 
     ADDRESSES_TTL = 5.0  # seconds the node's addresses are taken as known between syncs
 
@@ -524,6 +551,7 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         cfg.metrics_port,
         cfg.metrics_bind_address,
     )
+    agent.publish = True
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop.set())
     log.info("agent for node %s on %s (pid %d)", cfg.node, cfg.uplink, os.getpid())
@@ -536,5 +564,6 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         announcer.close()
     endpoints.close()
     agent.hc_ports.close()
+    runstate.remove(cfg.pin_root)
     log.info("stopping; the datapath stays in place")
     return 0

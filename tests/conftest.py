@@ -3,6 +3,7 @@ against maps pinned under a unique root that is removed afterwards."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,10 @@ _HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="xlb-hypothesis-")
 set_hypothesis_home_dir(_HYPOTHESIS_HOME)
 settings.register_profile("xlb", database=None)
 settings.load_profile("xlb")
+# the agents' records for `xlb status` (controlplane/runstate.py): this run's own directory,
+# inherited by every agent a test starts
+_RUN_DIR = tempfile.mkdtemp(prefix="xlb-run-")
+os.environ["XLB_RUN_DIR"] = _RUN_DIR
 
 
 def _checkout_files() -> set[str] | None:
@@ -63,6 +68,7 @@ def pytest_sessionstart(session) -> None:
 def pytest_sessionfinish(session, exitstatus) -> None:
     """A test that wrote into the checkout fails the run, naming what it wrote."""
     shutil.rmtree(_HYPOTHESIS_HOME, ignore_errors=True)
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
     before = getattr(session.config, "_xlb_checkout", None)
     after = _checkout_files()
     if before is None or after is None:

@@ -6,6 +6,7 @@ import ctypes as ct
 import time
 from typing import Any
 
+from .. import runstate
 from .maps import ALG_NAME, BE_F_LOCAL, BE_F_TERMINATING, CLOCK_COARSE, Maps, get_addr
 
 ANNOUNCE_GRACE = 1.0  # XLB_ANNOUNCE_GRACE: the kernel answers while the heartbeat is younger
@@ -68,6 +69,7 @@ def collect(maps: Maps) -> dict[str, Any]:
         "fibCache": bool(config.fib_cache),
         "announcing": announcing(maps),
         "attachments": attached(maps.pin_root),
+        "agent": runstate.read(maps.pin_root),
         "reasons": maps.reason_counts(),
     }
 
@@ -139,6 +141,7 @@ def render(status: dict[str, Any]) -> str:
         + ("cached 100 ms" if status["fibCache"] else "looked up per packet (policy routing)"),
         announcing_line(status["announcing"]),
         attachments_line(status["attachments"]),
+        *agent_lines(status.get("agent")),
         "",
         "packets not balanced, by reason:",
     ]
@@ -168,3 +171,22 @@ def announcing_line(a: dict[str, Any]) -> str:
     else:
         state = f"silent: the agent's heartbeat is {a['heartbeatAge']:.1f} s old"
     return f"announcing (ARP/NDP): {', '.join(a['addresses'])} ({state})"
+
+
+def agent_lines(record: dict[str, Any] | None) -> list[str]:
+    """The agent's own record: who it is, its externalIPs policy, and what that refused."""
+    if record is None:
+        return ["agent: no record (no agent has run on this datapath since boot)"]
+    state = "running" if record.get("running") else "not running (its record is stale)"
+    policy = record.get("externalIPs") or "allow"
+    meaning = {
+        "allow": "any address but a Node's",
+        "deny": "none (DenyServiceExternalIPs)",
+    }.get(policy, f"only within {policy}")
+    refused = record.get("refusedExternalIPs") or []
+    out = [
+        f"agent: pid {record.get('pid')} for node {record.get('node')} ({state})",
+        f"externalIPs (--external-ips {policy}): {meaning}; {len(refused)} refused",
+    ]
+    out += [f"  {r}" for r in refused]
+    return out

@@ -342,11 +342,21 @@ def _peer(run: Run) -> None:
     assert listen.stdout.split()[0] == NODE_IP, listen.stdout
 
 
-def _external_ips(served: bool) -> Callable[[Run], None]:
+def _external_ips(served: bool, policy: str) -> Callable[[Run], None]:
+    """The externalIP is served or not, and `xlb status` names the policy and the refusal."""
+
     def check(run: Run) -> None:
         assert ((EXT_IP, 80, "external") in run.frontends()) is served, run.frontends()
         if not served:
             assert eventually(lambda: f"not served: {EXT_IP}" in run.agent.text(), 5)
+        agent = run.status()["agent"]
+        assert agent["running"] and agent["pid"] == run.agent.pid(), agent
+        assert agent["externalIPs"] == policy, agent
+        refused = [r for r in agent["refusedExternalIPs"] if EXT_IP in r]
+        assert bool(refused) is not served and all(r.startswith("default/ext: ") for r in refused)
+        shown = run.topo.xlb("status", "--pin-root", run.topo.pin_root).stdout
+        assert f"externalIPs (--external-ips {policy}): " in shown, shown
+        assert (f"  default/ext: not served: {EXT_IP}" in shown) is not served, shown
 
     return check
 
@@ -510,12 +520,18 @@ ROWS = [
         ready="http://127.0.0.1:10256/healthz",
     ),  # fmt: skip
     Row("--poll-interval/--min-sync-interval (defaults)", (), _not_coalesced),
-    Row("--external-ips (default allow)", (), _external_ips(True)),
-    Row("--external-ips deny", ("--external-ips", "deny"), _external_ips(False)),
-    Row("--external-ips CIDR", ("--external-ips", "198.51.100.0/24"), _external_ips(True)),
+    Row("--external-ips (default allow)", (), _external_ips(True, "allow")),
+    Row("--external-ips deny", ("--external-ips", "deny"), _external_ips(False, "deny")),
     Row(
-        "--external-ips CIDR (outside)", ("--external-ips", "203.0.113.0/24"), _external_ips(False)
-    ),  # fmt: skip
+        "--external-ips CIDR",
+        ("--external-ips", "198.51.100.0/24"),
+        _external_ips(True, "198.51.100.0/24"),
+    ),
+    Row(
+        "--external-ips CIDR (outside)",
+        ("--external-ips", "203.0.113.0/24"),
+        _external_ips(False, "203.0.113.0/24"),
+    ),
     Row("--pool", ("--pool", POOL), _pool),
     Row(
         "--gossip-key-file",
