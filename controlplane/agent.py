@@ -194,6 +194,9 @@ class Agent:
         self.addresses: dict[str, str] = {}  # _local_addresses' last answer, and when
         self.addresses_at = -1e9
         self.isolated = False  # hearing no majority of the members (see _elect)
+        self.settling = False  # just started: taking nothing over yet (Members.settle)
+        self.cluster = Cluster()  # as of the last sync: what a new election starts from
+        self.beat_thread: threading.Thread | None = None
         self.live: set[str] = set()
         self.reported: set[Diagnostic] = set()
         self.stop = threading.Event()
@@ -252,6 +255,7 @@ class Agent:
             except Exception:  # allocation is retried on the next sync
                 log.exception("LoadBalancer IP allocation failed; retrying on the next sync")
                 self.retry = True
+        self.cluster = cluster
         if self.members is not None:
             self._elect(cluster)
         self.metrics.synced(res.seconds, len(state.frontends), cluster.slices)
@@ -392,7 +396,12 @@ class Agent:
         self.unannounced = nobody
         owned = {ip for ip, n in chosen.items() if n == self.cfg.node}
         known = self.members.known()
-        if known >= 3 and 2 * len(self.live) <= known:
+        self.settling = not self.members.settled()
+        if self.settling:
+            # just started: the others have not all heard it yet and may still answer for
+            # these; it takes them when they have let go (run() elects again once settled)
+            owned &= self.announced
+        elif known >= 3 and 2 * len(self.live) <= known:
             # Fewer than a majority heard: this node may be the one cut off (its cable, its
             # clock, a partition), and the others the ones that live. It keeps answering for
             # what it holds and takes nothing more, so two sides never answer for one
@@ -419,6 +428,14 @@ class Agent:
         for ip in sorted(lost):
             log.info("no longer announcing %s (now %s)", ip, chosen.get(ip, "nobody"))
 
+    def _elect_again(self) -> None:
+        """An election between syncs; one that fails is retried by a full sync."""
+        try:
+            self._elect(self.cluster)
+        except Exception:
+            log.exception("election failed; retrying with the next sync")
+            self.retry = True
+
     def _beat(self, every: float = 0.2) -> None:
         """The kernel answers ARP/NDP for our IPs while this process lives. Its own thread,
         because one sync of a large cluster may take longer than the kernel's grace (1 s)."""
@@ -439,15 +456,23 @@ class Agent:
         so that a burst becomes one sync, then the datapath is synced to the latest view."""
         self.source.start()
         if self.members is not None:
-            threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+            held = getattr(self.datapath, "held_lb_ips", None)
+            self.announced = held() if held else set()  # before the heartbeat resumes
+            self.beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self.beat_thread.start()
         try:
             while not self.stop.is_set():
+                if self.settling and self.members.settled():
+                    log.info("gossip settled: taking over LoadBalancer IPs")
+                    self._elect_again()  # may take over addresses now
                 if (
                     self.members is not None
                     and self.syncs
                     and self.members.alive() | self.members.skewed() != self.live
                 ):
-                    self.retry = True  # someone joined or died: elect again
+                    # someone joined, left or died: elect again at once, from the cluster
+                    # of the last sync (nothing else changed, so no full sync)
+                    self._elect_again()
                     self.warm()  # and our uplink may have flapped, flushing neighbours
                 if self.allocator is not None and self.allocator.lease.leading != self.leading:
                     self.leading = not self.leading
@@ -559,7 +584,12 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
     if lease is not None:
         lease.stop()  # gives the Lease up: another node allocates at once
     if members is not None:
-        members.stop()
+        # a rolling restart: silent first, then the others are told and take over at once,
+        # so no address is answered by two nodes, nor by none for a probe timeout
+        if agent.beat_thread is not None:
+            agent.beat_thread.join(2)
+        datapath.silence()
+        members.leave()
     if announcer is not None:
         announcer.close()
     endpoints.close()

@@ -253,7 +253,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     else:
         if not args.filename:
             raise SystemExit("xlb agent: --source manifests needs -f FILE|DIR")
-        source = ManifestSource(args.filename, ClusterConfig(pools=tuple(_pools(args.pool or []))))
+        cluster_cfg = ClusterConfig(pools=tuple(_pools(args.pool or [])))
+        if args.service_cluster_ip_range:
+            cluster_cfg = dataclasses.replace(
+                cluster_cfg, service_cidrs=_cidrs(args.service_cluster_ip_range)
+            )
+        source = ManifestSource(args.filename, cluster_cfg)
     return run_agent(agent_config(args, node), source, _datapath_config(args))
 
 
@@ -294,6 +299,20 @@ def agent_config(args: argparse.Namespace, node: str):
             external_ips=_external_ips(args.external_ips),
         ),
     )
+
+
+def _cidrs(value: str) -> tuple[str, ...]:
+    """--service-cluster-ip-range: comma-separated CIDRs, each checked."""
+    out = []
+    for w in (w.strip() for w in value.split(",")):
+        try:
+            out.append(str(ipaddress.ip_network(w)))
+        except ValueError:
+            raise SystemExit(
+                f"xlb agent: --service-cluster-ip-range {value!r}: {w!r} is not a CIDR "
+                "(e.g. 10.96.0.0/12,fd00:10:96::/112)"
+            ) from None
+    return tuple(out)
 
 
 def _external_ips(value: str) -> tuple[str, ...]:
@@ -411,9 +430,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     lab = Lab(args.name)
     if args.action == "up":
-        lab.up(args.filename or [str(EXAMPLES)], nodes=args.nodes)
+        families = ["IPv4", "IPv6"] if args.ip_family == "dual" else [args.ip_family]
+        state = lab.up(args.filename or [str(EXAMPLES)], nodes=args.nodes, families=families)
+        first = state.nodes[0].addresses[0]
+        host = f"[{first}]" if ":" in first else first
         print(
-            f"try: xlb lab exec --name {args.name} client -- curl -s http://192.168.198.201:"
+            f"try: xlb lab exec --name {args.name} client -- curl -s http://{host}:"
             "<nodePort>/   (xlb lab status shows the Services)"
         )
         return 0
@@ -638,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="manifests (default: the shipped examples)",
     )
     lab_up.add_argument("--nodes", type=int, default=2)
+    lab_up.add_argument(
+        "--ip-family",
+        choices=["dual", "IPv4", "IPv6"],
+        default="dual",
+        help="the lab's address families: dual-stack (default), IPv4-only or IPv6-only "
+        "(nodes, pods, Services and client)",
+    )
     lab_apply = lab_sub.add_parser(
         "apply", help="change the manifests live (scale, delete a pod, edit a Service)"
     )
@@ -754,6 +783,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=RANGE[,RANGE][;NAME=...]",
         help="LoadBalancer address pools (CIDR or first-last), beside any MetalLB "
         "IPAddressPool objects; e.g. lan=192.168.1.240/28",
+    )
+    agent.add_argument(
+        "--service-cluster-ip-range",
+        metavar="CIDR[,CIDR]",
+        help="with -f manifests, where ClusterIPs without a fixed address come from, as the "
+        "API server's flag (the first CIDR of a family is its default; an IPv6-only cluster "
+        "names one IPv6 CIDR); default 10.96.0.0/12,fd00:10:96::/112",
     )
     agent.add_argument(
         "--no-lb-allocator",

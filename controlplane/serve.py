@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -205,6 +206,9 @@ class _Server:
                 self.wfile.write(body)
 
         class Http(ThreadingHTTPServer):
+            # an IPv6 address (an IPv6-only node's --bind-address, or "::") needs an IPv6
+            # socket; "::" also takes IPv4 (net.ipv6.bindv6only is 0 unless set)
+            address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
             daemon_threads = True
             request_queue_size = 1024  # a flood of connects must not fill the SYN backlog
 

@@ -47,6 +47,12 @@ class SyncerDatapath:
     def heartbeat(self):
         self.syncer.heartbeat()
 
+    def held_lb_ips(self):
+        return self.syncer.held_lb_ips()
+
+    def silence(self):
+        self.syncer.silence()
+
 
 @contextlib.contextmanager
 def running(agent: Agent, join: float = 5.0):

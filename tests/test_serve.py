@@ -202,3 +202,17 @@ def test_a_failing_handler_answers_500_without_its_text():
         assert code == 500 and "secret" not in body and "internal error" in body
     finally:
         endpoints.close()
+
+
+@pytest.mark.parametrize("address", ["::1", "::"])
+def test_an_ipv6_bind_address_serves_health(address):
+    """An IPv6-only node's --bind-address is an IPv6 address: the servers bind it (they
+    raised `Address family for hostname not supported`, and the agent never started)."""
+    health = Health()
+    health.updated()
+    eps = Endpoints(health, Metrics(None), address, 0, -1)
+    try:
+        code, _, text = fetch(f"http://[::1]:{eps.healthz.port}/healthz")
+        assert code == 200 and json.loads(text)["nodeEligible"] is True
+    finally:
+        eps.close()

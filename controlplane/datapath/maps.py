@@ -13,43 +13,30 @@ from typing import Any
 
 from ..model.objects import Protocol
 from ..model.state import Algorithm, Scope
+from .constants import prefixed, value
 from .pinned import PinnedTable, open_tables
 
 PROTO_NUM = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 PROTO_NAME = {v: k for k, v in PROTO_NUM.items()}
-SCOPE_NUM = {Scope.INTERNAL: 0, Scope.EXTERNAL: 1}
+
+# The numbers the programs use, from the C headers (constants.py): never copied by hand.
+SCOPE_NUM = {s: value(f"XLB_SCOPE_{s.name}") for s in Scope}
 SCOPE_NAME = {v: k for k, v in SCOPE_NUM.items()}
-ALG_NUM = {Algorithm.RANDOM: 0, Algorithm.MAGLEV: 1, Algorithm.SOURCE_HASH: 2}
+ALG_NUM = {a: value(f"XLB_ALG_{a.name}") for a in Algorithm}
 ALG_NAME = {v: k for k, v in ALG_NUM.items()}
 
-SVC_F_PRESERVE_CLIENT = 0x1
-SVC_F_DROP_EMPTY = 0x2
-SVC_F_SOURCE_RANGES = 0x4
-BE_F_LOCAL = 0x1
-BE_F_TERMINATING = 0x2
+SVC_F_PRESERVE_CLIENT = value("XLB_SVC_F_PRESERVE_CLIENT")
+SVC_F_DROP_EMPTY = value("XLB_SVC_F_DROP_EMPTY")
+SVC_F_SOURCE_RANGES = value("XLB_SVC_F_SOURCE_RANGES")
+BE_F_LOCAL = value("XLB_BE_F_LOCAL")
+BE_F_TERMINATING = value("XLB_BE_F_TERMINATING")
+ANNOUNCE_GRACE_NS = value("XLB_ANNOUNCE_GRACE")  # the kernel answers while the beat is younger
 
-# Reason numbers from maps.h (XLB_R_*), in order.
-CLOCK_COARSE = 6  # CLOCK_MONOTONIC_COARSE: what bpf_ktime_get_coarse_ns reads
+CLOCK_COARSE = 6  # CLOCK_MONOTONIC_COARSE (uapi time.h): what bpf_ktime_get_coarse_ns reads
 
-REASONS = (
-    "pass_not_ip",
-    "pass_vlan",
-    "pass_truncated",
-    "pass_bad_ip",
-    "pass_fragment",
-    "pass_ipv6_ext",
-    "pass_not_l4",
-    "pass_no_service",
-    "drop_no_backend",
-    "reject_no_backend",
-    "drop_source_range",
-    "drop_backend_gone",
-    "drop_fib",
-    "drop_snat_exhausted",
-    "drop_headroom",
-    "neighbour_reply",
-    "pass_no_neigh",
-)
+# The reasons a packet is not balanced (XLB_R_*), as the stats array indexes them.
+REASONS = tuple(name for name in prefixed("XLB_R_") if name != "max")
+assert len(REASONS) == value("XLB_R_MAX"), "XLB_R_* must number 0 .. XLB_R_MAX - 1"
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"

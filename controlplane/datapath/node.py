@@ -122,6 +122,12 @@ class NodeDatapath:
     def heartbeat(self) -> None:
         self.syncer.heartbeat()
 
+    def silence(self) -> None:
+        self.syncer.silence()
+
+    def held_lb_ips(self) -> set[str]:
+        return self.syncer.held_lb_ips()
+
 
 # The kernel's own routing rules (ip rule): (priority, table) of local, main and default.
 _DEFAULT_RULES = {(0, 255), (32766, 254), (32767, 253)}

@@ -7,11 +7,26 @@ import time
 from typing import Any
 
 from .. import runstate
-from .maps import ALG_NAME, BE_F_LOCAL, BE_F_TERMINATING, CLOCK_COARSE, Maps, get_addr
+from ..model.state import Algorithm
+from .maps import (
+    ALG_NAME,
+    ALG_NUM,
+    ANNOUNCE_GRACE_NS,
+    BE_F_LOCAL,
+    BE_F_TERMINATING,
+    CLOCK_COARSE,
+    SVC_F_DROP_EMPTY,
+    SVC_F_PRESERVE_CLIENT,
+    SVC_F_SOURCE_RANGES,
+    Maps,
+    get_addr,
+)
 
-ANNOUNCE_GRACE = 1.0  # XLB_ANNOUNCE_GRACE: the kernel answers while the heartbeat is younger
-
-FLAG_NAMES = {0x1: "preserve-client", 0x2: "drop-if-empty", 0x4: "source-ranges"}
+FLAG_NAMES = {
+    SVC_F_PRESERVE_CLIENT: "preserve-client",
+    SVC_F_DROP_EMPTY: "drop-if-empty",
+    SVC_F_SOURCE_RANGES: "source-ranges",
+}
 
 
 def collect(maps: Maps) -> dict[str, Any]:
@@ -32,7 +47,7 @@ def collect(maps: Maps) -> dict[str, Any]:
                 "id": v.id,
                 "group": v.group,
                 "algorithm": str(ALG_NAME.get(v.algorithm, "?")),
-                "ring": v.ring if v.algorithm == 1 else None,
+                "ring": v.ring if v.algorithm == ALG_NUM[Algorithm.MAGLEV] else None,
                 "ringGeneration": v.ring_gen,
                 "affinityTimeout": v.affinity_timeout,
                 "flags": [n for bit, n in FLAG_NAMES.items() if v.flags & bit],
@@ -105,7 +120,7 @@ def announcing(maps: Maps) -> dict[str, Any]:
     age = (time.clock_gettime_ns(CLOCK_COARSE) - beat) / 1e9 if beat else None
     return {
         "addresses": sorted(get_addr(k) for k in maps.lb_ips),
-        "answering": age is not None and age < ANNOUNCE_GRACE,
+        "answering": age is not None and age * 1e9 < ANNOUNCE_GRACE_NS,
         "heartbeatAge": None if age is None else round(age, 3),
     }
 

@@ -25,6 +25,7 @@ from ..model.state import Algorithm, Backend, DesiredState, Frontend, FrontendKi
 from .config import DatapathConfig
 from .maps import (
     ALG_NUM,
+    ANNOUNCE_GRACE_NS,
     BE_F_LOCAL,
     BE_F_TERMINATING,
     CLOCK_COARSE,
@@ -510,6 +511,23 @@ class Syncer:
         """Tells the programs the agent is alive (for ARP/NDP answers); the clock is the one
         bpf_ktime_get_coarse_ns reads (CLOCK_MONOTONIC_COARSE)."""
         self.maps.heartbeat[ct.c_uint32(0)] = ct.c_uint64(time.clock_gettime_ns(CLOCK_COARSE))
+
+    def silence(self) -> None:
+        """The programs stop answering ARP/NDP at once (an agent that stops on purpose tells
+        its peers it left right after, so the addresses move with no overlap)."""
+        self.maps.heartbeat[ct.c_uint32(0)] = ct.c_uint64(0)
+
+    def held_lb_ips(self) -> set[str]:
+        """The LoadBalancer IPs a starting agent still holds: those its predecessor left in
+        the map while the kernel still answers for them (heartbeat within the grace). Past it
+        the others may have taken them over, so they are dropped before the heartbeat
+        resumes, or the kernel would answer for them again beside the new owner."""
+        beat = int(self.maps.heartbeat[ct.c_uint32(0)].value)
+        age = time.clock_gettime_ns(CLOCK_COARSE) - beat
+        if beat and age < ANNOUNCE_GRACE_NS:
+            return set(self.lb_ips)
+        self.sync_lb_ips(set())
+        return set()
 
     def sync_devices(self, devices: dict[int, str]) -> None:
         """The devices the programs run on (ifindex -> MAC): their ARP/NDP answers carry

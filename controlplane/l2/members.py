@@ -5,7 +5,9 @@ timeout: it asks `indirect` other members to ping the target for it. Still nothi
 of the interval: the target is suspect, which is gossiped; a suspect that does not refute it
 (by gossiping `alive` with a higher incarnation) within the suspect timeout is dead. With the
 defaults (120 ms interval, 50 ms timeout, 250 ms suspicion) a dead node is known in under a
-second by whoever probes it, and by the others through gossip piggybacked on every message.
+second by whoever probes it, and by the others through gossip piggybacked on every message. An
+agent that stops on purpose (a rolling restart) says it leaves, and is dead for the others
+at once; one that starts greets every member and waits `settle` before taking anything over.
 
 Each datagram is msgpack, signed with HMAC-SHA256 under the cluster's shared key and stamped
 with the sender's clock: a datagram that is too big, not msgpack, wrongly signed or more than
@@ -52,6 +54,11 @@ class MembersConfig:
     suspect_timeout: float = 0.25
     indirect: int = 2
     max_skew: float = 5.0
+    # a starting member takes over no address it does not hold for this long: the others
+    # hear it (it greets each at once) and let its addresses go first, so that none is
+    # answered twice; the cost is a gap of well under a second, which cached ARP entries
+    # (still pointing at a node that serves the address) ride out
+    settle: float = 1.0
     meta: dict[str, str] = field(default_factory=dict)  # told to everyone (e.g. the uplink)
 
 
@@ -116,6 +123,7 @@ class Members:
         self.probes = 0  # rounds run
         self.probe_errors = 0  # rounds that raised (logged; probing goes on)
         self.stopping = threading.Event()
+        self.started = time.monotonic()
         self.sock = socket.socket(
             socket.AF_INET6 if ":" in cfg.address else socket.AF_INET, socket.SOCK_DGRAM
         )
@@ -131,6 +139,10 @@ class Members:
     def start(self) -> None:
         for t in self.threads:
             t.start()
+        with self.lock:
+            known = [m.address for m in self.members.values()]
+        for address in known:  # hello: a restarted member is known back at once
+            self._send(address, {"t": "news"})
 
     def stop(self) -> None:
         self.stopping.set()
@@ -138,9 +150,30 @@ class Members:
             t.join(2)
         self.sock.close()
 
+    def leave(self) -> None:
+        """A clean stop: no more probes or answers, then every member is told this one left
+        (twice: a datagram may be lost), so they elect again now rather than after a failed
+        probe and a suspicion. The caller silences the kernel's answers first."""
+        self.stopping.set()
+        for t in self.threads:
+            t.join(2)
+        with self.lock:
+            others = [m.address for m in self.members.values() if m.state != "dead"]
+        for _ in range(2):
+            for address in others:
+                self._send(address, {"t": "leave"})
+        self.sock.close()
+
+    def settled(self) -> bool:
+        """Whether this member has been up long enough to take over addresses (see settle)."""
+        return time.monotonic() - self.started >= self.cfg.settle
+
     def set_peers(self, peers: dict[str, tuple[str, int]]) -> None:
-        """Follows the cluster's nodes: new ones join as alive, gone ones are forgotten."""
+        """Follows the cluster's nodes: new ones join as alive (and are greeted at once, so
+        a restarted member is known back without waiting for its probe round), gone ones are
+        forgotten."""
         now = time.monotonic()
+        greet = []
         with self.lock:
             for name, address in peers.items():
                 if name == self.cfg.name:
@@ -148,10 +181,13 @@ class Members:
                 m = self.members.get(name)
                 if m is None:
                     self.members[name] = Member(name, address, since=now)
+                    greet.append(address)
                 else:
                     m.address = address
             for name in [n for n in self.members if n not in peers]:
                 del self.members[name]
+        for address in greet:
+            self._send(address, {"t": "news"})
 
     def alive(self) -> set[str]:
         """Members believed alive (suspects included: they may yet refute), and this one."""
@@ -245,6 +281,9 @@ class Members:
         for change in msg.get("g") or []:
             self._apply(change)
         kind, origin = msg["t"], str(msg["from"])
+        if kind == "leave":  # (a replayed one was refused by its counter already)
+            self._left(origin)
+            return
         self._heard_from(origin, msg.get("m"))
         if kind == "ping":
             self._send(
@@ -284,6 +323,16 @@ class Members:
             if m and m.state == "dead":
                 m.state, m.since = "alive", time.monotonic()
                 log.info("member %s is back", name)
+
+    def _left(self, name: str) -> None:
+        """A member said it stops: dead now, and told to the others on the next datagrams."""
+        with self.lock:
+            m = self.members.get(name)
+            if m is None or m.state == "dead":
+                return
+            m.state, m.since = "dead", time.monotonic()
+            self.gossip.append({"n": name, "s": "dead", "i": m.incarnation})
+        log.info("member %s left", name)
 
     def _apply(self, change: dict) -> None:
         name, state, inc = str(change["n"]), str(change["s"]), int(change["i"])

@@ -10,6 +10,7 @@ its node and IPs for as long as it exists: scaling never moves the others.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -90,6 +91,26 @@ class LabState:
     ext_ips: list[str] = field(default_factory=list)
     ext_ports: list[list] = field(default_factory=list)
     ext_pid: int = 0
+    families: list[str] = field(default_factory=lambda: ["IPv4", "IPv6"])
+
+
+FAMILIES = ("IPv4", "IPv6")
+
+
+def lab_cluster_config(nodes: int, families: list[str]) -> ClusterConfig:
+    """The lab's address plan, cut to the families it runs (an IPv6-only lab has no IPv4
+    anywhere: nodes, pods, Services, client)."""
+    base = ClusterConfig(nodes=nodes)
+
+    def keep(cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(c for c in cidrs if ("IPv6" if ":" in c else "IPv4") in families)
+
+    return dataclasses.replace(
+        base,
+        node_lan=keep(base.node_lan),
+        pod_cidrs=keep(base.pod_cidrs),
+        service_cidrs=keep(base.service_cidrs),
+    )
 
 
 class Lab:
@@ -135,6 +156,7 @@ class Lab:
             ext_ips=raw["ext_ips"],
             ext_ports=raw["ext_ports"],
             ext_pid=raw["ext_pid"],
+            families=raw.get("families", list(FAMILIES)),
         )
 
     def save(self, state: LabState) -> None:
@@ -144,16 +166,28 @@ class Lab:
 
     # -- up ----------------------------------------------------------------------------------------
 
-    def up(self, manifests: list[str], nodes: int = 2, log=print) -> LabState:
+    def up(
+        self,
+        manifests: list[str],
+        nodes: int = 2,
+        log=print,
+        families: list[str] | tuple[str, ...] = FAMILIES,
+    ) -> LabState:
         if (self.dir / "state.json").exists() or topo.netns_list(self.prefix):
             raise LabError(
                 f"xlb lab: lab {self.name!r} is already up; `xlb lab down --name {self.name}` first"
             )
         if nodes < 1:
             raise LabError("xlb lab: --nodes must be at least 1")
+        if not families or set(families) - set(FAMILIES):
+            raise LabError(f"xlb lab: --ip-family: IPv4, IPv6 or both, not {list(families)}")
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "agent").mkdir(exist_ok=True)
-        state = LabState(self.name, [str(Path(m).resolve()) for m in manifests])
+        state = LabState(
+            self.name,
+            [str(Path(m).resolve()) for m in manifests],
+            families=[f for f in FAMILIES if f in families],
+        )
         try:
             self._build(state, nodes, log)
         except BaseException:
@@ -162,11 +196,12 @@ class Lab:
         return state
 
     def _build(self, state: LabState, nodes: int, log) -> None:
-        cfg = ClusterConfig(nodes=nodes)
+        cfg = lab_cluster_config(nodes, state.families)
         xdp_pass = self._xdp_pass()
         topo.lan(self.lan_ns)
         topo.add_netns(self.client_ns)
-        topo.attach_to_lan(self.lan_ns, self.client_ns, f"{self.name}/client", [CLIENT4, CLIENT6])
+        client = self._of_families(state, [CLIENT4, CLIENT6])
+        topo.attach_to_lan(self.lan_ns, self.client_ns, f"{self.name}/client", client)
         os.makedirs(self.cgroup_base(), exist_ok=True)
         for node in synthesize_nodes(cfg):
             ns = f"{self.prefix}{node.name}"
@@ -194,18 +229,25 @@ class Lab:
                     for cidr, via in zip(b.pod_cidrs, b.addresses, strict=False):
                         topo.route(a.netns, cidr, via)
         log(
-            f"lab {self.name}: LAN 192.168.198.0/24 and fd00:198::/64, client {CLIENT4}, "
+            f"lab {self.name}: LAN {' and '.join(cfg.node_lan)}, client {client[0]}, "
             + ", ".join(f"{n.name} {n.addresses[0]}" for n in state.nodes)
         )
         self._reconcile(state, log)
         for node in state.nodes:
-            node.agent_pid = self._start_agent(node)
+            node.agent_pid = self._start_agent(node, state)
         self.save(state)
         self._wait_for_agents(state)
         log(
             f"lab {self.name}: {len(state.pods)} pods, agents running on "
             f"{', '.join(n.name for n in state.nodes)}"
         )
+
+    @staticmethod
+    def _of_families(state: LabState, addresses: list[str]) -> list[str]:
+        return [a for a in addresses if ("IPv6" if ":" in a else "IPv4") in state.families]
+
+    def cluster_config(self, state: LabState) -> ClusterConfig:
+        return lab_cluster_config(len(state.nodes), state.families)
 
     # -- apply: the lab's controllers --------------------------------------------------------------
 
@@ -368,7 +410,9 @@ class Lab:
         if not ips:
             return
         topo.add_netns(self.ext_ns)
-        topo.attach_to_lan(self.lan_ns, self.ext_ns, f"{self.name}/ext", [EXT4, EXT6])
+        topo.attach_to_lan(
+            self.lan_ns, self.ext_ns, f"{self.name}/ext", self._of_families(state, [EXT4, EXT6])
+        )
         for node in state.nodes:  # answers go back to pods through their node
             for cidr, via in zip(node.pod_cidrs, node.addresses, strict=False):
                 topo.route(self.ext_ns, cidr, via)
@@ -444,7 +488,7 @@ class Lab:
     def _client_routes(self, state: LabState) -> None:
         """Routes on the client to externalIPs, and to LoadBalancer IPs outside the LAN, via
         the first node; LoadBalancer IPs on the LAN are announced by their node (ARP/NDP)."""
-        cluster = load_cluster([self.dir / "agent"])
+        cluster = load_cluster([self.dir / "agent"], self.cluster_config(state))
         first = state.nodes[0].addresses
         for svc in cluster.services:
             on_lan = [
@@ -478,10 +522,17 @@ class Lab:
         out.close()
         return proc.pid
 
-    def _start_agent(self, node: NodeState) -> int:
-        key = self.dir / "gossip.key"
+    def _start_agent(self, node: NodeState, state: LabState) -> int:
+        key = self.dir / f"gossip-{node.name}.key"  # a node's own keyring (a rotation)
+        if not key.exists():
+            key = self.dir / "gossip.key"
         if not key.exists():
             key.write_text(os.urandom(16).hex())
+        if state.families != list(FAMILIES):
+            ranges = ",".join(self.cluster_config(state).service_cidrs)
+            more = [f"--service-cluster-ip-range={ranges}"]
+        else:
+            more = []
         args = [
             "agent",
             "-f",
@@ -503,6 +554,7 @@ class Lab:
             "--gossip-key-file",
             str(key),
             *[f"--node-ip={a}" for a in node.addresses],
+            *more,
         ]
         return self._spawn(
             node.netns,
@@ -511,12 +563,28 @@ class Lab:
             [sys.executable, "-m", "controlplane.cli", *args],
         )
 
-    def restart_agent(self, node_name: str) -> int:
+    def restart_agent(
+        self,
+        node_name: str,
+        gossip_keys: list[str] | None = None,
+        graceful: bool = False,
+        timeout: float = 10.0,
+    ) -> int:
+        """Kills the node's agent (SIGKILL, a crash; graceful: SIGTERM and waits for it to
+        exit, as a rolling update does) and starts a new one, with this keyring if given
+        (one key a line, the first signs): the node keeps it across later restarts."""
         state = self.load()
         node = next(n for n in state.nodes if n.name == node_name)
         with contextlib.suppress(ProcessLookupError):
-            os.kill(node.agent_pid, signal.SIGKILL)
-        node.agent_pid = self._start_agent(node)
+            os.kill(node.agent_pid, signal.SIGTERM if graceful else signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while graceful and _alive(node.agent_pid):
+            if time.monotonic() > deadline:
+                raise LabError(f"xlb lab: the agent on {node_name} ignored SIGTERM")
+            time.sleep(0.02)
+        if gossip_keys is not None:
+            (self.dir / f"gossip-{node.name}.key").write_text("\n".join(gossip_keys) + "\n")
+        node.agent_pid = self._start_agent(node, state)
         self.save(state)
         return node.agent_pid
 
@@ -524,7 +592,8 @@ class Lab:
         deadline = time.monotonic() + timeout
         for node in state.nodes:
             log_path = self.dir / f"agent-{node.name}.log"
-            while "sync 1:" not in (log_path.read_text() if log_path.exists() else ""):
+            # synced, and past the gossip's settle: the LoadBalancer IPs are answered
+            while "gossip settled" not in (log_path.read_text() if log_path.exists() else ""):
                 if time.monotonic() > deadline or not _alive(node.agent_pid):
                     tail = log_path.read_text()[-2000:] if log_path.exists() else ""
                     raise LabError(f"xlb lab: the agent on {node.name} did not sync:\n{tail}")
@@ -603,11 +672,15 @@ class Lab:
 
 
 def _alive(pid: int) -> bool:
+    """Whether pid runs; an exited child of this process (a zombie until reaped) does not."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _rmdir_cgroup(path: Path) -> None:

@@ -248,3 +248,40 @@ def test_a_node_that_hears_no_majority_takes_nothing_more(tmp_path, syncer):
             for m in (m2, m3):
                 if not m.stopping.is_set():
                     m.stop()
+
+
+def test_a_starting_agent_takes_nothing_over_until_settled_and_keeps_what_it_still_holds(
+    tmp_path, syncer
+):
+    """A restarted agent whose kernel went silent (beat older than the grace: the others
+    took its addresses) waits out Members.settle before answering, so the others let go
+    first; one restarted within the grace keeps answering for what it held, with no gap."""
+    port = free_ports(1)[0]
+    ips = {f"192.168.198.{240 + i}" for i in range(SERVICES)}
+    mine = {ip for ip in ips if owner(ip, {"node-1", "node-2"}) == "node-1"}
+    m2 = Members(
+        MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
+    )
+    m2.start()
+    try:
+        syncer.sync_lb_ips(set(mine))  # what a killed predecessor left in the map
+        syncer.silence()  # ... with its heartbeat long gone
+        start = time.monotonic()
+        with node1(tmp_path, syncer, SyncerDatapath(syncer), port) as agent:
+            eventually(lambda: agent.syncs >= 1)
+            assert announced(syncer) == set()  # dropped before the heartbeat resumed
+            eventually(lambda: announced(syncer) == mine)
+            took = time.monotonic() - start
+            print(f"a silent node's restart: its addresses taken after {took:.2f}s (settle 1 s)")
+            assert took >= 0.95
+        syncer.sync_lb_ips(set(mine))
+        syncer.heartbeat()  # a predecessor that died a moment ago: the kernel still answers
+        seen = []
+        with node1(tmp_path, syncer, SyncerDatapath(syncer), port) as agent:
+            end = time.monotonic() + 1.5  # through the settle and past it
+            while time.monotonic() < end:
+                seen.append(announced(syncer))
+                time.sleep(0.02)
+        assert seen and all(s == mine for s in seen), [s for s in seen if s != mine][:3]
+    finally:
+        m2.stop()

@@ -305,3 +305,61 @@ def test_a_key_switched_without_the_overlap_splits_the_members():
     finally:
         a.stop()
         b.stop()
+
+
+class Recorder:
+    """A socket that keeps a copy of every datagram it sends (an eavesdropper's capture)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sent = sock, []
+
+    def sendto(self, data: bytes, address) -> int:
+        self.sent.append((data, address))
+        return self.sock.sendto(data, address)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_a_member_that_leaves_is_dead_at_once_and_its_replayed_leave_kills_nobody(trio):
+    """A rolling restart: the leaving member says so and the others know within a few ms,
+    not after a failed probe and a suspicion (~0.7 s); it is greeted back the moment it
+    returns; and its captured goodbye, replayed at the new run, is refused."""
+    agents, peers = trio
+    eventually(lambda: all(a.alive() == set(peers) for a in agents.values()))
+    leaving = agents["node-3"]
+    leaving.sock = Recorder(leaving.sock)
+    t0 = time.monotonic()
+    leaving.leave()
+    gone = eventually(lambda: all("node-3" not in agents[n].alive() for n in ("node-1", "node-2")))
+    print(f"node-3 left; both others knew after {(gone - t0) * 1000:.1f} ms")
+    assert gone - t0 < 0.1  # a probe-based detection takes > 0.3 s
+    goodbyes = [(d, a) for d, a in leaving.sock.sent if b"leave" in d]
+    assert goodbyes
+    back = Members(MembersConfig("node-3", "127.0.0.1", peers["node-3"][1], KEY, peers))
+    t1 = time.monotonic()
+    back.start()
+    try:
+        seen = eventually(
+            lambda: all(agents[n].alive() == set(peers) for n in ("node-1", "node-2"))
+        )
+        print(f"node-3 back; both others knew after {(seen - t1) * 1000:.1f} ms")
+        assert seen - t1 < 0.1  # greeted, not found by the next probe round
+        before = agents["node-1"].refused["replayed"]
+        for data, address in goodbyes:
+            back.sock.sendto(data, address)  # from node-3's own address: only the age tells
+        eventually(lambda: agents["node-1"].refused["replayed"] > before)
+        time.sleep(0.3)
+        assert all(agents[n].alive() == set(peers) for n in ("node-1", "node-2"))
+    finally:
+        back.stop()
+
+
+def test_a_starting_member_settles_before_taking_over():
+    (port,) = free_ports(1)
+    m = Members(MembersConfig("node-1", "127.0.0.1", port, KEY, settle=0.3))
+    try:
+        assert not m.settled()
+        eventually(m.settled, 1.0)
+    finally:
+        m.sock.close()

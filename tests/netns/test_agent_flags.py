@@ -361,6 +361,28 @@ def _external_ips(served: bool, policy: str) -> Callable[[Run], None]:
     return check
 
 
+AUTO_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: auto}
+spec:
+  selector: {app: web}
+  ports: [{port: 81, targetPort: 8080}]
+"""
+
+
+def _service_range(run: Run) -> None:
+    """The Service without a fixed ClusterIP gets one from the first range of its family,
+    and it carries traffic to the pod."""
+    import ipaddress
+
+    got = [a for a, p, _ in run.frontends("internal") if p == 81]
+    assert len(got) == 1 and ipaddress.ip_address(got[0]) in ipaddress.ip_network("10.68.0.0/16")
+    out = run.topo.run_in(run.topo.node, "curl", "-s", "--max-time", "3", f"http://{got[0]}:81/",
+                          cgroup=True)  # fmt: skip
+    assert out.stdout.startswith("web-1 "), (out.stdout, out.stderr)
+
+
 def _pool(run: Run) -> None:
     assert (LB_IP, 80, "external") in run.frontends()
     out = run.topo.curl(run.topo.client, f"http://{LB_IP}/")  # routed via the node (fixture)
@@ -533,6 +555,12 @@ ROWS = [
         _external_ips(False, "203.0.113.0/24"),
     ),
     Row("--pool", ("--pool", POOL), _pool),
+    Row(
+        "--service-cluster-ip-range",
+        ("-f", "{dir}/auto.yaml", "--service-cluster-ip-range", "10.68.0.0/16,10.96.0.0/12"),
+        _service_range,
+        files={"auto.yaml": AUTO_SERVICE},
+    ),  # fmt: skip
     Row(
         "--gossip-key-file",
         ("--pool", POOL, "--gossip-key-file", "{dir}/key"),
