@@ -7,6 +7,7 @@
 #include "lib/maps.h"
 #include "lib/stats.h"
 #include "lib/parse.h"
+#include "lib/conntrack.h"
 #include "lib/skb_nat.h"
 
 #define XLB_PULL_LEN (sizeof(struct ethhdr) + 60 + sizeof(struct tcphdr))
@@ -34,6 +35,12 @@ int tc_lb(struct __sk_buff *skb)
 	struct xlb_ct *ct = xlb_ct.lookup(&k);
 	if (!ct || (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) != XLB_CT_F_REVERSE)
 		return XLB_TC_NEXT; /* not a reply of a flow xdp_lb handed to a local backend */
+	/* a reply is translated only while its flow lives: the backend's own connection to the
+	 * same client address and port, once the Service's flow is over, leaves as it is */
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (xlb_ct_expired(ct, p.proto, now, xlb_config_get()))
+		return XLB_TC_NEXT;
+	xlb_ct_observe(ct, &p, now); /* the backend's answer, FIN or RST */
 	union xlb_addr frontend = ct->nat_saddr;
 	__be16 fport = ct->nat_sport;
 	__u32 svc = ct->svc;

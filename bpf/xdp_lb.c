@@ -41,7 +41,9 @@ static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct x
 /* A source port on the node address for a flow to a remote backend: a port no flow to that
  * backend ever used, or else, of the candidates whose flows are over, the one that ended
  * longest ago (the backend may keep a closed tuple in TIME_WAIT for 60 s and refuse a new
- * SYN on it). 0 when every candidate is live. */
+ * SYN on it). A flow is over when its entry expired (a FIN each way or a RST, then the close
+ * timeout; or its state's idle timeout): a half-closed flow still holds its port. 0 when every
+ * candidate is live. */
 static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 					    const struct xlb_pkt *p,
 					    const union xlb_addr *node,
@@ -67,7 +69,7 @@ static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 		struct xlb_ct *old = xlb_ct.lookup(&k);
 		if (!old)
 			return k.dport;
-		if (xlb_ct_expired(old, p->proto, now) && old->stamp < best_stamp) {
+		if (xlb_ct_expired(old, p->proto, now, cfg) && old->stamp < best_stamp) {
 			best = k.dport;
 			best_stamp = old->stamp;
 		}
@@ -85,17 +87,11 @@ static __always_inline int xlb_source_allowed(const struct xlb_svc *svc, const s
 
 /* Rewrites a packet of a tracked flow and sends it on. */
 static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
-				       struct xlb_ct *ct, __u32 len)
+				       struct xlb_ct *ct, __u32 len, __u64 now)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u16 flags = ct->flags;
-	/* one clock read for the packets that need one (an established TCP packet to a local
-	 * backend needs none) */
-	__u64 now = 0;
-	if (p->proto != IPPROTO_TCP || (flags & XLB_CT_F_SNAT) ||
-	    (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST)))
-		now = bpf_ktime_get_coarse_ns();
 	xlb_ct_observe(ct, p, now);
 	xlb_count_svc(ct->svc, len, 0, 0);
 	if (xlb_rewrite(data, data_end, p, &ct->nat_saddr, ct->nat_sport, &ct->nat_daddr,
@@ -130,9 +126,12 @@ int xdp_lb(struct xdp_md *ctx)
 
 	struct xlb_ct_key ck = {};
 	xlb_ct_key_of(&p, &ck);
+	/* one clock read and one config lookup for all of it (an array lookup the JIT inlines) */
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct xlb_config *cfg = xlb_config_get();
 	struct xlb_ct *ct = xlb_ct.lookup(&ck);
-	if (ct && xlb_ct_usable(ct, &p))
-		return xlb_tracked(ctx, &p, ct, len);
+	if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
+		return xlb_tracked(ctx, &p, ct, len, now);
 
 	struct xlb_svc_key sk = {};
 	sk.addr = p.daddr;
@@ -164,7 +163,15 @@ int xdp_lb(struct xdp_md *ctx)
 		return xlb_reject_udp(ctx, &p);
 	}
 
-	__u64 now = bpf_ktime_get_coarse_ns(); /* new flows: one clock read for all of it */
+	/* TCP starts with a SYN: any other segment of no known flow (a lost entry's, a stray or
+	 * forged RST or ACK) is picked up only if it costs no SNAT port, and a RST never is */
+	int not_syn = p.proto == IPPROTO_TCP &&
+		      (p.tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK | XLB_TCP_RST)) != XLB_TCP_SYN;
+	if (not_syn && (p.tcp_flags & XLB_TCP_RST)) {
+		xlb_count_svc(svc->id, len, 0, 1);
+		xlb_count_reason(XLB_R_DROP_NOT_SYN);
+		return XDP_DROP;
+	}
 	struct xlb_affinity *pin = svc->affinity_timeout ? xlb_affinity_find(svc, &p.saddr, now) : 0;
 	__u32 id = pin ? pin->backend : 0;
 	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
@@ -177,7 +184,7 @@ int xdp_lb(struct xdp_md *ctx)
 		xlb_count_reason(XLB_R_DROP_BACKEND_GONE);
 		return XDP_DROP;
 	}
-	if (svc->affinity_timeout)
+	if (svc->affinity_timeout && !not_syn) /* a pickup continues a flow: it pins nobody */
 		xlb_affinity_set(svc, &p.saddr, pin, id, now);
 
 	struct xlb_ct flow = {};
@@ -188,9 +195,13 @@ int xdp_lb(struct xdp_md *ctx)
 	flow.backend = id;
 	flow.svc = svc->id;
 	flow.stamp = now;
+	flow.state = XLB_CT_NEW;
 	if (!(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT)) {
-		__u32 zero = 0;
-		struct xlb_config *cfg = xlb_config.lookup(&zero);
+		if (not_syn) {
+			xlb_count_svc(svc->id, len, 0, 1);
+			xlb_count_reason(XLB_R_DROP_NOT_SYN);
+			return XDP_DROP;
+		}
 		if (!cfg)
 			return XDP_PASS;
 		flow.nat_saddr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
@@ -207,7 +218,9 @@ int xdp_lb(struct xdp_md *ctx)
 			flow.nat_dport))
 		return XDP_DROP;
 	__u16 flags = flow.flags;
-	xlb_ct_create(&ck, &flow); /* after the rewrite: it turns flow into the reverse entry */
+	/* after the rewrite: it turns flow into the reverse entry */
+	if (xlb_ct_create(&ck, &flow))
+		xlb_count_reason(XLB_R_CT_FULL);
 	if (flags & XLB_CT_F_SNAT)
 		return xlb_fib_forward(ctx, &p, now);
 	return XDP_PASS;

@@ -48,6 +48,7 @@ class AgentConfig:
     native_xdp: bool = True
     preloaded: bool = False  # `xlb prepare-node` compiled and attached; open the pins only
     neighbour_refresh: float = 30.0  # seconds between re-resolving next hops
+    ct_collect_interval: float = 10.0  # seconds between passes of the conntrack collector
     bind_address: str = "0.0.0.0"
     metrics_bind_address: str = "127.0.0.1"  # kube-proxy's default: metrics stay on the node
     healthz_port: int = 10256  # -1: off
@@ -428,6 +429,22 @@ class Agent:
         for ip in sorted(lost):
             log.info("no longer announcing %s (now %s)", ip, chosen.get(ip, "nobody"))
 
+    def _collect(self) -> None:
+        """The conntrack collector, in its own thread: every ct_collect_interval, the
+        entries whose flow is over are deleted (counted in xlb_conntrack_collected_total)."""
+        while not self.stop.wait(self.cfg.ct_collect_interval):
+            try:
+                done = self.datapath.collect_conntrack()
+            except Exception as exc:  # the next pass tries again; LRU still bounds the table
+                log.warning("conntrack collector: %s", exc)
+                continue
+            self.metrics.ct_collected.inc(done.deleted)
+            self.metrics.ct_scans.observe(done.seconds)
+            self.metrics.ct_scanned.set(done.scanned)
+            if done.deleted:
+                log.debug("conntrack: %d of %d entries were over (%.0f ms)", done.deleted,
+                          done.scanned, done.seconds * 1000)  # fmt: skip
+
     def _elect_again(self) -> None:
         """An election between syncs; one that fails is retried by a full sync."""
         try:
@@ -455,6 +472,8 @@ class Agent:
         """Until stopped: a change (after the first complete view) waits out min_interval,
         so that a burst becomes one sync, then the datapath is synced to the latest view."""
         self.source.start()
+        if hasattr(self.datapath, "collect_conntrack") and self.cfg.ct_collect_interval > 0:
+            threading.Thread(target=self._collect, name="conntrack", daemon=True).start()
         if self.members is not None:
             held = getattr(self.datapath, "held_lb_ips", None)
             self.announced = held() if held else set()  # before the heartbeat resumes

@@ -165,13 +165,52 @@ def _node_of(args: argparse.Namespace):
 
 def _datapath_config(args: argparse.Namespace):
     from .datapath.config import DatapathConfig
+    from .datapath.conntrack import Timeouts
 
+    given = {
+        name: getattr(args, f"conntrack_{name}")
+        for name in CONNTRACK_FLAGS
+        if getattr(args, f"conntrack_{name}", None) is not None
+    }
     return DatapathConfig(
         pin_root=args.pin_root,
         max_rings=args.max_rings,
         ring_size=args.ring_size,
         ct_size=args.ct_size,
+        ct_timeouts=Timeouts(**given),
     )
+
+
+# Timeouts.<name> -> (flag, what it is): kube-proxy's flag names where it has one
+CONNTRACK_FLAGS = {
+    "tcp_est": ("--conntrack-tcp-timeout-established", "an idle established TCP flow"),
+    "tcp_close_wait": ("--conntrack-tcp-timeout-close-wait", "a half-closed TCP flow (one FIN)"),
+    "tcp_new": ("--conntrack-tcp-timeout-syn", "a SYN the backend has not answered"),
+    "tcp_close": ("--conntrack-tcp-timeout-close", "a closed flow (a FIN each way, or a RST) "
+                  "before its tuple, a SNAT port, is free"),
+    "udp": ("--conntrack-udp-timeout", "a UDP flow with no reply yet"),
+    "udp_stream": ("--conntrack-udp-timeout-stream", "an idle UDP flow that had replies"),
+}  # fmt: skip
+
+
+def duration(value: str) -> int:
+    """A Go duration as kube-proxy's flags take it (24h0m0s, 90s, 1h30m, 2m) -> whole seconds
+    (rounded up); a bare number is seconds."""
+    import re
+
+    text = value.strip()
+    if re.fullmatch(r"\d+", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a duration (e.g. 24h0m0s, 90s)")
+        unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        seconds = sum(float(n) * unit[u] for n, u in parts)
+    whole = int(-(-seconds // 1))
+    if not 1 <= whole <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: between 1s and 136 years")
+    return whole
 
 
 def cmd_datapath_up(args: argparse.Namespace) -> int:
@@ -893,6 +932,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="at least this many seconds between syncs (default 0.1)",
     )
     _datapath_sizes(agent)
+    from .datapath.conntrack import Timeouts
+
+    for name, (flag, what) in CONNTRACK_FLAGS.items():
+        agent.add_argument(
+            flag,
+            dest=f"conntrack_{name}",
+            type=duration,
+            metavar="DURATION",
+            help=f"how long {what} lives without a packet (default {getattr(Timeouts(), name)}s)",
+        )
     agent.set_defaults(func=cmd_agent)
 
     status = sub.add_parser(

@@ -112,6 +112,22 @@ class Metrics:
         self.frontends = Gauge(
             "xlb_frontends", "Frontends programmed on this node", registry=self.registry
         )
+        self.ct_collected = PromCounter(
+            "xlb_conntrack_collected",
+            "Conntrack entries deleted by the collector because their flow was over",
+            registry=self.registry,
+        )
+        self.ct_scans = Histogram(
+            "xlb_conntrack_collect_duration_seconds",
+            "How long one pass of the conntrack collector took",
+            buckets=buckets,
+            registry=self.registry,
+        )
+        self.ct_scanned = Gauge(
+            "xlb_conntrack_entries",
+            "Conntrack entries at the collector's last pass (two per flow)",
+            registry=self.registry,
+        )
         self.maps_fn = maps_fn
         if maps_fn is not None:
             self.registry.register(_MapsCollector(maps_fn))

@@ -30,36 +30,99 @@ static __always_inline void xlb_ct_twin_key(const struct xlb_ct *ct, __u8 proto,
 	k->proto = proto;
 }
 
-/* Notes what a packet of a tracked flow says about the flow's life: a TCP FIN or RST marks
- * both directions closing (their SNAT port is free again after XLB_CT_CLOSED_REUSE); UDP
- * refreshes the idle stamp at most once a second. now: the coarse clock, which the caller
- * reads only when a packet needs it (UDP, FIN/RST, or a forward that consults the FIB cache). */
-static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_pkt *p, __u64 now)
+/* The config (timeouts, SNAT ports, node addresses), or NULL before the agent wrote it. */
+static __always_inline struct xlb_config *xlb_config_get(void)
 {
-	if (p->proto == IPPROTO_TCP) {
-		if (!(p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST)) || (ct->flags & XLB_CT_F_CLOSING))
-			return;
-		ct->flags |= XLB_CT_F_CLOSING;
-		ct->stamp = now;
-		struct xlb_ct_key k = {};
-		xlb_ct_twin_key(ct, p->proto, &k);
-		struct xlb_ct *twin = xlb_ct.lookup(&k);
-		if (twin) {
-			twin->flags |= XLB_CT_F_CLOSING;
-			twin->stamp = now;
-		}
-		return;
-	}
-	if (now - ct->stamp > XLB_NS_PER_SEC)
-		ct->stamp = now;
+	__u32 zero = 0;
+	return xlb_config.lookup(&zero);
 }
 
-/* Whether a conntrack entry no longer holds its tuple (its SNAT port may be taken). */
-static __always_inline int xlb_ct_expired(const struct xlb_ct *ct, __u8 proto, __u64 now)
+/* How long a flow in ct's state lives without a packet (ns): xlb_config's, else the default. */
+static __always_inline __u64 xlb_ct_timeout(const struct xlb_ct *ct, __u8 proto,
+					    const struct xlb_config *cfg)
 {
-	if (ct->flags & XLB_CT_F_CLOSING)
-		return now - ct->stamp > XLB_CT_CLOSED_REUSE;
-	return proto == IPPROTO_UDP && now - ct->stamp > XLB_CT_UDP_IDLE;
+	__u32 t, fallback;
+	if (proto == IPPROTO_TCP) {
+		if (ct->flags & XLB_CT_F_CLOSING) {
+			t = XLB_CT_T_TCP_CLOSE;
+			fallback = XLB_CT_DEFAULT_TCP_CLOSE;
+		} else if (ct->state == XLB_CT_NEW) {
+			t = XLB_CT_T_TCP_NEW;
+			fallback = XLB_CT_DEFAULT_TCP_NEW;
+		} else if (ct->seen & (XLB_CT_S_FIN_FWD | XLB_CT_S_FIN_REV)) {
+			t = XLB_CT_T_TCP_CLOSE_WAIT;
+			fallback = XLB_CT_DEFAULT_TCP_CLOSE_WAIT;
+		} else {
+			t = XLB_CT_T_TCP_EST;
+			fallback = XLB_CT_DEFAULT_TCP_EST;
+		}
+	} else if (ct->state == XLB_CT_NEW) {
+		t = XLB_CT_T_UDP;
+		fallback = XLB_CT_DEFAULT_UDP;
+	} else {
+		t = XLB_CT_T_UDP_STREAM;
+		fallback = XLB_CT_DEFAULT_UDP_STREAM;
+	}
+	__u32 seconds = cfg ? cfg->ct_timeout[t % XLB_CT_TIMEOUTS] : 0;
+	return (__u64)(seconds ? seconds : fallback) * XLB_NS_PER_SEC;
+}
+
+/* Whether a conntrack entry is over: no packet for its state's timeout. An expired entry
+ * holds nothing: its tuple (a SNAT port) may serve a new flow, and a packet that finds it is
+ * handled as if it were not there. */
+static __always_inline int xlb_ct_expired(const struct xlb_ct *ct, __u8 proto, __u64 now,
+					  const struct xlb_config *cfg)
+{
+	return now > ct->stamp && now - ct->stamp > xlb_ct_timeout(ct, proto, cfg);
+}
+
+/* What a packet of a tracked flow says about the flow, as netfilter reads it: an answer
+ * from the backend establishes it; a FIN each way, or a RST, closes it, but a RST after
+ * which both sides still speak was not the flow's end (a blind forgery); any packet keeps it
+ * alive. The flow's two entries are kept alike (the twin is written only when something
+ * changed or a second passed). now: the coarse clock. */
+static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_pkt *p, __u64 now)
+{
+	int reply = ct->flags & XLB_CT_F_REVERSE;
+	__u8 state = ct->state, seen = ct->seen;
+	__u16 closing = ct->flags & XLB_CT_F_CLOSING;
+	if (p->proto == IPPROTO_TCP) {
+		__u8 tf = p->tcp_flags;
+		if (reply && !(tf & XLB_TCP_RST))
+			state = XLB_CT_EST;
+		if (tf & XLB_TCP_RST) {
+			seen = (seen | XLB_CT_S_RST) & ~(XLB_CT_S_AFTER_FWD | XLB_CT_S_AFTER_REV);
+		} else if (seen & XLB_CT_S_RST) {
+			seen |= reply ? XLB_CT_S_AFTER_REV : XLB_CT_S_AFTER_FWD;
+			if ((seen & (XLB_CT_S_AFTER_FWD | XLB_CT_S_AFTER_REV)) ==
+			    (XLB_CT_S_AFTER_FWD | XLB_CT_S_AFTER_REV))
+				seen &= ~(XLB_CT_S_RST | XLB_CT_S_AFTER_FWD | XLB_CT_S_AFTER_REV);
+		}
+		if (tf & XLB_TCP_FIN)
+			seen |= reply ? XLB_CT_S_FIN_REV : XLB_CT_S_FIN_FWD;
+		int fins = (seen & (XLB_CT_S_FIN_FWD | XLB_CT_S_FIN_REV)) ==
+			   (XLB_CT_S_FIN_FWD | XLB_CT_S_FIN_REV);
+		closing = (fins || (seen & XLB_CT_S_RST)) ? XLB_CT_F_CLOSING : 0;
+	} else if (reply) {
+		state = XLB_CT_EST;
+	}
+	int changed = state != ct->state || seen != ct->seen ||
+		      closing != (ct->flags & XLB_CT_F_CLOSING);
+	if (!changed && now - ct->stamp < XLB_CT_REFRESH)
+		return;
+	ct->state = state;
+	ct->seen = seen;
+	ct->flags = (ct->flags & ~XLB_CT_F_CLOSING) | closing;
+	ct->stamp = now;
+	struct xlb_ct_key k = {};
+	xlb_ct_twin_key(ct, p->proto, &k);
+	struct xlb_ct *twin = xlb_ct.lookup(&k);
+	if (twin) {
+		twin->state = state;
+		twin->seen = seen;
+		twin->flags = (twin->flags & ~XLB_CT_F_CLOSING) | closing;
+		twin->stamp = now;
+	}
 }
 
 /* Records a new flow: val under key (the client's tuple), then the matching reverse entry

@@ -109,11 +109,37 @@ struct xlb_ct_key {
 
 #define XLB_CT_F_REVERSE 0x1 /* a reply entry: restores the frontend as the source */
 #define XLB_CT_F_SNAT 0x2    /* the forward flow was SNATed to the node address */
-#define XLB_CT_F_CLOSING 0x4 /* TCP FIN or RST seen: its SNAT port is free again soon */
+#define XLB_CT_F_CLOSING 0x4 /* TCP: a FIN each way, or a RST: over once the close timeout passes */
 
-/* When an entry's SNAT port may serve a new flow (ns). */
-#define XLB_CT_CLOSED_REUSE (10ULL * XLB_NS_PER_SEC) /* after FIN/RST (TIME_WAIT-like) */
-#define XLB_CT_UDP_IDLE (60ULL * XLB_NS_PER_SEC)     /* a UDP flow silent this long */
+/* A flow's state (xlb_ct.state). Established is 0, so that entries an older xlb wrote (it had
+ * no state) carry over as the live flows they are. */
+#define XLB_CT_EST 0 /* the backend answered */
+#define XLB_CT_NEW 1 /* no answer yet: a TCP SYN (or a mid-stream pickup), a first datagram */
+
+/* What a TCP flow has seen (xlb_ct.seen), the same in both of its entries. */
+#define XLB_CT_S_FIN_FWD 0x1   /* the client's FIN */
+#define XLB_CT_S_FIN_REV 0x2   /* the backend's FIN */
+#define XLB_CT_S_RST 0x4       /* a RST: closing, unless both sides go on talking (forged) */
+#define XLB_CT_S_AFTER_FWD 0x8 /* the client spoke (not a RST) after the RST */
+#define XLB_CT_S_AFTER_REV 0x10 /* the backend spoke after the RST */
+
+/* How long a flow lives without a packet, by state: indexes of xlb_config.ct_timeout (seconds;
+ * 0 there means the default here: kube-proxy's flags and the kernel's conntrack defaults). */
+#define XLB_CT_T_TCP_NEW 0        /* SYN sent, no answer: a flood's entries go quickly */
+#define XLB_CT_T_TCP_EST 1        /* --conntrack-tcp-timeout-established */
+#define XLB_CT_T_TCP_CLOSE_WAIT 2 /* one side's FIN (half-closed): --conntrack-tcp-timeout-close-wait */
+#define XLB_CT_T_TCP_CLOSE 3      /* both FINs or a RST: then its tuple (SNAT port) is free */
+#define XLB_CT_T_UDP 4            /* no reply yet: --conntrack-udp-timeout */
+#define XLB_CT_T_UDP_STREAM 5     /* replied: --conntrack-udp-timeout-stream */
+#define XLB_CT_TIMEOUTS 6
+#define XLB_CT_DEFAULT_TCP_NEW 10
+#define XLB_CT_DEFAULT_TCP_EST 86400
+#define XLB_CT_DEFAULT_TCP_CLOSE_WAIT 3600
+#define XLB_CT_DEFAULT_TCP_CLOSE 10
+#define XLB_CT_DEFAULT_UDP 30
+#define XLB_CT_DEFAULT_UDP_STREAM 120
+/* A live entry's stamp is moved on at most this often (a write per packet would cost). */
+#define XLB_CT_REFRESH (1ULL * XLB_NS_PER_SEC)
 
 /* The tuple a hit rewrites the packet to, in either direction. */
 struct xlb_ct {
@@ -122,10 +148,11 @@ struct xlb_ct {
 	__be16 nat_sport;
 	__be16 nat_dport;
 	__u16 flags;
-	__u16 pad;
+	__u8 state; /* XLB_CT_EST, XLB_CT_NEW */
+	__u8 seen;  /* XLB_CT_S_*: TCP FINs and RSTs */
 	__u32 backend; /* forward: the backend id, checked on every hit */
 	__u32 svc;     /* the frontend id, for counters */
-	__u64 stamp; /* coarse ns: creation; when closing began (TCP); last seen (UDP, ≤ 1/s) */
+	__u64 stamp;   /* coarse ns: the flow's last packet (to within XLB_CT_REFRESH) */
 };
 
 struct xlb_affinity_key {
@@ -191,7 +218,9 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_HEADROOM 14     /* could not make room to build a reply */
 #define XLB_R_NEIGHBOUR_REPLY 15   /* ARP request / neighbour solicitation for an owned IP: answered */
 #define XLB_R_PASS_NO_NEIGH 16     /* rewritten, next hop unresolved: the stack forwards and resolves */
-#define XLB_R_MAX 17
+#define XLB_R_DROP_NOT_SYN 17      /* TCP of no known flow, not a SYN, that would need a SNAT port */
+#define XLB_R_CT_FULL 18           /* the conntrack table refused a flow's entry (sent on untracked) */
+#define XLB_R_MAX 19
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {
@@ -211,6 +240,8 @@ struct xlb_config {
 	__u8 fib_cache; /* 1: routing depends on the destination alone (no policy rules), so FIB
 			 * answers may be cached (forward.h); 0 until the agent has looked */
 	__u8 pad;
+	__u32 ct_timeout[XLB_CT_TIMEOUTS]; /* seconds, by XLB_CT_T_*; 0: the default */
+	__u32 pad2;
 };
 
 BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_MAX_SERVICES,

@@ -3,9 +3,10 @@ the C) and the sync, and the memory each size costs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..maglev import DEFAULT_M, is_prime
+from .conntrack import Timeouts
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/xlb"
 
@@ -37,6 +38,9 @@ class DatapathConfig:
     # no local socket ever holds a tuple a SNATed flow needs. A port is free again 10 s after
     # its flow closed: about 1,600 new connections per second to one remote backend.
     snat_ports: tuple[int, int] = (49152, 65535)
+    # how long a flow lives without a packet, by state (written to the config map: a change
+    # needs no recompile)
+    ct_timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
         if not is_prime(self.ring_size):

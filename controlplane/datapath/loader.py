@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import BccMissing
 from .config import SIZE_FIELDS, DatapathConfig
+from .conntrack import Timeouts
 from .programs import DatapathError
 
 PROGRAMS = ("xdp_lb.c", "tc_lb.c", "sock_lb.c")
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     fields = json.loads(args.config)
     fields["snat_ports"] = tuple(fields["snat_ports"])
+    if "ct_timeouts" in fields:
+        fields["ct_timeouts"] = Timeouts(**fields["ct_timeouts"])
     try:
         devices = [d for d in args.devices.split(",") if d]
         _load_here(DatapathConfig(**fields), devices, args.cgroup, not args.generic_xdp)

@@ -9,15 +9,16 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..heap import collector_paused
 from ..model.state import DesiredState
-from . import attach, loader, migrate
+from . import attach, conntrack, loader, migrate
 from .config import DatapathConfig
-from .maps import Maps
+from .maps import CLOCK_COARSE, Maps
 from .programs import DatapathError
 from .sync import Syncer, SyncResult
 
@@ -124,6 +125,14 @@ class NodeDatapath:
 
     def silence(self) -> None:
         self.syncer.silence()
+
+    def collect_conntrack(self) -> conntrack.Collected:
+        """One pass of the conntrack collector (flows that are over, deleted)."""
+        return conntrack.collect(
+            self.syncer.maps.ct,
+            self.syncer.cfg.ct_timeouts,
+            lambda: time.clock_gettime_ns(CLOCK_COARSE),
+        )
 
     def held_lb_ips(self) -> set[str]:
         return self.syncer.held_lb_ips()

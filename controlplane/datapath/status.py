@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ctypes as ct
+import dataclasses
 import time
 from typing import Any
 
 from .. import runstate
 from ..model.state import Algorithm
+from .conntrack import Timeouts
 from .maps import (
     ALG_NAME,
     ALG_NUM,
@@ -77,6 +79,8 @@ def collect(maps: Maps) -> dict[str, Any]:
             "entries": ct_entries,
             "capacity": maps.ct.max_entries,
             "flows": ct_entries // 2,
+            # what the programs use (the config's, else maps.h's defaults), in seconds
+            "timeouts": dataclasses.asdict(Timeouts.from_slots(list(config.ct_timeout))),
         },
         "maglevRingSize": config.ring_size,
         # the sources of SNAT to backends on other nodes
@@ -150,6 +154,7 @@ def render(status: dict[str, Any]) -> str:
     out += [
         "",
         f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries)",
+        "conntrack timeouts (s): " + ", ".join(f"{k} {v}" for k, v in c["timeouts"].items()),
         f"maglev ring size: {status['maglevRingSize']}",
         f"node addresses (SNAT): {', '.join(status['nodeAddresses'])}",
         "FIB answers: "

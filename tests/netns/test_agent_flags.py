@@ -7,6 +7,7 @@ of the Kubernetes rows (tests/k8s/apiserver.py, bound inside the node's namespac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import subprocess
@@ -383,6 +384,18 @@ def _service_range(run: Run) -> None:
     assert out.stdout.startswith("web-1 "), (out.stdout, out.stderr)
 
 
+def _ct_timeout(name: str, seconds: int) -> Callable[[Run], None]:
+    """The timeout the programs use (the config map, as `xlb status` shows it); the others
+    keep maps.h's defaults."""
+    from controlplane.datapath.conntrack import Timeouts
+
+    def check(run: Run) -> None:
+        shown = run.status()["conntrack"]["timeouts"]
+        assert shown == {**dataclasses.asdict(Timeouts()), name: seconds}, shown
+
+    return check
+
+
 def _pool(run: Run) -> None:
     assert (LB_IP, 80, "external") in run.frontends()
     out = run.topo.curl(run.topo.client, f"http://{LB_IP}/")  # routed via the node (fixture)
@@ -555,6 +568,17 @@ ROWS = [
         _external_ips(False, "203.0.113.0/24"),
     ),
     Row("--pool", ("--pool", POOL), _pool),
+    *[
+        Row(flag, (flag, given), _ct_timeout(name, seconds))
+        for flag, given, name, seconds in (
+            ("--conntrack-tcp-timeout-established", "6h0m0s", "tcp_est", 21600),
+            ("--conntrack-tcp-timeout-close-wait", "30m", "tcp_close_wait", 1800),
+            ("--conntrack-tcp-timeout-syn", "5s", "tcp_new", 5),
+            ("--conntrack-tcp-timeout-close", "20s", "tcp_close", 20),
+            ("--conntrack-udp-timeout", "1m", "udp", 60),
+            ("--conntrack-udp-timeout-stream", "5m0s", "udp_stream", 300),
+        )
+    ],
     Row(
         "--service-cluster-ip-range",
         ("-f", "{dir}/auto.yaml", "--service-cluster-ip-range", "10.68.0.0/16,10.96.0.0/12"),

@@ -66,38 +66,45 @@ def echo_flow(topo) -> subprocess.Popen:
 
 
 def test_established_flows_survive_an_upgrade_that_changed_a_map_layout(topo):
-    """A new xlb whose maps.h laid conntrack out otherwise (here: a padding field renamed)
-    carries the entries into a map of its own layout, and the flow goes on: on its very
-    entry (a lost entry would be made again, with a new stamp)."""
+    """A new xlb whose maps.h laid conntrack out otherwise (here: the pins say an older xlb
+    had no `seen` field, as before the state machine) carries the entries into a map of its
+    own layout, and the flow goes on: on its very entry. (The entry is marked first: its
+    frontend id, which packets only read, is set to one no frontend has; an entry made
+    again would carry the real one. Its stamp moves on every second the flow runs.)"""
     from controlplane.datapath.maps import Maps, get_addr
     from controlplane.datapath.pinned import read_layout, write_layout
 
-    def entries() -> dict[bytes, int]:
+    MARK = 1023
+
+    def entries(mark: bool = False) -> dict[bytes, int]:
         maps = Maps.open(topo.pin_root)
         try:
-            return {
-                bytes(k): v.stamp
-                for k, v in maps.ct.items()
-                if get_addr(k.daddr) == NODE_IP and k.dport == socket.htons(30090)
-            }
+            out = {}
+            for k, v in maps.ct.items():
+                if get_addr(k.daddr) == NODE_IP and k.dport == socket.htons(30090):
+                    if mark:
+                        v.svc = MARK
+                        maps.ct[k] = v
+                    out[bytes(k)] = v.svc
+            return out
         finally:
             maps.close()
 
     flow = echo_flow(topo)
-    before = entries()
-    assert before
+    before = entries(mark=True)
+    assert before and set(before.values()) == {MARK}
     layout = read_layout(topo.pin_root)
     tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items()}
     older = copy.deepcopy(layout["xlb_ct"]["leaf"])
     for member in older[1]:
-        if member[0] == "pad":
+        if member[0] == "seen":
             member[0] = "reserved"
     tables["xlb_ct"] = ("ct", layout["xlb_ct"]["key"], older)
     write_layout(topo.pin_root, tables)  # as an older xlb would have left it
     out = topo.up(["web-1"])
     assert "carried the maps ct over" in out.stderr
     after = entries()
-    assert all(after.get(key) == stamp for key, stamp in before.items()), (before, after)
+    assert all(after.get(key) == MARK for key in before), (before, after)
     got, err = flow.communicate(timeout=30)
     assert flow.returncode == 0, err
     assert int(got.split()[-1]) > 100  # hundreds of round trips, none lost
