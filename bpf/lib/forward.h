@@ -30,16 +30,41 @@ struct xlb_fib_entry {
 };
 BPF_PERCPU_ARRAY(xlb_fib_cache, struct xlb_fib_entry, XLB_FIB_CACHE_SLOTS);
 
-/* Rewrites the Ethernet header and transmits: XDP_TX out of the port it came in on, else a
- * redirect. */
+/* Forwarding costs a hop, as the kernel's ip_forward counts it: the TTL or hop limit goes
+ * down by one (the IPv4 checksum with it, RFC 1624); 0, or -1 when the packet may go no
+ * further (the kernel would answer time exceeded; here it is dropped and counted). */
+static __always_inline int xlb_hop(void *data, void *data_end, __u8 family)
+{
+	if (family == 4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+			return -1;
+		__u32 check = (__u32)ip->check + (__u32)bpf_htons(0x0100);
+		ip->check = (__u16)(check + (check >= 0xffff));
+		ip->ttl--;
+		return 0;
+	}
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	if ((void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1)
+		return -1;
+	ip6->hop_limit--;
+	return 0;
+}
+
+/* Counts a hop and rewrites the Ethernet header and transmits: XDP_TX out of the port it
+ * came in on, else a redirect; XDP_DROP for a packet whose TTL ran out. */
 static __always_inline int xlb_transmit(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac,
-					__u32 out_ifindex)
+					__u32 out_ifindex, __u8 family)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
+	if (xlb_hop(data, data_end, family)) {
+		xlb_count_reason(XLB_R_DROP_TTL);
+		return XDP_DROP;
+	}
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
 	if (out_ifindex == ctx->ingress_ifindex)
@@ -64,7 +89,7 @@ static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_
 	struct xlb_fib_entry *c = cfg && cfg->fib_cache ? xlb_fib_cache.lookup(&slot) : 0;
 	if (c && c->stamp && now - c->stamp < XLB_FIB_CACHE_NS &&
 	    c->in_ifindex == ctx->ingress_ifindex && xlb_addr_eq(&c->dst, &p->daddr))
-		return xlb_transmit(ctx, c->dmac, c->smac, c->out_ifindex);
+		return xlb_transmit(ctx, c->dmac, c->smac, c->out_ifindex, p->family);
 
 	struct bpf_fib_lookup fib = {};
 	fib.ifindex = ctx->ingress_ifindex;
@@ -97,7 +122,7 @@ static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_
 		__builtin_memcpy(c->dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(c->smac, fib.smac, ETH_ALEN);
 	}
-	return xlb_transmit(ctx, fib.dmac, fib.smac, fib.ifindex);
+	return xlb_transmit(ctx, fib.dmac, fib.smac, fib.ifindex, p->family);
 }
 
 #endif

@@ -220,7 +220,10 @@ struct xlb_svc_stats {
 #define XLB_R_PASS_NO_NEIGH 16     /* rewritten, next hop unresolved: the stack forwards and resolves */
 #define XLB_R_DROP_NOT_SYN 17      /* TCP of no known flow, not a SYN, that would need a SNAT port */
 #define XLB_R_CT_FULL 18           /* the conntrack table refused a flow's entry (sent on untracked) */
-#define XLB_R_MAX 19
+#define XLB_R_PASS_MARTIAN 19      /* group MAC, or a martian / IPv4-mapped address: never balanced */
+#define XLB_R_PASS_OTHER_HOST 20   /* a unicast frame to another MAC (a promiscuous port) */
+#define XLB_R_DROP_TTL 21          /* forwarded with TTL / hop limit 1 or 0: no further */
+#define XLB_R_MAX 22
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {

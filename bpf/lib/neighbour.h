@@ -50,7 +50,10 @@ static __always_inline int xlb_arp_reply(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct xlb_arp_ipv4 *arp = (void *)(eth + 1);
-	if ((void *)(arp + 1) > data_end || arp->htype != bpf_htons(1) ||
+	/* an ARP frame (not another ethertype's payload that looks like one) from a unicast
+	 * sender */
+	if ((void *)(arp + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_ARP) ||
+	    (eth->h_source[0] & 1) || (arp->sha[0] & 1) || arp->htype != bpf_htons(1) ||
 	    arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != ETH_ALEN || arp->plen != 4 ||
 	    arp->op != bpf_htons(XLB_ARP_REQUEST))
 		return -1;
@@ -70,6 +73,43 @@ static __always_inline int xlb_arp_reply(struct xdp_md *ctx)
 	return XDP_TX;
 }
 
+/* Whether a neighbour solicitation is one RFC 4861 7.1.1 lets a node act on: hop limit 255,
+ * code 0 (checked by the caller), a valid checksum, ICMP length 24 or 32 (none or one option:
+ * the forms hosts send; others go to the stack), an option whose length is not 0, a target
+ * that is not multicast, and from the unspecified address (duplicate detection) only to the
+ * target's solicited-node group and without a source link-layer address. */
+static __always_inline int xlb_ns_valid(void *data, void *data_end, const struct xlb_pkt *p,
+					__u8 *icmp, const union xlb_addr *target)
+{
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	if ((void *)(ip6 + 1) > data_end || ip6->hop_limit != 255 || target->u8[0] == 0xff)
+		return 0;
+	__u32 len = p->l4_len;
+	if (len != 24 && len != 32)
+		return 0;
+	int unspecified = !(p->saddr.u64[0] | p->saddr.u64[1]);
+	__u32 sum = xlb_pseudo_sum(p, &p->saddr, &p->daddr, IPPROTO_ICMPV6, len);
+	if (len == 32) {
+		if ((void *)(icmp + 32) > data_end || icmp[25] != 1 || (unspecified && icmp[24] == 1))
+			return 0;
+		sum = bpf_csum_diff(0, 0, (void *)icmp, 32, sum);
+	} else {
+		if ((void *)(icmp + 24) > data_end)
+			return 0;
+		sum = bpf_csum_diff(0, 0, (void *)icmp, 24, sum);
+	}
+	if (xlb_csum_fold(sum) != 0xffff)
+		return 0;
+	if (unspecified) {
+		const union xlb_addr *d = &p->daddr;
+		if (d->u32[0] != bpf_htonl(0xff020000) || d->u32[1] != 0 ||
+		    d->u32[2] != bpf_htonl(1) || d->u8[12] != 0xff || d->u8[13] != target->u8[13] ||
+		    d->u8[14] != target->u8[14] || d->u8[15] != target->u8[15])
+			return 0;
+	}
+	return 1;
+}
+
 /* A neighbour solicitation for an owned IPv6 address turned into a solicited advertisement
  * with our link-layer address: XDP_TX, or -1 if the packet is anything else. */
 static __always_inline int xlb_nd_reply(struct xdp_md *ctx, const struct xlb_pkt *p)
@@ -83,8 +123,11 @@ static __always_inline int xlb_nd_reply(struct xdp_md *ctx, const struct xlb_pkt
 		return -1;
 	union xlb_addr target;
 	__builtin_memcpy(&target, icmp + 8, 16);
+	struct ethhdr *in = data;
+	if (in->h_source[0] & 1) /* a group source MAC: nobody to answer */
+		return -1;
 	__u8 *mac = xlb_reply_mac(ctx);
-	if (!mac || !xlb_lb_ips.lookup(&target))
+	if (!mac || !xlb_lb_ips.lookup(&target) || !xlb_ns_valid(data, data_end, p, icmp, &target))
 		return -1;
 	__u8 own[ETH_ALEN];
 	__builtin_memcpy(own, mac, ETH_ALEN);

@@ -41,6 +41,38 @@ static __always_inline int xlb_addr_eq(const union xlb_addr *a, const union xlb_
 	return a->u64[0] == b->u64[0] && a->u64[1] == b->u64[1];
 }
 
+/* Whether a is no address a Service's packet may come from or go to: IPv4 0/8, loopback,
+ * multicast and class E (the broadcast included); IPv6 unspecified, loopback, multicast and
+ * IPv4-mapped (RFC 4291 2.5.5.2: never on the wire, and never to meet IPv4 state). */
+static __always_inline int xlb_addr_martian(const union xlb_addr *a, __u8 family)
+{
+	if (family == 4) {
+		__u8 first = a->u8[12];
+		return first == 0 || first == 127 || first >= 224;
+	}
+	if (a->u8[0] == 0xff)
+		return 1;
+	if (a->u64[0] == 0 && (a->u32[2] == bpf_htonl(0xffff) ||
+			       (a->u32[2] == 0 && (a->u32[3] == 0 || a->u32[3] == bpf_htonl(1)))))
+		return 1;
+	return 0;
+}
+
+/* r, unless a parsed TCP/UDP packet came in a group frame (broadcast or multicast MAC: a
+ * reply would leave with a group source) or names a martian address (netfilter's and the
+ * kernel's rp checks drop those): then XLB_R_PASS_MARTIAN, and nothing balances, tracks or
+ * rejects it. */
+static __always_inline int xlb_parse_sane(const struct ethhdr *eth, int r, const struct xlb_pkt *p)
+{
+	if (r != XLB_OK)
+		return r;
+	if ((eth->h_source[0] | eth->h_dest[0]) & 1)
+		return XLB_R_PASS_MARTIAN;
+	if (xlb_addr_martian(&p->saddr, p->family) || xlb_addr_martian(&p->daddr, p->family))
+		return XLB_R_PASS_MARTIAN;
+	return XLB_OK;
+}
+
 /* Reads ports and flags of the L4 header at p->l4_off; XLB_OK or a pass reason. */
 static __always_inline int xlb_parse_l4(void *data, void *data_end, struct xlb_pkt *p)
 {
@@ -101,7 +133,7 @@ static __always_inline int xlb_parse(void *data, void *data_end, __u32 len, stru
 		xlb_addr_set4(&p->daddr, ip->daddr);
 		p->l4_off = sizeof(*eth) + ihl;
 		p->l4_len = tot - ihl;
-		return xlb_parse_l4(data, data_end, p);
+		return xlb_parse_sane(eth, xlb_parse_l4(data, data_end, p), p);
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = data + sizeof(*eth);
@@ -122,7 +154,7 @@ static __always_inline int xlb_parse(void *data, void *data_end, __u32 len, stru
 		__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
 		p->l4_off = sizeof(*eth) + sizeof(*ip6);
 		p->l4_len = plen;
-		return xlb_parse_l4(data, data_end, p);
+		return xlb_parse_sane(eth, xlb_parse_l4(data, data_end, p), p);
 	}
 	return XLB_R_PASS_NOT_IP;
 }

@@ -120,6 +120,8 @@ def test_remote_backend_round_trip(run, lan, family, pkt, backend, bport):
     snat_port = fwd[l4].sport
     assert 49152 <= snat_port <= 65535
     assert checksums_valid(out.data)
+    hops = (lambda p: p[IP].ttl) if family == 4 else (lambda p: p[IPv6].hlim)
+    assert hops(fwd) == hops(pkt) - 1  # forwarding is a hop (and the checksum says so)
 
     # the backend answers the node; the node answers the client as the frontend
     reply = (
@@ -137,10 +139,28 @@ def test_remote_backend_round_trip(run, lan, family, pkt, backend, bport):
     assert (got[l3].src, got[l3].dst) == (node, pkt[l3].src)
     assert (got[l4].sport, got[l4].dport) == (pkt[l4].dport, pkt[l4].sport)
     assert checksums_valid(back.data)
+    assert hops(got) == hops(reply) - 1
 
     # the rest of the flow keeps the same source port on the node
     again = Ether(run(pkt).data)
     assert again[l4].sport == snat_port
+
+
+@pytest.mark.parametrize(
+    "pkt",
+    [
+        tcp(CLIENT4, 40010, NODE4, 30080, flags="S", ttl=1),
+        tcp(CLIENT4, 40011, NODE4, 30080, flags="S", ttl=0),
+        tcp(CLIENT6, 40012, NODE6, 30080, flags="S", hlim=1),
+    ],
+    ids=["ttl 1", "ttl 0", "hop limit 1"],
+)
+def test_a_packet_out_of_hops_is_not_forwarded(run, maps, pkt):
+    """The kernel's ip_forward would not send it on (it answers time exceeded); nor does
+    xdp_lb, which drops and counts it."""
+    before = maps.reason_counts()["drop_ttl"]
+    assert run(pkt).retval == XDP_DROP
+    assert maps.reason_counts()["drop_ttl"] - before == 1
 
 
 def test_two_clients_with_one_port_get_distinct_snat_ports(run):

@@ -1,0 +1,147 @@
+"""L2 and address hygiene, as the RFCs and the kernel's own checks have it: frames xdp_lb must
+neither answer nor balance nor reject, each passed to the stack byte for byte and counted.
+Every table has a row that is answered, so that a table which passes by answering nothing
+cannot pass. (description, frame, what xdp_lb does, the reason counted)"""
+
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
+from scapy.layers.l2 import ARP, Ether
+
+from controlplane.model.state import DesiredState
+from tests.bpf.packets import CLIENT_MAC, NODE_MAC, tcp
+from tests.bpf.test_neighbour import OWNED4, OWNED6, UPLINK_MAC
+from tests.bpf.test_xdp_lb import (
+    CLIENT4,
+    CLIENT6,
+    NODE4,
+    NODE6,
+    STATE,
+    XDP_PASS,
+    XDP_TX,
+    frontend,
+)
+
+ASKER6 = "fd00:198::100"
+SOLICITED = "ff02::1:ff00:f0"  # OWNED6's solicited-node group
+SOLICITED_MAC = "33:33:ff:00:00:f0"
+
+
+@pytest.fixture
+def run(xdp, maps, syncer):
+    from controlplane.datapath.syscall import prog_test_run
+
+    state = DesiredState(
+        frontends=(*STATE.frontends, frontend(NODE4, 30999, "TCP", []))  # no backend: rejects
+    )
+    syncer.sync(state, NODE4, NODE6, UPLINK_MAC)
+    syncer.sync_lb_ips({OWNED4, OWNED6})
+    syncer.heartbeat()
+    fd = xdp.functions["xdp_lb"].fd
+    yield lambda pkt: prog_test_run(fd, bytes(pkt))
+    syncer.sync_lb_ips(set())
+
+
+def arp(src_mac: str = CLIENT_MAC, hwsrc: str = CLIENT_MAC, ethertype: int = 0x0806) -> Ether:
+    return Ether(src=src_mac, dst="ff:ff:ff:ff:ff:ff", type=ethertype) / ARP(
+        op=1, hwsrc=hwsrc, psrc="192.168.198.100", pdst=OWNED4
+    )
+
+
+def ns(src: str = ASKER6, dst: str = SOLICITED, hlim: int = 255, option: bytes | None = None,
+       code: int = 0, chksum: int | None = None, mac: str = CLIENT_MAC) -> Ether:  # fmt: skip
+    icmp = ICMPv6ND_NS(tgt=OWNED6, code=code)
+    if chksum is not None:
+        icmp.cksum = chksum
+    pkt = Ether(src=mac, dst=SOLICITED_MAC) / IPv6(src=src, dst=dst, hlim=hlim) / icmp
+    if option is None:
+        pkt = pkt / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+    elif option:
+        pkt = pkt / option
+    return Ether(bytes(pkt))
+
+
+NEIGHBOURS = [
+    ("an ARP request (the control)", arp(), XDP_TX),
+    ("ARP bytes in an LLDP frame", arp(ethertype=0x88CC), XDP_PASS),
+    ("an ARP request from a group source MAC", arp(src_mac="01:00:5e:00:00:01"), XDP_PASS),
+    ("an ARP request whose sender hardware address is a group", arp(hwsrc="ff:ff:ff:ff:ff:ff"),
+     XDP_PASS),
+    ("a solicitation (the control)", ns(), XDP_TX),
+    ("duplicate detection: from :: to the solicited-node group", ns(src="::", option=b""),
+     XDP_TX),
+    ("hop limit 64: it crossed a router (RFC 4861 7.1.1)", ns(hlim=64), XDP_PASS),
+    ("code 1", ns(code=1), XDP_PASS),
+    ("a bad checksum", ns(chksum=0x1234), XDP_PASS),
+    ("an option of length 0", ns(option=b"\x01\x00" + bytes(6)), XDP_PASS),
+    ("from :: to a unicast address", ns(src="::", dst=OWNED6, option=b""), XDP_PASS),
+    ("from :: with a source link-layer address", ns(src="::"), XDP_PASS),
+    ("from :: to another solicited-node group", ns(src="::", dst="ff02::1:ff00:f1", option=b""),
+     XDP_PASS),
+    ("from a group source MAC", ns(mac="33:33:00:00:00:01"), XDP_PASS),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("description,pkt,verdict", NEIGHBOURS, ids=[r[0] for r in NEIGHBOURS])
+def test_only_well_formed_requests_are_answered(run, description, pkt, verdict):
+    out = run(pkt)
+    assert out.retval == verdict
+    if verdict == XDP_PASS:
+        assert out.data == bytes(pkt)
+
+
+def syn(src: str, dst: str, dport: int = 30080, src_mac: str = CLIENT_MAC,
+        dst_mac: str = NODE_MAC) -> Ether:  # fmt: skip
+    pkt = tcp(src, 40000, dst, dport, flags="S")
+    pkt[Ether].src, pkt[Ether].dst = src_mac, dst_mac
+    return Ether(bytes(pkt))
+
+
+MARTIANS = [
+    ("a client's SYN (the control)", syn(CLIENT4, NODE4), None),
+    ("from 127.0.0.1", syn("127.0.0.1", NODE4), "pass_martian"),
+    ("from 0.0.0.0", syn("0.0.0.0", NODE4), "pass_martian"),
+    ("from a multicast address", syn("224.0.0.9", NODE4), "pass_martian"),
+    ("from the broadcast address", syn("255.255.255.255", NODE4), "pass_martian"),
+    ("from class E", syn("240.0.0.1", NODE4), "pass_martian"),
+    ("in a broadcast frame", syn(CLIENT4, NODE4, dst_mac="ff:ff:ff:ff:ff:ff"), "pass_martian"),
+    ("from a group source MAC", syn(CLIENT4, NODE4, src_mac="01:00:5e:00:00:09"), "pass_martian"),
+    ("to a frontend without backends, from a multicast source: no RST to it",
+     syn("224.0.0.9", NODE4, 30999), "pass_martian"),
+    ("IPv6 from ::1", syn("::1", NODE6), "pass_martian"),
+    ("IPv6 from a multicast address", syn("ff02::1", NODE6), "pass_martian"),
+    ("IPv6 from ::", syn("::", NODE6), "pass_martian"),
+    ("IPv6 from an IPv4-mapped address", syn("::ffff:192.168.198.100", NODE6), "pass_martian"),
+    ("IPv6 to the node's NodePort in IPv4-mapped form: never the IPv4 Service",
+     syn(CLIENT6, f"::ffff:{NODE4}"), "pass_martian"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("description,pkt,reason", MARTIANS, ids=[r[0] for r in MARTIANS])
+def test_martian_and_group_traffic_is_never_balanced(run, maps, description, pkt, reason):
+    before = maps.reason_counts()
+    out = run(pkt)
+    if reason is None:
+        assert out.retval == XDP_PASS and Ether(out.data)[IP].dst != NODE4  # balanced: DNAT
+        return
+    assert (out.retval, out.data) == (XDP_PASS, bytes(pkt))
+    assert maps.reason_counts()[reason] - before[reason] == 1
+    assert not [k for k, _ in maps.ct.items()]  # nothing tracked either
+
+
+def test_an_ipv4_mapped_packet_never_touches_an_ipv4_flow(run, maps):
+    """The IPv4 flow's entries are keyed by IPv4-mapped addresses: an IPv6 packet spelling the
+    same addresses must not hit them (it used to be rewritten by them)."""
+    first = run(syn(CLIENT4, NODE4))
+    assert Ether(first.data)[IP].dst != NODE4
+    entries = {bytes(k): bytes(v) for k, v in maps.ct.items()}
+    mapped = (
+        Ether(src=CLIENT_MAC, dst=NODE_MAC)
+        / IPv6(src=f"::ffff:{CLIENT4}", dst=f"::ffff:{NODE4}")
+        / TCP(sport=40000, dport=30080, flags="A")
+    )
+    out = run(mapped)
+    assert (out.retval, out.data) == (XDP_PASS, bytes(mapped))
+    assert {bytes(k): bytes(v) for k, v in maps.ct.items()} == entries
