@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXAMPLES ?= examples/services
 PYTEST_ARGS ?=
 
-.PHONY: setup host venv test demo lint bench bench-ci clean
+.PHONY: setup host venv test demo lint bench bench-ci fuzz clean
 
 setup: host venv
 
@@ -44,6 +44,12 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 bench-ci: setup $(VENV)/.bench-installed
 	$(PY) -m bench.ci
+
+# The fuzzer's long run: 1,000,000 random and mutated frames through xdp_lb and tc_lb, each
+# output judged by tests/fuzz/model.py (`make test` runs 20,000). FUZZ_SEED replays a run.
+FUZZ_FRAMES ?= 1000000
+fuzz: setup
+	FUZZ_FRAMES=$(FUZZ_FRAMES) $(PY) -m pytest tests/fuzz -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

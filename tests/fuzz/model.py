@@ -1,0 +1,179 @@
+"""What an output of xdp_lb or tc_lb may be, judged by scapy from the state alone (not from
+the programs' code): an untouched pass, a drop, or one of the rewrites and answers the
+datapath exists for, each with its addresses, hop count and checksums right. A judgment is
+None (allowed) or the reason it is not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
+from scapy.layers.l2 import ARP, Ether
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
+TC_NEXT = 0xFFFFFFFF
+
+
+@dataclass
+class Model:
+    """The state the programs were given: frontend (address, port, proto) -> its backends
+    ((address, port, local)), the node's addresses, the LoadBalancer IPs it owns."""
+
+    frontends: dict[tuple[str, int, str], list[tuple[str, int, bool]]]
+    node_addresses: set[str]
+    owned: set[str]
+    clients_seen: set[str] = field(default_factory=set)
+
+
+def _l3(pkt):
+    return pkt[IP] if IP in pkt else pkt[IPv6] if IPv6 in pkt else None  # noqa: SIM401
+
+
+def _l4(pkt):
+    return pkt[TCP] if TCP in pkt else pkt[UDP] if UDP in pkt else None  # noqa: SIM401
+
+
+def _proto(l4) -> str:
+    return "TCP" if isinstance(l4, TCP) else "UDP"
+
+
+def _l4_sum_ok(raw: bytes) -> bool:
+    """Whether the L4 checksum is what scapy computes (an IPv4 UDP zero means none)."""
+    pkt = Ether(raw)
+    l4 = _l4(pkt)
+    if l4 is None:
+        return True
+    if isinstance(l4, UDP) and IP in pkt and l4.chksum == 0:
+        return True
+    fresh = Ether(raw)
+    del _l4(fresh).chksum
+    return _l4(Ether(bytes(fresh))).chksum == l4.chksum
+
+
+def _ip_sum_ok(raw: bytes) -> bool:
+    pkt = Ether(raw)
+    if IP not in pkt:
+        return True
+    fresh = Ether(raw)
+    del fresh[IP].chksum
+    return Ether(bytes(fresh))[IP].chksum == pkt[IP].chksum
+
+
+def _hops(l3) -> int:
+    return l3.ttl if isinstance(l3, IP) else l3.hlim
+
+
+def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
+    if retval not in (XDP_DROP, XDP_PASS, XDP_TX):
+        return f"verdict {retval}"
+    if retval == XDP_DROP or (retval == XDP_PASS and out == inp):
+        return None
+    a, b = Ether(inp), Ether(out)
+    ia, ib = _l3(a), _l3(b)
+    if retval == XDP_TX and ARP in a and ARP in b:
+        if not (a[ARP].op == 1 and a[ARP].pdst in m.owned and b[ARP].op == 2):
+            return "an ARP answer to no request for an owned address"
+        if (b[ARP].psrc, b[ARP].pdst, b.dst) != (a[ARP].pdst, a[ARP].psrc, a[ARP].hwsrc):
+            return "an ARP answer with the wrong addresses"
+        return None
+    if retval == XDP_TX and ICMPv6ND_NA in b:
+        if ICMPv6ND_NS not in a or a[ICMPv6ND_NS].tgt not in m.owned:
+            return "an advertisement answering no solicitation for an owned address"
+        if b[ICMPv6ND_NA].tgt != a[ICMPv6ND_NS].tgt or b[IPv6].hlim != 255:
+            return "an advertisement with the wrong target or hop limit"
+        return None if _l4_sum_ok(out) and _icmp6_ok(out) else "an advertisement's checksum"
+    if ia is None or ib is None:
+        return "a rewrite of something that is not IP"
+    la, lb = _l4(a), _l4(b)
+    sent_back = (ib.src, ib.dst) == (ia.dst, ia.src)
+    if retval == XDP_TX and sent_back and (ICMP in b or ICMPv6DestUnreach in b or (
+            lb is not None and isinstance(lb, TCP) and "R" in str(lb.flags))):  # fmt: skip
+        return _judge_reject(m, a, b, out)
+    if la is None or lb is None or type(la) is not type(lb):
+        return "a rewrite that changed or lost the transport"
+    key = (ia.dst, la.dport, _proto(la))
+    sums_ok = _l4_sum_ok(inp)
+    if bytes(la.payload) != bytes(lb.payload):
+        return "the payload changed"
+    # incremental updates keep a checksum's validity: a corrupt packet stays corrupt
+    if _ip_sum_ok(out) != _ip_sum_ok(inp):
+        return "the IPv4 header checksum's validity changed"
+    if _l4_sum_ok(out) != sums_ok:
+        return "the L4 checksum's validity changed"
+    if key in m.frontends:  # a new or tracked flow of a frontend: DNAT (and SNAT if remote)
+        backends = m.frontends[key]
+        chosen = next(((h, p, loc) for h, p, loc in backends if (ib.dst, lb.dport) == (h, p)),
+                      None)  # fmt: skip
+        if chosen is None:
+            return f"{key} sent to {(ib.dst, lb.dport)}, not one of its backends"
+        local = chosen[2]
+        if retval == XDP_PASS and local:
+            if (ib.src, lb.sport) != (ia.src, la.sport) or _hops(ib) != _hops(ia):
+                return "a local delivery that changed the source or the hop count"
+            return None
+        if retval == XDP_TX and not local:
+            if ib.src not in m.node_addresses or _hops(ib) != _hops(ia) - 1:
+                return "a forward not from the node, or without its hop"
+            return None
+        return f"verdict {retval} for a {'local' if local else 'remote'} backend"
+    # a remote backend's reply to the node: back to the client as the frontend
+    remote = {(h, p) for bs in m.frontends.values() for h, p, loc in bs if not loc}
+    if retval == XDP_TX and (ia.src, la.sport) in remote and ia.dst in m.node_addresses:
+        served_by = [k for k, bs in m.frontends.items() if any((h, p) == (ia.src, la.sport)
+                                                                for h, p, _ in bs)]  # fmt: skip
+        if (ib.src, lb.sport, _proto(lb)) not in served_by:
+            return "a reply that does not come from a frontend of its backend"
+        if _hops(ib) != _hops(ia) - 1:
+            return "a reply forwarded without its hop"
+        return None
+    return f"a rewrite of a packet to no frontend ({key}, verdict {retval})"
+
+
+def _icmp6_ok(raw: bytes) -> bool:
+    from scapy.layers.inet6 import _ICMPv6
+
+    pkt = Ether(raw)
+    fresh = Ether(raw)
+    for layer in list(fresh.layers()):
+        if issubclass(layer, _ICMPv6):
+            del fresh[layer].cksum
+            return Ether(bytes(fresh))[layer].cksum == pkt[layer].cksum
+    return True
+
+
+def _judge_reject(m: Model, a, b, out: bytes) -> str | None:
+    ia, ib, la = _l3(a), _l3(b), _l4(a)
+    if la is None:
+        return "a reject of something that is neither TCP nor UDP"
+    key = (ia.dst, la.dport, _proto(la))
+    if key not in m.frontends or m.frontends[key]:
+        return f"a reject for {key}, which is no frontend without backends"
+    if (ib.src, ib.dst) != (ia.dst, ia.src) or b.dst != a.src:
+        return "a reject not sent back to its sender"
+    if int(b.src.split(":")[0], 16) & 1:
+        return "a reject from a group MAC"
+    if not (_ip_sum_ok(out) and _l4_sum_ok(out) and _icmp6_ok(out)):
+        return "a reject's checksum"
+    return None
+
+
+def judge_tc(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
+    """tc_lb lets every packet go on; it rewrites only a local backend's reply, whose source
+    becomes a frontend of that backend."""
+    if retval != TC_NEXT:
+        return f"tc verdict {retval}"
+    if out == inp:
+        return None
+    a, b = Ether(inp), Ether(out)
+    ia, ib, la, lb = _l3(a), _l3(b), _l4(a), _l4(b)
+    if None in (ia, ib, la, lb):
+        return "a tc rewrite of something that is not TCP/UDP over IP"
+    served_by = [k for k, bs in m.frontends.items() if (ia.src, la.sport, True) in bs]
+    if (ib.src, lb.sport, _proto(lb)) not in served_by:
+        return "a tc rewrite whose source is no frontend of a local backend"
+    if (ib.dst, lb.dport) != (ia.dst, la.dport) or bytes(la.payload) != bytes(lb.payload):
+        return "a tc rewrite that changed the destination or the payload"
+    if _ip_sum_ok(out) != _ip_sum_ok(inp) or _l4_sum_ok(out) != _l4_sum_ok(inp):
+        return "a tc rewrite changed a checksum's validity"
+    return None
