@@ -54,7 +54,7 @@ static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 		return 0;
 	/* double hashing: with one step for every flow, probing would be linear probing in
 	 * disguise, and its clusters made runs of taken candidates far likelier than chance */
-	__u32 h = xlb_hash_flow(p);
+	__u32 h = xlb_hash_flow(p, xlb_hash_seed(cfg));
 	__u32 step = xlb_fmix(h ^ 0x9e3779b9) | 1;
 	struct xlb_ct_key k = {};
 	k.saddr = be->addr;
@@ -176,7 +176,8 @@ int xdp_lb(struct xdp_md *ctx)
 	__u32 id = pin ? pin->backend : 0;
 	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
-		id = xlb_select(svc, xlb_hash_flow(&p), xlb_hash_addr(&p.saddr));
+		__u32 seed = xlb_hash_seed(cfg);
+		id = xlb_select(svc, xlb_hash_flow(&p, seed), xlb_hash_addr(&p.saddr, seed));
 		be = id ? xlb_backend_get(id) : 0;
 	}
 	if (!be) {

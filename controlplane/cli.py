@@ -164,7 +164,7 @@ def _node_of(args: argparse.Namespace):
 
 
 def _datapath_config(args: argparse.Namespace):
-    from .datapath.config import DatapathConfig
+    from .datapath.config import DatapathConfig, hash_seed_of
     from .datapath.conntrack import Timeouts
 
     given = {
@@ -172,12 +172,14 @@ def _datapath_config(args: argparse.Namespace):
         for name in CONNTRACK_FLAGS
         if getattr(args, f"conntrack_{name}", None) is not None
     }
+    seed = getattr(args, "hash_seed", None)
     return DatapathConfig(
         pin_root=args.pin_root,
         max_rings=args.max_rings,
         ring_size=args.ring_size,
         ct_size=args.ct_size,
         ct_timeouts=Timeouts(**given),
+        hash_seed=hash_seed_of(seed) if seed else 0,
     )
 
 
@@ -283,12 +285,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.source == "kubernetes":
         from .sources.kubernetes import KubernetesSource, api_client
 
+        client = api_client(args.kubeconfig)
         source = KubernetesSource(
-            api_client(args.kubeconfig),
+            client,
             endpoints_api=args.endpoints_api,
             proxy_name=args.proxy_name,
             pools=_pools(args.pool or []),
         )
+        if not args.hash_seed:
+            args.hash_seed = _cluster_identity(client)
     else:
         if not args.filename:
             raise SystemExit("xlb agent: --source manifests needs -f FILE|DIR")
@@ -338,6 +343,23 @@ def agent_config(args: argparse.Namespace, node: str):
             external_ips=_external_ips(args.external_ips),
         ),
     )
+
+
+def _cluster_identity(client) -> str | None:
+    """The kube-system namespace's uid: the same for every node, made when the cluster was,
+    unknown outside it; the default seed of the hashes (None, with a warning, if unreadable)."""
+    import logging
+
+    from kubernetes import client as k8s
+
+    try:
+        return str(k8s.CoreV1Api(client).read_namespace("kube-system").metadata.uid)
+    except Exception as exc:  # noqa: BLE001 (RBAC, an old server: the public default)
+        logging.getLogger("xlb.agent").warning(
+            "cannot read namespace kube-system (%s): the flow hashes use the public default "
+            "seed; give --hash-seed", getattr(exc, "reason", exc),
+        )  # fmt: skip
+        return None
 
 
 def _cidrs(value: str) -> tuple[str, ...]:
@@ -932,6 +954,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="at least this many seconds between syncs (default 0.1)",
     )
     _datapath_sizes(agent)
+    agent.add_argument(
+        "--hash-seed",
+        metavar="TEXT",
+        help="what the flow hashes (Maglev, source hash, SNAT ports) are seeded from; the same "
+        "on every node and unknown to clients, or they can aim flows at one backend; default: "
+        "the kube-system namespace's uid (Kubernetes source), else a public constant",
+    )
     from .datapath.conntrack import Timeouts
 
     for name, (flag, what) in CONNTRACK_FLAGS.items():

@@ -24,12 +24,22 @@ static __always_inline __u32 xlb_fmix(__u32 h)
 	return h;
 }
 
-#define XLB_HASH_SEED 0x786c6221 /* the same on every node, so every node picks alike */
+/* The seed of the flow and client hashes when the agent gave none: public, so that anyone
+ * could craft flows that pile onto one backend or one run of SNAT ports; the agent writes
+ * the cluster's own into xlb_config.hash_seed (the same on every node, so that every node
+ * picks alike). */
+#define XLB_HASH_SEED 0x786c6221
+
+/* The seed to hash with: the cluster's, else the default. */
+static __always_inline __u32 xlb_hash_seed(const struct xlb_config *cfg)
+{
+	return cfg && cfg->hash_seed ? cfg->hash_seed : XLB_HASH_SEED;
+}
 
 /* Hash of a client address: stable for the client, whatever its ports. */
-static __always_inline __u32 xlb_hash_addr(const union xlb_addr *a)
+static __always_inline __u32 xlb_hash_addr(const union xlb_addr *a, __u32 seed)
 {
-	__u32 h = XLB_HASH_SEED;
+	__u32 h = seed;
 	h = xlb_mix(h, a->u32[0]);
 	h = xlb_mix(h, a->u32[1]);
 	h = xlb_mix(h, a->u32[2]);
@@ -38,9 +48,9 @@ static __always_inline __u32 xlb_hash_addr(const union xlb_addr *a)
 }
 
 /* Hash of a flow's 5-tuple as the client sent it (needs parse.h's struct xlb_pkt). */
-static __always_inline __u32 xlb_hash_flow(const struct xlb_pkt *p)
+static __always_inline __u32 xlb_hash_flow(const struct xlb_pkt *p, __u32 seed)
 {
-	__u32 h = XLB_HASH_SEED;
+	__u32 h = seed;
 #pragma unroll
 	for (int i = 0; i < 4; i++) {
 		h = xlb_mix(h, p->saddr.u32[i]);

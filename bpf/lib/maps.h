@@ -244,7 +244,7 @@ struct xlb_config {
 			 * answers may be cached (forward.h); 0 until the agent has looked */
 	__u8 pad;
 	__u32 ct_timeout[XLB_CT_TIMEOUTS]; /* seconds, by XLB_CT_T_*; 0: the default */
-	__u32 pad2;
+	__u32 hash_seed; /* the cluster's: the same on every node, secret outside it; 0: maglev.h's */
 };
 
 BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_MAX_SERVICES,

@@ -41,6 +41,9 @@ class DatapathConfig:
     # how long a flow lives without a packet, by state (written to the config map: a change
     # needs no recompile)
     ct_timeouts: Timeouts = field(default_factory=Timeouts)
+    # the seed of the flow and client hashes (Maglev, source hash, SNAT ports): the cluster's
+    # own, the same on every node; 0: maps.h's public default
+    hash_seed: int = 0
 
     def __post_init__(self) -> None:
         if not is_prime(self.ring_size):
@@ -75,3 +78,22 @@ class DatapathConfig:
             "affinity": self.affinity_size * (24 + 16 + hash_overhead),
             "stats": self.max_services * 32 * cpus,
         }
+
+
+def hash_seed_of(text: str) -> int:
+    """The 32-bit seed the programs hash with, from any text the whole cluster shares (a
+    flag's value, the kube-system namespace's uid): never 0, which means the default."""
+    import hashlib
+
+    seed = int.from_bytes(hashlib.sha256(b"xlb hash seed\0" + text.encode()).digest()[:4], "big")
+    return seed or 1
+
+
+def seed_fingerprint(seed: int) -> str:
+    """What `xlb status` shows of a seed: enough to compare nodes, nothing to craft flows."""
+    import hashlib
+
+    if not seed:
+        return "default (public)"
+    return hashlib.sha256(b"xlb seed fingerprint\0" + seed.to_bytes(4, "big")).hexdigest()[:12]
+

@@ -84,8 +84,9 @@ class Collected:
 def collect(table, t: Timeouts, now_fn) -> Collected:
     """Deletes the entries of the pinned conntrack table that are over (the programs treat
     them as gone already; deleting them gives their slots back before LRU would). table is
-    the pinned xlb_ct (pinned.PinnedTable); now_fn reads the coarse clock. Each candidate is read again
-    just before it goes: a packet may have made a new flow of its tuple since the scan."""
+    the pinned xlb_ct (pinned.PinnedTable); now_fn reads the coarse clock. Each candidate
+    is read again just before it goes: a packet may have made a new flow of its tuple since
+    the scan."""
     import time
 
     start = time.monotonic()

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import runstate
 from ..model.state import Algorithm
+from .config import seed_fingerprint
 from .conntrack import Timeouts
 from .maps import (
     ALG_NAME,
@@ -86,6 +87,7 @@ def collect(maps: Maps) -> dict[str, Any]:
         # the sources of SNAT to backends on other nodes
         "nodeAddresses": [get_addr(config.node_addr4), get_addr(config.node_addr6)],
         "fibCache": bool(config.fib_cache),
+        "hashSeed": seed_fingerprint(config.hash_seed),
         "announcing": announcing(maps),
         "attachments": attached(maps.pin_root),
         "agent": runstate.read(maps.pin_root),
@@ -157,6 +159,7 @@ def render(status: dict[str, Any]) -> str:
         "conntrack timeouts (s): " + ", ".join(f"{k} {v}" for k, v in c["timeouts"].items()),
         f"maglev ring size: {status['maglevRingSize']}",
         f"node addresses (SNAT): {', '.join(status['nodeAddresses'])}",
+        f"hash seed: {status['hashSeed']}",
         "FIB answers: "
         + ("cached 100 ms" if status["fibCache"] else "looked up per packet (policy routing)"),
         announcing_line(status["announcing"]),

@@ -492,7 +492,8 @@ class Syncer:
     def _sync_config(
         self, addr4: str, addr6: str, mac: str, fib_cache: bool, res: SyncResult
     ) -> None:
-        value = (addr4, addr6, mac, fib_cache, self.cfg.snat_ports, self.cfg.ct_timeouts)
+        value = (addr4, addr6, mac, fib_cache, self.cfg.snat_ports, self.cfg.ct_timeouts,
+                 self.cfg.hash_seed)  # fmt: skip
         if value == self.config_value:
             return
         leaf = self.maps.config.Leaf()
@@ -502,6 +503,7 @@ class Syncer:
         leaf.ring_size = self.cfg.ring_size
         leaf.fib_cache = int(fib_cache)
         leaf.ct_timeout[:] = self.cfg.ct_timeouts.slots()
+        leaf.hash_seed = self.cfg.hash_seed
         if mac:
             leaf.uplink_mac[:] = bytes.fromhex(mac.replace(":", ""))
         self.maps.config[ct.c_uint32(0)] = leaf

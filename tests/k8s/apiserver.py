@@ -13,6 +13,7 @@ import base64
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +23,7 @@ RESOURCES = {
     "/api/v1/services": ("Service", "v1"),
     "/api/v1/endpoints": ("Endpoints", "v1"),
     "/api/v1/nodes": ("Node", "v1"),
+    "/api/v1/namespaces": ("Namespace", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
     "/apis/coordination.k8s.io/v1/leases": ("Lease", "coordination.k8s.io/v1"),
     "/apis/metallb.io/v1beta1/ipaddresspools": ("IPAddressPool", "metallb.io/v1beta1"),
@@ -97,6 +99,14 @@ class ApiServer:
         self.compact_at_page = 0  # after serving this page, compact: its token expires
         self.crds = True  # MetalLB's CRDs installed (else their paths answer 404)
         self.writes: Counter = Counter()  # (method, collection, subresource) from clients
+        # as every cluster has them; kube-system's uid is the cluster's identity (the agents'
+        # default hash seed)
+        for name in ("default", "kube-system"):
+            self.objects["/api/v1/namespaces"][("", name)] = {
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "uid": str(uuid.uuid4()), "resourceVersion": "1"},
+                "status": {"phase": "Active"},
+            }  # fmt: skip
         server = self
 
         class Handler(BaseHTTPRequestHandler):

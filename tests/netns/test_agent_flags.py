@@ -396,6 +396,24 @@ def _ct_timeout(name: str, seconds: int) -> Callable[[Run], None]:
     return check
 
 
+def _hash_seed(given: str | None) -> Callable[[Run], None]:
+    """The seed the programs hash with, as `xlb status` shows it (a fingerprint): from the
+    flag, or (Kubernetes, no flag) from the kube-system namespace's uid."""
+    from controlplane.datapath.config import hash_seed_of, seed_fingerprint
+
+    def check(run: Run) -> None:
+        if given is None:
+            uid = run.api.objects["/api/v1/namespaces"][("", "kube-system")]["metadata"]["uid"]
+            want = seed_fingerprint(hash_seed_of(uid))
+        else:
+            want = seed_fingerprint(hash_seed_of(given))
+        assert run.status()["hashSeed"] == want != "default (public)"
+        if given is not None:
+            _nodeport_reaches_the_pod(run)  # Maglev with the cluster's seed still balances
+
+    return check
+
+
 def _pool(run: Run) -> None:
     assert (LB_IP, 80, "external") in run.frontends()
     out = run.topo.curl(run.topo.client, f"http://{LB_IP}/")  # routed via the node (fixture)
@@ -568,6 +586,8 @@ ROWS = [
         _external_ips(False, "203.0.113.0/24"),
     ),
     Row("--pool", ("--pool", POOL), _pool),
+    Row("--hash-seed", ("--hash-seed", "our-cluster-secret"), _hash_seed("our-cluster-secret")),
+    Row("--hash-seed (kubernetes: kube-system's uid)", (), _hash_seed(None), kubernetes=True),
     *[
         Row(flag, (flag, given), _ct_timeout(name, seconds))
         for flag, given, name, seconds in (
