@@ -57,6 +57,7 @@ def programmed(xdp, tc, dp_config):
 
     maps = Maps.open(xdp.pin_root)
     maps.ct.clear()
+    maps.ct_new.clear()
     Syncer(maps, dp_config).sync(STATE, NODE4, NODE6)
     return xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd
 

@@ -32,7 +32,8 @@ int tc_lb(struct __sk_buff *skb)
 	k.sport = p.sport;
 	k.dport = p.dport;
 	k.proto = p.proto;
-	struct xlb_ct *ct = xlb_ct.lookup(&k);
+	int pending;
+	struct xlb_ct *ct = xlb_ct_find(&k, &pending);
 	if (!ct || (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) != XLB_CT_F_REVERSE)
 		return XLB_TC_NEXT; /* not a reply of a flow xdp_lb handed to a local backend */
 	/* a reply is translated only while its flow lives: the backend's own connection to the
@@ -40,10 +41,10 @@ int tc_lb(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_coarse_ns();
 	if (xlb_ct_expired(ct, p.proto, now, xlb_config_get()))
 		return XLB_TC_NEXT;
-	xlb_ct_observe(ct, &p, now); /* the backend's answer, FIN or RST */
 	union xlb_addr frontend = ct->nat_saddr;
 	__be16 fport = ct->nat_sport;
 	__u32 svc = ct->svc;
+	xlb_ct_observe(ct, pending, &p, now); /* the backend's answer, FIN or RST; may move ct */
 	xlb_count_svc(svc, skb->len, 0, 0);
 	xlb_skb_snat(skb, &p, &frontend, fport);
 	return XLB_TC_NEXT;

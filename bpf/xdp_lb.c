@@ -42,8 +42,10 @@ static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct x
  * backend ever used, or else, of the candidates whose flows are over, the one that ended
  * longest ago (the backend may keep a closed tuple in TIME_WAIT for 60 s and refuse a new
  * SYN on it). A flow is over when its entry expired (a FIN each way or a RST, then the close
- * timeout; or its state's idle timeout): a half-closed flow still holds its port. 0 when every
- * candidate is live. */
+ * timeout; or its state's idle timeout): a half-closed flow still holds its port. When every
+ * candidate is live, the one whose flow has waited longest (over XLB_CT_RECLAIM_AGE) for an
+ * answer gives its port up: a SYN flood cannot hold every port for the SYN timeout. 0 when
+ * none may be taken. */
 static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 					    const struct xlb_pkt *p,
 					    const union xlb_addr *node,
@@ -61,18 +63,36 @@ static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 	k.daddr = *node;
 	k.sport = be->port;
 	k.proto = p->proto;
-	__be16 best = 0;
-	__u64 best_stamp = ~0ULL;
+	__be16 best = 0, spare = 0;
+	__u64 best_stamp = ~0ULL, spare_stamp = ~0ULL;
 #pragma unroll
 	for (int i = 0; i < XLB_SNAT_TRIES; i++) {
 		k.dport = bpf_htons(cfg->snat_port_min + (h + i * step) % range);
-		struct xlb_ct *old = xlb_ct.lookup(&k);
+		int pending;
+		struct xlb_ct *old = xlb_ct_find(&k, &pending);
 		if (!old)
 			return k.dport;
-		if (xlb_ct_expired(old, p->proto, now, cfg) && old->stamp < best_stamp) {
-			best = k.dport;
-			best_stamp = old->stamp;
+		if (xlb_ct_expired(old, p->proto, now, cfg)) {
+			if (old->stamp < best_stamp) {
+				best = k.dport;
+				best_stamp = old->stamp;
+			}
+		} else if (pending && old->state == XLB_CT_NEW && now - old->stamp > XLB_CT_RECLAIM_AGE &&
+			   old->stamp < spare_stamp) {
+			spare = k.dport;
+			spare_stamp = old->stamp;
 		}
+	}
+	if (!best && spare) {
+		best = spare; /* every candidate live: the oldest unanswered flow gives its port up */
+		xlb_count_reason(XLB_R_SNAT_RECLAIMED);
+	}
+	if (best) { /* the old flow's entries go, or they would shadow the new one's */
+		k.dport = best;
+		int pending;
+		struct xlb_ct *old = xlb_ct_find(&k, &pending);
+		if (old)
+			xlb_ct_forget(&k, old, p->proto);
 	}
 	return best;
 }
@@ -87,15 +107,16 @@ static __always_inline int xlb_source_allowed(const struct xlb_svc *svc, const s
 
 /* Rewrites a packet of a tracked flow and sends it on. */
 static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
-				       struct xlb_ct *ct, __u32 len, __u64 now)
+				       struct xlb_ct *ct, int pending, __u32 len, __u64 now)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u16 flags = ct->flags;
-	xlb_ct_observe(ct, p, now);
+	union xlb_addr saddr = ct->nat_saddr, daddr = ct->nat_daddr;
+	__be16 sport = ct->nat_sport, dport = ct->nat_dport;
 	xlb_count_svc(ct->svc, len, 0, 0);
-	if (xlb_rewrite(data, data_end, p, &ct->nat_saddr, ct->nat_sport, &ct->nat_daddr,
-			ct->nat_dport))
+	xlb_ct_observe(ct, pending, p, now); /* last use of ct: it may move the entry */
+	if (xlb_rewrite(data, data_end, p, &saddr, sport, &daddr, dport))
 		return XDP_DROP;
 	if (flags & XLB_CT_F_SNAT)
 		return xlb_fib_forward(ctx, p, now); /* to a remote backend, or its reply */
@@ -129,9 +150,10 @@ int xdp_lb(struct xdp_md *ctx)
 	/* one clock read and one config lookup for all of it (an array lookup the JIT inlines) */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct xlb_config *cfg = xlb_config_get();
-	struct xlb_ct *ct = xlb_ct.lookup(&ck);
+	int pending;
+	struct xlb_ct *ct = xlb_ct_find(&ck, &pending);
 	if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
-		return xlb_tracked(ctx, &p, ct, len, now);
+		return xlb_tracked(ctx, &p, ct, pending, len, now);
 
 	struct xlb_svc_key sk = {};
 	sk.addr = p.daddr;
@@ -219,6 +241,8 @@ int xdp_lb(struct xdp_md *ctx)
 			flow.nat_dport))
 		return XDP_DROP;
 	__u16 flags = flow.flags;
+	if (ct) /* the tuple's earlier flow (over, or superseded): its entries go */
+		xlb_ct_forget(&ck, ct, p.proto);
 	/* after the rewrite: it turns flow into the reverse entry */
 	if (xlb_ct_create(&ck, &flow))
 		xlb_count_reason(XLB_R_CT_FULL);

@@ -111,6 +111,7 @@ def xdp(dp_config):
 def maps(xdp) -> Maps:
     m = Maps.open(xdp.pin_root)
     m.ct.clear()
+    m.ct_new.clear()
     m.affinity.clear()
     yield m
     m.close()

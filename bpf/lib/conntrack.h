@@ -30,6 +30,19 @@ static __always_inline void xlb_ct_twin_key(const struct xlb_ct *ct, __u8 proto,
 	k->proto = proto;
 }
 
+/* The entry under k, established (xlb_ct) or not yet answered (xlb_ct_new, then *pending
+ * is 1), or NULL. */
+static __always_inline struct xlb_ct *xlb_ct_find(struct xlb_ct_key *k, int *pending)
+{
+	struct xlb_ct *ct = xlb_ct.lookup(k);
+	*pending = 0;
+	if (ct)
+		return ct;
+	ct = xlb_ct_new.lookup(k);
+	*pending = ct != 0;
+	return ct;
+}
+
 /* The config (timeouts, SNAT ports, node addresses), or NULL before the agent wrote it. */
 static __always_inline struct xlb_config *xlb_config_get(void)
 {
@@ -76,20 +89,33 @@ static __always_inline int xlb_ct_expired(const struct xlb_ct *ct, __u8 proto, _
 	return now > ct->stamp && now - ct->stamp > xlb_ct_timeout(ct, proto, cfg);
 }
 
-/* What a packet of a tracked flow says about the flow, as netfilter reads it: an answer
- * from the backend establishes it; a FIN each way, or a RST, closes it, but a RST after
- * which both sides still speak was not the flow's end (a blind forgery); any packet keeps it
- * alive. The flow's two entries are kept alike (the twin is written only when something
- * changed or a second passed). now: the coarse clock. */
-static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_pkt *p, __u64 now)
+/* What a packet of a tracked flow says about the flow, as netfilter reads it: a completed
+ * handshake or a UDP reply establishes it (and moves both entries from xlb_ct_new to xlb_ct:
+ * pending says where ct is); a FIN each way, or a RST, closes it, but a RST after which both
+ * sides still speak was not the flow's end (a blind forgery); any packet keeps it alive. The
+ * flow's two entries are kept alike (the twin is written only when something changed or a
+ * second passed). now: the coarse clock. Callers read what they need of ct first: a moved
+ * entry is gone from where ct points. */
+static __always_inline void xlb_ct_observe(struct xlb_ct *ct, int pending, const struct xlb_pkt *p,
+					   __u64 now)
 {
 	int reply = ct->flags & XLB_CT_F_REVERSE;
 	__u8 state = ct->state, seen = ct->seen;
 	__u16 closing = ct->flags & XLB_CT_F_CLOSING;
 	if (p->proto == IPPROTO_TCP) {
 		__u8 tf = p->tcp_flags;
-		if (reply && !(tf & XLB_TCP_RST))
+		/* as netfilter's SYN_RECV: a SYN-ACK alone does not establish (a spoofed SYN is
+		 * answered too); the client's ACK to it does, and so does a backend speaking on a
+		 * flow picked up mid-stream */
+		if (reply && !(tf & XLB_TCP_RST)) {
+			if (tf & XLB_TCP_SYN)
+				seen |= XLB_CT_S_SYNACK;
+			else
+				state = XLB_CT_EST;
+		} else if (!reply && (seen & XLB_CT_S_SYNACK) && (tf & XLB_TCP_ACK) &&
+			   !(tf & (XLB_TCP_SYN | XLB_TCP_RST))) {
 			state = XLB_CT_EST;
+		}
 		if (tf & XLB_TCP_RST) {
 			seen = (seen | XLB_CT_S_RST) & ~(XLB_CT_S_AFTER_FWD | XLB_CT_S_AFTER_REV);
 		} else if (seen & XLB_CT_S_RST) {
@@ -116,22 +142,50 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, const struct xlb_p
 	ct->stamp = now;
 	struct xlb_ct_key k = {};
 	xlb_ct_twin_key(ct, p->proto, &k);
-	struct xlb_ct *twin = xlb_ct.lookup(&k);
+	int twin_pending;
+	struct xlb_ct *twin = xlb_ct_find(&k, &twin_pending);
 	if (twin) {
 		twin->state = state;
 		twin->seen = seen;
 		twin->flags = (twin->flags & ~XLB_CT_F_CLOSING) | closing;
 		twin->stamp = now;
 	}
+	if (!pending || state != XLB_CT_EST || !twin)
+		return; /* (a lone entry, its twin evicted, stays where it is until it expires) */
+	/* answered: both entries move to the established table, the twin first, so that a
+	 * packet of either direction always finds its entry in one of the two */
+	struct xlb_ct_key own = {};
+	xlb_ct_twin_key(twin, p->proto, &own);
+	if (twin_pending) {
+		struct xlb_ct copy = *twin;
+		if (!xlb_ct.update(&k, &copy))
+			xlb_ct_new.delete(&k);
+	}
+	struct xlb_ct copy = *ct;
+	if (!xlb_ct.update(&own, &copy))
+		xlb_ct_new.delete(&own);
 }
 
-/* Records a new flow: val under key (the client's tuple), then the matching reverse entry
- * under the backend's reply tuple. key and val are turned into the reverse entry in place
+/* Deletes a flow's two entries from whichever table holds them: ct is one of them, under
+ * key (an expired or superseded flow whose tuple a new one takes). */
+static __always_inline void xlb_ct_forget(struct xlb_ct_key *key, const struct xlb_ct *ct,
+					  __u8 proto)
+{
+	struct xlb_ct_key twin = {};
+	xlb_ct_twin_key(ct, proto, &twin); /* before the deletes: ct may be freed by them */
+	xlb_ct.delete(&twin);
+	xlb_ct_new.delete(&twin);
+	xlb_ct.delete(key);
+	xlb_ct_new.delete(key);
+}
+
+/* Records a new flow, not answered yet (in xlb_ct_new): val under key (the client's tuple),
+ * then the matching reverse entry under the backend's reply tuple. key and val are turned into the reverse entry in place
  * (their forward contents are gone afterwards): no second pair on the stack. 0, or -1 if the
  * table refused (LRU: practically never). */
 static __always_inline int xlb_ct_create(struct xlb_ct_key *key, struct xlb_ct *val)
 {
-	if (xlb_ct.update(key, val))
+	if (xlb_ct_new.update(key, val))
 		return -1;
 	/* the reply comes from the backend to whoever it saw as the client, and must look like
 	 * it comes from the frontend the client addressed */
@@ -148,7 +202,7 @@ static __always_inline int xlb_ct_create(struct xlb_ct_key *key, struct xlb_ct *
 	val->nat_saddr = tmp;
 	val->nat_sport = tmp_port;
 	val->flags |= XLB_CT_F_REVERSE;
-	return xlb_ct.update(key, val) ? -1 : 0;
+	return xlb_ct_new.update(key, val) ? -1 : 0;
 }
 
 #endif

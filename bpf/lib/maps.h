@@ -25,6 +25,9 @@
 #ifndef XLB_CT_SIZE
 #define XLB_CT_SIZE 262144
 #endif
+#ifndef XLB_CT_NEW_SIZE
+#define XLB_CT_NEW_SIZE 65536
+#endif
 #ifndef XLB_AFFINITY_SIZE
 #define XLB_AFFINITY_SIZE 65536
 #endif
@@ -113,8 +116,9 @@ struct xlb_ct_key {
 
 /* A flow's state (xlb_ct.state). Established is 0, so that entries an older xlb wrote (it had
  * no state) carry over as the live flows they are. */
-#define XLB_CT_EST 0 /* the backend answered */
-#define XLB_CT_NEW 1 /* no answer yet: a TCP SYN (or a mid-stream pickup), a first datagram */
+#define XLB_CT_EST 0 /* TCP: the handshake completed (or a picked-up flow's backend spoke);
+		      * UDP: a reply came */
+#define XLB_CT_NEW 1 /* not yet: a SYN (answered or not), a mid-stream pickup, a first datagram */
 
 /* What a TCP flow has seen (xlb_ct.seen), the same in both of its entries. */
 #define XLB_CT_S_FIN_FWD 0x1   /* the client's FIN */
@@ -122,6 +126,7 @@ struct xlb_ct_key {
 #define XLB_CT_S_RST 0x4       /* a RST: closing, unless both sides go on talking (forged) */
 #define XLB_CT_S_AFTER_FWD 0x8 /* the client spoke (not a RST) after the RST */
 #define XLB_CT_S_AFTER_REV 0x10 /* the backend spoke after the RST */
+#define XLB_CT_S_SYNACK 0x20    /* the backend's SYN-ACK: established by the client's ACK */
 
 /* How long a flow lives without a packet, by state: indexes of xlb_config.ct_timeout (seconds;
  * 0 there means the default here: kube-proxy's flags and the kernel's conntrack defaults). */
@@ -138,6 +143,9 @@ struct xlb_ct_key {
 #define XLB_CT_DEFAULT_TCP_CLOSE 10
 #define XLB_CT_DEFAULT_UDP 30
 #define XLB_CT_DEFAULT_UDP_STREAM 120
+/* When every SNAT candidate is live, a new flow may take the port of a flow nobody answered
+ * for this long (a SYN flood's, most likely): a real client has retransmitted by then. */
+#define XLB_CT_RECLAIM_AGE (1ULL * XLB_NS_PER_SEC)
 /* A live entry's stamp is moved on at most this often (a write per packet would cost). */
 #define XLB_CT_REFRESH (1ULL * XLB_NS_PER_SEC)
 
@@ -223,7 +231,8 @@ struct xlb_svc_stats {
 #define XLB_R_PASS_MARTIAN 19      /* group MAC, or a martian / IPv4-mapped address: never balanced */
 #define XLB_R_PASS_OTHER_HOST 20   /* a unicast frame to another MAC (a promiscuous port) */
 #define XLB_R_DROP_TTL 21          /* forwarded with TTL / hop limit 1 or 0: no further */
-#define XLB_R_MAX 22
+#define XLB_R_SNAT_RECLAIMED 22    /* a new flow took the SNAT port of one unanswered for a second */
+#define XLB_R_MAX 23
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {
@@ -262,6 +271,11 @@ BPF_TABLE_PINNED("array", __u32, __u32, xlb_rings, XLB_MAX_RINGS * 2 * XLB_RING_
  * measured, they did not make inserts faster either. */
 BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct, XLB_CT_SIZE,
 		 XLB_PIN_ROOT "/ct");
+/* Flows nobody has answered yet (state NEW) wait in a table of their own until the backend
+ * answers, and only then move to xlb_ct: a flood of SYNs or first datagrams evicts its own
+ * kind, never an established flow. */
+BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct_new, XLB_CT_NEW_SIZE,
+		 XLB_PIN_ROOT "/ct_new");
 BPF_TABLE_PINNED("lru_hash", struct xlb_affinity_key, struct xlb_affinity, xlb_affinity,
 		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity");
 BPF_TABLE_PINNED("lru_hash", struct xlb_sock_key, struct xlb_sock_rev, xlb_sock_rev,

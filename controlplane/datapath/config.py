@@ -17,6 +17,7 @@ SIZE_FIELDS = {
     "backends": "max_backends",
     "slots": "max_slots",
     "ct": "ct_size",
+    "ct_new": "ct_new_size",
     "affinity": "affinity_size",
     "source_ranges": "max_source_ranges",
 }
@@ -31,6 +32,9 @@ class DatapathConfig:
     max_rings: int = 64  # backend groups that use Maglev at once
     ring_size: int = DEFAULT_M  # Maglev M, prime
     ct_size: int = 262144  # tracked flows from outside (two entries each)
+    # flows not answered yet wait apart (a SYN flood evicts its own kind, never an
+    # established flow); 0: a quarter of ct_size
+    ct_new_size: int = 0
     affinity_size: int = 65536
     max_source_ranges: int = 16384
     # Source ports on the node address for flows to backends on other nodes: the IANA dynamic
@@ -46,6 +50,8 @@ class DatapathConfig:
     hash_seed: int = 0
 
     def __post_init__(self) -> None:
+        if not self.ct_new_size:  # (frozen: the default is filled in once, here)
+            object.__setattr__(self, "ct_new_size", max(1024, self.ct_size // 4))
         if not is_prime(self.ring_size):
             raise ValueError(f"ring_size must be prime, got {self.ring_size}")
         lo, hi = self.snat_ports
@@ -61,6 +67,7 @@ class DatapathConfig:
             f"-DXLB_MAX_RINGS={self.max_rings}",
             f"-DXLB_RING_SIZE={self.ring_size}",
             f"-DXLB_CT_SIZE={self.ct_size}",
+            f"-DXLB_CT_NEW_SIZE={self.ct_new_size}",
             f"-DXLB_AFFINITY_SIZE={self.affinity_size}",
             f"-DXLB_MAX_SOURCE_RANGES={self.max_source_ranges}",
         ]
@@ -75,6 +82,7 @@ class DatapathConfig:
             "backends": self.max_backends * (4 + 20 + hash_overhead),
             "rings": self.max_rings * 2 * self.ring_size * 4,
             "ct": self.ct_size * (40 + 56 + hash_overhead),
+            "ct_new": self.ct_new_size * (40 + 56 + hash_overhead),
             "affinity": self.affinity_size * (24 + 16 + hash_overhead),
             "stats": self.max_services * 32 * cpus,
         }
@@ -96,4 +104,3 @@ def seed_fingerprint(seed: int) -> str:
     if not seed:
         return "default (public)"
     return hashlib.sha256(b"xlb seed fingerprint\0" + seed.to_bytes(4, "big")).hexdigest()[:12]
-

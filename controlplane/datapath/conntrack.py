@@ -18,6 +18,7 @@ F_SNAT = value("XLB_CT_F_SNAT")
 F_CLOSING = value("XLB_CT_F_CLOSING")
 EST, NEW = value("XLB_CT_EST"), value("XLB_CT_NEW")
 S_FIN_FWD, S_FIN_REV = value("XLB_CT_S_FIN_FWD"), value("XLB_CT_S_FIN_REV")
+S_SYNACK = value("XLB_CT_S_SYNACK")
 SLOTS = prefixed("XLB_CT_T_")  # timeout name -> its index in xlb_config.ct_timeout
 
 

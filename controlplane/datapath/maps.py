@@ -134,6 +134,7 @@ class Maps:
         self.backends = t("xlb_backends")
         self.rings = t("xlb_rings")
         self.ct = t("xlb_ct")
+        self.ct_new = t("xlb_ct_new")  # flows not answered yet
         self.affinity = t("xlb_affinity")
         self.source_ranges = t("xlb_source_ranges")
         self.stats = t("xlb_stats")

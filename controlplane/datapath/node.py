@@ -128,11 +128,14 @@ class NodeDatapath:
 
     def collect_conntrack(self) -> conntrack.Collected:
         """One pass of the conntrack collector (flows that are over, deleted)."""
-        return conntrack.collect(
-            self.syncer.maps.ct,
-            self.syncer.cfg.ct_timeouts,
-            lambda: time.clock_gettime_ns(CLOCK_COARSE),
-        )
+        maps, timeouts = self.syncer.maps, self.syncer.cfg.ct_timeouts
+        out = conntrack.Collected()
+        for table in (maps.ct, maps.ct_new):
+            done = conntrack.collect(table, timeouts, lambda: time.clock_gettime_ns(CLOCK_COARSE))
+            out.scanned += done.scanned
+            out.deleted += done.deleted
+            out.seconds += done.seconds
+        return out
 
     def held_lb_ips(self) -> set[str]:
         return self.syncer.held_lb_ips()

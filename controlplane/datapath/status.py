@@ -64,6 +64,7 @@ def collect(maps: Maps) -> dict[str, Any]:
             }
         )
     ct_entries = sum(1 for _ in maps.ct.items_lookup_batch())  # 4,096 a syscall
+    ct_pending = sum(1 for _ in maps.ct_new.items_lookup_batch())
     return {
         "frontends": frontends,
         "backends": [
@@ -80,6 +81,8 @@ def collect(maps: Maps) -> dict[str, Any]:
             "entries": ct_entries,
             "capacity": maps.ct.max_entries,
             "flows": ct_entries // 2,
+            "unanswered": ct_pending // 2,  # waiting in their own table (ct_new)
+            "unansweredCapacity": maps.ct_new.max_entries,
             # what the programs use (the config's, else maps.h's defaults), in seconds
             "timeouts": dataclasses.asdict(Timeouts.from_slots(list(config.ct_timeout))),
         },
@@ -155,7 +158,8 @@ def render(status: dict[str, Any]) -> str:
     c = status["conntrack"]
     out += [
         "",
-        f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries)",
+        f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries), "
+        f"{c['unanswered']} not answered yet (of {c['unansweredCapacity'] // 2})",
         "conntrack timeouts (s): " + ", ".join(f"{k} {v}" for k, v in c["timeouts"].items()),
         f"maglev ring size: {status['maglevRingSize']}",
         f"node addresses (SNAT): {', '.join(status['nodeAddresses'])}",

@@ -38,12 +38,12 @@ def coarse_now() -> int:
 def entries_of(maps, client: str, sport: int) -> list:
     """The flow's two entries: (key, value) of the forward one first."""
     found = []
-    for k, v in maps.ct.items():
+    for table, k, v in [(t, k, v) for t in (maps.ct, maps.ct_new) for k, v in t.items()]:
         fwd = get_addr(k.saddr) == client and socket.ntohs(k.sport) == sport
         rev = get_addr(k.daddr) == client and socket.ntohs(k.dport) == sport
         if fwd or rev:
-            found.append((0 if fwd else 1, k, v))
-    return [(k, v) for _, k, v in sorted(found, key=lambda e: e[0])]
+            found.append((0 if fwd else 1, table, k, v))
+    return [(t, k, v) for _, t, k, v in sorted(found, key=lambda e: e[0])]
 
 
 class Flow:
@@ -78,12 +78,12 @@ class Flow:
         return Ether(out.data)[IP].src == NODE4
 
     def age(self, seconds: int) -> None:
-        for k, v in entries_of(self.maps, CLIENT4, self.sport):
+        for table, k, v in entries_of(self.maps, CLIENT4, self.sport):
             v.stamp -= seconds * conntrack.NS
-            self.maps.ct[k] = v
+            table[k] = v
 
     def expired_by_the_control_plane(self) -> bool:
-        (_, v), _ = entries_of(self.maps, CLIENT4, self.sport)
+        (_, _, v), _ = entries_of(self.maps, CLIENT4, self.sport)
         proto = socket.IPPROTO_TCP if self.proto == "tcp" else socket.IPPROTO_UDP
         return conntrack.expired(v.flags, v.state, v.seen, v.stamp, proto, coarse_now(), SHORT)
 
@@ -102,6 +102,8 @@ LIFE = [
      "tcp", ["c:S", "b:SA", "c:A", 11], True),
     ("an unanswered SYN is over after the SYN timeout: its late answer is not rewritten",
      "tcp", ["c:S", 11], False),
+    ("a SYN-ACK the client never acknowledges (a spoofed SYN's) establishes nothing",
+     "tcp", ["c:S", "b:SA", 11], False),
     ("an established flow lives while idle below its timeout",
      "tcp", ["c:S", "b:SA", "c:A", 290], True),
     ("an established flow idle past its timeout is over: the same client port's direct "
@@ -122,7 +124,7 @@ LIFE = [
     ("after a real RST only in-flight data of one side follows: still closed",
      "tcp", ["c:S", "b:SA", "c:A", "c:R", "b:A", 11], False),
     ("a new SYN on a closed flow's tuple starts a new flow",
-     "tcp", ["c:S", "b:SA", "c:R", "c:S", "b:SA", 11], True),
+     "tcp", ["c:S", "b:SA", "c:R", "c:S", "b:SA", "c:A", 11], True),
     ("a datagram without a reply lives 30 s", "udp", ["c:", 29], True),
     ("... and not longer", "udp", ["c:", 31], False),
     ("a replied UDP flow lives 120 s idle", "udp", ["c:", "b:", 119], True),
@@ -149,13 +151,13 @@ def test_a_flow_lives_as_netfilter_would_keep_it(fds, maps, description, proto, 
 def test_states_and_sightings_are_the_same_in_both_entries(fds, maps):
     flow = Flow(fds, maps, "tcp", 42000)
     flow.client("S")
-    (_, fwd), (_, rev) = entries_of(maps, CLIENT4, 42000)
+    (_, _, fwd), (_, _, rev) = entries_of(maps, CLIENT4, 42000)
     assert (fwd.state, rev.state) == (conntrack.NEW, conntrack.NEW)
     flow.from_backend("SA")
     flow.client("FA")
-    (_, fwd), (_, rev) = entries_of(maps, CLIENT4, 42000)
+    (_, _, fwd), (_, _, rev) = entries_of(maps, CLIENT4, 42000)
     assert fwd.state == rev.state == conntrack.EST
-    assert fwd.seen == rev.seen == conntrack.S_FIN_FWD
+    assert fwd.seen == rev.seen == conntrack.S_FIN_FWD | conntrack.S_SYNACK
     assert not (fwd.flags | rev.flags) & conntrack.F_CLOSING
 
 
@@ -169,7 +171,7 @@ def test_stray_segments_to_a_local_backend_open_nothing_but_a_pickup(fds, maps):
     assert maps.reason_counts()["drop_not_syn"] - before == 1
     assert not entries_of(maps, CLIENT4, 42100)
     assert flow.client("A") == XDP_PASS
-    (_, fwd), _ = entries_of(maps, CLIENT4, 42100)
+    (_, _, fwd), _ = entries_of(maps, CLIENT4, 42100)
     assert fwd.state == conntrack.NEW
 
 
@@ -211,18 +213,20 @@ def test_a_snat_port_is_free_only_once_its_flow_is_over(remote, maps, closing, f
     ports = {_open(remote, f"203.0.113.{i}", 43000) for i in range(4)}
     assert ports == {61000, 61001, 61002, 61003}
     first = _open(remote, "203.0.113.0", 43000)  # the same flow: its entry, its port
-    for port in ports - {first}:
+    for i in range(4):  # every handshake completes: established flows
+        port = _open(remote, f"203.0.113.{i}", 43000)
         _reply(remote, port, 43000, "SA")
-    _reply(remote, first, 43000, "SA")
+        remote(tcp(f"203.0.113.{i}", 43000, NODE4, 30080, flags="A"))
     for step in closing:
         side, flags = step.split(":")
         if side == "c":
             remote(tcp("203.0.113.0", 43000, NODE4, 30080, flags=flags))
         else:
             _reply(remote, first, 43000, flags)
-    for k, v in maps.ct.items():  # 11 s pass
-        v.stamp -= 11 * conntrack.NS
-        maps.ct[k] = v
+    for table in (maps.ct, maps.ct_new):  # 11 s pass
+        for k, v in table.items():
+            v.stamp -= 11 * conntrack.NS
+            table[k] = v
     before = maps.reason_counts()["drop_snat_exhausted"]
     out = remote(tcp("203.0.113.50", 44000, NODE4, 30080, flags="S"))
     if freed:
@@ -237,7 +241,7 @@ def test_stray_acks_and_rsts_to_a_remote_backend_take_no_snat_port(remote, maps)
     for i, flags in enumerate(["A", "R", "RA", "PA", "FA", "SA"]):
         assert remote(tcp("203.0.113.60", 45000 + i, NODE4, 30080, flags=flags)).retval == XDP_DROP
     assert maps.reason_counts()["drop_not_syn"] - before == 6
-    assert not list(maps.ct.items())
+    assert not list(maps.ct.items()) and not list(maps.ct_new.items())
 
 
 def test_the_collector_deletes_exactly_the_flows_that_are_over(fds, maps):
@@ -260,6 +264,9 @@ def test_the_collector_deletes_exactly_the_flows_that_are_over(fds, maps):
         flow.age(seconds)
         flows.append(flow)
     done = conntrack.collect(maps.ct, SHORT, coarse_now)
+    pending = conntrack.collect(maps.ct_new, SHORT, coarse_now)
+    done.scanned += pending.scanned
+    done.deleted += pending.deleted
     over = sum(1 for *_, gone in cases if gone)
     print(f"collector: {done.scanned} entries scanned, {done.deleted} deleted "
           f"in {done.seconds * 1000:.2f} ms")  # fmt: skip
@@ -268,3 +275,62 @@ def test_the_collector_deletes_exactly_the_flows_that_are_over(fds, maps):
         assert bool(entries_of(maps, CLIENT4, flow.sport)) is not gone
         if not gone:
             assert flow.from_backend("A")
+
+
+def test_unanswered_flows_wait_apart_and_move_when_answered(fds, maps):
+    flow = Flow(fds, maps, "tcp", 47000)
+    flow.client("S")
+    assert [t for t, _, _ in entries_of(maps, CLIENT4, 47000)] == [maps.ct_new, maps.ct_new]
+    flow.from_backend("SA")  # answered, but a spoofer's SYN is answered too
+    assert [t for t, _, _ in entries_of(maps, CLIENT4, 47000)] == [maps.ct_new, maps.ct_new]
+    flow.client("A")  # the handshake's last step
+    assert [t for t, _, _ in entries_of(maps, CLIENT4, 47000)] == [maps.ct, maps.ct]
+    assert flow.client("A") == XDP_PASS and flow.from_backend("A")
+
+
+def test_a_syn_flood_larger_than_the_table_evicts_no_established_flow(fds, maps):
+    """More spoofed SYNs than the whole conntrack table holds: they evict each other in the
+    table of unanswered flows, and the established flow keeps its entries and its backend."""
+    flow = Flow(fds, maps, "tcp", 47100)
+    flow.client("S")
+    flow.from_backend("SA")
+    flow.client("A")
+    backend = flow.backend
+    template = bytearray(bytes(tcp("198.18.0.1", 1, NODE4, 30080, flags="S")))
+    xdp_fd = fds[0]
+    flood = maps.ct.max_entries // 2 + 1000  # flows: more entries than xlb_ct has
+    for i in range(flood):
+        template[34:36] = (i % 60000 + 1024).to_bytes(2, "big")  # the TCP source port
+        template[28] = i // 60000 + 1  # the source address's third byte (198.18.x.1)
+        out = prog_test_run(xdp_fd, bytes(template))
+        assert out.retval == XDP_PASS
+    print(f"{flood} spoofed SYNs: {len(maps.ct_new.items())} unanswered entries kept, "
+          f"{len(maps.ct.items())} established")  # fmt: skip
+    assert [t for t, _, _ in entries_of(maps, CLIENT4, 47100)] == [maps.ct, maps.ct]
+    assert flow.client("A") == XDP_PASS and flow.backend == backend and flow.from_backend("A")
+
+
+def test_when_every_snat_port_is_held_by_unanswered_syns_the_oldest_gives_its_up(remote, maps):
+    """Four SNAT ports, four spoofed SYNs nobody answers: a second on, a real client's SYN
+    takes the port of the oldest (counted), whose entries go; answered flows are never
+    taken from."""
+    for i in range(4):
+        _open(remote, f"203.0.113.{i}", 48000)
+    for table in (maps.ct, maps.ct_new):  # 1.5 s pass
+        for k, v in table.items():
+            v.stamp -= int(1.5 * conntrack.NS)
+            table[k] = v
+    before = maps.reason_counts()["snat_reclaimed"]
+    port = _open(remote, "203.0.113.50", 48001)
+    assert maps.reason_counts()["snat_reclaimed"] - before == 1
+    _reply(remote, port, 48001, "SA")  # the backend's answer reaches the new client
+    remote(tcp("203.0.113.50", 48001, NODE4, 30080, flags="A"))
+    assert len(maps.ct_new.items()) == 6 and len(maps.ct.items()) == 2  # the old flow went
+    for k, v in maps.ct.items():  # answered: it keeps its port whatever its age
+        v.stamp -= int(1.5 * conntrack.NS)
+        maps.ct[k] = v
+    for table in (maps.ct_new,):
+        for k, v in table.items():
+            v.stamp = coarse_now()  # the three left are fresh
+            table[k] = v
+    assert remote(tcp("203.0.113.60", 48002, NODE4, 30080, flags="S")).retval == XDP_DROP

@@ -41,6 +41,7 @@ def other_agent(dp_config):
 
 def choices(program, maps) -> list[str]:
     maps.ct.clear()
+    maps.ct_new.clear()
     fd = program.functions["xdp_lb"].fd
     return [
         Ether(prog_test_run(fd, bytes(tcp(src, sport, NODE4, 30080))).data)[IP].dst
