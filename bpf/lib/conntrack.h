@@ -134,7 +134,9 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, int pending, const
 	}
 	int changed = state != ct->state || seen != ct->seen ||
 		      closing != (ct->flags & XLB_CT_F_CLOSING);
-	if (!changed && now - ct->stamp < XLB_CT_REFRESH)
+	/* an unestablished flow lives by its client's packets: a backend repeating its SYN-ACK
+	 * to a spoofed source (for up to a minute) must not keep the flow's SNAT port */
+	if (!changed && (now - ct->stamp < XLB_CT_REFRESH || (reply && state == XLB_CT_NEW)))
 		return;
 	ct->state = state;
 	ct->seen = seen;
