@@ -145,9 +145,23 @@ def test_new_flow_affinity_hit(benchmark, programmed):
     record(benchmark, "new_flow_affinity_hit", ns)
 
 
+def handshake(fd: int, tc_fd: int, client_port: int, dport: int) -> Ether:
+    """A connection's three steps (the SYN and ACK through xdp_lb, the backend's SYN-ACK
+    through tc_lb): its entries are then in the established table. The delivered SYN."""
+    syn = Ether(prog_test_run(fd, bytes(tcp(CLIENT4, client_port, NODE4, dport))).data)
+    synack = (
+        Ether(src=NODE_MAC, dst=CLIENT_MAC)
+        / IP(src=syn[IP].dst, dst=CLIENT4)
+        / TCP(sport=syn[TCP].dport, dport=client_port, flags="SA")
+    )
+    prog_test_run(tc_fd, bytes(synack))
+    prog_test_run(fd, bytes(tcp(CLIENT4, client_port, NODE4, dport, flags="A")))
+    return syn
+
+
 def test_established_flow(benchmark, programmed):
-    fd, _ = programmed
-    prog_test_run(fd, bytes(tcp(CLIENT4, 40000, NODE4, 30099)))
+    fd, tc_fd = programmed
+    handshake(fd, tc_fd, 40000, 30099)
     ack = bytes(tcp(CLIENT4, 40000, NODE4, 30099, flags="A", payload=b"x" * 100))
     assert prog_test_run(fd, ack).data == ack  # really the established rewrite, every time
     ns = benchmark.pedantic(repeated_ns, (fd, ack), rounds=1, iterations=1)
@@ -164,7 +178,7 @@ def test_timer_overhead_of_single_runs(benchmark, programmed):
 
 def test_reply_translation_tc(benchmark, programmed):
     fd, tc_fd = programmed
-    out = Ether(prog_test_run(fd, bytes(tcp(CLIENT4, 41000, NODE4, 30080))).data)
+    out = handshake(fd, tc_fd, 41000, 30080)
     reply = bytes(
         Ether(src=NODE_MAC, dst=CLIENT_MAC)
         / IP(src=out[IP].dst, dst=CLIENT4)

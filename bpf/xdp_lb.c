@@ -115,7 +115,8 @@ static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 	union xlb_addr saddr = ct->nat_saddr, daddr = ct->nat_daddr;
 	__be16 sport = ct->nat_sport, dport = ct->nat_dport;
 	xlb_count_svc(ct->svc, len, 0, 0);
-	xlb_ct_observe(ct, pending, p, now); /* last use of ct: it may move the entry */
+	if (now) /* (0: the fast path below, which has nothing to note) */
+		xlb_ct_observe(ct, pending, p, now); /* last use of ct: it may move the entry */
 	if (xlb_rewrite(data, data_end, p, &saddr, sport, &daddr, dport))
 		return XDP_DROP;
 	if (flags & XLB_CT_F_SNAT)
@@ -147,13 +148,22 @@ int xdp_lb(struct xdp_md *ctx)
 
 	struct xlb_ct_key ck = {};
 	xlb_ct_key_of(&p, &ck);
-	/* one clock read and one config lookup for all of it (an array lookup the JIT inlines) */
+	int pending = 0;
+	struct xlb_ct *ct = xlb_ct.lookup(&ck);
+	/* The hot path: an established TCP flow to a local backend, a segment with no SYN, FIN
+	 * or RST. Nothing to note and no clock to read: its backend's replies (tc_lb) keep the
+	 * flow's stamp, and a forward hit on an entry past its idle timeout would pick the same
+	 * local backend a new one would. */
+	if (ct && p.proto == IPPROTO_TCP && ct->state == XLB_CT_EST &&
+	    !(ct->flags & (XLB_CT_F_SNAT | XLB_CT_F_CLOSING | XLB_CT_F_REVERSE)) &&
+	    !(p.tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)) && xlb_ct_usable(ct, &p))
+		return xlb_tracked(ctx, &p, ct, 0, len, 0);
+	/* one clock read and one config lookup for all the rest (an array lookup the JIT
+	 * inlines) */
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct xlb_config *cfg = xlb_config_get();
-	int pending;
-	struct xlb_ct *ct = xlb_ct_find(&ck, &pending);
 	if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
-		return xlb_tracked(ctx, &p, ct, pending, len, now);
+		return xlb_tracked(ctx, &p, ct, 0, len, now);
 
 	struct xlb_svc_key sk = {};
 	sk.addr = p.daddr;
@@ -161,6 +171,16 @@ int xdp_lb(struct xdp_md *ctx)
 	sk.proto = p.proto;
 	sk.scope = XLB_SCOPE_EXTERNAL;
 	struct xlb_svc *svc = xlb_services.lookup(&sk);
+	/* an unestablished flow's packets in XDP are its client's (to a frontend) or a remote
+	 * backend's answers (to a SNAT port): only those look in xlb_ct_new, so traffic to
+	 * nothing of xlb's costs no second lookup */
+	if (!ct && (svc || (cfg && bpf_ntohs(p.dport) >= cfg->snat_port_min &&
+			    bpf_ntohs(p.dport) <= cfg->snat_port_max))) {
+		ct = xlb_ct_new.lookup(&ck);
+		pending = ct != 0;
+		if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
+			return xlb_tracked(ctx, &p, ct, 1, len, now);
+	}
 	if (!svc) {
 		xlb_count_reason(XLB_R_PASS_NO_SERVICE);
 		return XDP_PASS;
