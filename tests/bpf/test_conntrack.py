@@ -334,3 +334,34 @@ def test_when_every_snat_port_is_held_by_unanswered_syns_the_oldest_gives_its_up
             v.stamp = coarse_now()  # the three left are fresh
             table[k] = v
     assert remote(tcp("203.0.113.60", 48002, NODE4, 30080, flags="S")).retval == XDP_DROP
+
+
+def test_one_client_port_to_two_frontends_of_one_backend_gets_each_its_own_replies(
+    xdp, tc, maps, dp_config
+):
+    """Both flows' replies share a tuple (backend -> client:port). The newer flow takes it:
+    its SYN-ACK must leave as its own frontend, not as the older flow's (found first in the
+    established table, it turned the new handshake's answer into the old frontend's: the
+    lab's agent-restart test lost one connection in a thousand to it)."""
+    from tests.bpf.test_xdp_lb import frontend, local
+
+    state = dataclasses.replace(
+        STATE,
+        frontends=(*STATE.frontends, frontend(NODE4, 30081, "TCP", [local("10.244.1.5", 8080)])),
+    )
+    Syncer(maps, dataclasses.replace(dp_config, ct_timeouts=SHORT)).sync(
+        state, NODE4, "fd00:198::201"
+    )
+    fds = (xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd)
+    first = Flow(fds, maps, "tcp", 49000)  # to 30080, established, then closed
+    for step in ("c:S", "b:SA", "c:A", "b:FA", "c:FA"):
+        side, flags = step.split(":")
+        first.client(flags) if side == "c" else first.from_backend(flags)
+    second = Flow(fds, maps, "tcp", 49000)
+    second.dport = 30081
+    assert second.client("S") == XDP_PASS and second.backend == first.backend
+    address, port = second.backend
+    synack = (Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=address, dst=CLIENT4)
+              / TCP(sport=port, dport=49000, flags="SA"))  # fmt: skip
+    out = Ether(prog_test_run(fds[1], bytes(synack)).data)
+    assert (out[IP].src, out[TCP].sport) == (NODE4, 30081)
