@@ -21,7 +21,8 @@ ALL_NODES_MAC = bytes.fromhex("333300000001")
 ALL_NODES = ipaddress.IPv6Address("ff02::1").packed
 
 
-def _csum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The internet checksum (RFC 1071) of data."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -51,7 +52,7 @@ def unsolicited_na(mac: bytes, ip: str) -> bytes:
     src = ipaddress.IPv6Address(ip).packed
     body = struct.pack("!BBHI", 136, 0, 0, 0x20 << 24) + src + struct.pack("!BB", 2, 1) + mac
     pseudo = src + ALL_NODES + struct.pack("!I3xB", len(body), 58)
-    body = body[:2] + struct.pack("!H", _csum(pseudo + body)) + body[4:]
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
     ip6 = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + ALL_NODES
     return ALL_NODES_MAC + mac + struct.pack("!H", ETH_P_IPV6) + ip6 + body
 

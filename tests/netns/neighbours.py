@@ -73,11 +73,13 @@ def ask(client_ns: str, targets: list[str], count: int = 3,
     return watch
 
 
+def link_mac(ns: str, dev: str = "eth0") -> str:
+    """The MAC of dev in namespace ns."""
+    shown = subprocess.run(["ip", "-n", ns, "-br", "link", "show", dev], capture_output=True,
+                           text=True).stdout  # fmt: skip
+    return shown.split()[2]
+
+
 def macs_of(lab) -> dict[str, str]:
     """Each node's uplink MAC -> the node's name."""
-    out = {}
-    for n in lab.load().nodes:
-        shown = subprocess.run(["ip", "-n", n.netns, "-br", "link", "show", "eth0"],
-                               capture_output=True, text=True).stdout  # fmt: skip
-        out[shown.split()[2]] = n.name
-    return out
+    return {link_mac(n.netns): n.name for n in lab.load().nodes}

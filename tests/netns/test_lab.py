@@ -3,6 +3,7 @@ endpoints that come and go; an agent killed under load; the quirks; a clean `dow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from controlplane.lab.topology import netns_list
 from controlplane.model import FrontendKind, Scope, translate
 from controlplane.sources.manifests import load_cluster
 from tests.helpers import EXAMPLES
-from tests.netns.neighbours import NeighbourWatch, ask, macs_of
+from tests.netns.neighbours import NeighbourWatch, ask, link_mac, macs_of
 
 POD_RE = re.compile(r"pod=(\S+) node=(\S+) client=(\S+)")
 
@@ -49,14 +50,21 @@ def manifests(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def lab(manifests):
+@contextlib.contextmanager
+def running_lab(manifests: Path, nodes: int = 2, **kw):
+    """A lab of its own for the block (a unique name), taken down however the block ends."""
     lab = Lab(lab_name())
     try:
-        lab.up([str(manifests)], nodes=2, log=lambda *_: None)
+        lab.up([str(manifests)], nodes=nodes, log=lambda *_: None, **kw)
         yield lab
     finally:
         lab.down(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def lab(manifests):
+    with running_lab(manifests) as lab:
+        yield lab
 
 
 def run(lab: Lab, target: str, *cmd: str, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -473,10 +481,7 @@ def lan_lb_ips(lab, movable: bool = False):
 
 
 def mac_of(lab, node_name):
-    ns = next(n.netns for n in lab.load().nodes if n.name == node_name)
-    return subprocess.run(
-        ["ip", "-n", ns, "-br", "link", "show", "eth0"], capture_output=True, text=True
-    ).stdout.split()[2]
+    return link_mac(next(n.netns for n in lab.load().nodes if n.name == node_name))
 
 
 def arp_answers(lab, ip, count=2) -> list[str]:

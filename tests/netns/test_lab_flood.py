@@ -20,9 +20,10 @@ import pytest
 
 from controlplane.datapath import conntrack
 from controlplane.datapath.maps import CLOCK_COARSE, Maps
-from controlplane.lab.lab import Lab
+from controlplane.l2.announce import checksum
 from controlplane.lab.topology import inside
-from tests.netns.test_lab import lab_name
+from tests.netns.neighbours import link_mac
+from tests.netns.test_lab import running_lab
 
 NODE1 = "192.168.198.201"
 PORT = 30500
@@ -98,15 +99,6 @@ CLIENTS = textwrap.dedent("""
 """)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def syn_frames(n: int, src_mac: bytes, dst_mac: bytes, seed: int = 7) -> list[bytes]:
     """n SYNs to NODE1:PORT from spoofed, unused LAN addresses (.128-.191), each a new tuple."""
     rng = random.Random(seed)
@@ -118,10 +110,10 @@ def syn_frames(n: int, src_mac: bytes, dst_mac: bytes, seed: int = 7) -> list[by
         tcp = struct.pack("!HHIIBBHHH", sport, PORT, rng.getrandbits(32), 0, 5 << 4, 0x02,
                           64240, 0, 0)  # fmt: skip
         pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-        tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+        tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i & 0xFFFF, 0, 64, 6, 0,
                          src, dst)  # fmt: skip
-        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
         frames.append(dst_mac + src_mac + b"\x08\x00" + ip + tcp)
     return frames
 
@@ -130,18 +122,12 @@ def syn_frames(n: int, src_mac: bytes, dst_mac: bytes, seed: int = 7) -> list[by
 def lab(tmp_path_factory):
     d = tmp_path_factory.mktemp("flood")
     (d / "web.yaml").write_text(MANIFEST)
-    lab = Lab(lab_name())
-    try:
-        lab.up([str(d)], nodes=2, log=lambda *_: None)
+    with running_lab(d) as lab:
         yield lab
-    finally:
-        lab.down(quiet=True)
 
 
-def _mac(ns: str, dev: str) -> bytes:
-    shown = subprocess.run(["ip", "-n", ns, "-br", "link", "show", dev], capture_output=True,
-                           text=True).stdout.split()[2]  # fmt: skip
-    return bytes.fromhex(shown.replace(":", ""))
+def _mac(ns: str) -> bytes:
+    return bytes.fromhex(link_mac(ns).replace(":", ""))
 
 
 def test_a_syn_flood_breaks_no_connection_and_leaves_nothing_behind(lab):
@@ -156,7 +142,11 @@ def test_a_syn_flood_breaks_no_connection_and_leaves_nothing_behind(lab):
     )  # fmt: skip
     try:
         assert clients.stdout.readline().strip() == "ready", clients.stderr.read()
-        frames = syn_frames(200_000, _mac(lab.client_ns, "eth0"), _mac(node1.netns, "eth0"))
+        frames = syn_frames(
+            200_000,
+            _mac(lab.client_ns),
+            _mac(node1.netns),
+        )
         time.sleep(1.0)
         with inside(lab.client_ns):
             raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)

@@ -20,7 +20,7 @@ from controlplane.lab.lab import Lab
 from controlplane.lab.topology import CLIENT6
 from controlplane.sources.manifests import load_cluster
 from tests.netns.neighbours import NeighbourWatch, ask, macs_of
-from tests.netns.test_lab import lab_name, restart_and_settle
+from tests.netns.test_lab import restart_and_settle, running_lab
 
 MANIFEST = textwrap.dedent("""
     apiVersion: apps/v1
@@ -51,12 +51,8 @@ MANIFEST = textwrap.dedent("""
 def lab6(tmp_path_factory):
     d = tmp_path_factory.mktemp("lab6")
     (d / "web.yaml").write_text(MANIFEST)
-    lab = Lab(lab_name())
-    try:
-        lab.up([str(d)], nodes=3, log=lambda *_: None, families=["IPv6"])
+    with running_lab(d, nodes=3, families=["IPv6"]) as lab:
         yield lab
-    finally:
-        lab.down(quiet=True)
 
 
 def cluster_of(lab: Lab):
