@@ -78,8 +78,8 @@ static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	client.u64[0] = netns;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct xlb_affinity *pin = svc.affinity_timeout ? xlb_affinity_find(&svc, &client, now) : 0;
-	__u32 id = pin ? pin->backend : 0;
-	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
+	struct xlb_backend *be = xlb_affinity_backend(pin);
+	__u32 id = be ? pin->backend : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
 		id = xlb_select(&svc, xlb_hash_u64(cookie), xlb_hash_u64(netns));
 		be = id ? xlb_backend_get(id) : 0;
@@ -92,7 +92,7 @@ static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	}
 	struct xlb_backend backend = *be;
 	if (svc.affinity_timeout)
-		xlb_affinity_set(&svc, &client, pin, id, now);
+		xlb_affinity_set(&svc, &client, pin, id, &backend, now);
 
 	struct xlb_sock_key rk = {.cookie = cookie, .port = backend.port};
 	rk.addr = backend.addr;

@@ -18,6 +18,9 @@
 #include "lib/forward.h"
 #include "lib/reject.h"
 #include "lib/neighbour.h"
+#include "lib/tail.h"
+
+BPF_TABLE_PINNED("prog", __u32, __u32, xlb_tail_xdp_lb, XLB_TAILS, XLB_PIN_ROOT "/tail_xdp_lb");
 
 #define XLB_SNAT_TRIES 16
 
@@ -65,7 +68,8 @@ static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 	k.proto = p->proto;
 	__be16 best = 0, spare = 0;
 	__u64 best_stamp = ~0ULL, spare_stamp = ~0ULL;
-#pragma unroll
+	/* a loop, not unrolled: sixteen inlined copies of the lookups overran BPF's stack */
+#pragma clang loop unroll(disable)
 	for (int i = 0; i < XLB_SNAT_TRIES; i++) {
 		k.dport = bpf_htons(cfg->snat_port_min + (h + i * step) % range);
 		int pending;
@@ -149,6 +153,7 @@ int xdp_lb(struct xdp_md *ctx)
 	struct xlb_ct_key ck = {};
 	xlb_ct_key_of(&p, &ck);
 	int pending = 0;
+	__u64 now = 0; /* 0 on the hot path: nothing there needs the clock */
 	struct xlb_ct *ct = xlb_ct.lookup(&ck);
 	/* The hot path: an established TCP flow to a local backend, a segment with no SYN, FIN
 	 * or RST. Nothing to note and no clock to read: its backend's replies (tc_lb) keep the
@@ -157,13 +162,14 @@ int xdp_lb(struct xdp_md *ctx)
 	if (ct && p.proto == IPPROTO_TCP && ct->state == XLB_CT_EST &&
 	    !(ct->flags & (XLB_CT_F_SNAT | XLB_CT_F_CLOSING | XLB_CT_F_REVERSE)) &&
 	    !(p.tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)) && xlb_ct_usable(ct, &p))
-		return xlb_tracked(ctx, &p, ct, 0, len, 0);
+		goto tracked; /* (one call site for the three ways there: xlb_tracked is inlined, and
+			       * three copies of it did not fit BPF's 512-byte stack) */
 	/* one clock read and one config lookup for all the rest (an array lookup the JIT
 	 * inlines) */
-	__u64 now = bpf_ktime_get_coarse_ns();
+	now = bpf_ktime_get_coarse_ns();
 	struct xlb_config *cfg = xlb_config_get();
 	if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
-		return xlb_tracked(ctx, &p, ct, 0, len, now);
+		goto tracked;
 
 	struct xlb_svc_key sk = {};
 	sk.addr = p.daddr;
@@ -179,12 +185,73 @@ int xdp_lb(struct xdp_md *ctx)
 		ct = xlb_ct_new.lookup(&ck);
 		pending = ct != 0;
 		if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
-			return xlb_tracked(ctx, &p, ct, 1, len, now);
+			goto tracked;
 	}
 	if (!svc) {
 		xlb_count_reason(XLB_R_PASS_NO_SERVICE);
 		return XDP_PASS;
 	}
+	struct xlb_hint *h = xlb_hint_get();
+	if (h) {
+		h->magic = XLB_HINT_MAGIC;
+		h->len = len;
+		h->stale = ct ? 1 + pending : 0;
+		h->p = p;
+		h->svc = *svc;
+	}
+	xlb_tail_xdp_lb.call(ctx, XLB_TAIL_NEW_FLOW);
+	if (h)
+		h->magic = 0;
+	xlb_count_reason(XLB_R_PASS_NO_TAIL);
+	return XDP_PASS;
+tracked:
+	return xlb_tracked(ctx, &p, ct, pending, len, now);
+}
+
+/* A new flow: source ranges, a backend (affinity, then the algorithm), SNAT for a remote
+ * backend, the rewrite, the flow's two entries, and delivery. Or the reject of a frontend
+ * without backends. Tail of xdp_lb. */
+int xdp_lb__new_flow(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_hint *h = xlb_hint_get();
+	if (!h)
+		return XDP_PASS;
+	struct xlb_pkt p;
+	struct xlb_svc *svc = &h->svc;
+	__u32 len;
+	struct xlb_ct_key ck = {};
+	struct xlb_ct *ct = 0;
+	int pending = 0;
+	if (h->magic == XLB_HINT_MAGIC) {
+		h->magic = 0;
+		p = h->p;
+		len = h->len;
+		xlb_ct_key_of(&p, &ck);
+		if (h->stale == 1)
+			ct = xlb_ct.lookup(&ck);
+		else if (h->stale == 2)
+			ct = xlb_ct_new.lookup(&ck);
+		pending = h->stale == 2;
+	} else { /* called by another build's xdp_lb: nothing handed over */
+		__builtin_memset(&p, 0, sizeof(p));
+		if (xlb_parse(data, data_end, data_end - data, &p) != XLB_OK)
+			return XDP_PASS;
+		len = data_end - data;
+		struct xlb_svc_key sk = {};
+		sk.addr = p.daddr;
+		sk.port = p.dport;
+		sk.proto = p.proto;
+		sk.scope = XLB_SCOPE_EXTERNAL;
+		svc = xlb_services.lookup(&sk);
+		if (!svc)
+			return XDP_PASS;
+		xlb_ct_key_of(&p, &ck);
+		ct = xlb_ct_find(&ck, &pending);
+	}
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct xlb_config *cfg = xlb_config_get();
 	/* svc and be point into maps the sync may rewrite meanwhile; a copy would be no more
 	 * atomic, and each field read is a value the sync did write */
 
@@ -215,8 +282,8 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	struct xlb_affinity *pin = svc->affinity_timeout ? xlb_affinity_find(svc, &p.saddr, now) : 0;
-	__u32 id = pin ? pin->backend : 0;
-	struct xlb_backend *be = id ? xlb_backend_get(id) : 0;
+	struct xlb_backend *be = xlb_affinity_backend(pin);
+	__u32 id = be ? pin->backend : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
 		__u32 seed = xlb_hash_seed(cfg);
 		id = xlb_select(svc, xlb_hash_flow(&p, seed), xlb_hash_addr(&p.saddr, seed));
@@ -228,17 +295,19 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	if (svc->affinity_timeout && !not_syn) /* a pickup continues a flow: it pins nobody */
-		xlb_affinity_set(svc, &p.saddr, pin, id, now);
+		xlb_affinity_set(svc, &p.saddr, pin, id, be, now);
 
-	struct xlb_ct flow = {};
-	flow.nat_saddr = p.saddr;
-	flow.nat_sport = p.sport;
-	flow.nat_daddr = be->addr;
-	flow.nat_dport = be->port;
-	flow.backend = id;
-	flow.svc = svc->id;
-	flow.stamp = now;
-	flow.state = XLB_CT_NEW;
+	struct xlb_ct *flow = xlb_ct_scratch(); /* (no room on the stack for it) */
+	if (!flow)
+		return XDP_PASS;
+	flow->nat_saddr = p.saddr;
+	flow->nat_sport = p.sport;
+	flow->nat_daddr = be->addr;
+	flow->nat_dport = be->port;
+	flow->backend = id;
+	flow->svc = svc->id;
+	flow->stamp = now;
+	flow->state = XLB_CT_NEW;
 	if (!(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT)) {
 		if (not_syn) {
 			xlb_count_svc(svc->id, len, 0, 1);
@@ -247,24 +316,24 @@ int xdp_lb(struct xdp_md *ctx)
 		}
 		if (!cfg)
 			return XDP_PASS;
-		flow.nat_saddr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
-		flow.nat_sport = xlb_snat_port(cfg, &p, &flow.nat_saddr, be, now);
-		if (!flow.nat_sport) {
+		flow->nat_saddr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
+		flow->nat_sport = xlb_snat_port(cfg, &p, &flow->nat_saddr, be, now);
+		if (!flow->nat_sport) {
 			xlb_count_svc(svc->id, len, 0, 1);
 			xlb_count_reason(XLB_R_DROP_SNAT_EXHAUSTED);
 			return XDP_DROP;
 		}
-		flow.flags = XLB_CT_F_SNAT;
+		flow->flags = XLB_CT_F_SNAT;
 	}
 	xlb_count_svc(svc->id, len, 1, 0);
-	if (xlb_rewrite(data, data_end, &p, &flow.nat_saddr, flow.nat_sport, &flow.nat_daddr,
-			flow.nat_dport))
+	if (xlb_rewrite(data, data_end, &p, &flow->nat_saddr, flow->nat_sport, &flow->nat_daddr,
+			flow->nat_dport))
 		return XDP_DROP;
-	__u16 flags = flow.flags;
+	__u16 flags = flow->flags;
 	if (ct) /* the tuple's earlier flow (over, or superseded): its entries go */
 		xlb_ct_forget(&ck, ct, p.proto);
 	/* after the rewrite: it turns flow into the reverse entry */
-	if (xlb_ct_create(&ck, &flow))
+	if (xlb_ct_create(&ck, flow))
 		xlb_count_reason(XLB_R_CT_FULL);
 	if (flags & XLB_CT_F_SNAT)
 		return xlb_fib_forward(ctx, &p, now);

@@ -43,6 +43,18 @@ static __always_inline struct xlb_ct *xlb_ct_find(struct xlb_ct_key *k, int *pen
 	return ct;
 }
 
+/* A new flow's entry being built, zeroed: xdp_lb's stack (BPF's 512 bytes) has no room for
+ * it. Per CPU, and XDP runs to its end on one. */
+BPF_PERCPU_ARRAY(xlb_ct_scratch_map, struct xlb_ct, 1);
+static __always_inline struct xlb_ct *xlb_ct_scratch(void)
+{
+	__u32 zero = 0;
+	struct xlb_ct *v = xlb_ct_scratch_map.lookup(&zero);
+	if (v)
+		__builtin_memset(v, 0, sizeof(*v));
+	return v;
+}
+
 /* The config (timeouts, SNAT ports, node addresses), or NULL before the agent wrote it. */
 static __always_inline struct xlb_config *xlb_config_get(void)
 {

@@ -169,10 +169,15 @@ struct xlb_affinity_key {
 	union xlb_addr client;
 };
 
+/* A pin names its backend by id and by what the id stood for when it was set: an id is
+ * reused once its endpoint is gone (another Service's new pod may get it), and a pin must
+ * never follow it there. */
 struct xlb_affinity {
 	__u32 backend;
-	__u32 pad;
+	__be16 port;    /* the backend's port and address when pinned */
+	__u16 pad;
 	__u64 last_used; /* ns, bpf_ktime_get_coarse_ns */
+	union xlb_addr addr;
 };
 
 /* loadBalancerSourceRanges: LPM over (frontend id, client address). prefixlen counts the 32
@@ -232,7 +237,8 @@ struct xlb_svc_stats {
 #define XLB_R_PASS_OTHER_HOST 20   /* a unicast frame to another MAC (a promiscuous port) */
 #define XLB_R_DROP_TTL 21          /* forwarded with TTL / hop limit 1 or 0: no further */
 #define XLB_R_SNAT_RECLAIMED 22    /* a new flow took the SNAT port of one unanswered for a second */
-#define XLB_R_MAX 23
+#define XLB_R_PASS_NO_TAIL 23      /* a frontend's new flow, but xdp_lb's tail program is not loaded */
+#define XLB_R_MAX 24
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {

@@ -83,7 +83,7 @@ class DatapathConfig:
             "rings": self.max_rings * 2 * self.ring_size * 4,
             "ct": self.ct_size * (40 + 56 + hash_overhead),
             "ct_new": self.ct_new_size * (40 + 56 + hash_overhead),
-            "affinity": self.affinity_size * (24 + 16 + hash_overhead),
+            "affinity": self.affinity_size * (24 + 32 + hash_overhead),
             "stats": self.max_services * 32 * cpus,
         }
 

@@ -58,6 +58,15 @@ def ensure_bpffs(pin_root: str) -> None:
     os.makedirs(pin_root, exist_ok=True)
 
 
+def tails_of(text: str, entry: str) -> dict[str, int]:
+    """The tail programs of entry in a program's source (bpf/lib/tail.h's rule: the function
+    <entry>__<name> at index XLB_TAIL_<NAME> of xlb_tail_<entry>): function name -> index."""
+    from .constants import value
+
+    names = re.findall(rf"^int ({re.escape(entry)}__(\w+))\(", text, re.M)
+    return {fn: value(f"XLB_TAIL_{tail.upper()}") for fn, tail in names}
+
+
 @dataclass
 class Program:
     """One compiled entry program (a bcc BPF object) and the functions loaded from it."""
@@ -66,9 +75,21 @@ class Program:
     bpf: Any
     pin_root: str
     functions: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
 
     def function(self, name: str, prog_type: int, **kw: Any) -> Any:
+        """The loaded entry program name, with its tail programs (if it has any) loaded and
+        in its pinned prog array first: from its first packet on, it can call them."""
         if name not in self.functions:
+            tails = tails_of(self.text, name)
+            if tails:
+                import ctypes
+
+                array = self.bpf[f"xlb_tail_{name}".encode()]
+                for fn, index in tails.items():
+                    loaded = self.bpf.load_func(fn.encode(), prog_type, **kw)
+                    self.functions[fn] = loaded
+                    array[ctypes.c_int(index)] = ctypes.c_int(loaded.fd)
             self.functions[name] = self.bpf.load_func(name.encode(), prog_type, **kw)
         return self.functions[name]
 
@@ -88,7 +109,7 @@ def compile_source(source: str, pin_root: str, cflags: list[str], debug: int = 0
         bpf = bcc.BPF(text=text.encode(), cflags=cflags + ["-Wno-unused-function"], debug=debug)
     except Exception as exc:  # bcc raises plain Exception for compile and map errors
         raise DatapathError(f"xlb: cannot load bpf/{source}: {exc}") from None
-    return Program(source, bpf, pin_root)
+    return Program(source, bpf, pin_root, text=text)
 
 
 def compile_program(source: str, cfg: DatapathConfig, debug: int = 0) -> Program:

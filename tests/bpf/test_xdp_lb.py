@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ctypes as ct
+import dataclasses
 import time
 from collections import Counter
 
@@ -11,6 +13,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1Q, Ether
 
+from controlplane.datapath import constants
 from controlplane.datapath.syscall import prog_test_run
 from controlplane.model.objects import Protocol
 from controlplane.model.state import (
@@ -255,6 +258,58 @@ def test_each_new_connection_of_a_pinned_client_refreshes_its_pin(run, maps):
     run(tcp(CLIENT4, 45101, "192.168.198.12", 80))
     ((_, second),) = maps.affinity.items()  # one entry, its stamp moved on
     assert second.backend == first.backend and second.last_used > first.last_used
+
+
+def test_a_pin_never_follows_its_backend_id_to_another_services_pod(run, maps, syncer):
+    """The pinned endpoint goes; another Service's new pod gets its id (new backends take
+    the lowest free ones). The client's next connection stays with its own Service's backends."""
+    pinned = Ether(run(tcp(CLIENT4, 45200, "192.168.198.12", 80)).data)[IP].dst
+    ((_, pin),) = maps.affinity.items()
+    affine = STATE.frontends[-1]
+    rest = tuple(b for b in affine.backends if b.address != pinned)
+    without = (*STATE.frontends[:-1], dataclasses.replace(affine, backends=rest))
+    syncer.sync(DesiredState(frontends=tuple(without)), NODE4, NODE6)
+    pods = [local(f"10.244.9.{i}", 80) for i in range(1, 17)]  # enough to fill every hole
+    other = frontend("192.168.198.13", 80, "TCP", pods)
+    syncer.sync(DesiredState(frontends=(*without, other)), NODE4, NODE6)
+    assert pin.backend in {syncer.backend_ids[(b.address, 80)] for b in pods}  # id reused
+    out = Ether(run(tcp(CLIENT4, 45201, "192.168.198.12", 80)).data)
+    assert out[IP].dst in {b.address for b in rest}, out[IP].dst
+    ((_, repinned),) = maps.affinity.items()
+    assert repinned.backend != pin.backend
+
+
+def test_the_new_flow_tail_alone_does_what_xdp_lb_does(xdp, run):
+    """An older build's xdp_lb may call this build's tail (bpf/lib/tail.h) and hand it
+    nothing: the tail then parses and looks up for itself, with the same result."""
+    tail = xdp.functions["xdp_lb__new_flow"].fd
+    for sport, pkt in enumerate(
+        (tcp(CLIENT4, 0, NODE4, 30080), udp(CLIENT6, 0, NODE6, 30053)), start=46000
+    ):
+        pkt[TCP if TCP in pkt else UDP].sport = sport
+        alone = prog_test_run(tail, bytes(pkt))
+        pkt[TCP if TCP in pkt else UDP].sport = sport + 100
+        whole = run(pkt)
+        assert alone.retval == whole.retval == XDP_PASS
+        a, w = Ether(alone.data), Ether(whole.data)
+        l3 = IP if IP in a else IPv6
+        assert a[l3].dst == w[l3].dst and checksums_valid(alone.data)
+
+
+def test_without_its_tail_xdp_lb_passes_new_flows_and_says_why(xdp, run, maps):
+    array = xdp.table("xlb_tail_xdp_lb")
+    index = ct.c_int(constants.value("XLB_TAIL_NEW_FLOW"))
+    fd = xdp.functions["xdp_lb__new_flow"].fd
+    before = reasons(maps)
+    del array[index]
+    try:
+        pkt = tcp(CLIENT4, 46200, NODE4, 30080)
+        out = run(pkt)
+        assert out.retval == XDP_PASS and out.data == bytes(pkt)
+        assert reasons(maps)["pass_no_tail"] - before["pass_no_tail"] == 1
+    finally:
+        array[index] = ct.c_int(fd)
+    assert Ether(run(tcp(CLIENT4, 46201, NODE4, 30080)).data)[IP].dst == "10.244.1.5"
 
 
 def test_counters_per_frontend(run, maps, syncer):
