@@ -9,6 +9,7 @@
 #include "lib/parse.h"
 #include "lib/conntrack.h"
 #include "lib/skb_nat.h"
+#include "lib/frag.h"
 
 #define XLB_PULL_LEN (sizeof(struct ethhdr) + 60 + sizeof(struct tcphdr))
 /* What xlb returns for every packet it lets go on, rewritten or not: "next" (TC_ACT_UNSPEC),
@@ -23,7 +24,14 @@ int tc_lb(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct xlb_pkt p = {};
-	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK)
+	int r = xlb_parse(data, data_end, skb->len, &p);
+	__u64 now = 0;
+	if (r == XLB_R_PASS_FRAGMENT) { /* a later fragment of a reply xdp_lb's flow sent? */
+		now = bpf_ktime_get_coarse_ns();
+		if (!xlb_frag_ports(&p, now))
+			r = XLB_OK;
+	}
+	if (r != XLB_OK)
 		return XLB_TC_NEXT;
 
 	struct xlb_ct_key k = {};
@@ -38,7 +46,8 @@ int tc_lb(struct __sk_buff *skb)
 		return XLB_TC_NEXT; /* not a reply of a flow xdp_lb handed to a local backend */
 	/* a reply is translated only while its flow lives: the backend's own connection to the
 	 * same client address and port, once the Service's flow is over, leaves as it is */
-	__u64 now = bpf_ktime_get_coarse_ns();
+	if (!now)
+		now = bpf_ktime_get_coarse_ns();
 	if (xlb_ct_expired(ct, p.proto, now, xlb_config_get()))
 		return XLB_TC_NEXT;
 	union xlb_addr frontend = ct->nat_saddr;
@@ -46,6 +55,7 @@ int tc_lb(struct __sk_buff *skb)
 	__u32 svc = ct->svc;
 	xlb_ct_observe(ct, pending, &p, now); /* the backend's answer, FIN or RST; may move ct */
 	xlb_count_svc(svc, skb->len, 0, 0);
+	xlb_frag_note(&p, now); /* the reply's own tuple: its later fragments look it up so */
 	xlb_skb_snat(skb, &p, &frontend, fport);
 	return XLB_TC_NEXT;
 }

@@ -19,17 +19,21 @@
 #include "lib/reject.h"
 #include "lib/neighbour.h"
 #include "lib/tail.h"
+#include "lib/frag.h"
 
 BPF_TABLE_PINNED("prog", __u32, __u32, xlb_tail_xdp_lb, XLB_TAILS, XLB_PIN_ROOT "/tail_xdp_lb");
 
 #define XLB_SNAT_TRIES 16
 
-/* Whether a forward conntrack hit may keep its backend: the backend must still exist with the
- * same address, and a terminating backend takes no new TCP connection. */
+/* Whether a conntrack hit in xdp_lb is its to act on. A forward hit keeps its backend only
+ * if the backend still exists with the same address, and a terminating backend takes no
+ * new TCP connection. */
 static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct xlb_pkt *p)
 {
+	/* a reply entry serves a remote backend's replies (to a SNAT port); a local backend's
+	 * reply leaves through tc_lb, never in here: one from outside is a forgery */
 	if (ct->flags & XLB_CT_F_REVERSE)
-		return 1;
+		return (ct->flags & XLB_CT_F_SNAT) != 0;
 	struct xlb_backend *be = xlb_backend_get(ct->backend);
 	if (!be || !xlb_addr_eq(&be->addr, &ct->nat_daddr) || be->port != ct->nat_dport)
 		return 0;
@@ -119,6 +123,7 @@ static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 	union xlb_addr saddr = ct->nat_saddr, daddr = ct->nat_daddr;
 	__be16 sport = ct->nat_sport, dport = ct->nat_dport;
 	xlb_count_svc(ct->svc, len, 0, 0);
+	xlb_frag_note(p, now); /* (the hot path takes no fragment) */
 	if (now) /* (0: the fast path below, which has nothing to note) */
 		xlb_ct_observe(ct, pending, p, now); /* last use of ct: it may move the entry */
 	if (xlb_rewrite(data, data_end, p, &saddr, sport, &daddr, dport))
@@ -133,7 +138,13 @@ int xdp_lb(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct xlb_pkt p = {};
+	__u64 now = 0; /* 0 on the hot path: nothing there needs the clock */
 	int r = xlb_parse(data, data_end, data_end - data, &p);
+	if (r == XLB_R_PASS_FRAGMENT) { /* a later fragment: of a tracked flow's datagram? */
+		now = bpf_ktime_get_coarse_ns();
+		if (!xlb_frag_ports(&p, now))
+			r = XLB_OK;
+	}
 	if (r != XLB_OK) {
 		/* the neighbour protocols of the LoadBalancer IPs this node announces */
 		int answer = -1;
@@ -153,7 +164,6 @@ int xdp_lb(struct xdp_md *ctx)
 	struct xlb_ct_key ck = {};
 	xlb_ct_key_of(&p, &ck);
 	int pending = 0;
-	__u64 now = 0; /* 0 on the hot path: nothing there needs the clock */
 	struct xlb_ct *ct = xlb_ct.lookup(&ck);
 	/* The hot path: an established TCP flow to a local backend, a segment with no SYN, FIN
 	 * or RST. Nothing to note and no clock to read: its backend's replies (tc_lb) keep the
@@ -161,7 +171,8 @@ int xdp_lb(struct xdp_md *ctx)
 	 * local backend a new one would. */
 	if (ct && p.proto == IPPROTO_TCP && ct->state == XLB_CT_EST &&
 	    !(ct->flags & (XLB_CT_F_SNAT | XLB_CT_F_CLOSING | XLB_CT_F_REVERSE)) &&
-	    !(p.tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)) && xlb_ct_usable(ct, &p))
+	    !(p.tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)) && !p.frag &&
+	    xlb_ct_usable(ct, &p))
 		goto tracked; /* (one call site for the three ways there: xlb_tracked is inlined, and
 			       * three copies of it did not fit BPF's 512-byte stack) */
 	/* one clock read and one config lookup for all the rest (an array lookup the JIT
@@ -187,8 +198,8 @@ int xdp_lb(struct xdp_md *ctx)
 		if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
 			goto tracked;
 	}
-	if (!svc) {
-		xlb_count_reason(XLB_R_PASS_NO_SERVICE);
+	if (!svc || p.frag == XLB_FRAG_LATER) { /* (a later fragment starts no flow) */
+		xlb_count_reason(svc ? XLB_R_PASS_FRAGMENT : XLB_R_PASS_NO_SERVICE);
 		return XDP_PASS;
 	}
 	struct xlb_hint *h = xlb_hint_get();
@@ -218,7 +229,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	struct xlb_hint *h = xlb_hint_get();
 	if (!h)
 		return XDP_PASS;
-	struct xlb_pkt p;
+	struct xlb_pkt *p = &h->p; /* in place: no room on this stack either for a copy */
 	struct xlb_svc *svc = &h->svc;
 	__u32 len;
 	struct xlb_ct_key ck = {};
@@ -226,28 +237,27 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	int pending = 0;
 	if (h->magic == XLB_HINT_MAGIC) {
 		h->magic = 0;
-		p = h->p;
 		len = h->len;
-		xlb_ct_key_of(&p, &ck);
+		xlb_ct_key_of(p, &ck);
 		if (h->stale == 1)
 			ct = xlb_ct.lookup(&ck);
 		else if (h->stale == 2)
 			ct = xlb_ct_new.lookup(&ck);
 		pending = h->stale == 2;
 	} else { /* called by another build's xdp_lb: nothing handed over */
-		__builtin_memset(&p, 0, sizeof(p));
-		if (xlb_parse(data, data_end, data_end - data, &p) != XLB_OK)
+		__builtin_memset(p, 0, sizeof(*p));
+		if (xlb_parse(data, data_end, data_end - data, p) != XLB_OK)
 			return XDP_PASS;
 		len = data_end - data;
 		struct xlb_svc_key sk = {};
-		sk.addr = p.daddr;
-		sk.port = p.dport;
-		sk.proto = p.proto;
+		sk.addr = p->daddr;
+		sk.port = p->dport;
+		sk.proto = p->proto;
 		sk.scope = XLB_SCOPE_EXTERNAL;
 		svc = xlb_services.lookup(&sk);
 		if (!svc)
 			return XDP_PASS;
-		xlb_ct_key_of(&p, &ck);
+		xlb_ct_key_of(p, &ck);
 		ct = xlb_ct_find(&ck, &pending);
 	}
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -255,7 +265,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	/* svc and be point into maps the sync may rewrite meanwhile; a copy would be no more
 	 * atomic, and each field read is a value the sync did write */
 
-	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, &p)) {
+	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, p)) {
 		xlb_count_svc(svc->id, len, 0, 1);
 		xlb_count_reason(XLB_R_DROP_SOURCE_RANGE);
 		return XDP_DROP;
@@ -266,27 +276,31 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 			xlb_count_reason(XLB_R_DROP_NO_BACKEND);
 			return XDP_DROP;
 		}
+		if (p->frag) { /* the stack reassembles it and answers as a host with no listener */
+			xlb_count_reason(XLB_R_PASS_FRAGMENT);
+			return XDP_PASS;
+		}
 		xlb_count_reason(XLB_R_REJECT_NO_BACKEND);
-		if (p.proto == IPPROTO_TCP)
-			return xlb_reject_tcp(ctx, &p);
-		return xlb_reject_udp(ctx, &p);
+		if (p->proto == IPPROTO_TCP)
+			return xlb_reject_tcp(ctx, p);
+		return xlb_reject_udp(ctx, p);
 	}
 
 	/* TCP starts with a SYN: any other segment of no known flow (a lost entry's, a stray or
 	 * forged RST or ACK) is picked up only if it costs no SNAT port, and a RST never is */
-	int not_syn = p.proto == IPPROTO_TCP &&
-		      (p.tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK | XLB_TCP_RST)) != XLB_TCP_SYN;
-	if (not_syn && (p.tcp_flags & XLB_TCP_RST)) {
+	int not_syn = p->proto == IPPROTO_TCP &&
+		      (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK | XLB_TCP_RST)) != XLB_TCP_SYN;
+	if (not_syn && (p->tcp_flags & XLB_TCP_RST)) {
 		xlb_count_svc(svc->id, len, 0, 1);
 		xlb_count_reason(XLB_R_DROP_NOT_SYN);
 		return XDP_DROP;
 	}
-	struct xlb_affinity *pin = svc->affinity_timeout ? xlb_affinity_find(svc, &p.saddr, now) : 0;
+	struct xlb_affinity *pin = svc->affinity_timeout ? xlb_affinity_find(svc, &p->saddr, now) : 0;
 	struct xlb_backend *be = xlb_affinity_backend(pin);
 	__u32 id = be ? pin->backend : 0;
 	if (!be || (be->flags & XLB_BE_F_TERMINATING)) {
 		__u32 seed = xlb_hash_seed(cfg);
-		id = xlb_select(svc, xlb_hash_flow(&p, seed), xlb_hash_addr(&p.saddr, seed));
+		id = xlb_select(svc, xlb_hash_flow(p, seed), xlb_hash_addr(&p->saddr, seed));
 		be = id ? xlb_backend_get(id) : 0;
 	}
 	if (!be) {
@@ -295,13 +309,13 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	if (svc->affinity_timeout && !not_syn) /* a pickup continues a flow: it pins nobody */
-		xlb_affinity_set(svc, &p.saddr, pin, id, be, now);
+		xlb_affinity_set(svc, &p->saddr, pin, id, be, now);
 
 	struct xlb_ct *flow = xlb_ct_scratch(); /* (no room on the stack for it) */
 	if (!flow)
 		return XDP_PASS;
-	flow->nat_saddr = p.saddr;
-	flow->nat_sport = p.sport;
+	flow->nat_saddr = p->saddr;
+	flow->nat_sport = p->sport;
 	flow->nat_daddr = be->addr;
 	flow->nat_dport = be->port;
 	flow->backend = id;
@@ -316,8 +330,8 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		}
 		if (!cfg)
 			return XDP_PASS;
-		flow->nat_saddr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
-		flow->nat_sport = xlb_snat_port(cfg, &p, &flow->nat_saddr, be, now);
+		flow->nat_saddr = p->family == 4 ? cfg->node_addr4 : cfg->node_addr6;
+		flow->nat_sport = xlb_snat_port(cfg, p, &flow->nat_saddr, be, now);
 		if (!flow->nat_sport) {
 			xlb_count_svc(svc->id, len, 0, 1);
 			xlb_count_reason(XLB_R_DROP_SNAT_EXHAUSTED);
@@ -326,16 +340,17 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		flow->flags = XLB_CT_F_SNAT;
 	}
 	xlb_count_svc(svc->id, len, 1, 0);
-	if (xlb_rewrite(data, data_end, &p, &flow->nat_saddr, flow->nat_sport, &flow->nat_daddr,
+	xlb_frag_note(p, now);
+	if (xlb_rewrite(data, data_end, p, &flow->nat_saddr, flow->nat_sport, &flow->nat_daddr,
 			flow->nat_dport))
 		return XDP_DROP;
 	__u16 flags = flow->flags;
 	if (ct) /* the tuple's earlier flow (over, or superseded): its entries go */
-		xlb_ct_forget(&ck, ct, p.proto);
+		xlb_ct_forget(&ck, ct, p->proto);
 	/* after the rewrite: it turns flow into the reverse entry */
 	if (xlb_ct_create(&ck, flow))
 		xlb_count_reason(XLB_R_CT_FULL);
 	if (flags & XLB_CT_F_SNAT)
-		return xlb_fib_forward(ctx, &p, now);
+		return xlb_fib_forward(ctx, p, now);
 	return XDP_PASS;
 }

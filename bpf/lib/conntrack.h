@@ -170,13 +170,10 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, int pending, const
 	 * packet of either direction always finds its entry in one of the two */
 	struct xlb_ct_key own = {};
 	xlb_ct_twin_key(twin, p->proto, &own);
-	if (twin_pending) {
-		struct xlb_ct copy = *twin;
-		if (!xlb_ct.update(&k, &copy))
-			xlb_ct_new.delete(&k);
-	}
-	struct xlb_ct copy = *ct;
-	if (!xlb_ct.update(&own, &copy))
+	/* (straight from the old table's element: no copy on the stack, which has no room) */
+	if (twin_pending && !xlb_ct.update(&k, twin))
+		xlb_ct_new.delete(&k);
+	if (!xlb_ct.update(&own, ct))
 		xlb_ct_new.delete(&own);
 }
 

@@ -28,6 +28,9 @@
 #ifndef XLB_CT_NEW_SIZE
 #define XLB_CT_NEW_SIZE 65536
 #endif
+#ifndef XLB_FRAGS_SIZE
+#define XLB_FRAGS_SIZE 8192
+#endif
 #ifndef XLB_AFFINITY_SIZE
 #define XLB_AFFINITY_SIZE 65536
 #endif
@@ -180,6 +183,27 @@ struct xlb_affinity {
 	union xlb_addr addr;
 };
 
+/* A fragmented datagram's later fragments carry no ports: they follow its first fragment,
+ * whose ports are kept by the datagram's addresses, IP id and protocol as it arrived (as
+ * Cilium does; netfilter reassembles instead). */
+struct xlb_frag_key {
+	union xlb_addr saddr;
+	union xlb_addr daddr;
+	__be32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct xlb_frag {
+	__be16 sport;
+	__be16 dport;
+	__u32 pad;
+	__u64 stamp; /* coarse ns of the first fragment */
+};
+
+/* How long a datagram's fragments may trail its first: the kernel's ipfrag_time. */
+#define XLB_FRAG_TIMEOUT (30ULL * XLB_NS_PER_SEC)
+
 /* loadBalancerSourceRanges: LPM over (frontend id, client address). prefixlen counts the 32
  * bits of the id plus the address bits (IPv4 ranges have 96 mapped bits in front). */
 struct xlb_range_key {
@@ -282,6 +306,8 @@ BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct, XLB_CT_SI
  * kind, never an established flow. */
 BPF_TABLE_PINNED("lru_hash", struct xlb_ct_key, struct xlb_ct, xlb_ct_new, XLB_CT_NEW_SIZE,
 		 XLB_PIN_ROOT "/ct_new");
+BPF_TABLE_PINNED("lru_hash", struct xlb_frag_key, struct xlb_frag, xlb_frags, XLB_FRAGS_SIZE,
+		 XLB_PIN_ROOT "/frags");
 BPF_TABLE_PINNED("lru_hash", struct xlb_affinity_key, struct xlb_affinity, xlb_affinity,
 		 XLB_AFFINITY_SIZE, XLB_PIN_ROOT "/affinity");
 BPF_TABLE_PINNED("lru_hash", struct xlb_sock_key, struct xlb_sock_rev, xlb_sock_rev,

@@ -3,19 +3,24 @@
 #define XLB_NAT_H
 
 /* Rewrites p's packet to saddr:sport -> daddr:dport, fixing the IPv4 header checksum and the
- * TCP/UDP checksum (an IPv4 UDP checksum of zero stays zero); updates p. 0, or -1 if the
- * packet is not where p says (cannot happen after xlb_parse). */
+ * TCP/UDP checksum (an IPv4 UDP checksum of zero stays zero); updates p. A later fragment
+ * has no L4 header: only its addresses change (the first fragment's checksum, which covers
+ * the whole datagram, took the change for all). 0, or -1 if the packet is not where p says
+ * (cannot happen after xlb_parse). */
 static __always_inline int xlb_rewrite(void *data, void *data_end, struct xlb_pkt *p,
 				       const union xlb_addr *saddr, __be16 sport,
 				       const union xlb_addr *daddr, __be16 dport)
 {
-	__u32 l4_off = p->l4_off & 0xff; /* bounded for the verifier: at most 14 + 60 */
+	__u32 l4_off = p->l4_off & XLB_L4_OFF_MASK; /* bounded for the verifier */
 	/* both ports as one 32-bit word, in the order they sit in the header */
 	__u32 old_ports = ((__u32)p->dport << 16) | p->sport;
 	__u32 new_ports = ((__u32)dport << 16) | sport;
-	__u16 *l4_check;
+	__u16 *l4_check, none = 0;
+	int l3_only = p->frag == XLB_FRAG_LATER;
 
-	if (p->proto == IPPROTO_TCP) {
+	if (l3_only) {
+		l4_check = &none;
+	} else if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = data + l4_off;
 		if ((void *)(th + 1) > data_end)
 			return -1;
@@ -56,6 +61,8 @@ static __always_inline int xlb_rewrite(void *data, void *data_end, struct xlb_pk
 		__builtin_memcpy(&ip6->saddr, saddr, 16);
 		__builtin_memcpy(&ip6->daddr, daddr, 16);
 	}
+	if (l3_only)
+		goto done;
 	if (!udp_none) {
 		check = ~xlb_csum_fold64(sum);
 		if (p->proto == IPPROTO_UDP)
@@ -78,6 +85,7 @@ static __always_inline int xlb_rewrite(void *data, void *data_end, struct xlb_pk
 		uh->dest = dport;
 		uh->check = check;
 	}
+done:
 	p->saddr = *saddr;
 	p->daddr = *daddr;
 	p->sport = sport;

@@ -20,7 +20,28 @@ struct xlb_pkt {
 	__u8 family;   /* 4 or 6 */
 	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 tcp_flags;
-	__u8 pad;
+	__u8 frag;     /* XLB_FRAG_*: part of a fragmented datagram */
+	__be32 frag_id; /* its IP identification (IPv4's 16 bits, zero-extended) */
+};
+
+/* Fragments (struct xlb_pkt.frag). A first fragment carries the L4 header and is parsed as
+ * a whole packet; a later one has no ports (xlb_parse returns XLB_R_PASS_FRAGMENT with the
+ * addresses, proto and id filled in), and follows the first by xlb_frags. */
+#define XLB_FRAG_NONE 0
+#define XLB_FRAG_FIRST 1
+#define XLB_FRAG_LATER 2
+
+/* How far into a frame the L4 header may start: IPv6 extension headers beyond this are not
+ * walked (XLB_R_PASS_IPV6_EXT). A power of two minus one bounds offsets for the verifier. */
+#define XLB_L4_OFF_MASK 0x1ff
+#define XLB_IPV6_EXT_MAX 4
+
+/* The IPv6 fragment header (RFC 8200 4.5). */
+struct xlb_frag6 {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset in 8-byte units << 3, then two reserved bits, then M */
+	__be32 identification;
 };
 
 #define XLB_TCP_FIN 0x01
@@ -92,7 +113,9 @@ static __always_inline int xlb_parse_l4(void *data, void *data_end, struct xlb_p
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > data_end)
 			return XLB_R_PASS_TRUNCATED;
-		if (bpf_ntohs(uh->len) < sizeof(*uh) || bpf_ntohs(uh->len) > p->l4_len)
+		/* (a first fragment's UDP length is the whole datagram's) */
+		if (bpf_ntohs(uh->len) < sizeof(*uh) ||
+		    (bpf_ntohs(uh->len) > p->l4_len && p->frag != XLB_FRAG_FIRST))
 			return XLB_R_PASS_BAD_IP;
 		p->sport = uh->source;
 		p->dport = uh->dest;
@@ -125,14 +148,22 @@ static __always_inline int xlb_parse(void *data, void *data_end, __u32 len, stru
 			return XLB_R_PASS_TRUNCATED;
 		if (tot < ihl || sizeof(*eth) + tot > len)
 			return XLB_R_PASS_BAD_IP;
-		if (ip->frag_off & bpf_htons(0x3fff)) /* MF set or an offset: not a whole datagram */
-			return XLB_R_PASS_FRAGMENT;
 		p->family = 4;
 		p->proto = ip->protocol;
 		xlb_addr_set4(&p->saddr, ip->saddr);
 		xlb_addr_set4(&p->daddr, ip->daddr);
 		p->l4_off = sizeof(*eth) + ihl;
 		p->l4_len = tot - ihl;
+		__u16 frag = bpf_ntohs(ip->frag_off);
+		if (frag & 0x3fff) { /* MF set or an offset: not a whole datagram */
+			p->frag_id = (__be32)ip->id;
+			if (frag & 0x1fff) {
+				p->frag = XLB_FRAG_LATER;
+				return xlb_parse_sane(eth, XLB_OK, p) == XLB_OK ? XLB_R_PASS_FRAGMENT
+										: XLB_R_PASS_MARTIAN;
+			}
+			p->frag = XLB_FRAG_FIRST;
+		}
 		return xlb_parse_sane(eth, xlb_parse_l4(data, data_end, p), p);
 	}
 	if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -145,15 +176,51 @@ static __always_inline int xlb_parse(void *data, void *data_end, __u32 len, stru
 		if (sizeof(*eth) + sizeof(*ip6) + plen > len)
 			return XLB_R_PASS_BAD_IP;
 		p->family = 6;
-		p->proto = ip6->nexthdr;
-		if (p->proto == 44)
-			return XLB_R_PASS_FRAGMENT;
-		if (p->proto == 0 || p->proto == 43 || p->proto == 60 || p->proto == 51)
-			return XLB_R_PASS_IPV6_EXT;
 		__builtin_memcpy(&p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(&p->daddr, &ip6->daddr, 16);
-		p->l4_off = sizeof(*eth) + sizeof(*ip6);
-		p->l4_len = plen;
+		/* the extension headers, walked to the L4 header (RFC 8200 4.1's order, at most
+		 * XLB_IPV6_EXT_MAX of them) */
+		__u8 nh = ip6->nexthdr;
+		__u32 off = sizeof(*eth) + sizeof(*ip6);
+#pragma unroll
+		for (int i = 0; i < XLB_IPV6_EXT_MAX; i++) {
+			if (nh == 0 || nh == 43 || nh == 60) { /* hop-by-hop, routing, destination */
+				__u8 *e = data + off;
+				if ((void *)(e + 8) > data_end)
+					return XLB_R_PASS_TRUNCATED;
+				/* a routing header with segments left: this is not the destination */
+				if (nh == 43 && e[3])
+					return XLB_R_PASS_IPV6_EXT;
+				nh = e[0];
+				off += (e[1] + 1) * 8;
+			} else if (nh == 44) { /* fragment */
+				struct xlb_frag6 *f = data + off;
+				if ((void *)(f + 1) > data_end)
+					return XLB_R_PASS_TRUNCATED;
+				__u16 fo = bpf_ntohs(f->frag_off);
+				nh = f->nexthdr;
+				off += sizeof(*f);
+				if (fo & 0xfff9) { /* an offset or MF: else an atomic fragment (RFC 6946) */
+					p->frag_id = f->identification;
+					p->frag = fo & 0xfff8 ? XLB_FRAG_LATER : XLB_FRAG_FIRST;
+				}
+				if (p->frag == XLB_FRAG_LATER)
+					break;
+			} else {
+				break;
+			}
+		}
+		if (off > XLB_L4_OFF_MASK || off - sizeof(*eth) - sizeof(*ip6) > plen)
+			return XLB_R_PASS_IPV6_EXT;
+		p->proto = nh;
+		p->l4_off = off;
+		p->l4_len = plen - (off - sizeof(*eth) - sizeof(*ip6));
+		if (p->frag == XLB_FRAG_LATER)
+			return xlb_parse_sane(eth, XLB_OK, p) == XLB_OK ? XLB_R_PASS_FRAGMENT
+									: XLB_R_PASS_MARTIAN;
+		/* more headers than walked, or AH (it signs the addresses a rewrite changes) */
+		if (nh == 0 || nh == 43 || nh == 60 || nh == 44 || nh == 51)
+			return XLB_R_PASS_IPV6_EXT;
 		return xlb_parse_sane(eth, xlb_parse_l4(data, data_end, p), p);
 	}
 	return XLB_R_PASS_NOT_IP;

@@ -8,17 +8,19 @@
 static __always_inline int xlb_skb_snat(struct __sk_buff *skb, const struct xlb_pkt *p,
 					const union xlb_addr *saddr, __be16 sport)
 {
-	__u32 l4 = p->l4_off & 0xff;
+	__u32 l4 = p->l4_off & XLB_L4_OFF_MASK;
 	__u32 check_off = l4 + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
 						       : offsetof(struct udphdr, check));
 	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int err;
 
+	int l3_only = p->frag == XLB_FRAG_LATER; /* no L4 header: the first fragment's had it all */
+
 	if (p->family == 4) {
 		__be32 old = p->saddr.u32[3], new = saddr->u32[3];
 		__u32 ip_check = sizeof(struct ethhdr) + offsetof(struct iphdr, check);
 		err = bpf_l3_csum_replace(skb, ip_check, old, new, sizeof(new));
-		if (!err)
+		if (!err && !l3_only)
 			err = bpf_l4_csum_replace(skb, check_off, old, new,
 						  BPF_F_PSEUDO_HDR | mangled | sizeof(new));
 		if (!err)
@@ -26,12 +28,13 @@ static __always_inline int xlb_skb_snat(struct __sk_buff *skb, const struct xlb_
 						  offsetof(struct iphdr, saddr), &new, sizeof(new), 0);
 	} else {
 		__s64 diff = bpf_csum_diff((__be32 *)&p->saddr, 16, (__be32 *)saddr, 16, 0);
-		err = bpf_l4_csum_replace(skb, check_off, 0, diff, BPF_F_PSEUDO_HDR | mangled);
+		err = l3_only ? 0 : bpf_l4_csum_replace(skb, check_off, 0, diff,
+							 BPF_F_PSEUDO_HDR | mangled);
 		if (!err)
 			err = bpf_skb_store_bytes(skb, sizeof(struct ethhdr) +
 						  offsetof(struct ipv6hdr, saddr), (void *)saddr, 16, 0);
 	}
-	if (err)
+	if (err || l3_only)
 		return err;
 	err = bpf_l4_csum_replace(skb, check_off, p->sport, sport, mangled | sizeof(sport));
 	if (err)

@@ -18,6 +18,7 @@ SIZE_FIELDS = {
     "slots": "max_slots",
     "ct": "ct_size",
     "ct_new": "ct_new_size",
+    "frags": "frags_size",
     "affinity": "affinity_size",
     "source_ranges": "max_source_ranges",
 }
@@ -36,6 +37,8 @@ class DatapathConfig:
     # established flow); 0: a quarter of ct_size
     ct_new_size: int = 0
     affinity_size: int = 65536
+    # datagrams in flight in fragments (their first fragment's ports, until the rest passed)
+    frags_size: int = 8192
     max_source_ranges: int = 16384
     # Source ports on the node address for flows to backends on other nodes: the IANA dynamic
     # range, reserved from the node's own ephemeral ports (ip_local_reserved_ports) so that
@@ -69,6 +72,7 @@ class DatapathConfig:
             f"-DXLB_CT_SIZE={self.ct_size}",
             f"-DXLB_CT_NEW_SIZE={self.ct_new_size}",
             f"-DXLB_AFFINITY_SIZE={self.affinity_size}",
+            f"-DXLB_FRAGS_SIZE={self.frags_size}",
             f"-DXLB_MAX_SOURCE_RANGES={self.max_source_ranges}",
         ]
 
@@ -84,6 +88,7 @@ class DatapathConfig:
             "ct": self.ct_size * (40 + 56 + hash_overhead),
             "ct_new": self.ct_new_size * (40 + 56 + hash_overhead),
             "affinity": self.affinity_size * (24 + 32 + hash_overhead),
+            "frags": self.frags_size * (40 + 16 + hash_overhead),
             "stats": self.max_services * 32 * cpus,
         }
 

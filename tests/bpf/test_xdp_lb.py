@@ -10,7 +10,16 @@ from collections import Counter
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
-from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    PadN,
+)
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import Dot1Q, Ether
 
 from controlplane.datapath import constants
@@ -355,28 +364,69 @@ def _mutate(pkt, **fields):
     return out
 
 
+def _v6(*ext) -> Ether:
+    """A UDP datagram to the IPv6 NodePort behind these extension headers."""
+    l3 = IPv6(src=CLIENT6, dst=NODE6)
+    for e in ext:
+        l3 = l3 / e
+    return Ether(src=CLIENT_MAC, dst=NODE_MAC) / l3 / UDP(sport=47000, dport=30053) / b"hi"
+
+
+# RFC 8200 4: headers a node walks to find the upper layer; the rewrite leaves them be
+EXTENSION_CASES = [
+    ("hop-by-hop", _v6(IPv6ExtHdrHopByHop())),
+    ("destination options (padded to 16 bytes)",
+     _v6(IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 10)]))),
+    ("hop-by-hop, destination options, routing done (segments left 0)",
+     _v6(IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(segleft=0))),
+    ("an atomic fragment (RFC 6946: offset 0, no more fragments)", _v6(IPv6ExtHdrFragment(id=9))),
+    ("IPv4 first fragment (MF): a datagram's first part carries its ports",
+     Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT4, dst=NODE4, flags="MF")
+     / TCP(sport=47001, dport=30080, flags="S")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("description,pkt", EXTENSION_CASES, ids=[c[0] for c in EXTENSION_CASES])
+def test_extension_headers_are_walked_to_the_transport(run, description, pkt):
+    out = run(pkt)
+    assert out.retval == XDP_PASS, description
+    l3 = IPv6 if IPv6 in pkt else IP
+    l4 = UDP if UDP in pkt else TCP
+    backend = {30053: "fd00:10:244:1::6", 30080: "10.244.1.5"}[pkt[l4].dport]
+    port = {30053: 5353, 30080: 8080}[pkt[l4].dport]
+    expected = rewritten(pkt, dst=backend, dport=port)
+    assert Ether(out.data) == expected, description
+    assert checksums_valid(out.data) and Ether(out.data)[l3].dst == backend
+
+
 MALFORMED = [
-    ("IPv4 first fragment (MF)", _mutate(GOOD[0], flags="MF"), "pass_fragment"),
-    ("IPv4 later fragment", _mutate(GOOD[1], frag=100), "pass_fragment"),
+    ("IPv4 later fragment, its first never seen", _mutate(GOOD[1], frag=100), "pass_fragment"),
     ("IHL below 5", bytes(GOOD[0])[:14] + bytes([0x44]) + bytes(GOOD[0])[15:], "pass_bad_ip"),
     ("total length beyond the frame", _mutate(GOOD[0], len=200), "pass_bad_ip"),
     ("total length shorter than the header", _mutate(GOOD[0], len=10), "pass_bad_ip"),
     ("IP version 5", bytes(GOOD[0])[:14] + bytes([0x55]) + bytes(GOOD[0])[15:], "pass_bad_ip"),
     ("IPv6 payload length beyond the frame", _mutate(GOOD[2], plen=500), "pass_bad_ip"),
     (
-        "IPv6 fragment header",
+        "IPv6 later fragment, its first never seen",
         Ether(src=CLIENT_MAC, dst=NODE_MAC)
         / IPv6(src=CLIENT6, dst=NODE6)
-        / IPv6ExtHdrFragment()
-        / UDP(sport=1, dport=30053),
+        / IPv6ExtHdrFragment(offset=100, id=7)
+        / (b"x" * 16),
         "pass_fragment",
     ),
     (
-        "IPv6 hop-by-hop header",
-        Ether(src=CLIENT_MAC, dst=NODE_MAC)
-        / IPv6(src=CLIENT6, dst=NODE6)
-        / IPv6ExtHdrHopByHop()
-        / UDP(sport=1, dport=30053),
+        "IPv6 routing header with segments left: not the destination yet",
+        _v6(IPv6ExtHdrRouting(addresses=["2001:db8::99"], segleft=1)),
+        "pass_ipv6_ext",
+    ),
+    (
+        "IPv6 AH: it signs the addresses a rewrite changes",
+        _v6(AH(spi=1, icv=b"\0" * 12)),
+        "pass_ipv6_ext",
+    ),
+    (
+        "IPv6, five extension headers (four are walked)",
+        _v6(*[IPv6ExtHdrDestOpt() for _ in range(5)]),
         "pass_ipv6_ext",
     ),
     (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6ND_NS,
@@ -18,6 +18,8 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    fragment6,
 )
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
@@ -46,6 +48,14 @@ def seeds(frontends: list[tuple[str, int, str]], owned: list[str], backends: lis
                     out.append(eth(l3 / TCP(sport=sport, dport=port, flags=flags) / b"data"))
             else:
                 out.append(eth(l3 / UDP(sport=sport, dport=port) / (b"x" * rng.randrange(0, 64))))
+                # a datagram in fragments: the later ones follow the first (if it came)
+                big = UDP(sport=sport, dport=port) / (b"F" * 1400)
+                if v6:
+                    parts = fragment6(IPv6(src=client, dst=address) /
+                                      IPv6ExtHdrFragment(id=sport) / big, 600)  # fmt: skip
+                else:
+                    parts = fragment(IP(src=client, dst=address, id=sport) / big, fragsize=592)
+                out.extend(eth(f) for f in parts)
             if not v6:
                 out.append(eth(IP(src=client, dst=address, flags="MF", frag=0) /
                                UDP(sport=sport, dport=port) / (b"f" * 64)))  # fmt: skip
@@ -56,7 +66,10 @@ def seeds(frontends: list[tuple[str, int, str]], owned: list[str], backends: lis
                 inner = IP(src=address, dst=client) / TCP(sport=port, dport=sport)
                 out.append(eth(IP(src=client, dst=address) / ICMP(type=3, code=4) / bytes(inner)))
             else:
-                for ext in (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrFragment(m=1)):
+                for ext in (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrFragment(m=1),
+                            IPv6ExtHdrRouting(segleft=0),
+                            IPv6ExtHdrRouting(addresses=["2001:db8::1"], segleft=1),
+                            IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()):  # fmt: skip
                     out.append(eth(IPv6(src=client, dst=address) / ext /
                                    TCP(sport=sport, dport=port, flags="S")))  # fmt: skip
                 inner = IPv6(src=address, dst=client) / TCP(sport=port, dport=sport)
@@ -69,6 +82,13 @@ def seeds(frontends: list[tuple[str, int, str]], owned: list[str], backends: lis
             l3 = IPv6(src=address, dst=dst) if v6 else IP(src=address, dst=dst)
             out.append(eth(l3 / TCP(sport=port, dport=rng.randrange(49152, 65536), flags="SA")))
             out.append(eth(l3 / UDP(sport=port, dport=rng.randrange(49152, 65536)) / b"r"))
+            big = UDP(sport=port, dport=rng.randrange(49152, 65536)) / (b"R" * 1400)
+            if v6:
+                parts = fragment6(IPv6(src=address, dst=dst) / IPv6ExtHdrFragment(id=port) / big,
+                                  600)  # fmt: skip
+            else:
+                parts = fragment(IP(src=address, dst=dst, id=port) / big, fragsize=592)
+            out.extend(eth(f) for f in parts)
     for ip in owned:
         if ":" in ip:
             low = bytes.fromhex(ip.split(":")[-1].rjust(6, "0")[-6:])

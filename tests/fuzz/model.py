@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ND_NA, ICMPv6ND_NS, IPv6
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ND_NA, ICMPv6ND_NS, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
@@ -30,8 +30,58 @@ def _l3(pkt):
     return pkt[IP] if IP in pkt else pkt[IPv6] if IPv6 in pkt else None  # noqa: SIM401
 
 
+def frag_kind(pkt) -> str:
+    """ "none", "first" (the part with the L4 header) or "later", from the IP header alone."""
+    l3 = _l3(pkt)
+    if isinstance(l3, IP):
+        return "later" if l3.frag else "first" if l3.flags.MF else "none"
+    if IPv6ExtHdrFragment in pkt:
+        f = pkt[IPv6ExtHdrFragment]
+        return "later" if f.offset else "first" if f.m else "none"
+    return "none"
+
+
 def _l4(pkt):
-    return pkt[TCP] if TCP in pkt else pkt[UDP] if UDP in pkt else None  # noqa: SIM401
+    if frag_kind(pkt) == "later":
+        return None
+    if TCP in pkt or UDP in pkt:
+        return pkt[TCP] if TCP in pkt else pkt[UDP]
+    l3 = _l3(pkt)
+    if l3 is not None and frag_kind(pkt) == "first":  # scapy leaves some first fragments raw
+        proto = l3.proto if isinstance(l3, IP) else pkt[IPv6ExtHdrFragment].nh
+        raw = bytes(l3.payload if isinstance(l3, IP) else pkt[IPv6ExtHdrFragment].payload)
+        if proto == 6 and len(raw) >= 20:
+            return TCP(raw)
+        if proto == 17 and len(raw) >= 8:
+            return UDP(raw)
+    return None
+
+
+def _ones(data: bytes) -> int:
+    """The one's complement sum of data as 16-bit words, folded, 0xffff read as 0."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return 0 if s == 0xFFFF else s
+
+
+def _addr_bytes(l3) -> bytes:
+    import socket
+
+    fam = socket.AF_INET6 if isinstance(l3, IPv6) else socket.AF_INET
+    return socket.inet_pton(fam, l3.src) + socket.inet_pton(fam, l3.dst)
+
+
+def _sum_kept(a, b) -> bool:
+    """Whether a rewrite of a first fragment kept its L4 checksum as right (or wrong) as it
+    was: the checksum covers the whole datagram, so it cannot be recomputed from one part,
+    but addresses + this part's L4 bytes must sum the same before and after."""
+    la, lb = _l4(a), _l4(b)
+    if isinstance(la, UDP) and IP in a and la.chksum == 0:
+        return lb.chksum == 0
+    return _ones(_addr_bytes(_l3(a)) + bytes(la)) == _ones(_addr_bytes(_l3(b)) + bytes(lb))
 
 
 def _proto(l4) -> str:
@@ -85,6 +135,8 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
         return None if _l4_sum_ok(out) and _icmp6_ok(out) else "an advertisement's checksum"
     if ia is None or ib is None:
         return "a rewrite of something that is not IP"
+    if frag_kind(a) == "later":
+        return _judge_later_fragment(m, a, b, retval, inp, out)
     la, lb = _l4(a), _l4(b)
     sent_back = (ib.src, ib.dst) == (ia.dst, ia.src)
     if retval == XDP_TX and sent_back and (ICMP in b or ICMPv6DestUnreach in b or (
@@ -93,13 +145,14 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
     if la is None or lb is None or type(la) is not type(lb):
         return "a rewrite that changed or lost the transport"
     key = (ia.dst, la.dport, _proto(la))
-    sums_ok = _l4_sum_ok(inp)
     if bytes(la.payload) != bytes(lb.payload):
         return "the payload changed"
     # incremental updates keep a checksum's validity: a corrupt packet stays corrupt
     if _ip_sum_ok(out) != _ip_sum_ok(inp):
         return "the IPv4 header checksum's validity changed"
-    if _l4_sum_ok(out) != sums_ok:
+    if frag_kind(a) == "first" and not _sum_kept(a, b):
+        return "a first fragment's L4 checksum did not follow its rewrite"
+    if frag_kind(a) != "first" and _l4_sum_ok(out) != _l4_sum_ok(inp):
         return "the L4 checksum's validity changed"
     if key in m.frontends:  # a new or tracked flow of a frontend: DNAT (and SNAT if remote)
         backends = m.frontends[key]
@@ -128,6 +181,32 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
             return "a reply forwarded without its hop"
         return None
     return f"a rewrite of a packet to no frontend ({key}, verdict {retval})"
+
+
+def _judge_later_fragment(m: Model, a, b, retval: int, inp: bytes, out: bytes) -> str | None:
+    """A fragment without ports, rewritten as its datagram's first was: only its addresses
+    change, to those of a frontend's backend (or, for a remote backend's reply, to one of
+    its frontends), with a hop when forwarded."""
+    ia, ib = _l3(a), _l3(b)
+    if type(ia) is not type(ib) or bytes(ia.payload) != bytes(ib.payload):
+        return "a later fragment's payload changed"
+    if _ip_sum_ok(out) != _ip_sum_ok(inp):
+        return "a later fragment's IPv4 header checksum's validity changed"
+    at_frontend = [bs for (h, _, _), bs in m.frontends.items() if h == ia.dst]
+    chosen = [loc for bs in at_frontend for h, _, loc in bs if h == ib.dst]
+    if chosen:
+        if retval == XDP_PASS and True in chosen and ib.src == ia.src and _hops(ib) == _hops(ia):
+            return None
+        if retval == XDP_TX and False in chosen and ib.src in m.node_addresses and (
+                _hops(ib) == _hops(ia) - 1):  # fmt: skip
+            return None
+        return "a later fragment sent to a backend the wrong way"
+    fronts = {h for (h, _, _), bs in m.frontends.items() for bh, _, loc in bs
+              if bh == ia.src and not loc}  # fmt: skip
+    if retval == XDP_TX and ia.dst in m.node_addresses and ib.src in fronts and (
+            _hops(ib) == _hops(ia) - 1):  # fmt: skip
+        return None
+    return f"a later fragment rewritten to no backend or frontend ({ia.dst} -> {ib.dst})"
 
 
 def _icmp6_ok(raw: bytes) -> bool:
@@ -167,6 +246,12 @@ def judge_tc(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
         return None
     a, b = Ether(inp), Ether(out)
     ia, ib, la, lb = _l3(a), _l3(b), _l4(a), _l4(b)
+    if ia is not None and ib is not None and frag_kind(a) == "later":
+        fronts = {h for (h, _, _), bs in m.frontends.items() for bh, _, loc in bs
+                  if bh == ia.src and loc}  # fmt: skip
+        if ib.src not in fronts or ib.dst != ia.dst or bytes(ia.payload) != bytes(ib.payload):
+            return "a tc rewrite of a later fragment that is not a local backend's reply"
+        return None if _ip_sum_ok(out) == _ip_sum_ok(inp) else "a later fragment's checksum"
     if None in (ia, ib, la, lb):
         return "a tc rewrite of something that is not TCP/UDP over IP"
     served_by = [k for k, bs in m.frontends.items() if (ia.src, la.sport, True) in bs]
@@ -174,6 +259,10 @@ def judge_tc(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
         return "a tc rewrite whose source is no frontend of a local backend"
     if (ib.dst, lb.dport) != (ia.dst, la.dport) or bytes(la.payload) != bytes(lb.payload):
         return "a tc rewrite that changed the destination or the payload"
-    if _ip_sum_ok(out) != _ip_sum_ok(inp) or _l4_sum_ok(out) != _l4_sum_ok(inp):
+    if _ip_sum_ok(out) != _ip_sum_ok(inp):
+        return "a tc rewrite changed the IPv4 header checksum's validity"
+    if frag_kind(a) == "first" and not _sum_kept(a, b):
+        return "a tc rewrite of a first fragment broke its L4 checksum"
+    if frag_kind(a) != "first" and _l4_sum_ok(out) != _l4_sum_ok(inp):
         return "a tc rewrite changed a checksum's validity"
     return None

@@ -10,6 +10,8 @@ import random
 import time
 from collections import Counter
 
+from scapy.layers.l2 import Ether
+
 from controlplane.datapath.syscall import prog_test_run
 from controlplane.model.state import DesiredState
 from tests.bpf.test_neighbour import OWNED4, OWNED6, UPLINK_MAC
@@ -22,7 +24,7 @@ from tests.bpf.test_xdp_forward import (
 from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend
 from tests.bpf.test_xdp_lb import STATE as LOCAL
 from tests.fuzz.frames import mutate, seeds
-from tests.fuzz.model import Model, judge_tc, judge_xdp
+from tests.fuzz.model import Model, frag_kind, judge_tc, judge_xdp
 
 FRAMES = int(os.environ.get("FUZZ_FRAMES", "20000"))
 SEED = int(os.environ.get("FUZZ_SEED", str(int(time.time()))))
@@ -79,6 +81,10 @@ def test_random_and_mutated_frames_only_ever_get_allowed_outputs(xdp, tc, maps, 
                      ("" if got.data == frame else " rewritten")] += 1  # fmt: skip
             if got.retval == 2 and got.data != frame and len(replies) < 512:
                 replies.append(reply_of(got.data))  # what the local backend would answer
+        if got.data != frame and len(frame) > 34:
+            kind = frag_kind(Ether(frame))
+            if kind != "none":
+                verdicts[f"{kind} fragment rewritten"] += 1
         if why:
             bad.append((n, why, frame.hex()))
             if len(bad) >= 5:
@@ -91,6 +97,7 @@ def test_random_and_mutated_frames_only_ever_get_allowed_outputs(xdp, tc, maps, 
     # the judge saw real work of every kind
     assert verdicts["tx rewritten"] and verdicts["pass rewritten"], verdicts
     assert verdicts["tc next rewritten"], verdicts
+    assert verdicts["first fragment rewritten"] and verdicts["later fragment rewritten"], verdicts
 
 
 def reply_of(delivered: bytes) -> bytes:
@@ -101,6 +108,8 @@ def reply_of(delivered: bytes) -> bytes:
     from scapy.layers.l2 import Ether
 
     pkt = Ether(delivered)
+    if TCP not in pkt and UDP not in pkt:  # a later fragment: its first one answers
+        return delivered
     l3 = pkt[IP] if IP in pkt else pkt[IPv6]
     l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
     kind = IP if IP in pkt else IPv6
