@@ -1,8 +1,10 @@
 """The lab's pod: answers on each container port with who it is and who it saw.
 
 TCP: an HTTP request gets `200 OK` with one line `pod=NAME node=NODE client=IP:PORT`; any other
-line gets that line back. UDP: every datagram gets it. Like giving each nginx replica its own
-index page, so balancing and client-IP preservation can be seen from the client.
+line gets that line back. UDP: every datagram gets it, and a datagram of more than
+ECHO_ABOVE bytes gets itself back after it (so that large datagrams, fragmented both ways,
+can be checked end to end). Like giving each nginx replica its own index page, so balancing
+and client-IP preservation can be seen from the client.
 
     python -m controlplane.lab.podserver --pod NAME --node NODE --listen tcp/80 --listen udp/53
 """
@@ -14,6 +16,7 @@ import selectors
 import socket
 import threading
 
+ECHO_ABOVE = 512
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ", b"PATCH ")
 
 
@@ -71,11 +74,9 @@ def main(argv: list[str] | None = None) -> None:
                     target=serve_tcp_client, args=(conn, peer, args.pod, args.node), daemon=True
                 ).start()
             else:
-                _, peer = s.recvfrom(65535)
-                s.sendto(
-                    (identity(args.pod, args.node, (_unmap(peer[0]), peer[1])) + "\n").encode(),
-                    peer,
-                )
+                data, peer = s.recvfrom(65535)
+                line = identity(args.pod, args.node, (_unmap(peer[0]), peer[1])) + "\n"
+                s.sendto(line.encode() + (data if len(data) > ECHO_ABOVE else b""), peer)
 
 
 def _unmap(addr: str) -> str:
