@@ -10,12 +10,32 @@
 #include "lib/conntrack.h"
 #include "lib/skb_nat.h"
 #include "lib/frag.h"
+#include "lib/csum.h"
+#include "lib/icmp.h"
 
 #define XLB_PULL_LEN (sizeof(struct ethhdr) + 60 + sizeof(struct tcphdr))
 /* What xlb returns for every packet it lets go on, rewritten or not: "next" (TC_ACT_UNSPEC),
  * so that the programs after it in a tcx chain, or the filters after it in tc, see the packet
  * too. TC_ACT_OK would end another's chain (a CNI's egress program, a monitor). */
 #define XLB_TC_NEXT TC_ACT_UNSPEC
+
+/* The longest ICMP error head translated: outer IPv4 with options, ICMP, quoted IPv4 with
+ * options, a TCP header's first 18 bytes (to its checksum). */
+#define XLB_ICMP_PULL_LEN (sizeof(struct ethhdr) + 60 + 8 + 60 + 18)
+
+/* An ICMP error leaving towards a client, about a packet of a flow xdp_lb handed to a local
+ * backend (the pod's port unreachable, the node's fragmentation needed): translated so that
+ * the client sees it about what it sent, from the frontend it sent to. */
+static __always_inline int xlb_tc_icmp(struct __sk_buff *skb, struct xlb_pkt *p)
+{
+	__u32 want = skb->len < XLB_ICMP_PULL_LEN ? skb->len : XLB_ICMP_PULL_LEN;
+	if (skb->data_end - skb->data < want && bpf_skb_pull_data(skb, want))
+		return XLB_TC_NEXT;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	xlb_icmp_translate(data, data_end, p, 1, bpf_ktime_get_coarse_ns(), xlb_config_get());
+	return XLB_TC_NEXT;
+}
 
 int tc_lb(struct __sk_buff *skb)
 {
@@ -31,6 +51,8 @@ int tc_lb(struct __sk_buff *skb)
 		if (!xlb_frag_ports(&p, now))
 			r = XLB_OK;
 	}
+	if (r == XLB_R_PASS_NOT_L4 && (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6))
+		return xlb_tc_icmp(skb, &p);
 	if (r != XLB_OK)
 		return XLB_TC_NEXT;
 

@@ -20,6 +20,7 @@
 #include "lib/neighbour.h"
 #include "lib/tail.h"
 #include "lib/frag.h"
+#include "lib/icmp.h"
 
 BPF_TABLE_PINNED("prog", __u32, __u32, xlb_tail_xdp_lb, XLB_TAILS, XLB_PIN_ROOT "/tail_xdp_lb");
 
@@ -156,6 +157,8 @@ int xdp_lb(struct xdp_md *ctx)
 			xlb_count_reason(XLB_R_NEIGHBOUR_REPLY);
 			return answer;
 		}
+		if (r == XLB_R_PASS_NOT_L4 && (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6))
+			xlb_tail_xdp_lb.call(ctx, XLB_TAIL_ICMP_ERROR); /* (on return: not loaded) */
 		xlb_count_reason(r);
 		return XDP_PASS;
 	}
@@ -352,5 +355,29 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		xlb_count_reason(XLB_R_CT_FULL);
 	if (flags & XLB_CT_F_SNAT)
 		return xlb_fib_forward(ctx, p, now);
+	return XDP_PASS;
+}
+
+/* An ICMP error: translated and delivered if it is about a flow xdp_lb tracks (icmp.h), else
+ * left to the stack. Tail of xdp_lb. */
+int xdp_lb__icmp_error(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_pkt p = {};
+	int r = xlb_parse(data, data_end, data_end - data, &p);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	if (r != XLB_R_PASS_NOT_L4 || xlb_parse_sane(eth, XLB_OK, &p) != XLB_OK) {
+		xlb_count_reason(r == XLB_R_PASS_NOT_L4 ? XLB_R_PASS_MARTIAN : r);
+		return XDP_PASS;
+	}
+	__u64 now = bpf_ktime_get_coarse_ns();
+	int done = xlb_icmp_translate(data, data_end, &p, 0, now, xlb_config_get());
+	if (done == XLB_ICMP_FORWARD)
+		return xlb_fib_forward(ctx, &p, now);
+	if (done == XLB_ICMP_NONE)
+		xlb_count_reason(XLB_R_PASS_NOT_L4);
 	return XDP_PASS;
 }

@@ -11,7 +11,8 @@
 
 /* Indexes of xlb_tail_<entry>; the target of XLB_TAIL_<NAME> is the function
  * <entry>__<name> (the loader fills the array by that rule). */
-#define XLB_TAIL_NEW_FLOW 0 /* xdp_lb: a packet to a frontend that no live flow took */
+#define XLB_TAIL_NEW_FLOW 0   /* xdp_lb: a packet to a frontend that no live flow took */
+#define XLB_TAIL_ICMP_ERROR 1 /* xdp_lb: an ICMP error, maybe about a tracked flow */
 #define XLB_TAILS 4
 
 /* What the entry program found, for its tail: the tail takes it only if magic says it was

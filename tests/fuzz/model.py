@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6ND_NA, ICMPv6ND_NS, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
 
@@ -47,14 +47,38 @@ def _l4(pkt):
     if TCP in pkt or UDP in pkt:
         return pkt[TCP] if TCP in pkt else pkt[UDP]
     l3 = _l3(pkt)
-    if l3 is not None and frag_kind(pkt) == "first":  # scapy leaves some first fragments raw
-        proto = l3.proto if isinstance(l3, IP) else pkt[IPv6ExtHdrFragment].nh
-        raw = bytes(l3.payload if isinstance(l3, IP) else pkt[IPv6ExtHdrFragment].payload)
-        if proto == 6 and len(raw) >= 20:
-            return TCP(raw)
-        if proto == 17 and len(raw) >= 8:
-            return UDP(raw)
+    if l3 is None:
+        return None
+    found = _raw_l4(l3)  # scapy leaves some first fragments and odd routing headers raw
+    if found is None:
+        return None
+    proto, raw = found
+    if proto == 6 and len(raw) >= 20:
+        return TCP(raw)
+    if proto == 17 and len(raw) >= 8:
+        return UDP(raw)
     return None
+
+
+def _raw_l4(l3) -> tuple[int, bytes] | None:
+    """(protocol, transport bytes) of an IP packet, read from its bytes: IPv6 extension
+    headers walked as RFC 8200 4 says (hop-by-hop, routing, destination, fragment)."""
+    if isinstance(l3, IP):
+        return l3.proto, bytes(l3.payload)[: max(l3.len - l3.ihl * 4, 0)]
+    raw = bytes(l3)[40 : 40 + l3.plen]
+    nh, off = l3.nh, 0
+    for _ in range(4):
+        if nh in (0, 43, 60) and len(raw) >= off + 8:
+            nh, off = raw[off], off + (raw[off + 1] + 1) * 8
+        elif nh == 44 and len(raw) >= off + 8:
+            nh, off = raw[off], off + 8
+        else:
+            break
+    return (nh, raw[off:]) if off <= len(raw) else None
+
+
+def _decoded_by_scapy(pkt) -> bool:
+    return TCP in pkt or UDP in pkt
 
 
 def _ones(data: bytes) -> int:
@@ -137,6 +161,8 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
         return "a rewrite of something that is not IP"
     if frag_kind(a) == "later":
         return _judge_later_fragment(m, a, b, retval, inp, out)
+    if icmp_error(a) is not None:
+        return _judge_icmp(m, a, b, retval, inp, out, at_tc=False)
     la, lb = _l4(a), _l4(b)
     sent_back = (ib.src, ib.dst) == (ia.dst, ia.src)
     if retval == XDP_TX and sent_back and (ICMP in b or ICMPv6DestUnreach in b or (
@@ -150,9 +176,10 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
     # incremental updates keep a checksum's validity: a corrupt packet stays corrupt
     if _ip_sum_ok(out) != _ip_sum_ok(inp):
         return "the IPv4 header checksum's validity changed"
-    if frag_kind(a) == "first" and not _sum_kept(a, b):
-        return "a first fragment's L4 checksum did not follow its rewrite"
-    if frag_kind(a) != "first" and _l4_sum_ok(out) != _l4_sum_ok(inp):
+    whole = frag_kind(a) != "first" and _decoded_by_scapy(a) and _decoded_by_scapy(b)
+    if not whole and not _sum_kept(a, b):
+        return "an L4 checksum (not scapy's to recompute) did not follow its rewrite"
+    if whole and _l4_sum_ok(out) != _l4_sum_ok(inp):
         return "the L4 checksum's validity changed"
     if key in m.frontends:  # a new or tracked flow of a frontend: DNAT (and SNAT if remote)
         backends = m.frontends[key]
@@ -181,6 +208,98 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
             return "a reply forwarded without its hop"
         return None
     return f"a rewrite of a packet to no frontend ({key}, verdict {retval})"
+
+
+def icmp_error(pkt):
+    """The ICMP / ICMPv6 error layer of pkt (one that quotes a packet), or None."""
+    from scapy.layers.inet6 import _ICMPv6
+
+    if ICMP in pkt and pkt[ICMP].type in (3, 11, 12) and not isinstance(pkt[ICMP].underlayer,
+                                                                        IPerror):  # fmt: skip
+        return pkt[ICMP]
+    for layer in pkt.layers():
+        if issubclass(layer, _ICMPv6) and pkt[layer].type in (1, 2, 3, 4):
+            return pkt[layer]
+    return None
+
+
+def _quoted(pkt):
+    """(quoted IP layer, its transport's bytes as quoted) of an ICMP error, or (None, b"").
+    RFC 792 quotes only 8 bytes of the transport: scapy leaves a TCP quote that short raw,
+    so the bytes are read here, not scapy's layer."""
+    from scapy.layers.inet6 import IPerror6
+
+    q3 = pkt.getlayer(IPerror6) or pkt.getlayer(IPerror)
+    if q3 is None:
+        return None, b""
+    raw = bytes(q3.payload)
+    size = q3.len - q3.ihl * 4 if isinstance(q3, IPerror) else q3.plen
+    return q3, raw[: max(size, 0)]
+
+
+def _without_l4_check(proto: str, l4: bytes) -> bytes:
+    """A quoted transport's bytes after its ports, its checksum (if quoted) blanked."""
+    at = 6 if proto == "UDP" else 16
+    rest = bytearray(l4[4:])
+    if len(l4) >= at + 2:
+        rest[at - 4 : at - 2] = b"\0\0"
+    return bytes(rest)
+
+
+def _icmp_sum_ok(raw: bytes) -> bool:
+    pkt = Ether(raw)
+    e = icmp_error(pkt)
+    fresh = Ether(raw)
+    fe = icmp_error(fresh)
+    if hasattr(fe, "chksum"):
+        del fe.chksum
+        return icmp_error(Ether(bytes(fresh))).chksum == e.chksum
+    del fe.cksum
+    return icmp_error(Ether(bytes(fresh))).cksum == e.cksum
+
+
+def _judge_icmp(m: Model, a, b, retval: int, inp: bytes, out: bytes, at_tc: bool) -> str | None:
+    """An ICMP error about a flow xlb rewrote, rewritten back: the quote becomes the packet
+    as its sender sent it (the other side of the rewrite the model allows for that flow),
+    the error goes to that sender, and no checksum's validity changes."""
+    ib = _l3(b)
+    qa3, qa4 = _quoted(a)
+    qb3, qb4 = _quoted(b)
+    if qa3 is None or qb3 is None or len(qa4) < 8 or len(qb4) != len(qa4):
+        return "an ICMP error rewritten without a quote of its ports"
+    proto = {6: "TCP", 17: "UDP"}.get(qa3.proto if isinstance(qa3, IPerror) else qa3.nh)
+    if proto is None or _without_l4_check(proto, qa4) != _without_l4_check(proto, qb4):
+        return "an ICMP error's quoted transport changed beyond its ports and checksum"
+    if icmp_error(b).type != icmp_error(a).type or bytes(qa3)[:1] != bytes(qb3)[:1]:
+        return "an ICMP error's type or quoted IP version changed"
+    if _ip_sum_ok(out) != _ip_sum_ok(inp) or _icmp_sum_ok(out) != _icmp_sum_ok(inp):
+        return "an ICMP error's checksum validity changed"
+    if ib.dst != qb3.src:
+        return "a translated ICMP error not sent to the quoted packet's sender"
+
+    def ports(l4: bytes) -> tuple[int, int]:
+        return int.from_bytes(l4[:2], "big"), int.from_bytes(l4[2:4], "big")
+
+    before = (qa3.src, ports(qa4)[0], qa3.dst, ports(qa4)[1])
+    after = (qb3.src, ports(qb4)[0], qb3.dst, ports(qb4)[1])
+    for (fh, fp, fproto), bs in m.frontends.items():
+        if fproto != proto:
+            continue
+        for bh, bp, loc in bs:
+            if at_tc and loc and before[2:] == (bh, bp) and after == (before[0], before[1], fh,
+                                                                         fp):  # fmt: skip
+                return None if ib.src == fh else "a pod's error not from its frontend"
+            if at_tc:
+                continue
+            if loc and before[:2] == (fh, fp) and after == (bh, bp, before[2], before[3]):
+                return None if retval == XDP_PASS else "a local pod's error not delivered"
+            if not loc and before[:2] == (fh, fp) and after[:2] == (bh, bp) and (
+                    after[2] in m.node_addresses and retval == XDP_TX):  # fmt: skip
+                return None  # about a reply: to the backend, about its own packet
+            if not loc and before[2:] == (bh, bp) and before[0] in m.node_addresses and (
+                    after[2:] == (fh, fp) and retval == XDP_TX and ib.src == fh):  # fmt: skip
+                return None  # about a packet to the backend: to the client, from the frontend
+    return f"an ICMP error translated from {before} to {after}, which no flow explains"
 
 
 def _judge_later_fragment(m: Model, a, b, retval: int, inp: bytes, out: bytes) -> str | None:
@@ -246,6 +365,8 @@ def judge_tc(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
         return None
     a, b = Ether(inp), Ether(out)
     ia, ib, la, lb = _l3(a), _l3(b), _l4(a), _l4(b)
+    if ia is not None and ib is not None and icmp_error(a) is not None:
+        return _judge_icmp(m, a, b, retval, inp, out, at_tc=True)
     if ia is not None and ib is not None and frag_kind(a) == "later":
         fronts = {h for (h, _, _), bs in m.frontends.items() for bh, _, loc in bs
                   if bh == ia.src and loc}  # fmt: skip

@@ -24,7 +24,7 @@ from tests.bpf.test_xdp_forward import (
 from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend
 from tests.bpf.test_xdp_lb import STATE as LOCAL
 from tests.fuzz.frames import mutate, seeds
-from tests.fuzz.model import Model, frag_kind, judge_tc, judge_xdp
+from tests.fuzz.model import Model, frag_kind, icmp_error, judge_tc, judge_xdp
 
 FRAMES = int(os.environ.get("FUZZ_FRAMES", "20000"))
 SEED = int(os.environ.get("FUZZ_SEED", str(int(time.time()))))
@@ -81,10 +81,13 @@ def test_random_and_mutated_frames_only_ever_get_allowed_outputs(xdp, tc, maps, 
                      ("" if got.data == frame else " rewritten")] += 1  # fmt: skip
             if got.retval == 2 and got.data != frame and len(replies) < 512:
                 replies.append(reply_of(got.data))  # what the local backend would answer
+                replies.append(error_of(got.data))  # or its stack, with no socket there
         if got.data != frame and len(frame) > 34:
             kind = frag_kind(Ether(frame))
             if kind != "none":
                 verdicts[f"{kind} fragment rewritten"] += 1
+            if icmp_error(Ether(frame)) is not None:
+                verdicts["icmp error translated"] += 1
         if why:
             bad.append((n, why, frame.hex()))
             if len(bad) >= 5:
@@ -98,6 +101,7 @@ def test_random_and_mutated_frames_only_ever_get_allowed_outputs(xdp, tc, maps, 
     assert verdicts["tx rewritten"] and verdicts["pass rewritten"], verdicts
     assert verdicts["tc next rewritten"], verdicts
     assert verdicts["first fragment rewritten"] and verdicts["later fragment rewritten"], verdicts
+    assert verdicts["icmp error translated"], verdicts
 
 
 def reply_of(delivered: bytes) -> bytes:
@@ -120,3 +124,22 @@ def reply_of(delivered: bytes) -> bytes:
     else:
         back = back / UDP(sport=l4.dport, dport=l4.sport) / b"answer"
     return bytes(back)
+
+
+def error_of(delivered: bytes) -> bytes:
+    """The port unreachable a local backend's stack sends for a packet xdp_lb delivered to
+    it (RFC 1122 3.2.2.1, RFC 4443 3.1: quoting as much of it as fits)."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+    from scapy.layers.l2 import Ether
+
+    pkt = Ether(delivered)
+    if IPv6 in pkt:
+        l3 = pkt[IPv6]
+        err = IPv6(src=l3.dst, dst=l3.src) / ICMPv6DestUnreach(code=4) / bytes(l3)[:1232]
+    elif IP in pkt:
+        l3 = pkt[IP]
+        err = IP(src=l3.dst, dst=l3.src) / ICMP(type=3, code=3) / bytes(l3)[:548]
+    else:
+        return delivered
+    return bytes(Ether(src=pkt.dst, dst=pkt.src) / err)
