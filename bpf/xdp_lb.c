@@ -114,6 +114,15 @@ static __always_inline int xlb_source_allowed(const struct xlb_svc *svc, const s
 	return xlb_source_ranges.lookup(&k) != 0;
 }
 
+/* Answers time exceeded for the packet in ctx, as it arrived (a tail program: no room here
+ * to build it); XDP_DROP if that tail is not loaded. */
+static __always_inline int xlb_time_exceeded(struct xdp_md *ctx)
+{
+	xlb_tail_xdp_lb.call(ctx, XLB_TAIL_TIME_EXCEEDED);
+	xlb_count_reason(XLB_R_DROP_TTL);
+	return XDP_DROP;
+}
+
 /* Rewrites a packet of a tracked flow and sends it on. */
 static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 				       struct xlb_ct *ct, int pending, __u32 len, __u64 now)
@@ -123,6 +132,8 @@ static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 	__u16 flags = ct->flags;
 	union xlb_addr saddr = ct->nat_saddr, daddr = ct->nat_daddr;
 	__be16 sport = ct->nat_sport, dport = ct->nat_dport;
+	if ((flags & XLB_CT_F_SNAT) && !xlb_hops_left(data, data_end, p->family))
+		return xlb_time_exceeded(ctx); /* (before anything is noted or rewritten) */
 	xlb_count_svc(ct->svc, len, 0, 0);
 	xlb_frag_note(p, now); /* (the hot path takes no fragment) */
 	if (now) /* (0: the fast path below, which has nothing to note) */
@@ -283,10 +294,12 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 			xlb_count_reason(XLB_R_PASS_FRAGMENT);
 			return XDP_PASS;
 		}
+		if (p->proto == IPPROTO_UDP && !xlb_icmp_allowed(now))
+			return XDP_DROP;
 		xlb_count_reason(XLB_R_REJECT_NO_BACKEND);
 		if (p->proto == IPPROTO_TCP)
 			return xlb_reject_tcp(ctx, p);
-		return xlb_reject_udp(ctx, p);
+		return xlb_icmp_answer(ctx, p, XLB_ANSWER_PORT_UNREACHABLE);
 	}
 
 	/* TCP starts with a SYN: any other segment of no known flow (a lost entry's, a stray or
@@ -341,6 +354,8 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 			return XDP_DROP;
 		}
 		flow->flags = XLB_CT_F_SNAT;
+		if (!xlb_hops_left(data, data_end, p->family))
+			return xlb_time_exceeded(ctx); /* (no flow for a packet that goes no further) */
 	}
 	xlb_count_svc(svc->id, len, 1, 0);
 	xlb_frag_note(p, now);
@@ -380,4 +395,25 @@ int xdp_lb__icmp_error(struct xdp_md *ctx)
 	if (done == XLB_ICMP_NONE)
 		xlb_count_reason(XLB_R_PASS_NOT_L4);
 	return XDP_PASS;
+}
+
+/* A packet xdp_lb would forward (to a remote backend, or a remote backend's reply to its
+ * client) with a TTL / hop limit of 1 or 0: answered time exceeded from the address it was
+ * sent to, quoting it as it arrived, as the kernel's forwarding (and netfilter's translation
+ * of its error) would. Tail of xdp_lb. */
+int xdp_lb__time_exceeded(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_pkt p = {};
+	int r = xlb_parse(data, data_end, data_end - data, &p);
+	if (r != XLB_OK) { /* (a later fragment among them: RFC 1122 3.2.2, no error for it) */
+		xlb_count_reason(XLB_R_DROP_TTL);
+		return XDP_DROP;
+	}
+	if (!xlb_icmp_allowed(bpf_ktime_get_coarse_ns()))
+		return XDP_DROP;
+	int verdict = xlb_icmp_answer(ctx, &p, XLB_ANSWER_TIME_EXCEEDED);
+	xlb_count_reason(verdict == XDP_TX ? XLB_R_TIME_EXCEEDED : XLB_R_DROP_TTL);
+	return verdict;
 }

@@ -51,6 +51,18 @@ static __always_inline int xlb_hop(void *data, void *data_end, __u8 family)
 	return 0;
 }
 
+/* Whether the packet at data may be forwarded: a TTL / hop limit above 1 (the kernel's
+ * ip_forward and ip6_forward test the same). */
+static __always_inline int xlb_hops_left(void *data, void *data_end, __u8 family)
+{
+	if (family == 4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		return (void *)(ip + 1) <= data_end && ip->ttl > 1;
+	}
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	return (void *)(ip6 + 1) <= data_end && ip6->hop_limit > 1;
+}
+
 /* Counts a hop and rewrites the Ethernet header and transmits: XDP_TX out of the port it
  * came in on, else a redirect; XDP_DROP for a packet whose TTL ran out. */
 static __always_inline int xlb_transmit(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac,

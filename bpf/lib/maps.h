@@ -263,7 +263,9 @@ struct xlb_svc_stats {
 #define XLB_R_SNAT_RECLAIMED 22    /* a new flow took the SNAT port of one unanswered for a second */
 #define XLB_R_PASS_NO_TAIL 23      /* a frontend's new flow, but xdp_lb's tail program is not loaded */
 #define XLB_R_ICMP_TRANSLATED 24    /* an ICMP error about a tracked flow, rewritten to its sender's view */
-#define XLB_R_MAX 25
+#define XLB_R_DROP_ICMP_RATE 25    /* an ICMP error xdp_lb would send, over XLB_ICMP_RATE a second */
+#define XLB_R_TIME_EXCEEDED 26     /* a packet to forward with no hop left: answered time exceeded */
+#define XLB_R_MAX 27
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {

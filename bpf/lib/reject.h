@@ -1,6 +1,7 @@
-/* Refusing a connection to a Service with no endpoints, at once, the way a host with no
- * listener does: TCP RST, or ICMP / ICMPv6 port unreachable for UDP. The reply is built in
- * place and sent back out of the port it came in on. */
+/* Answers xdp_lb builds itself: refusing a connection to a Service with no endpoints, at
+ * once, the way a host with no listener does (TCP RST, or ICMP / ICMPv6 port unreachable for
+ * UDP), and time exceeded for a packet it would forward with no hop left, as the kernel's
+ * forwarding does. Built in place and sent back out of the port the packet came in on. */
 #ifndef XLB_REJECT_H
 #define XLB_REJECT_H
 
@@ -103,9 +104,46 @@ static __always_inline int xlb_reject_tcp(struct xdp_md *ctx, const struct xlb_p
 	return XDP_TX;
 }
 
-/* Turns a UDP datagram into the ICMP (IPv4) or ICMPv6 port unreachable that answers it,
- * quoting the offending IP header and the first 8 bytes after it. */
-static __always_inline int xlb_reject_udp(struct xdp_md *ctx, const struct xlb_pkt *p)
+/* ICMP errors xdp_lb sends itself (struct: ICMP type and code, then ICMPv6's). */
+#define XLB_ANSWER_PORT_UNREACHABLE 0 /* a UDP frontend without endpoints (RFC 1122 3.2.2.1) */
+#define XLB_ANSWER_TIME_EXCEEDED 1    /* a packet to forward with no hop left (RFC 1812 5.3.1) */
+
+/* At most this many ICMP errors a second per CPU, with as many in a burst, as the kernel's
+ * icmp_msgs_per_sec: a flood of TTL-1 packets or of datagrams to an empty Service gets
+ * answers at a bounded rate, the rest dropped (XLB_R_DROP_ICMP_RATE). */
+#define XLB_ICMP_RATE 1000
+
+struct xlb_bucket {
+	__u64 stamp;  /* coarse ns of the last refill */
+	__u64 tokens;
+};
+BPF_PERCPU_ARRAY(xlb_icmp_bucket, struct xlb_bucket, 1);
+
+/* Whether one more ICMP error may be sent now (and takes its token). */
+static __always_inline int xlb_icmp_allowed(__u64 now)
+{
+	__u32 zero = 0;
+	struct xlb_bucket *b = xlb_icmp_bucket.lookup(&zero);
+	if (!b)
+		return 0;
+	__u64 earned = (now - b->stamp) / (XLB_NS_PER_SEC / XLB_ICMP_RATE);
+	if (earned) {
+		b->tokens = b->tokens + earned > XLB_ICMP_RATE ? XLB_ICMP_RATE : b->tokens + earned;
+		b->stamp = now;
+	}
+	if (!b->tokens) {
+		xlb_count_reason(XLB_R_DROP_ICMP_RATE);
+		return 0;
+	}
+	b->tokens--;
+	return 1;
+}
+
+/* Turns a packet into the ICMP (IPv4) or ICMPv6 error that answers it (an XLB_ANSWER_*),
+ * from the address it was sent to, quoting the offending IP header and the first 8 bytes
+ * after it, and sends it back out of the port it came in on. The caller has asked
+ * xlb_icmp_allowed. */
+static __always_inline int xlb_icmp_answer(struct xdp_md *ctx, const struct xlb_pkt *p, int kind)
 {
 	int v4 = p->family == 4;
 	int ip_len = v4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
@@ -154,8 +192,8 @@ static __always_inline int xlb_reject_udp(struct xdp_md *ctx, const struct xlb_p
 		ip->daddr = p->saddr.u32[3];
 		ip->check = xlb_ipv4_csum(ip);
 		__builtin_memset(icmp, 0, sizeof(*icmp));
-		icmp->type = 3; /* destination unreachable */
-		icmp->code = 3; /* port unreachable */
+		icmp->type = kind == XLB_ANSWER_TIME_EXCEEDED ? 11 : 3;
+		icmp->code = kind == XLB_ANSWER_TIME_EXCEEDED ? 0 : 3; /* in transit; port */
 		icmp->checksum = ~xlb_csum_fold(bpf_csum_diff(0, 0, (void *)icmp,
 							      sizeof(*icmp) + 28, 0));
 	} else {
@@ -171,8 +209,8 @@ static __always_inline int xlb_reject_udp(struct xdp_md *ctx, const struct xlb_p
 		__builtin_memcpy(&ip6->saddr, &p->daddr, 16);
 		__builtin_memcpy(&ip6->daddr, &p->saddr, 16);
 		__builtin_memset(icmp6, 0, sizeof(*icmp6));
-		icmp6->icmp6_type = 1; /* destination unreachable */
-		icmp6->icmp6_code = 4; /* port unreachable */
+		icmp6->icmp6_type = kind == XLB_ANSWER_TIME_EXCEEDED ? 3 : 1;
+		icmp6->icmp6_code = kind == XLB_ANSWER_TIME_EXCEEDED ? 0 : 4; /* in transit; port */
 		__u32 sum = xlb_pseudo_sum(p, &p->daddr, &p->saddr, IPPROTO_ICMPV6,
 					   sizeof(*icmp6) + quote);
 		icmp6->icmp6_cksum = ~xlb_csum_fold(bpf_csum_diff(0, 0, (void *)icmp6,

@@ -5,10 +5,12 @@ because bpf_fib_lookup consults them."""
 from __future__ import annotations
 
 import socket
+import time
+from collections import Counter
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6TimeExceeded, IPv6
 from scapy.layers.l2 import Ether
 
 from controlplane.datapath.syscall import prog_test_run
@@ -155,12 +157,54 @@ def test_remote_backend_round_trip(run, lan, family, pkt, backend, bport):
     ],
     ids=["ttl 1", "ttl 0", "hop limit 1"],
 )
-def test_a_packet_out_of_hops_is_not_forwarded(run, maps, pkt):
-    """The kernel's ip_forward would not send it on (it answers time exceeded); nor does
-    xdp_lb, which drops and counts it."""
-    before = maps.reason_counts()["drop_ttl"]
-    assert run(pkt).retval == XDP_DROP
-    assert maps.reason_counts()["drop_ttl"] - before == 1
+def test_a_packet_out_of_hops_is_answered_time_exceeded(run, maps, pkt):
+    """The kernel's ip_forward would not send it on, and answers time exceeded (RFC 1812
+    5.3.1), which netfilter translates back: from the address the client sent to, quoting
+    the client's own packet. So does xdp_lb; the flow is not created."""
+    before = maps.reason_counts()
+    out = run(pkt)
+    assert out.retval == XDP_TX
+    got = Ether(out.data)
+    l3 = IP if IP in pkt else IPv6
+    assert (got.src, got.dst) == (pkt.dst, pkt.src)
+    assert (got[l3].src, got[l3].dst) == (pkt[l3].dst, pkt[l3].src)
+    if l3 is IP:
+        assert (got[ICMP].type, got[ICMP].code) == (11, 0)
+        quote = bytes(got[ICMP].payload)
+    else:
+        assert isinstance(got[IPv6].payload, ICMPv6TimeExceeded)
+        quote = bytes(got[ICMPv6TimeExceeded].payload)
+    assert quote == bytes(pkt[l3])[: len(quote)] and len(quote) >= len(bytes(pkt[l3])[:28])
+    assert checksums_valid(out.data)
+    after = maps.reason_counts()
+    assert after["time_exceeded"] - before["time_exceeded"] == 1
+    assert not [e for e in maps.ct.items()]  # no flow for it
+
+
+def test_time_exceeded_answers_are_rate_limited(xdp, maps, syncer, lan):
+    """A flood of TTL-1 packets gets at most XLB_ICMP_RATE answers a second per CPU (and a
+    burst as large): the rest are dropped and counted. (One test run per packet: a repeated
+    run would answer its own answer.)"""
+    from controlplane.datapath.constants import value
+
+    syncer.sync(STATE, NODE4, NODE6)
+    rate, runs = value("XLB_ICMP_RATE"), 5000
+    _, ifindex, _ = lan
+    fd = xdp.functions["xdp_lb"].fd
+    pkt = tcp(CLIENT4, 40013, NODE4, 30080, flags="S", ttl=1)
+    time.sleep(1.1)  # a full bucket
+    before = maps.reason_counts()
+    start = time.monotonic()
+    raw = bytes(pkt)
+    verdicts = Counter(prog_test_run(fd, raw, ifindex=ifindex).retval for _ in range(runs))
+    seconds = time.monotonic() - start
+    after = maps.reason_counts()
+    answered = after["time_exceeded"] - before["time_exceeded"]
+    limited = after["drop_icmp_rate"] - before["drop_icmp_rate"]
+    print(f"{answered} answered, {limited} dropped of {runs} in {seconds * 1000:.1f} ms")
+    assert (answered, limited) == (verdicts[XDP_TX], verdicts[XDP_DROP])
+    assert answered + limited == runs and limited > 0
+    assert rate <= answered <= rate + rate * seconds + 10
 
 
 def test_two_clients_with_one_port_get_distinct_snat_ports(run):

@@ -43,10 +43,14 @@ def seeds(frontends: list[tuple[str, int, str]], owned: list[str], backends: lis
         for client in clients6 if v6 else clients4:
             l3 = IPv6(src=client, dst=address) if v6 else IP(src=client, dst=address)
             sport = rng.randrange(1024, 65536)
+            hop1 = (IPv6(src=client, dst=address, hlim=1) if v6 else
+                    IP(src=client, dst=address, ttl=1))  # fmt: skip
             if proto == "TCP":
                 for flags in ("S", "A", "PA", "FA", "R", "SA", "RA"):
                     out.append(eth(l3 / TCP(sport=sport, dport=port, flags=flags) / b"data"))
+                out.append(eth(hop1 / TCP(sport=sport, dport=port, flags="S")))  # tcptraceroute
             else:
+                out.append(eth(hop1 / UDP(sport=sport, dport=port) / b"traceroute"))
                 out.append(eth(l3 / UDP(sport=sport, dport=port) / (b"x" * rng.randrange(0, 64))))
                 # a datagram in fragments: the later ones follow the first (if it came)
                 big = UDP(sport=sport, dport=port) / (b"F" * 1400)

@@ -165,7 +165,7 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
         return _judge_icmp(m, a, b, retval, inp, out, at_tc=False)
     la, lb = _l4(a), _l4(b)
     sent_back = (ib.src, ib.dst) == (ia.dst, ia.src)
-    if retval == XDP_TX and sent_back and (ICMP in b or ICMPv6DestUnreach in b or (
+    if retval == XDP_TX and sent_back and (ICMP in b or ICMPv6DestUnreach in b or is_time_exceeded(b) or (
             lb is not None and isinstance(lb, TCP) and "R" in str(lb.flags))):  # fmt: skip
         return _judge_reject(m, a, b, out)
     if la is None or lb is None or type(la) is not type(lb):
@@ -340,19 +340,54 @@ def _icmp6_ok(raw: bytes) -> bool:
     return True
 
 
+def is_time_exceeded(b) -> bool:
+    from scapy.layers.inet6 import ICMPv6TimeExceeded
+
+    return (ICMP in b and b[ICMP].type == 11) or ICMPv6TimeExceeded in b
+
+
 def _judge_reject(m: Model, a, b, out: bytes) -> str | None:
     ia, ib, la = _l3(a), _l3(b), _l4(a)
-    if la is None:
+    if is_time_exceeded(b):
+        why = _judge_time_exceeded(m, a, b)
+        if why:
+            return why
+    elif la is None:
         return "a reject of something that is neither TCP nor UDP"
-    key = (ia.dst, la.dport, _proto(la))
-    if key not in m.frontends or m.frontends[key]:
-        return f"a reject for {key}, which is no frontend without backends"
+    else:
+        key = (ia.dst, la.dport, _proto(la))
+        if key not in m.frontends or m.frontends[key]:
+            return f"a reject for {key}, which is no frontend without backends"
     if (ib.src, ib.dst) != (ia.dst, ia.src) or b.dst != a.src:
         return "a reject not sent back to its sender"
     if int(b.src.split(":")[0], 16) & 1:
         return "a reject from a group MAC"
     if not (_ip_sum_ok(out) and _l4_sum_ok(out) and _icmp6_ok(out)):
         return "a reject's checksum"
+    return None
+
+
+def _judge_time_exceeded(m: Model, a, b) -> str | None:
+    """Time exceeded (RFC 1812 5.3.1) is the answer to a packet xdp_lb would forward (to a
+    remote backend, or a remote backend's reply) that had no hop left; it quotes that
+    packet's first bytes as they arrived, and never answers a non-initial fragment or an
+    ICMP error (RFC 1122 3.2.2)."""
+    ia = _l3(a)
+    if _hops(ia) > 1 or frag_kind(a) == "later" or icmp_error(a) is not None:
+        return "time exceeded for a packet that may go on, or that gets no error"
+    la = _l4(a)
+    if la is None:
+        return "time exceeded for a packet without ports"
+    backends = m.frontends.get((ia.dst, la.dport, _proto(la)), [])
+    to_remote = any(not loc for _, _, loc in backends)
+    remote = {(h, p) for bs in m.frontends.values() for h, p, loc in bs if not loc}
+    from_remote = (ia.src, la.sport) in remote and ia.dst in m.node_addresses
+    if not (to_remote or from_remote):
+        return "time exceeded for a packet xdp_lb would not forward"
+    layer = b[ICMP] if ICMP in b else _l3(b).payload
+    quote = bytes(layer.payload)
+    if len(quote) < 28 or quote != bytes(ia)[: len(quote)]:
+        return "time exceeded quoting something else than the packet"
     return None
 
 

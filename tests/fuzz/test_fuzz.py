@@ -24,7 +24,7 @@ from tests.bpf.test_xdp_forward import (
 from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend
 from tests.bpf.test_xdp_lb import STATE as LOCAL
 from tests.fuzz.frames import mutate, seeds
-from tests.fuzz.model import Model, frag_kind, icmp_error, judge_tc, judge_xdp
+from tests.fuzz.model import Model, frag_kind, icmp_error, is_time_exceeded, judge_tc, judge_xdp
 
 FRAMES = int(os.environ.get("FUZZ_FRAMES", "20000"))
 SEED = int(os.environ.get("FUZZ_SEED", str(int(time.time()))))
@@ -88,6 +88,8 @@ def test_random_and_mutated_frames_only_ever_get_allowed_outputs(xdp, tc, maps, 
                 verdicts[f"{kind} fragment rewritten"] += 1
             if icmp_error(Ether(frame)) is not None:
                 verdicts["icmp error translated"] += 1
+            elif got.retval == 3 and is_time_exceeded(Ether(got.data)):
+                verdicts["time exceeded"] += 1
         if why:
             bad.append((n, why, frame.hex()))
             if len(bad) >= 5:
@@ -101,7 +103,7 @@ def test_random_and_mutated_frames_only_ever_get_allowed_outputs(xdp, tc, maps, 
     assert verdicts["tx rewritten"] and verdicts["pass rewritten"], verdicts
     assert verdicts["tc next rewritten"], verdicts
     assert verdicts["first fragment rewritten"] and verdicts["later fragment rewritten"], verdicts
-    assert verdicts["icmp error translated"], verdicts
+    assert verdicts["icmp error translated"] and verdicts["time exceeded"], verdicts
 
 
 def reply_of(delivered: bytes) -> bytes:
