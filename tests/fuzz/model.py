@@ -165,8 +165,9 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
         return _judge_icmp(m, a, b, retval, inp, out, at_tc=False)
     la, lb = _l4(a), _l4(b)
     sent_back = (ib.src, ib.dst) == (ia.dst, ia.src)
-    if retval == XDP_TX and sent_back and (ICMP in b or ICMPv6DestUnreach in b or is_time_exceeded(b) or (
-            lb is not None and isinstance(lb, TCP) and "R" in str(lb.flags))):  # fmt: skip
+    rst = lb is not None and isinstance(lb, TCP) and "R" in str(lb.flags)
+    answer = ICMP in b or ICMPv6DestUnreach in b or is_time_exceeded(b) or rst
+    if retval == XDP_TX and sent_back and answer:
         return _judge_reject(m, a, b, out)
     if la is None or lb is None or type(la) is not type(lb):
         return "a rewrite that changed or lost the transport"
