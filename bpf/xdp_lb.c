@@ -276,6 +276,12 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	}
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct xlb_config *cfg = xlb_config_get();
+	struct ethhdr *eth = data;
+	__u8 *mac = xlb_device_mac(ctx);
+	if ((void *)(eth + 1) > data_end || (mac && !xlb_frame_for(eth, mac))) {
+		xlb_count_reason(XLB_R_PASS_OTHER_HOST); /* (checked for new flows only: cheap here) */
+		return XDP_PASS;
+	}
 	/* svc and be point into maps the sync may rewrite meanwhile; a copy would be no more
 	 * atomic, and each field read is a value the sync did write */
 

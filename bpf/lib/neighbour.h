@@ -22,24 +22,46 @@ struct xlb_arp_ipv4 {
 #define XLB_ND_NA 136
 #define XLB_ND_NA_LEN 32 /* header, flags, target, and one target link-layer option */
 
+/* The MAC of the device a frame came in on, as the agent wrote it (xlb_devices), or NULL. */
+static __always_inline __u8 *xlb_device_mac(const struct xdp_md *ctx)
+{
+	__u32 ifindex = ctx->ingress_ifindex;
+	struct xlb_device *dev = xlb_devices.lookup(&ifindex);
+	return dev ? dev->mac : 0;
+}
+
 /* The MAC to answer with on the device the request came in on (its own, so that a node
  * with several LANs answers each with the right address), or NULL before the agent
  * configured it or after it fell silent. */
+
 static __always_inline __u8 *xlb_reply_mac(const struct xdp_md *ctx)
 {
 	__u32 zero = 0;
 	__u64 *beat = xlb_heartbeat.lookup(&zero);
 	if (!beat || bpf_ktime_get_coarse_ns() - *beat > XLB_ANNOUNCE_GRACE)
 		return 0;
-	__u32 ifindex = ctx->ingress_ifindex;
-	struct xlb_device *dev = xlb_devices.lookup(&ifindex);
-	if (dev)
-		return dev->mac;
+	__u8 *own = xlb_device_mac(ctx);
+	if (own)
+		return own;
 	struct xlb_config *cfg = xlb_config.lookup(&zero);
 	if (!cfg || !(cfg->uplink_mac[0] | cfg->uplink_mac[1] | cfg->uplink_mac[2] |
 		      cfg->uplink_mac[3] | cfg->uplink_mac[4] | cfg->uplink_mac[5]))
 		return 0;
 	return cfg->uplink_mac;
+}
+
+/* Whether a frame is addressed to this host: a group address, or mac (its device's). A
+ * unicast frame to another MAC reached a promiscuous port (a bridge member, a mirror): the
+ * stack drops it as PACKET_OTHERHOST, and xlb neither answers nor balances it. */
+static __always_inline int xlb_frame_for(const struct ethhdr *eth, const __u8 *mac)
+{
+	if (eth->h_dest[0] & 1)
+		return 1;
+	__u8 diff = 0;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++) /* (no memcmp in BPF) */
+		diff |= eth->h_dest[i] ^ mac[i];
+	return !diff;
 }
 
 /* An ARP request for an owned IPv4 address turned into its reply: XDP_TX, or -1 if the
@@ -60,7 +82,7 @@ static __always_inline int xlb_arp_reply(struct xdp_md *ctx)
 	union xlb_addr target;
 	xlb_addr_set4(&target, arp->tpa);
 	__u8 *mac = xlb_reply_mac(ctx);
-	if (!mac || !xlb_lb_ips.lookup(&target))
+	if (!mac || !xlb_frame_for(eth, mac) || !xlb_lb_ips.lookup(&target))
 		return -1;
 	__be32 asker = arp->spa;
 	__builtin_memcpy(arp->tha, arp->sha, ETH_ALEN);
@@ -127,7 +149,8 @@ static __always_inline int xlb_nd_reply(struct xdp_md *ctx, const struct xlb_pkt
 	if (in->h_source[0] & 1) /* a group source MAC: nobody to answer */
 		return -1;
 	__u8 *mac = xlb_reply_mac(ctx);
-	if (!mac || !xlb_lb_ips.lookup(&target) || !xlb_ns_valid(data, data_end, p, icmp, &target))
+	if (!mac || !xlb_frame_for(in, mac) || !xlb_lb_ips.lookup(&target) ||
+	    !xlb_ns_valid(data, data_end, p, icmp, &target))
 		return -1;
 	__u8 own[ETH_ALEN];
 	__builtin_memcpy(own, mac, ETH_ALEN);

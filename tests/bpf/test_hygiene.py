@@ -13,6 +13,7 @@ from scapy.layers.l2 import ARP, Ether
 from controlplane.model.state import DesiredState
 from tests.bpf.packets import CLIENT_MAC, NODE_MAC, tcp
 from tests.bpf.test_neighbour import OWNED4, OWNED6, UPLINK_MAC
+from tests.bpf.test_xdp_forward import lan  # noqa: F401 (a fixture)
 from tests.bpf.test_xdp_lb import (
     CLIENT4,
     CLIENT6,
@@ -149,3 +150,44 @@ def test_an_ipv4_mapped_packet_never_touches_an_ipv4_flow(run, maps):
     out = run(mapped)
     assert (out.retval, out.data) == (XDP_PASS, bytes(mapped))
     assert entries() == before
+
+
+def test_frames_to_another_hosts_mac_are_neither_balanced_nor_answered(xdp, maps, syncer, lan):  # noqa: F811
+    """On a promiscuous port (a bridge member, a mirror) frames to other MACs reach XDP; the
+    stack drops them (PACKET_OTHERHOST), and so must xlb: no new flow, no ARP or neighbour
+    answer. Frames to the device's own MAC and to group addresses are the controls."""
+    from controlplane.datapath.syscall import prog_test_run
+
+    _, ifindex, up_mac = lan
+    syncer.sync(STATE, NODE4, NODE6, UPLINK_MAC)
+    syncer.sync_devices({ifindex: up_mac})
+    syncer.sync_lb_ips({OWNED4, OWNED6})
+    syncer.heartbeat()
+    fd = xdp.functions["xdp_lb"].fd
+    other = "02:00:00:00:99:99"
+    try:
+
+        def go(pkt):
+            return prog_test_run(fd, bytes(pkt), ifindex=ifindex)
+
+        before = maps.reason_counts()
+        stray = syn(CLIENT4, NODE4, dst_mac=other)
+        out = go(stray)
+        assert (out.retval, out.data) == (XDP_PASS, bytes(stray))
+        assert maps.reason_counts()["pass_other_host"] - before["pass_other_host"] == 1
+        assert not maps.ct_new.items()
+        ours = go(syn(CLIENT4, NODE4, dst_mac=up_mac))
+        assert ours.retval == XDP_PASS and Ether(ours.data)[IP].dst != NODE4  # balanced
+
+        unicast_arp = arp()
+        unicast_arp[Ether].dst = other
+        assert go(unicast_arp).retval == XDP_PASS
+        unicast_arp[Ether].dst = up_mac
+        assert go(unicast_arp).retval == XDP_TX  # a unicast ARP request to us (RFC 1122)
+        solicit = ns()
+        solicit[Ether].dst = other
+        assert go(solicit).retval == XDP_PASS
+        assert go(ns()).retval == XDP_TX
+    finally:
+        syncer.sync_devices({})
+        syncer.sync_lb_ips(set())
