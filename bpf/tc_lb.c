@@ -73,11 +73,12 @@ int tc_lb(struct __sk_buff *skb)
 	if (xlb_ct_expired(ct, p.proto, now, xlb_config_get()))
 		return XLB_TC_NEXT;
 	union xlb_addr frontend = ct->nat_saddr;
-	__be16 fport = ct->nat_sport;
+	__be16 fport = ct->nat_sport, cport = ct->nat_dport; /* cport: the client's own port */
 	__u32 svc = ct->svc;
 	xlb_ct_observe(ct, pending, &p, now); /* the backend's answer, FIN or RST; may move ct */
 	xlb_count_svc(svc, skb->len, 0, 0);
 	xlb_frag_note(&p, now); /* the reply's own tuple: its later fragments look it up so */
-	xlb_skb_snat(skb, &p, &frontend, fport);
+	if (!xlb_skb_snat(skb, &p, &frontend, fport))
+		xlb_skb_dport(skb, &p, cport);
 	return XLB_TC_NEXT;
 }

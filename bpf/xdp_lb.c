@@ -106,6 +106,25 @@ static __always_inline __be16 xlb_snat_port(const struct xlb_config *cfg,
 	return best;
 }
 
+/* Whether a new flow of p's to be (delivered without SNAT) would reply on a tuple another
+ * live flow's replies use: backend -> client address and port, restoring another frontend.
+ * (The same flow's older entry, superseded now, is no clash: it is forgotten.) */
+static __always_inline int xlb_reply_clash(const struct xlb_pkt *p, const struct xlb_backend *be,
+					   __u64 now, const struct xlb_config *cfg)
+{
+	struct xlb_ct_key k = {};
+	k.saddr = be->addr;
+	k.sport = be->port;
+	k.daddr = p->saddr;
+	k.dport = p->sport;
+	k.proto = p->proto;
+	int pending;
+	struct xlb_ct *other = xlb_ct_find(&k, &pending);
+	if (!other || xlb_ct_expired(other, p->proto, now, cfg))
+		return 0;
+	return other->nat_sport != p->dport || !xlb_addr_eq(&other->nat_saddr, &p->daddr);
+}
+
 /* Whether the client may reach this frontend (loadBalancerSourceRanges). */
 static __always_inline int xlb_source_allowed(const struct xlb_svc *svc, const struct xlb_pkt *p)
 {
@@ -344,6 +363,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	flow->svc = svc->id;
 	flow->stamp = now;
 	flow->state = XLB_CT_NEW;
+	int port_needed = 0; /* a source port of flow->nat_saddr's that no flow to be uses */
 	if (!(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT)) {
 		if (not_syn) {
 			xlb_count_svc(svc->id, len, 0, 1);
@@ -352,16 +372,25 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		}
 		if (!cfg)
 			return XDP_PASS;
+		if (!xlb_hops_left(data, data_end, p->family))
+			return xlb_time_exceeded(ctx); /* (no flow for a packet that goes no further) */
 		flow->nat_saddr = p->family == 4 ? cfg->node_addr4 : cfg->node_addr6;
-		flow->nat_sport = xlb_snat_port(cfg, p, &flow->nat_saddr, be, now);
+		flow->flags = XLB_CT_F_SNAT;
+		port_needed = 1;
+	} else if (cfg && xlb_reply_clash(p, be, now, cfg)) {
+		/* the backend already answers this client address and port for another frontend
+		 * (one client port to two frontends, an endpoint-independent NAT in front): as
+		 * netfilter does, this flow's source port is remapped, its address kept */
+		port_needed = 1;
+		xlb_count_reason(XLB_R_PORT_REMAPPED);
+	}
+	if (port_needed) { /* (one call site: the probe loop is inlined) */
+		flow->nat_sport = cfg ? xlb_snat_port(cfg, p, &flow->nat_saddr, be, now) : 0;
 		if (!flow->nat_sport) {
 			xlb_count_svc(svc->id, len, 0, 1);
 			xlb_count_reason(XLB_R_DROP_SNAT_EXHAUSTED);
 			return XDP_DROP;
 		}
-		flow->flags = XLB_CT_F_SNAT;
-		if (!xlb_hops_left(data, data_end, p->family))
-			return xlb_time_exceeded(ctx); /* (no flow for a packet that goes no further) */
 	}
 	xlb_count_svc(svc->id, len, 1, 0);
 	xlb_frag_note(p, now);

@@ -213,10 +213,9 @@ static __always_inline int xlb_ct_create(struct xlb_ct_key *key, struct xlb_ct *
 	val->nat_saddr = tmp;
 	val->nat_sport = tmp_port;
 	val->flags |= XLB_CT_F_REVERSE;
-	/* another flow's reply entry under this tuple (one client port to two frontends whose
-	 * choice is one local backend) would be found first in the established table and turn
-	 * this flow's replies into that one's: the newer flow takes the tuple, as one table's
-	 * overwrite did (netfilter remaps the port instead: not yet) */
+	/* a live flow's reply entry under this tuple made xdp_lb remap this flow's port
+	 * (xlb_reply_clash); one left here is over, and would be found first in the
+	 * established table and turn this flow's replies into that one's */
 	xlb_ct.delete(key);
 	return xlb_ct_new.update(key, val) ? -1 : 0;
 }

@@ -114,7 +114,7 @@ static __always_inline int xlb_parse_l4(void *data, void *data_end, struct xlb_p
 		if ((void *)(uh + 1) > data_end)
 			return XLB_R_PASS_TRUNCATED;
 		/* (a first fragment's UDP length is the whole datagram's) */
-		if (bpf_ntohs(uh->len) < sizeof(*uh) ||
+		if (p->l4_len < sizeof(*uh) || bpf_ntohs(uh->len) < sizeof(*uh) ||
 		    (bpf_ntohs(uh->len) > p->l4_len && p->frag != XLB_FRAG_FIRST))
 			return XLB_R_PASS_BAD_IP;
 		p->sport = uh->source;

@@ -43,4 +43,22 @@ static __always_inline int xlb_skb_snat(struct __sk_buff *skb, const struct xlb_
 	return bpf_skb_store_bytes(skb, l4, &sport, sizeof(sport), 0);
 }
 
+/* Rewrites p's destination port to dport in skb (a reply to a client whose source port
+ * xdp_lb remapped), fixing the L4 checksum. 0, or a negative error from the helpers. */
+static __always_inline int xlb_skb_dport(struct __sk_buff *skb, const struct xlb_pkt *p,
+					 __be16 dport)
+{
+	if (p->frag == XLB_FRAG_LATER || dport == p->dport)
+		return 0;
+	__u32 l4 = p->l4_off & XLB_L4_OFF_MASK;
+	__u32 check_off = l4 + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+						       : offsetof(struct udphdr, check));
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int err = bpf_l4_csum_replace(skb, check_off, p->dport, dport, mangled | sizeof(dport));
+	if (err)
+		return err;
+	/* the destination port is the second field of both TCP and UDP headers */
+	return bpf_skb_store_bytes(skb, l4 + 2, &dport, sizeof(dport), 0);
+}
+
 #endif

@@ -20,7 +20,7 @@ from controlplane.datapath import conntrack
 from controlplane.datapath.maps import CLOCK_COARSE, get_addr
 from controlplane.datapath.sync import Syncer
 from controlplane.datapath.syscall import prog_test_run
-from tests.bpf.packets import CLIENT_MAC, NODE_MAC, tcp, udp
+from tests.bpf.packets import CLIENT_MAC, NODE_MAC, checksums_valid, tcp, udp
 from tests.bpf.test_xdp_forward import REMOTE4, lan  # noqa: F401
 from tests.bpf.test_xdp_forward import STATE as REMOTE_STATE
 from tests.bpf.test_xdp_lb import CLIENT4, NODE4, STATE, XDP_DROP, XDP_PASS, XDP_TX
@@ -339,10 +339,11 @@ def test_when_every_snat_port_is_held_by_unanswered_syns_the_oldest_gives_its_up
 def test_one_client_port_to_two_frontends_of_one_backend_gets_each_its_own_replies(
     xdp, tc, maps, dp_config
 ):
-    """Both flows' replies share a tuple (backend -> client:port). The newer flow takes it:
-    its SYN-ACK must leave as its own frontend, not as the older flow's (found first in the
-    established table, it turned the new handshake's answer into the old frontend's: the
-    lab's agent-restart test lost one connection in a thousand to it)."""
+    """Both flows would reply on one tuple (backend -> client:port): an endpoint-independent
+    NAT in front of clients sends one source port to a NodePort and a LoadBalancer IP of one
+    Service alike. As netfilter does, the second flow's source port is remapped (its address
+    kept): each flow's replies leave as its own frontend, to the client's own port. Before,
+    the newer flow took the tuple and the older one's replies left as the newer frontend."""
     from tests.bpf.test_xdp_lb import frontend, local
 
     state = dataclasses.replace(
@@ -352,16 +353,35 @@ def test_one_client_port_to_two_frontends_of_one_backend_gets_each_its_own_repli
     Syncer(maps, dataclasses.replace(dp_config, ct_timeouts=SHORT)).sync(
         state, NODE4, "fd00:198::201"
     )
-    fds = (xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd)
-    first = Flow(fds, maps, "tcp", 49000)  # to 30080, established, then closed
-    for step in ("c:S", "b:SA", "c:A", "b:FA", "c:FA"):
+    xdp_fd, tc_fd = fds = (xdp.functions["xdp_lb"].fd, tc.functions["tc_lb"].fd)
+    before = maps.reason_counts()["port_remapped"]
+    first = Flow(fds, maps, "tcp", 49000)  # to 30080, established and open
+    for step in ("c:S", "b:SA", "c:A"):
         side, flags = step.split(":")
         first.client(flags) if side == "c" else first.from_backend(flags)
-    second = Flow(fds, maps, "tcp", 49000)
-    second.dport = 30081
-    assert second.client("S") == XDP_PASS and second.backend == first.backend
-    address, port = second.backend
-    synack = (Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=address, dst=CLIENT4)
-              / TCP(sport=port, dport=49000, flags="SA"))  # fmt: skip
-    out = Ether(prog_test_run(fds[1], bytes(synack)).data)
-    assert (out[IP].src, out[TCP].sport) == (NODE4, 30081)
+    syn = tcp(CLIENT4, 49000, NODE4, 30081, flags="S")
+    out = prog_test_run(xdp_fd, bytes(syn))
+    delivered = Ether(out.data)
+    assert out.retval == XDP_PASS and (delivered[IP].dst, delivered[TCP].dport) == first.backend
+    remapped = delivered[TCP].sport
+    assert delivered[IP].src == CLIENT4 and remapped != 49000  # the address kept, the port not
+    assert maps.reason_counts()["port_remapped"] - before == 1
+    assert checksums_valid(out.data)
+
+    address, port = first.backend
+
+    def reply(dport: int) -> Ether:
+        flags = "SA" if dport == remapped else "A"
+        pkt = (Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=address, dst=CLIENT4)
+               / TCP(sport=port, dport=dport, flags=flags))  # fmt: skip
+        got = prog_test_run(tc_fd, bytes(pkt))
+        assert checksums_valid(got.data)
+        return Ether(got.data)
+
+    new = reply(remapped)
+    assert (new[IP].src, new[TCP].sport, new[TCP].dport) == (NODE4, 30081, 49000)
+    old = reply(49000)
+    assert (old[IP].src, old[TCP].sport, old[TCP].dport) == (NODE4, 30080, 49000)
+    # and the second flow's client packets go on with the remapped port
+    ack = Ether(prog_test_run(xdp_fd, bytes(tcp(CLIENT4, 49000, NODE4, 30081, flags="A"))).data)
+    assert ack[TCP].sport == remapped

@@ -49,6 +49,9 @@ def seeds(frontends: list[tuple[str, int, str]], owned: list[str], backends: lis
                 for flags in ("S", "A", "PA", "FA", "R", "SA", "RA"):
                     out.append(eth(l3 / TCP(sport=sport, dport=port, flags=flags) / b"data"))
                 out.append(eth(hop1 / TCP(sport=sport, dport=port, flags="S")))  # tcptraceroute
+                # one client port to every frontend: where two share a backend, the replies
+                # would clash (a remap)
+                out.append(eth(l3 / TCP(sport=40404, dport=port, flags="S")))
             else:
                 out.append(eth(hop1 / UDP(sport=sport, dport=port) / b"traceroute"))
                 out.append(eth(l3 / UDP(sport=sport, dport=port) / (b"x" * rng.randrange(0, 64))))

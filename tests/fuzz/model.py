@@ -24,6 +24,11 @@ class Model:
     node_addresses: set[str]
     owned: set[str]
     clients_seen: set[str] = field(default_factory=set)
+    # where a flow's source port may be remapped to (SNAT, or a clashing reply tuple)
+    snat_ports: tuple[int, int] = (49152, 65535)
+
+    def remap_port(self, port: int) -> bool:
+        return self.snat_ports[0] <= port <= self.snat_ports[1]
 
 
 def _l3(pkt):
@@ -190,7 +195,8 @@ def judge_xdp(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
             return f"{key} sent to {(ib.dst, lb.dport)}, not one of its backends"
         local = chosen[2]
         if retval == XDP_PASS and local:
-            if (ib.src, lb.sport) != (ia.src, la.sport) or _hops(ib) != _hops(ia):
+            kept = lb.sport == la.sport or m.remap_port(lb.sport)  # (a clash: netfilter remaps)
+            if ib.src != ia.src or not kept or _hops(ib) != _hops(ia):
                 return "a local delivery that changed the source or the hop count"
             return None
         if retval == XDP_TX and not local:
@@ -287,12 +293,15 @@ def _judge_icmp(m: Model, a, b, retval: int, inp: bytes, out: bytes, at_tc: bool
         if fproto != proto:
             continue
         for bh, bp, loc in bs:
-            if at_tc and loc and before[2:] == (bh, bp) and after == (before[0], before[1], fh,
-                                                                         fp):  # fmt: skip
+            # (a flow whose source port was remapped gets its client's own port back)
+            client_port = after[1] == before[1] or m.remap_port(before[1])
+            if at_tc and loc and before[2:] == (bh, bp) and after[0] == before[0] and (
+                    client_port and after[2:] == (fh, fp)):  # fmt: skip
                 return None if ib.src == fh else "a pod's error not from its frontend"
             if at_tc:
                 continue
-            if loc and before[:2] == (fh, fp) and after == (bh, bp, before[2], before[3]):
+            remapped = after[3] == before[3] or m.remap_port(after[3])
+            if loc and before[:2] == (fh, fp) and after[:3] == (bh, bp, before[2]) and remapped:
                 return None if retval == XDP_PASS else "a local pod's error not delivered"
             if not loc and before[:2] == (fh, fp) and after[:2] == (bh, bp) and (
                     after[2] in m.node_addresses and retval == XDP_TX):  # fmt: skip
@@ -414,7 +423,8 @@ def judge_tc(m: Model, inp: bytes, retval: int, out: bytes) -> str | None:
     served_by = [k for k, bs in m.frontends.items() if (ia.src, la.sport, True) in bs]
     if (ib.src, lb.sport, _proto(lb)) not in served_by:
         return "a tc rewrite whose source is no frontend of a local backend"
-    if (ib.dst, lb.dport) != (ia.dst, la.dport) or bytes(la.payload) != bytes(lb.payload):
+    restored = lb.dport == la.dport or m.remap_port(la.dport)  # the client's own port again
+    if ib.dst != ia.dst or not restored or bytes(la.payload) != bytes(lb.payload):
         return "a tc rewrite that changed the destination or the payload"
     if _ip_sum_ok(out) != _ip_sum_ok(inp):
         return "a tc rewrite changed the IPv4 header checksum's validity"
