@@ -10,6 +10,7 @@
 #include "lib/maps.h"
 #include "lib/stats.h"
 #include "lib/parse.h"
+#include "lib/events.h"
 #include "lib/csum.h"
 #include "lib/nat.h"
 #include "lib/conntrack.h"
@@ -306,13 +307,13 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 
 	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, p)) {
 		xlb_count_svc(svc->id, len, 0, 1);
-		xlb_count_reason(XLB_R_DROP_SOURCE_RANGE);
+		xlb_report(XLB_R_DROP_SOURCE_RANGE, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	if (svc->count == 0) {
 		xlb_count_svc(svc->id, len, 0, 1);
 		if (svc->flags & XLB_SVC_F_DROP_EMPTY) {
-			xlb_count_reason(XLB_R_DROP_NO_BACKEND);
+			xlb_report(XLB_R_DROP_NO_BACKEND, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 			return XDP_DROP;
 		}
 		if (p->frag) { /* the stack reassembles it and answers as a host with no listener */
@@ -321,7 +322,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		}
 		if (p->proto == IPPROTO_UDP && !xlb_icmp_allowed(now))
 			return XDP_DROP;
-		xlb_count_reason(XLB_R_REJECT_NO_BACKEND);
+		xlb_report(XLB_R_REJECT_NO_BACKEND, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 		if (p->proto == IPPROTO_TCP)
 			return xlb_reject_tcp(ctx, p);
 		return xlb_icmp_answer(ctx, p, XLB_ANSWER_PORT_UNREACHABLE);
@@ -333,7 +334,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		      (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK | XLB_TCP_RST)) != XLB_TCP_SYN;
 	if (not_syn && (p->tcp_flags & XLB_TCP_RST)) {
 		xlb_count_svc(svc->id, len, 0, 1);
-		xlb_count_reason(XLB_R_DROP_NOT_SYN);
+		xlb_report(XLB_R_DROP_NOT_SYN, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	struct xlb_affinity *pin = svc->affinity_timeout ? xlb_affinity_find(svc, &p->saddr, now) : 0;
@@ -346,7 +347,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	}
 	if (!be) {
 		xlb_count_svc(svc->id, len, 0, 1);
-		xlb_count_reason(XLB_R_DROP_BACKEND_GONE);
+		xlb_report(XLB_R_DROP_BACKEND_GONE, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	if (svc->affinity_timeout && !not_syn) /* a pickup continues a flow: it pins nobody */
@@ -367,7 +368,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	if (!(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT)) {
 		if (not_syn) {
 			xlb_count_svc(svc->id, len, 0, 1);
-			xlb_count_reason(XLB_R_DROP_NOT_SYN);
+			xlb_report(XLB_R_DROP_NOT_SYN, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 			return XDP_DROP;
 		}
 		if (!cfg)
@@ -388,7 +389,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		flow->nat_sport = cfg ? xlb_snat_port(cfg, p, &flow->nat_saddr, be, now) : 0;
 		if (!flow->nat_sport) {
 			xlb_count_svc(svc->id, len, 0, 1);
-			xlb_count_reason(XLB_R_DROP_SNAT_EXHAUSTED);
+			xlb_report(XLB_R_DROP_SNAT_EXHAUSTED, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 			return XDP_DROP;
 		}
 	}
@@ -402,7 +403,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		xlb_ct_forget(&ck, ct, p->proto);
 	/* after the rewrite: it turns flow into the reverse entry */
 	if (xlb_ct_create(&ck, flow))
-		xlb_count_reason(XLB_R_CT_FULL);
+		xlb_report(XLB_R_CT_FULL, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 	if (flags & XLB_CT_F_SNAT)
 		return xlb_fib_forward(ctx, p, now);
 	return XDP_PASS;
@@ -449,6 +450,9 @@ int xdp_lb__time_exceeded(struct xdp_md *ctx)
 	if (!xlb_icmp_allowed(bpf_ktime_get_coarse_ns()))
 		return XDP_DROP;
 	int verdict = xlb_icmp_answer(ctx, &p, XLB_ANSWER_TIME_EXCEEDED);
-	xlb_count_reason(verdict == XDP_TX ? XLB_R_TIME_EXCEEDED : XLB_R_DROP_TTL);
+	if (verdict == XDP_TX)
+		xlb_count_reason(XLB_R_TIME_EXCEEDED);
+	else
+		xlb_report(XLB_R_DROP_TTL, &p, XLB_EVENT_NO_SVC, ctx->ingress_ifindex, XLB_HOOK_XDP);
 	return verdict;
 }

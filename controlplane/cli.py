@@ -600,8 +600,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .datapath.maps import Maps
     from .datapath.status import collect, render
 
-    status = collect(Maps.open(args.pin_root))
+    status = collect(Maps.open(args.pin_root), rate_interval=args.rate_interval)
     print(json.dumps(status, indent=2) if args.json else render(status))
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Drop and reject events as the kernel reports them, until interrupted (or --count)."""
+    from .datapath.events import EventRing
+    from .datapath.maps import Maps
+
+    frontends = {}
+    try:
+        for (address, port, proto, scope), v in Maps.open(args.pin_root).read_services().items():
+            host = f"[{address}]" if ":" in address else address
+            frontends[v.id] = f"{host}:{port}/{proto} ({scope})"
+    except OSError:
+        pass  # events still say their frontend's id
+    seen = 0
+    try:
+        ring = EventRing(args.pin_root)
+    except OSError as exc:
+        print(f"xlb monitor: {exc}", file=sys.stderr)
+        return 1
+    with ring:
+        try:
+            for event in ring.follow():
+                if args.reason and event.reason not in args.reason:
+                    continue
+                print(json.dumps(event.as_json()) if args.json else event.line(frontends),
+                      flush=True)  # fmt: skip
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
@@ -980,7 +1013,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--rate-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="measure each frontend's new flows a second over this long (0: do not)",
+    )
     status.set_defaults(func=cmd_status)
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="stream the datapath's drops and rejects: flow, frontend, reason (like "
+        "`cilium monitor --type drop`; at most 1000 events a second per CPU, all counted)",
+    )
+    monitor.add_argument("--pin-root", default="/sys/fs/bpf/xlb")
+    monitor.add_argument("--json", action="store_true", help="one JSON object per event")
+    monitor.add_argument("--count", type=int, default=0, help="stop after this many events")
+    monitor.add_argument(
+        "--reason", action="append", default=[], help="only this reason (repeatable)"
+    )
+    monitor.set_defaults(func=cmd_monitor)
     return parser
 
 

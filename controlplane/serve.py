@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .model.state import HealthCheck
@@ -158,6 +158,9 @@ class _MapsCollector:
 
     def __init__(self, maps_fn: Callable[[], Any]) -> None:
         self.maps_fn = maps_fn
+        # frontend -> (time, new flows) at the last scrape: the rate gauge is the average
+        # since then
+        self._last: dict[tuple, tuple[float, int]] = {}
 
     def collect(self):
         maps = self.maps_fn()
@@ -168,11 +171,26 @@ class _MapsCollector:
             f: CounterMetricFamily(f"xlb_frontend_{f}", f"Per frontend: {f}", labels=labels)
             for f in ("packets", "bytes", "new_flows", "drops")
         }
+        rate = GaugeMetricFamily(
+            "xlb_frontend_new_flows_per_second",
+            "Per frontend: new flows a second, on average since the previous scrape",
+            labels=labels,
+        )
+        now, seen = time.monotonic(), {}
         for (address, port, proto, scope), v in maps.read_services().items():
             frontend = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-            for field, value in maps.svc_counts(v.id).items():
-                fams[field].add_metric([frontend, str(proto), str(scope)], value)
+            label = [frontend, str(proto), str(scope)]
+            counts = maps.svc_counts(v.id)
+            for field, value in counts.items():
+                fams[field].add_metric(label, value)
+            key = tuple(label)
+            seen[key] = (now, counts["new_flows"])
+            if key in self._last and now > self._last[key][0]:
+                then, flows = self._last[key]
+                rate.add_metric(label, max(0, counts["new_flows"] - flows) / (now - then))
+        self._last = seen
         yield from fams.values()
+        yield rate
         reasons = CounterMetricFamily(
             "xlb_packets_not_balanced",
             "Packets the datapath did not balance, by reason",

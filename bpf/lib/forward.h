@@ -123,7 +123,7 @@ static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_
 		return XDP_PASS;
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
-		xlb_count_reason(XLB_R_DROP_FIB);
+		xlb_report(XLB_R_DROP_FIB, p, XLB_EVENT_NO_SVC, ctx->ingress_ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	if (c) {

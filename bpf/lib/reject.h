@@ -5,6 +5,8 @@
 #ifndef XLB_REJECT_H
 #define XLB_REJECT_H
 
+#include "ratelimit.h"
+
 #define XLB_REPLY_TTL 64
 
 /* Swaps the Ethernet addresses of the frame at data. */
@@ -113,10 +115,6 @@ static __always_inline int xlb_reject_tcp(struct xdp_md *ctx, const struct xlb_p
  * answers at a bounded rate, the rest dropped (XLB_R_DROP_ICMP_RATE). */
 #define XLB_ICMP_RATE 1000
 
-struct xlb_bucket {
-	__u64 stamp;  /* coarse ns of the last refill */
-	__u64 tokens;
-};
 BPF_PERCPU_ARRAY(xlb_icmp_bucket, struct xlb_bucket, 1);
 
 /* Whether one more ICMP error may be sent now (and takes its token). */
@@ -124,19 +122,10 @@ static __always_inline int xlb_icmp_allowed(__u64 now)
 {
 	__u32 zero = 0;
 	struct xlb_bucket *b = xlb_icmp_bucket.lookup(&zero);
-	if (!b)
-		return 0;
-	__u64 earned = (now - b->stamp) / (XLB_NS_PER_SEC / XLB_ICMP_RATE);
-	if (earned) {
-		b->tokens = b->tokens + earned > XLB_ICMP_RATE ? XLB_ICMP_RATE : b->tokens + earned;
-		b->stamp = now;
-	}
-	if (!b->tokens) {
-		xlb_count_reason(XLB_R_DROP_ICMP_RATE);
-		return 0;
-	}
-	b->tokens--;
-	return 1;
+	if (b && xlb_bucket_take(b, now, XLB_ICMP_RATE))
+		return 1;
+	xlb_count_reason(XLB_R_DROP_ICMP_RATE);
+	return 0;
 }
 
 /* Turns a packet into the ICMP (IPv4) or ICMPv6 error that answers it (an XLB_ANSWER_*),

@@ -32,14 +32,27 @@ FLAG_NAMES = {
 }
 
 
-def collect(maps: Maps) -> dict[str, Any]:
+def new_flow_rates(maps: Maps, ids: list[int], interval: float) -> dict[int, float]:
+    """New flows a second per frontend id, over interval seconds from now."""
+    first = {i: maps.svc_counts(i)["new_flows"] for i in ids}
+    start = time.monotonic()
+    time.sleep(interval)
+    seconds = time.monotonic() - start
+    return {i: (maps.svc_counts(i)["new_flows"] - first[i]) / seconds for i in ids}
+
+
+def collect(maps: Maps, rate_interval: float = 0) -> dict[str, Any]:
+    """Everything the datapath holds; with rate_interval, each frontend's new flows a second
+    measured over that many seconds too (a flood or a storm of reconnects shows here first)."""
+    services = sorted(maps.read_services().items(), key=lambda kv: (kv[1].group, kv[1].id))
+    rates = (
+        new_flow_rates(maps, [v.id for _, v in services], rate_interval) if rate_interval else {}
+    )
     backends = maps.read_backends()
     slots = maps.read_slots()
     config = maps.config[ct.c_uint32(0)]
     frontends = []
-    for (address, port, proto, scope), v in sorted(
-        maps.read_services().items(), key=lambda kv: (kv[1].group, kv[1].id)
-    ):
+    for (address, port, proto, scope), v in services:
         ids = [slots.get(v.group, {}).get(s) for s in range(1, v.count + 1)]
         frontends.append(
             {
@@ -61,6 +74,7 @@ def collect(maps: Maps) -> dict[str, Any]:
                     for i in ids
                 ],
                 **maps.svc_counts(v.id),
+                "newFlowsPerSecond": round(rates[v.id], 1) if v.id in rates else None,
             }
         )
     ct_entries = sum(1 for _ in maps.ct.items_lookup_batch())  # 4,096 a syscall
@@ -137,7 +151,7 @@ def announcing(maps: Maps) -> dict[str, Any]:
 def render(status: dict[str, Any]) -> str:
     out = [
         f"{'PROTO':<5} {'FRONTEND':<32} {'SCOPE':<8} {'ALGO':<12} {'PKTS':>9} "
-        f"{'BYTES':>11} {'FLOWS':>7} {'DROPS':>6}  BACKENDS"
+        f"{'BYTES':>11} {'FLOWS':>7} {'NEW/S':>7} {'DROPS':>6}  BACKENDS"
     ]
     for f in status["frontends"]:
         addr = (
@@ -150,9 +164,11 @@ def render(status: dict[str, Any]) -> str:
             f" affinity={f['affinityTimeout']}s" if f["affinityTimeout"] else ""
         )
         backends = ", ".join(f["backends"]) or "(none)"
+        per_second = f.get("newFlowsPerSecond")
+        rate = "-" if per_second is None else f"{per_second:g}"
         out.append(
             f"{f['protocol']:<5} {addr:<32} {f['scope']:<8} {algo:<12} "
-            f"{f['packets']:>9} {f['bytes']:>11} {f['new_flows']:>7} {f['drops']:>6}  "
+            f"{f['packets']:>9} {f['bytes']:>11} {f['new_flows']:>7} {rate:>7} {f['drops']:>6}  "
             f"{backends}{'  ' + extra if extra.strip() else ''}"
         )
     c = status["conntrack"]
