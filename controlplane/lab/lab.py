@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import runstate
 from ..sources.cluster import ClusterConfig, Pod, place_pods, synthesize_nodes
 from ..sources.manifests import load_cluster, load_documents, pod_from, workload_pods
 from . import topology as topo
@@ -661,6 +662,9 @@ class Lab:
             _rmdir_cgroup(Path(base))
             removed.append(f"cgroup {base}")
         if os.path.isdir(self.pin_base):
+            # the killed agents' `xlb status` records go with their pins
+            for root in Path(self.pin_base).iterdir():
+                runstate.remove(str(root))
             shutil.rmtree(self.pin_base, ignore_errors=True)
             removed.append(f"pins {self.pin_base}")
         if self.dir.exists():

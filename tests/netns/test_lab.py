@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane import runstate
 from controlplane.lab.lab import Lab
 from controlplane.lab.topology import netns_list
 from controlplane.model import FrontendKind, Scope, translate
@@ -447,9 +448,12 @@ def test_down_leaves_nothing_behind_even_after_a_crash(manifests):
     lab = Lab(lab_name())
     try:
         lab.up([str(manifests)], nodes=1, log=lambda *_: None)
+        records = [runstate.record_path(n.pin_root) for n in lab.load().nodes]
+        assert all(r.exists() for r in records)  # the agents' records for `xlb status`
         (lab.dir / "state.json").unlink()  # as if the lab's records were lost in a crash
     finally:
         lab.down(quiet=True)
+    assert not any(r.exists() for r in records)
     assert netns_list(lab.prefix) == []
     assert not os.path.exists(lab.pin_base) and not lab.dir.exists()
     assert not os.path.exists(lab.cgroup_base())
