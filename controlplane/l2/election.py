@@ -1,8 +1,11 @@
 """Which node answers for a LoadBalancer IP: computed alike by every agent, no coordination.
 
 MetalLB's layer-2 rule: order the candidate nodes by sha256(node + "#" + ip) and take the
-first. Candidates are the live members, and under externalTrafficPolicy Local only those with
-a ready local endpoint (a node without one would drop the traffic), and only nodes an
+first. Candidates are the live members that are not excluded from load balancers (the
+node.kubernetes.io/exclude-from-external-load-balancers label, a NetworkUnavailable
+condition), under externalTrafficPolicy Local only those with a local endpoint that is ready
+or serving (a node without one would drop the traffic; one whose endpoints all terminate
+still serves them through its NodePort, so it must not go dark), and only nodes an
 L2Advertisement admits (its pools, node selectors and interfaces). When a node dies, every
 IP it owned moves to the next node in that IP's order; the others stay where they are.
 """
@@ -57,12 +60,15 @@ def owners(
     its pool, and then only from the nodes its nodeSelectors admit whose uplink is among its
     interfaces (a node whose uplink is not yet known is taken to match: the gossip tells
     every agent within one probe round)."""
-    nodes = [n for n in nodes if n.name in live]
+    nodes = [n for n in nodes if n.name in live and not n.excluded_from_load_balancers]
     uplinks = uplinks or {}
     ready_on: dict[str, set[str]] = {}
     for sl in slices:
         for ep in sl.endpoints:
-            if ep.ready and ep.node_name:
+            # MetalLB's EndpointCanServe (ready, or serving), read as kube-proxy reads serving:
+            # a terminating endpoint that still serves is what the node's NodePort uses when
+            # it has no ready one (serving given as nil means ready's value for the others)
+            if (ep.ready or (ep.serving and ep.terminating)) and ep.node_name:
                 ready_on.setdefault(sl.service_key, set()).add(ep.node_name)
 
     def admitted(ad: Advertisement) -> set[str]:

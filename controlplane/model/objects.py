@@ -43,6 +43,7 @@ LABEL_HEADLESS = "service.kubernetes.io/headless"
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
 LABEL_ZONE = "topology.kubernetes.io/zone"
+LABEL_EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
 ANNOTATION_ALGORITHM = "xlb.io/lb-algorithm"
 ANNOTATION_TOPOLOGY_MODE = "service.kubernetes.io/topology-mode"
 ANNOTATION_TOPOLOGY_HINTS = "service.kubernetes.io/topology-aware-hints"
@@ -153,10 +154,18 @@ class Node:
     addresses: tuple[str, ...] = ()  # InternalIP first, then ExternalIP
     labels: dict[str, str] = field(default_factory=dict)
     pod_cidrs: tuple[str, ...] = ()
+    network_unavailable: bool = False  # its NetworkUnavailable condition is True
 
     @property
     def zone(self) -> str:
         return self.labels.get(LABEL_ZONE, "")
+
+    @property
+    def excluded_from_load_balancers(self) -> bool:
+        """Whether this node may not announce LoadBalancer IPs: MetalLB's (and the cloud
+        providers') rule, the exclusion label with any value, or a node whose network is
+        not up."""
+        return LABEL_EXCLUDE_LB in self.labels or self.network_unavailable
 
     def __hash__(self) -> int:
         return hash(("Node", self.name))

@@ -632,9 +632,14 @@ def parse_node(obj: dict[str, Any]) -> tuple[Node | None, list[Diagnostic]]:
     )
     spec = obj.get("spec") or {}
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
     return Node(
         name=name,
         addresses=tuple(dict.fromkeys(_ip(a["address"]) for a in addrs)),
         labels=_str_map(meta.get("labels")),
         pod_cidrs=tuple(c for c in (_cidr(c) for c in cidrs) if c),
+        network_unavailable=any(
+            c.get("type") == "NetworkUnavailable" and c.get("status") == "True"
+            for c in conditions
+        ),
     ), diag.items

@@ -110,3 +110,42 @@ def test_the_lan_hears_answers_only_for_xlbs_addresses():
     got = owners(services, [], NODES, LIVE, None, POOLS, lb_class="example.com/lab")
     for description, svc, announced in HOSTILE:
         assert (svc.ingress_ips[0] in got) is announced, description
+
+
+def test_local_policy_counts_serving_terminating_endpoints_as_metallb_does():
+    """A rolling update's last old pod on a node: terminating but still serving. kube-proxy
+    still sends the NodePort's traffic to it, MetalLB still announces (EndpointCanServe:
+    ready, or serving); before, the LB IP went dark until the new pod was ready."""
+    svc = lb("web", "192.168.198.240", externalTrafficPolicy="Local")
+    draining = slice_("web", [ep("10.244.3.5", "node-3", ready=False, serving=True,
+                                 terminating=True)])  # fmt: skip
+    assert owners([svc], [draining], NODES, LIVE) == {"192.168.198.240": "node-3"}
+    gone = slice_("web", [ep("10.244.3.5", "node-3", ready=False, serving=False,
+                             terminating=True)])  # fmt: skip
+    assert owners([svc], [gone], NODES, LIVE) == {}
+
+
+def test_nodes_excluded_from_load_balancers_never_announce():
+    """MetalLB's node exclusions: the exclude-from-external-load-balancers label (any value)
+    and a NetworkUnavailable condition that is True."""
+    from controlplane.model.parse import parse_node
+
+    def node(name, labels=None, unavailable=None):
+        obj = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name,
+                                                               "labels": labels or {}}}  # fmt: skip
+        if unavailable is not None:
+            obj["status"] = {"conditions": [{"type": "NetworkUnavailable",
+                                             "status": unavailable}]}  # fmt: skip
+        return parse_node(obj)[0]
+
+    nodes = [
+        node("node-1", {"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+        node("node-2", unavailable="True"),
+        node("node-3", unavailable="False"),
+        node("node-4"),
+    ]
+    assert [n.excluded_from_load_balancers for n in nodes] == [True, True, False, False]
+    ips = [f"192.168.198.{i}" for i in range(1, 41)]
+    svcs = [lb(f"s{i}", ip, clusterIP=f"10.96.0.{i}") for i, ip in enumerate(ips, start=1)]
+    got = owners(svcs, [], nodes, {n.name for n in nodes})
+    assert set(got) == set(ips) and set(got.values()) == {"node-3", "node-4"}
