@@ -56,6 +56,7 @@ class AgentConfig:
     health_timeout: float = 60.0
     gossip_key: bytes = b""  # empty: no membership, no LoadBalancer IP announcements
     gossip_port: int = 7947  # not 7946: MetalLB speakers may still run during a migration
+    l2_refresh: float = 240.0  # seconds between refreshes of each address held (0: none)
     # the members from the config (name -> (address, port)); empty: from the Node objects
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
     lb_allocator: bool = True  # with the Kubernetes source: allocate LB IPs (Lease holder)
@@ -418,6 +419,8 @@ class Agent:
             self.isolated = False
         gained, lost = self.datapath.announce(owned)
         self.announced = set(owned)
+        if self.announcer is not None:
+            self.announcer.hold(set(owned))  # refreshes, solicited-node groups
         if self.live - before:
             # A node came back: the LAN may still point at it for addresses it answered
             # for while it was cut off, so say again where every one of ours lives.
@@ -568,7 +571,7 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
             )
         )
         members.start()
-        announcer = Announcer(cfg.uplink, datapath.uplink_mac)
+        announcer = Announcer(cfg.uplink, datapath.uplink_mac, refresh=cfg.l2_refresh)
     allocator = lease = None
     if cfg.lb_allocator and hasattr(source, "write_ingress"):
         from .l2.allocator import Allocator

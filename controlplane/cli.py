@@ -332,6 +332,7 @@ def agent_config(args: argparse.Namespace, node: str):
         health_timeout=args.health_timeout,
         gossip_key=_gossip_key(args.gossip_key_file),
         gossip_port=args.gossip_port,
+        l2_refresh=args.l2_refresh_interval,
         peers=_peers(args.peer or [], args.gossip_port),
         lb_allocator=not args.no_lb_allocator,
         lb_class=args.lb_class,
@@ -864,6 +865,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument(
         "--gossip-port", type=int, default=7947, help="UDP; not 7946, which MetalLB speakers use"
+    )
+    agent.add_argument(
+        "--l2-refresh-interval",
+        type=lambda v: 0 if v.strip() in ("0", "0s") else duration(v),
+        default=240,
+        metavar="DURATION",
+        help="announce each LoadBalancer IP this node holds again this often (gratuitous ARP, "
+        "unsolicited NA), a little under switches' FDB ageing (300 s commonly); 0: never",
     )
     agent.add_argument(
         "--peer",

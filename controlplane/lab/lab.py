@@ -93,6 +93,7 @@ class LabState:
     ext_ports: list[list] = field(default_factory=list)
     ext_pid: int = 0
     families: list[str] = field(default_factory=lambda: ["IPv4", "IPv6"])
+    agent_args: list[str] = field(default_factory=list)  # more flags for every agent
 
 
 FAMILIES = ("IPv4", "IPv6")
@@ -158,6 +159,7 @@ class Lab:
             ext_ports=raw["ext_ports"],
             ext_pid=raw["ext_pid"],
             families=raw.get("families", list(FAMILIES)),
+            agent_args=raw.get("agent_args", []),
         )
 
     def save(self, state: LabState) -> None:
@@ -173,7 +175,9 @@ class Lab:
         nodes: int = 2,
         log=print,
         families: list[str] | tuple[str, ...] = FAMILIES,
+        agent_args: list[str] | None = None,
     ) -> LabState:
+        """Builds the lab and starts its agents (agent_args: more flags for each)."""
         if (self.dir / "state.json").exists() or topo.netns_list(self.prefix):
             raise LabError(
                 f"xlb lab: lab {self.name!r} is already up; `xlb lab down --name {self.name}` first"
@@ -188,6 +192,7 @@ class Lab:
             self.name,
             [str(Path(m).resolve()) for m in manifests],
             families=[f for f in FAMILIES if f in families],
+            agent_args=list(agent_args or []),
         )
         try:
             self._build(state, nodes, log)
@@ -556,6 +561,7 @@ class Lab:
             str(key),
             *[f"--node-ip={a}" for a in node.addresses],
             *more,
+            *state.agent_args,
         ]
         return self._spawn(
             node.netns,

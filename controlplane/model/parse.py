@@ -639,7 +639,6 @@ def parse_node(obj: dict[str, Any]) -> tuple[Node | None, list[Diagnostic]]:
         labels=_str_map(meta.get("labels")),
         pod_cidrs=tuple(c for c in (_cidr(c) for c in cidrs) if c),
         network_unavailable=any(
-            c.get("type") == "NetworkUnavailable" and c.get("status") == "True"
-            for c in conditions
+            c.get("type") == "NetworkUnavailable" and c.get("status") == "True" for c in conditions
         ),
     ), diag.items

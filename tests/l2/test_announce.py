@@ -96,3 +96,63 @@ def test_announcing_again_restarts_the_repeats_instead_of_doubling_them():
     finally:
         announcer.close()
         theirs.close()
+
+
+def test_held_addresses_are_refreshed_and_released_ones_are_not():
+    """metallb#2910: switches forget a MAC's port after their FDB ageing while clients keep
+    their ARP entries; each address held is announced again every refresh interval."""
+    ours, theirs = _pair()
+    theirs.settimeout(0.2)
+    announcer = Announcer("test0", MAC, sock=ours, refresh=0.5)
+    held, released = "192.168.198.241", "fd00:198::f1"
+    try:
+        announcer.hold({held, released})
+        announcer.hold({held})  # the IPv6 one moved to another node
+        seen: dict[str, list[float]] = defaultdict(list)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.2:
+            try:
+                frame = Ether(theirs.recv(2048))
+            except TimeoutError:
+                continue
+            ip = frame[ARP].psrc if ARP in frame else frame[ICMPv6ND_NA].tgt
+            seen[ip].append(time.monotonic() - start)
+        times = sorted(set(round(t, 1) for t in seen[held]))
+        print(f"refreshes of {held} at {times}")
+        assert released not in seen
+        assert 4 <= len(seen[held]) // 2 <= 6  # a request and a reply each 0.5 s
+        assert announcer.refreshed >= 4
+    finally:
+        announcer.close()
+        theirs.close()
+
+
+def test_the_uplink_joins_each_held_ipv6_addresss_solicited_node_group():
+    """RFC 4861 7.2.1: solicitations go to the solicited-node group, which a real NIC drops
+    unless joined; the joins go with the socket (ip maddr shows them)."""
+    from controlplane.l2.announce import solicited_node_mac
+    from tests.kernel import netns, sh
+
+    with netns() as ns:
+        sh("ip", "-n", ns, "link", "add", "up0", "type", "veth", "peer", "name", "peer0")
+        sh("ip", "-n", ns, "link", "set", "up0", "up")
+        from tests.kernel import inside
+
+        with inside(ns):
+            announcer = Announcer("up0", MAC, refresh=0)
+
+            def groups() -> str:
+                return sh("ip", "-n", ns, "maddr", "show", "dev", "up0").stdout
+
+            try:
+                announcer.hold({"fd00:198::f0", "fd00:198::1:f1", "192.168.198.240"})
+                joined = groups()
+                for ip in ("fd00:198::f0", "fd00:198::1:f1"):
+                    assert solicited_node_mac(ip).hex(":") in joined, joined
+                announcer.hold({"fd00:198::1:f1"})
+                left = groups()
+                assert solicited_node_mac("fd00:198::f0").hex(":") not in left
+                assert solicited_node_mac("fd00:198::1:f1").hex(":") in left
+            finally:
+                announcer.close()
+            assert solicited_node_mac("fd00:198::1:f1").hex(":") not in groups()
