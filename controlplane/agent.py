@@ -189,6 +189,8 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.hc_ports = hc_ports
         self.members, self.announcer, self.allocator = members, announcer, allocator
+        self.announcers: dict[str, str] = {}  # every LB IP -> its announcing node
+        self.record_base: dict | None = None
         self.leading = False
         self.unannounced: set[str] = set()
         self.skew_reported: set[str] = set()
@@ -298,13 +300,19 @@ class Agent:
             for d in state.diagnostics
             if d.kind == "Service" and d.field == "spec.externalIPs" and d.level is Level.ERROR
         )
-        record = {
+        self.record_base = {
             "pid": os.getpid(),
             "node": self.cfg.node,
             "externalIPs": ",".join(self.cfg.translate.external_ips),
             "refusedExternalIPs": refused,
             "gossip": self.members is not None,
         }
+        self._write_record()
+
+    def _write_record(self) -> None:
+        if self.record_base is None:
+            return
+        record = {**self.record_base, "announcers": dict(sorted(self.announcers.items()))}
         if record != self.published:
             try:
                 runstate.write(self.cfg.pin_root, record)
@@ -396,6 +404,7 @@ class Agent:
                 ip,
             )
         self.unannounced = nobody
+        self._announcers_changed(cluster, chosen)
         owned = {ip for ip, n in chosen.items() if n == self.cfg.node}
         known = self.members.known()
         self.settling = not self.members.settled()
@@ -431,6 +440,24 @@ class Agent:
                 self.announcer.announce(ip)
         for ip in sorted(lost):
             log.info("no longer announcing %s (now %s)", ip, chosen.get(ip, "nobody"))
+
+    def _announcers_changed(self, cluster, chosen: dict[str, str]) -> None:
+        """Every LoadBalancer IP's announcing node, as this election sees it: in the metrics,
+        in the record `xlb status` shows, and a Normal Event on the Service of an address
+        that this node takes (as MetalLB's speaker says nodeAssigned)."""
+        if chosen == self.announcers:
+            return
+        self.metrics.announcing(chosen)
+        post = getattr(self.source, "post_event", None)
+        if post is not None:
+            service_of = {ip: s for s in cluster.services for ip in s.ingress_ips}
+            for ip, node in sorted(chosen.items()):
+                svc = service_of.get(ip)
+                if node == self.cfg.node and self.announcers.get(ip) != node and svc:
+                    post(svc.namespace, svc.name, "Normal", "nodeAssigned",
+                         f"announcing {ip} from node {node} (layer 2)", self.cfg.node)  # fmt: skip
+        self.announcers = dict(chosen)
+        self._write_record()
 
     def _collect(self) -> None:
         """The conntrack collector, in its own thread: every ct_collect_interval, the

@@ -128,10 +128,27 @@ class Metrics:
             "Conntrack entries at the collector's last pass (two per flow)",
             registry=self.registry,
         )
+        self.announcers = Gauge(
+            "xlb_lb_ip_announcer",
+            "1 for the node that announces each LoadBalancer IP on the LAN, cluster-wide (as "
+            "this node's election, from the gossip, computes it)",
+            ["ip", "node"],
+            registry=self.registry,
+        )
+        self._announced: dict[str, str] = {}
         self.maps_fn = maps_fn
         if maps_fn is not None:
             self.registry.register(_MapsCollector(maps_fn))
         self._seen_triggers: set[tuple[str, str]] = set()
+
+    def announcing(self, chosen: dict[str, str]) -> None:
+        """The election's answer for every LoadBalancer IP: ip -> announcing node."""
+        for ip, node in self._announced.items():
+            if chosen.get(ip) != node:
+                self.announcers.remove(ip, node)
+        for ip, node in chosen.items():
+            self.announcers.labels(ip, node).set(1)
+        self._announced = dict(chosen)
 
     def synced(self, seconds: float, frontends: int, slices: list) -> None:
         self.sync_duration.observe(seconds)

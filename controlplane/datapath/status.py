@@ -232,4 +232,11 @@ def agent_lines(record: dict[str, Any] | None) -> list[str]:
         f"externalIPs (--external-ips {policy}): {meaning}; {len(refused)} refused",
     ]
     out += [f"  {r}" for r in refused]
+    announcers = record.get("announcers") or {}
+    if announcers:
+        out.append(f"LoadBalancer IPs on the LAN, cluster-wide ({len(announcers)}), announced by:")
+        by_node: dict[str, list[str]] = {}
+        for ip, node in announcers.items():
+            by_node.setdefault(node, []).append(ip)
+        out += [f"  {node}: {', '.join(ips)}" for node, ips in sorted(by_node.items())]
     return out

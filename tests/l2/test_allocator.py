@@ -103,10 +103,14 @@ def test_an_ip_from_the_pool_in_status_with_an_event_and_announced(api, syncer):
         api.apply(lb("web", "10.96.8.1"))
         eventually(lambda: ingress(api, "web") == ["192.168.198.240"])
         eventually(lambda: announced(syncer) == {"192.168.198.240"})
-        eventually(lambda: events(api, "web"))  # posted just after the status
-        (event,) = events(api, "web")
-        assert (event["type"], event["reason"]) == ("Normal", "IPAllocated")
-        assert "192.168.198.240" in event["message"]
+        # posted just after the status; and the node that takes the address says so, as
+        # MetalLB's speaker does (nodeAssigned)
+        eventually(lambda: len(events(api, "web")) == 2)
+        allocated, assigned = sorted(events(api, "web"), key=lambda e: e["reason"] != "IPAllocated")
+        assert (allocated["type"], allocated["reason"]) == ("Normal", "IPAllocated")
+        assert "192.168.198.240" in allocated["message"]
+        assert (assigned["type"], assigned["reason"]) == ("Normal", "nodeAssigned")
+        assert "192.168.198.240" in assigned["message"] and "node-1" in assigned["message"]
         # a requested address; another controller's class is left alone
         api.apply(lb("fixed", "10.96.8.2", loadBalancerIP="192.168.198.241"))
         api.apply(lb("theirs", "10.96.8.3", loadBalancerClass="example.com/cloud"))

@@ -119,3 +119,21 @@ def test_each_owner_joins_the_solicited_node_groups_of_its_ipv6_addresses_only(l
         others = {solicited_node_mac(ip).hex(":") for ip in v6} - own
         assert own and all(g in joined for g in own), (node.name, own, joined)
         assert not any(g in joined for g in others), (node.name, others, joined)
+
+
+def test_status_and_metrics_name_every_lb_ips_announcer_cluster_wide(lab):
+    """metallb#1085: which node announces what, seen from any node."""
+    owner_of = elected(lab)
+    for node in lab.load().nodes:
+        shown = lab.exec(node.name, [sys.executable, "-m", "controlplane.cli", "status",
+                                     "--pin-root", node.pin_root, "--rate-interval", "0"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        for owner in set(owner_of.values()):
+            ips = sorted(ip for ip, o in owner_of.items() if o == owner)
+            assert f"  {owner}: {', '.join(ips)}" in shown.stdout, shown.stdout
+        metrics = lab.exec(node.name, ["curl", "-s", "--max-time", "3",
+                                       "http://127.0.0.1:10249/metrics"],
+                           capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+        for ip, owner in owner_of.items():
+            assert f'xlb_lb_ip_announcer{{ip="{ip}",node="{owner}"}} 1.0' in metrics
