@@ -51,7 +51,7 @@ int tc_lb(struct __sk_buff *skb)
 		if (!xlb_frag_ports(&p, now))
 			r = XLB_OK;
 	}
-	if (r == XLB_R_PASS_NOT_L4 && (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6))
+	if (r == XLB_R_PASS_NOT_L4 && xlb_is_icmp(&p))
 		return xlb_tc_icmp(skb, &p);
 	if (r != XLB_OK)
 		return XLB_TC_NEXT;

@@ -188,7 +188,7 @@ int xdp_lb(struct xdp_md *ctx)
 			xlb_count_reason(XLB_R_NEIGHBOUR_REPLY);
 			return answer;
 		}
-		if (r == XLB_R_PASS_NOT_L4 && (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6))
+		if (r == XLB_R_PASS_NOT_L4 && xlb_is_icmp(&p))
 			xlb_tail_xdp_lb.call(ctx, XLB_TAIL_ICMP_ERROR); /* (on return: not loaded) */
 		xlb_count_reason(r);
 		return XDP_PASS;

@@ -24,6 +24,12 @@ static __always_inline int xlb_icmp_is_error(__u8 family, __u8 type)
 	return type >= 1 && type <= 4; /* unreachable, too big, time, parameter */
 }
 
+/* Whether p is its family's ICMP (IPv4's protocol 1, IPv6's 58: not the other's number). */
+static __always_inline int xlb_is_icmp(const struct xlb_pkt *p)
+{
+	return p->family == 4 ? p->proto == IPPROTO_ICMP : p->proto == IPPROTO_ICMPV6;
+}
+
 /* Adds a 16-bit field's change to a running sum. */
 static __always_inline __u64 xlb_csum_add16(__u64 sum, __u16 old, __u16 new)
 {
@@ -50,7 +56,7 @@ static __always_inline int xlb_icmp_translate(void *data, void *data_end, struct
 {
 	__u32 icmp = p->l4_off & XLB_L4_OFF_MASK;
 	__u8 *ih = data + icmp;
-	if ((void *)(ih + 8) > data_end || !xlb_icmp_is_error(p->family, ih[0]))
+	if (!xlb_is_icmp(p) || (void *)(ih + 8) > data_end || !xlb_icmp_is_error(p->family, ih[0]))
 		return XLB_ICMP_NONE;
 	/* the quoted packet: its IP header, then the first 8 bytes of its L4 header at least */
 	struct xlb_ct_key k = {};

@@ -188,6 +188,12 @@ def test_errors_about_nothing_tracked_or_to_the_wrong_host_pass_untouched(progs,
         Ether(src=CLIENT_MAC, dst=NODE_MAC) / IPv6(src=CLIENT6, dst=NODE6) / ICMPv6EchoRequest(),
         # a quote too short for its ports
         error(ROUTER4, NODE4, tracked_quote[:22], False),
+        # IPv4 that says protocol 58: ICMPv6's number, not ICMP (the fuzzer's find)
+        Ether(
+            bytes(error(ROUTER4, NODE4, tracked_quote, False))[:23]
+            + b"\x3a"
+            + bytes(error(ROUTER4, NODE4, tracked_quote, False))[24:]
+        ),
         # a local pod's reply tuple arriving from outside: only tc_lb acts on those
         error(
             ROUTER4, CLIENT4, bytes(IP(src=CLIENT4, dst=POD4) / UDP(sport=42300, dport=5353)), False
@@ -202,3 +208,10 @@ def test_errors_about_nothing_tracked_or_to_the_wrong_host_pass_untouched(progs,
                   False, too_big=False)  # fmt: skip
     out = through_tc(stray)
     assert (out.retval, out.data) == (TC_NEXT, bytes(stray))
+    # a tracked pod's port unreachable in an IPv4 packet that says protocol 58: not ICMP
+    delivered = through_xdp(udp(CLIENT4, 42301, NODE4, 30053))
+    wrong = bytearray(bytes(error(POD4, CLIENT4, quote_of(delivered.data), False,
+                                  too_big=False, src_mac=NODE_MAC)))  # fmt: skip
+    wrong[23] = 58
+    out = through_tc(bytes(wrong))
+    assert (out.retval, out.data) == (TC_NEXT, bytes(wrong))
