@@ -23,7 +23,7 @@ from pathlib import Path
 from . import runstate
 from .datapath.node import remote_addresses, warm_neighbours
 from .heap import collector_paused, release_memory
-from .l2.election import ours_to_announce, owners
+from .l2.election import drained, ours_to_announce, owners
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
@@ -190,6 +190,7 @@ class Agent:
         self.hc_ports = hc_ports
         self.members, self.announcer, self.allocator = members, announcer, allocator
         self.announcers: dict[str, str] = {}  # every LB IP -> its announcing node
+        self.drained_for: set[str] = set()  # the dead nodes the last sync drained
         self.record_base: dict | None = None
         self.leading = False
         self.unannounced: set[str] = set()
@@ -216,8 +217,21 @@ class Agent:
         self.publish = False  # the real agent (run_agent) keeps a record for `xlb status`
         self.published: dict | None = None
 
+    def _drain_dead(self, cluster: Cluster) -> Cluster:
+        """The cluster with endpoints on nodes the gossip declared dead draining (see
+        election.drained); not while this node hears no majority (then it may be the one
+        cut off)."""
+        self.drained_for = set()
+        if self.members is None or self.isolated:
+            return cluster
+        dead = self.members.dead()
+        if not dead:
+            return cluster
+        self.drained_for = dead
+        return dataclasses.replace(cluster, slices=drained(cluster.slices, dead))
+
     def sync_once(self) -> None:
-        cluster = self.source.snapshot()
+        cluster = self._drain_dead(self.source.snapshot())
         where = self._local_addresses()
         served = {a for a, dev in where.items() if dev in self.cfg.devices}
         # every Node's addresses: never taken by a tenant's externalIP or ingress IP
@@ -520,8 +534,11 @@ class Agent:
                     and self.members.alive() | self.members.skewed() != self.live
                 ):
                     # someone joined, left or died: elect again at once, from the cluster
-                    # of the last sync (nothing else changed, so no full sync)
+                    # of the last sync (nothing else changed, so no full sync unless
+                    # endpoints on a node that died or came back must drain or return)
                     self._elect_again()
+                    if self.members.dead() != self.drained_for and not self.isolated:
+                        self.retry = True
                     self.warm()  # and our uplink may have flapped, flushing neighbours
                 if self.allocator is not None and self.allocator.lease.leading != self.leading:
                     self.leading = not self.leading

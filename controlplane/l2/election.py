@@ -12,6 +12,7 @@ IP it owned moves to the next node in that IP's order; the others stay where the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 
@@ -99,4 +100,25 @@ def owners(
             chosen = owner(ip, candidates)
             if chosen is not None:
                 out[ip] = chosen
+    return out
+
+
+def drained(slices: Iterable[EndpointSlice], dead: set[str]) -> list[EndpointSlice]:
+    """The slices with every ready endpoint on a dead node (as the gossip declared it, long
+    before Kubernetes marks it not ready, ~40 s) turned terminating and still serving: new
+    connections go to endpoints elsewhere, a flow already there keeps its backend, and
+    where nothing else is left the node's endpoints are still tried (kube-proxy's fallback
+    to serving terminating endpoints). Slices with none there are the same objects."""
+    out = []
+    for sl in slices:
+        if not any(ep.node_name in dead and not ep.terminating for ep in sl.endpoints):
+            out.append(sl)
+            continue
+        endpoints = tuple(
+            dataclasses.replace(ep, ready=False, serving=ep.serving or ep.ready, terminating=True)
+            if ep.node_name in dead and not ep.terminating
+            else ep
+            for ep in sl.endpoints
+        )
+        out.append(dataclasses.replace(sl, endpoints=endpoints))
     return out

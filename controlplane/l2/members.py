@@ -194,6 +194,12 @@ class Members:
         with self.lock:
             return {m.name for m in self.members.values() if m.state != "dead"} | {self.cfg.name}
 
+    def dead(self) -> set[str]:
+        """Members the gossip has declared dead (not merely unheard at start: a new peer
+        joins as alive)."""
+        with self.lock:
+            return {m.name for m in self.members.values() if m.state == "dead"}
+
     def meta(self) -> dict[str, dict[str, str]]:
         """What each member (this one included) says of itself, as last heard."""
         with self.lock:

@@ -285,3 +285,53 @@ def test_a_starting_agent_takes_nothing_over_until_settled_and_keeps_what_it_sti
         assert seen and all(s == mine for s in seen), [s for s in seen if s != mine][:3]
     finally:
         m2.stop()
+
+
+def test_endpoints_on_a_node_the_gossip_declares_dead_drain_at_once(tmp_path, syncer):
+    """The gossip knows within a second that node-2 died; Kubernetes marks its pods not
+    ready some 40 s later. Meanwhile new connections would keep landing on them: so its
+    endpoints drain at once (terminating, still serving: flows there keep their backend,
+    new ones go elsewhere), and come back when it does."""
+    from controlplane.datapath.maps import BE_F_TERMINATING
+
+    port = free_ports(1)[0]
+    web = textwrap.dedent("""
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        spec: {clusterIP: 10.96.7.100, ports: [{port: 80}]}
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+        addressType: IPv4
+        ports: [{port: 80}]
+        endpoints:
+        - {addresses: [10.244.1.5], nodeName: node-1}
+        - {addresses: [10.244.2.5], nodeName: node-2}
+    """)
+
+    def terminating() -> set[str]:
+        return {b.address for b in syncer.maps.read_backends().values()
+                if b.flags & BE_F_TERMINATING}  # fmt: skip
+
+    def node2() -> Members:
+        m = Members(
+            MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
+        )
+        m.start()
+        return m
+
+    with node1(tmp_path, syncer, SyncerDatapath(syncer), port, extra=web) as agent:
+        m2 = node2()
+        eventually(lambda: "node-2" in agent.live and agent.syncs > 0)
+        assert terminating() == set()
+        m2.stop()
+        took = eventually(lambda: terminating() == {"10.244.2.5"}, timeout=5)
+        print(f"node-2's endpoint drained {took:.2f}s after node-2 stopped")
+        m2 = node2()
+        try:
+            eventually(lambda: terminating() == set(), timeout=5)  # back
+        finally:
+            m2.stop()

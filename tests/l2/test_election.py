@@ -149,3 +149,18 @@ def test_nodes_excluded_from_load_balancers_never_announce():
     svcs = [lb(f"s{i}", ip, clusterIP=f"10.96.0.{i}") for i, ip in enumerate(ips, start=1)]
     got = owners(svcs, [], nodes, {n.name for n in nodes})
     assert set(got) == set(ips) and set(got.values()) == {"node-3", "node-4"}
+
+
+def test_drained_turns_a_dead_nodes_ready_endpoints_terminating_and_serving():
+    from controlplane.l2.election import drained
+
+    sl = slice_("web", [ep("10.244.1.5", "node-1"), ep("10.244.2.5", "node-2"),
+                        ep("10.244.2.6", "node-2", ready=False, serving=False)])  # fmt: skip
+    assert drained([sl], set())[0] is sl and drained([sl], {"node-3"})[0] is sl
+    (out,) = drained([sl], {"node-2"})
+    got = {e.addresses[0]: (e.ready, e.serving, e.terminating) for e in out.endpoints}
+    assert got == {
+        "10.244.1.5": (True, True, False),
+        "10.244.2.5": (False, True, True),  # drains: existing flows only, a last resort
+        "10.244.2.6": (False, False, True),  # was not serving: still not
+    }
