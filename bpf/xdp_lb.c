@@ -22,6 +22,7 @@
 #include "lib/tail.h"
 #include "lib/frag.h"
 #include "lib/icmp.h"
+#include "lib/verify.h"
 
 BPF_TABLE_PINNED("prog", __u32, __u32, xlb_tail_xdp_lb, XLB_TAILS, XLB_PIN_ROOT "/tail_xdp_lb");
 
@@ -301,6 +302,10 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > data_end || (mac && !xlb_frame_for(eth, mac))) {
 		xlb_count_reason(XLB_R_PASS_OTHER_HOST); /* (checked for new flows only: cheap here) */
 		return XDP_PASS;
+	}
+	if (!xlb_l4_csum_plausible(data, data_end, p)) { /* no flow, no answer for a bad one */
+		xlb_report(XLB_R_DROP_BAD_CSUM, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+		return XDP_DROP;
 	}
 	/* svc and be point into maps the sync may rewrite meanwhile; a copy would be no more
 	 * atomic, and each field read is a value the sync did write */

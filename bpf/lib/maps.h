@@ -266,7 +266,8 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_ICMP_RATE 25    /* an ICMP error xdp_lb would send, over XLB_ICMP_RATE a second */
 #define XLB_R_TIME_EXCEEDED 26     /* a packet to forward with no hop left: answered time exceeded */
 #define XLB_R_PORT_REMAPPED 27     /* a new flow's source port remapped: its reply tuple was another live flow's */
-#define XLB_R_MAX 28
+#define XLB_R_DROP_BAD_CSUM 28     /* a new flow's first packet with a wrong TCP/UDP checksum */
+#define XLB_R_MAX 29
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {

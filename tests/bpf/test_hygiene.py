@@ -6,12 +6,12 @@ cannot pass. (description, frame, what xdp_lb does, the reason counted)"""
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from controlplane.model.state import DesiredState
-from tests.bpf.packets import CLIENT_MAC, NODE_MAC, tcp
+from tests.bpf.packets import CLIENT_MAC, NODE_MAC, tcp, udp
 from tests.bpf.test_neighbour import OWNED4, OWNED6, UPLINK_MAC
 from tests.bpf.test_xdp_forward import lan  # noqa: F401 (a fixture)
 from tests.bpf.test_xdp_lb import (
@@ -20,6 +20,7 @@ from tests.bpf.test_xdp_lb import (
     NODE4,
     NODE6,
     STATE,
+    XDP_DROP,
     XDP_PASS,
     XDP_TX,
     frontend,
@@ -191,3 +192,68 @@ def test_frames_to_another_hosts_mac_are_neither_balanced_nor_answered(xdp, maps
     finally:
         syncer.sync_devices({})
         syncer.sync_lb_ips(set())
+
+
+def _bad(pkt: Ether, delta: int = 1) -> Ether:
+    """pkt with its L4 checksum off by delta."""
+    out = Ether(bytes(pkt))
+    l4 = out[TCP] if TCP in out else out[UDP]
+    l4.chksum = (l4.chksum + delta) & 0xFFFF or 1
+    return Ether(bytes(out))
+
+
+def _partial(pkt: Ether) -> Ether:
+    """pkt as a local sender's kernel leaves it (CHECKSUM_PARTIAL): the checksum field holds
+    the pseudo-header's folded sum only, as a veth hands it to XDP."""
+    import socket
+    import struct
+
+    out = Ether(bytes(pkt))
+    l3 = out[IPv6] if IPv6 in out else out[IP]
+    l4 = out[TCP] if TCP in out else out[UDP]
+    size = len(bytes(l4))
+    fam = socket.AF_INET6 if IPv6 in out else socket.AF_INET
+    proto = 6 if TCP in out else 17
+    ph = socket.inet_pton(fam, l3.src) + socket.inet_pton(fam, l3.dst)
+    ph += struct.pack("!BBH", 0, proto, size) if fam == socket.AF_INET else struct.pack(
+        "!I3xB", size, proto)  # fmt: skip
+    s = sum(struct.unpack(f"!{len(ph) // 2}H", ph))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    l4.chksum = s
+    return Ether(bytes(out))
+
+
+CHECKSUMS = [
+    ("a SYN with its checksum right (the control)", tcp(CLIENT4, 41000, NODE4, 30080), "pass"),
+    ("a SYN with a wrong checksum", _bad(tcp(CLIENT4, 41001, NODE4, 30080)), "drop"),
+    ("a SYN in CHECKSUM_PARTIAL form (a local sender over a veth)",
+     _partial(tcp(CLIENT4, 41002, NODE4, 30080)), "pass"),
+    ("an IPv6 SYN with a wrong checksum", _bad(tcp(CLIENT6, 41003, NODE6, 30080)), "drop"),
+    ("an IPv6 SYN in CHECKSUM_PARTIAL form", _partial(tcp(CLIENT6, 41004, NODE6, 30080)), "pass"),
+    ("a UDP datagram with a wrong checksum", _bad(udp(CLIENT4, 41005, NODE4, 30053)), "drop"),
+    ("an IPv4 UDP datagram without a checksum (0)",
+     Ether(bytes(udp(CLIENT4, 41006, NODE4, 30053))[:40] + b"\0\0"
+           + bytes(udp(CLIENT4, 41006, NODE4, 30053))[42:]), "pass"),
+    ("a 1400-byte datagram, right", udp(CLIENT4, 41007, NODE4, 30053, payload=bytes(range(256)) * 5
+                                        + b"x" * 120), "pass"),
+    ("a 1401-byte datagram (odd), right", udp(CLIENT6, 41008, NODE6, 30053,
+                                              payload=b"y" * 1401), "pass"),
+    ("a 1401-byte datagram, one payload bit flipped",
+     Ether(bytes(udp(CLIENT6, 41009, NODE6, 30053, payload=b"y" * 1401))[:-1] + b"z"), "drop"),
+    ("to a frontend without endpoints, wrong: no RST for it",
+     _bad(tcp(CLIENT4, 41010, NODE4, 30999)), "drop"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("description,pkt,verdict", CHECKSUMS, ids=[c[0] for c in CHECKSUMS])
+def test_a_bad_checksum_starts_no_flow_and_gets_no_answer(run, maps, description, pkt, verdict):
+    before = maps.reason_counts()["drop_bad_csum"]
+    out = run(pkt)
+    if verdict == "drop":
+        assert out.retval == XDP_DROP, description
+        assert maps.reason_counts()["drop_bad_csum"] - before == 1
+        assert not maps.ct_new.items()
+    else:
+        l3 = IPv6 if IPv6 in pkt else IP
+        assert out.retval == XDP_PASS and Ether(out.data)[l3].dst != pkt[l3].dst, description
