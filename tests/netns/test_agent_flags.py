@@ -11,6 +11,7 @@ import dataclasses
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -319,6 +320,38 @@ def _announces(run: Run) -> None:
     assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
 
 
+GARPS = """
+import json, sys
+from scapy.all import sniff
+from scapy.layers.l2 import ARP
+seen = []
+sniff(iface="c0", timeout=float(sys.argv[2]), store=False,
+      prn=lambda p: seen.append(round(float(p.time), 2))
+      if ARP in p and p[ARP].psrc == p[ARP].pdst == sys.argv[1] else None)
+print(json.dumps(seen))
+"""
+
+
+def _refreshes(every: float | None):
+    """The LAN hears LB_IP's gratuitous ARP again every `every` seconds once its takeover's
+    repeats (2 s) are over; None: never again."""
+
+    def check(run: Run) -> None:
+        assert eventually(lambda: LB_IP in run.status()["announcing"]["addresses"], 10)
+        time.sleep(2.5)  # the takeover's own repeats are over
+        out = run.topo.run_in(run.topo.client, sys.executable, "-c", GARPS, LB_IP, "5")
+        times = sorted(set(json.loads(out.stdout)))
+        rounds = sorted({round(t) for t in times})
+        if every is None:
+            assert times == [], times
+        else:
+            assert len(rounds) >= 2 and all(
+                abs((b - a) - every) < 0.6 for a, b in zip(rounds, rounds[1:], strict=False)
+            ), times
+
+    return check
+
+
 def _silent_without_key(run: Run) -> None:
     assert (LB_IP, 80, "external") in run.frontends()  # the pool's address is served ...
     assert run.status()["announcing"]["addresses"] == []  # ... but not announced
@@ -609,6 +642,18 @@ ROWS = [
         "--gossip-key-file",
         ("--pool", POOL, "--gossip-key-file", "{dir}/key"),
         _announces,
+        files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
+    ),  # fmt: skip
+    Row(
+        "--l2-refresh-interval",
+        ("--pool", POOL, "--gossip-key-file", "{dir}/key", "--l2-refresh-interval", "2s"),
+        _refreshes(2.0),
+        files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
+    ),  # fmt: skip
+    Row(
+        "--l2-refresh-interval 0",
+        ("--pool", POOL, "--gossip-key-file", "{dir}/key", "--l2-refresh-interval", "0"),
+        _refreshes(None),
         files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
     ),  # fmt: skip
     Row("--gossip-key-file (none)", ("--pool", POOL), _silent_without_key),
