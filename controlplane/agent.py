@@ -200,6 +200,7 @@ class Agent:
         self.addresses_at = -1e9
         self.isolated = False  # hearing no majority of the members (see _elect)
         self.settling = False  # just started: taking nothing over yet (Members.settle)
+        self.settle_told = False  # "gossip settled" logged
         self.cluster = Cluster()  # as of the last sync: what a new election starts from
         self.beat_thread: threading.Thread | None = None
         self.live: set[str] = set()
@@ -525,9 +526,18 @@ class Agent:
             self.beat_thread.start()
         try:
             while not self.stop.is_set():
-                if self.settling and self.members.settled():
+                if (
+                    self.members is not None
+                    and self.syncs
+                    and not self.settle_told
+                    and self.members.settled()
+                ):
+                    # told once, also when the first election came after the settle (a slow
+                    # start): `xlb lab` and operators wait for this line
+                    self.settle_told = True
+                    if self.settling:
+                        self._elect_again()  # may take over addresses now
                     log.info("gossip settled: taking over LoadBalancer IPs")
-                    self._elect_again()  # may take over addresses now
                 if (
                     self.members is not None
                     and self.syncs
@@ -537,9 +547,17 @@ class Agent:
                     # of the last sync (nothing else changed, so no full sync unless
                     # endpoints on a node that died or came back must drain or return)
                     self._elect_again()
-                    if self.members.dead() != self.drained_for and not self.isolated:
-                        self.retry = True
                     self.warm()  # and our uplink may have flapped, flushing neighbours
+                if (
+                    self.members is not None
+                    and self.syncs
+                    and not self.isolated
+                    and self.members.dead() != self.drained_for
+                ):
+                    # compared on every turn, not only when the election's view changes: a
+                    # node back between a sync's drain and its election would leave its
+                    # endpoints drained for good (seen in the lab under CI load)
+                    self.retry = True
                 if self.allocator is not None and self.allocator.lease.leading != self.leading:
                     self.leading = not self.leading
                     self.retry = True  # became (or stopped being) the allocator

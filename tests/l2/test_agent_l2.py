@@ -335,3 +335,67 @@ def test_endpoints_on_a_node_the_gossip_declares_dead_drain_at_once(tmp_path, sy
             eventually(lambda: terminating() == set(), timeout=5)  # back
         finally:
             m2.stop()
+
+
+def test_a_node_back_between_a_syncs_drain_and_its_election_is_undrained(tmp_path, syncer):
+    """The race the lab hit under CI load: a sync reads the dead set (node-2 dead), node-2
+    comes back before that sync's election, so the election's view already has it alive.
+    Its endpoints must still come back; they stayed drained for good (every new connection
+    on the one remaining pod) when only a change of the election's view was looked at."""
+    from controlplane.datapath.maps import BE_F_TERMINATING
+
+    port = free_ports(1)[0]
+    web = textwrap.dedent("""
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        spec: {clusterIP: 10.96.7.101, ports: [{port: 80}]}
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+        addressType: IPv4
+        ports: [{port: 80}]
+        endpoints:
+        - {addresses: [10.244.1.6], nodeName: node-1}
+        - {addresses: [10.244.2.6], nodeName: node-2}
+    """)
+
+    def terminating() -> set[str]:
+        return {b.address for b in syncer.maps.read_backends().values()
+                if b.flags & BE_F_TERMINATING}  # fmt: skip
+
+    def node2() -> Members:
+        m = Members(
+            MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
+        )
+        m.start()
+        return m
+
+    with node1(tmp_path, syncer, SyncerDatapath(syncer), port, extra=web) as agent:
+        m2 = node2()
+        eventually(lambda: "node-2" in agent.live and agent.syncs > 0)
+        real_drain, armed, revived, drained = agent._drain_dead, [True], [], []
+
+        def drain_then_revive(cluster):
+            out = real_drain(cluster)
+            if "node-2" in agent.drained_for and armed:
+                armed.clear()  # once: node-2 returns while this sync still drains it
+                drained.append(time.monotonic())
+                revived.append(node2())
+                eventually(lambda: "node-2" not in agent.members.dead(), timeout=5)
+            return out
+
+        agent._drain_dead = drain_then_revive
+        try:
+            m2.stop()
+            eventually(lambda: drained, timeout=5)  # the sync drained with a stale set
+            # its election sees node-2 alive; nothing else changes after it
+            eventually(lambda: "node-2" in agent.live, timeout=5)
+            took = eventually(lambda: terminating() == set(), timeout=5)
+            print(f"node-2's endpoint back {took:.2f}s after the election saw node-2 alive")
+        finally:
+            agent._drain_dead = real_drain
+            for m in revived:
+                m.stop()
