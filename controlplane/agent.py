@@ -24,6 +24,8 @@ from . import runstate
 from .datapath.node import remote_addresses, warm_neighbours
 from .heap import collector_paused, release_memory
 from .l2.election import drained, ours_to_announce, owners
+from .l2.ipam import pool_of
+from .l2.placement import decode_held, encode_held, take_now
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
@@ -61,6 +63,9 @@ class AgentConfig:
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
     lb_allocator: bool = True  # with the Kubernetes source: allocate LB IPs (Lease holder)
     lb_class: str = ""  # also serve Services of this spec.loadBalancerClass
+    # ordered: MetalLB's (each IP on the first live node of its hash order); balanced: at
+    # most ceil(IPs / nodes) per node, few moves (l2/placement.py); every node the same
+    l2_placement: str = "ordered"
     # what the model is told: --proxy-name, --nodeport-addresses, the default algorithms
     translate: TranslateConfig = field(default_factory=TranslateConfig)
 
@@ -201,6 +206,9 @@ class Agent:
         self.isolated = False  # hearing no majority of the members (see _elect)
         self.settling = False  # just started: taking nothing over yet (Members.settle)
         self.settle_told = False  # "gossip settled" logged
+        # others' published holdings and settling flags, as last elected on
+        self.held_seen: dict[str, tuple[str, str]] = {}
+        self.balancing = False  # some LB IPs are placed by balanced placement
         self.cluster = Cluster()  # as of the last sync: what a new election starts from
         self.beat_thread: threading.Thread | None = None
         self.live: set[str] = set()
@@ -399,7 +407,20 @@ class Agent:
             )
         self.skew_reported = skewed
         before, self.live = self.live, self.members.alive() | skewed
-        uplinks = {n: m["uplink"] for n, m in self.members.meta().items() if m.get("uplink")}
+        meta = self.members.meta()
+        uplinks = {n: m["uplink"] for n, m in meta.items() if m.get("uplink")}
+        self.held_seen = self._published_holdings(meta)
+        # a dead member's holdings are void: its addresses are free to take at once
+        held = {n: decode_held(t) for n, (t, _) in self.held_seen.items() if n in self.live}
+        held[self.cfg.node] = set(self.announced)  # ours as it is, not as last told
+        pools = cluster.pools
+        cluster_wide = self.cfg.l2_placement == "balanced"
+        self.balancing = cluster_wide or any(p.balanced for p in pools or ())
+
+        def balance(ip: str) -> bool:
+            pool = pool_of(ip, pools) if pools else None
+            return cluster_wide or (pool is not None and pool.balanced)
+
         chosen = owners(
             cluster.services,
             cluster.slices,
@@ -409,6 +430,8 @@ class Agent:
             cluster.pools,
             uplinks,
             self.cfg.lb_class,
+            balance,
+            held,
         )
         mine = ours_to_announce(cluster.services, cluster.pools, self.cfg.lb_class)
         nobody = mine - set(chosen)
@@ -421,6 +444,17 @@ class Agent:
         self.unannounced = nobody
         self._announcers_changed(cluster, chosen)
         owned = {ip for ip, n in chosen.items() if n == self.cfg.node}
+        # balanced placement: an IP another live member still holds is taken once it has let
+        # it go (and said so), so that the others' computations stay what ours is
+        owned = {
+            ip
+            for ip in owned
+            if ip in self.announced or not balance(ip) or take_now(ip, self.cfg.node, held)
+        }
+        # and one placed on a member still settling stays here until it may take it (it
+        # says so in the gossip): the hand-over is then one datagram, not the settle
+        settling = {n for n, m in meta.items() if m.get("settling") == "1"} - {self.cfg.node}
+        owned |= {ip for ip in self.announced if balance(ip) and chosen.get(ip) in settling}
         known = self.members.known()
         self.settling = not self.members.settled()
         if self.settling:
@@ -443,6 +477,7 @@ class Agent:
             self.isolated = False
         gained, lost = self.datapath.announce(owned)
         self.announced = set(owned)
+        self.members.set_meta("holds", encode_held(owned))  # what balanced placement keeps
         if self.announcer is not None:
             self.announcer.hold(set(owned))  # refreshes, solicited-node groups
         if self.live - before:
@@ -455,6 +490,16 @@ class Agent:
                 self.announcer.announce(ip)
         for ip in sorted(lost):
             log.info("no longer announcing %s (now %s)", ip, chosen.get(ip, "nobody"))
+
+    def _published_holdings(self, meta: dict[str, dict[str, str]] | None = None) -> dict:
+        """What the other members say they announce and whether they still settle (node ->
+        (holds, settling), as told): balanced placement elects again when either changes."""
+        meta = self.members.meta() if meta is None else meta
+        return {
+            n: (m.get("holds", ""), m.get("settling", ""))
+            for n, m in meta.items()
+            if n != self.cfg.node and ("holds" in m or "settling" in m)
+        }
 
     def _announcers_changed(self, cluster, chosen: dict[str, str]) -> None:
         """Every LoadBalancer IP's announcing node, as this election sees it: in the metrics,
@@ -522,6 +567,7 @@ class Agent:
         if self.members is not None:
             held = getattr(self.datapath, "held_lb_ips", None)
             self.announced = held() if held else set()  # before the heartbeat resumes
+            self.members.set_meta("settling", "1")  # until it may take addresses over
             self.beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
             self.beat_thread.start()
         try:
@@ -535,6 +581,7 @@ class Agent:
                     # told once, also when the first election came after the settle (a slow
                     # start): `xlb lab` and operators wait for this line
                     self.settle_told = True
+                    self.members.set_meta("settling", "0")
                     if self.settling:
                         self._elect_again()  # may take over addresses now
                     log.info("gossip settled: taking over LoadBalancer IPs")
@@ -548,6 +595,13 @@ class Agent:
                     # endpoints on a node that died or came back must drain or return)
                     self._elect_again()
                     self.warm()  # and our uplink may have flapped, flushing neighbours
+                elif (
+                    self.members is not None
+                    and self.syncs
+                    and self.balancing
+                    and self._published_holdings() != self.held_seen
+                ):
+                    self._elect_again()  # balanced placement starts from what others hold
                 if (
                     self.members is not None
                     and self.syncs

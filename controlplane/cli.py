@@ -333,6 +333,7 @@ def agent_config(args: argparse.Namespace, node: str):
         gossip_key=_gossip_key(args.gossip_key_file),
         gossip_port=args.gossip_port,
         l2_refresh=args.l2_refresh_interval,
+        l2_placement=args.l2_placement,
         peers=_peers(args.peer or [], args.gossip_port),
         lb_allocator=not args.no_lb_allocator,
         lb_class=args.lb_class,
@@ -873,6 +874,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="announce each LoadBalancer IP this node holds again this often (gratuitous ARP, "
         "unsolicited NA), a little under switches' FDB ageing (300 s commonly); 0: never",
+    )
+    agent.add_argument(
+        "--l2-placement",
+        choices=("ordered", "balanced"),
+        default="ordered",
+        help="which node announces each LoadBalancer IP: ordered is MetalLB's (the first live "
+        "node of the IP's hash order); balanced holds each node to ceil(IPs / nodes) and moves "
+        "only a leaving node's IPs (a pool can ask for it alone: annotation "
+        "xlb.io/l2-placement: balanced). The same on every node",
     )
     agent.add_argument(
         "--peer",

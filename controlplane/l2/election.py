@@ -8,22 +8,22 @@ or serving (a node without one would drop the traffic; one whose endpoints all t
 still serves them through its NodePort, so it must not go dark), and only nodes an
 L2Advertisement admits (its pools, node selectors and interfaces). When a node dies, every
 IP it owned moves to the next node in that IP's order; the others stay where they are.
+Balanced placement (opt-in: --l2-placement balanced, or a pool annotated
+xlb.io/l2-placement: balanced) places those IPs by placement.balanced instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from ..model.objects import EndpointSlice, Node, Service, ServiceType, TrafficPolicy
 from .ipam import Advertisement, Pool, ours, pool_of
+from .placement import balanced, rank
 
 
 def owner(ip: str, candidates: Iterable[str]) -> str | None:
-    return min(
-        candidates, key=lambda n: hashlib.sha256(f"{n}#{ip}".encode()).digest(), default=None
-    )
+    return min(candidates, key=lambda n: rank(n, ip), default=None)
 
 
 def ours_to_announce(
@@ -48,6 +48,8 @@ def owners(
     pools: list[Pool] | None = None,
     uplinks: dict[str, str] | None = None,
     lb_class: str = "",
+    balance: Callable[[str], bool] | None = None,
+    held: Mapping[str, Iterable[str]] | None = None,
 ) -> dict[str, str]:
     """Every LoadBalancer IP of xlb's -> the node that announces it (IPs with no candidate:
     absent). xlb's are the addresses in its pools of the Services of its classes (none, or
@@ -60,7 +62,10 @@ def owners(
     one exists, MetalLB's rule holds: an address is announced only if an advertisement covers
     its pool, and then only from the nodes its nodeSelectors admit whose uplink is among its
     interfaces (a node whose uplink is not yet known is taken to match: the gossip tells
-    every agent within one probe round)."""
+    every agent within one probe round).
+
+    balance(ip) true: the IP is placed by placement.balanced among the other such IPs, from
+    held (node -> the IPs it says it announces)."""
     nodes = [n for n in nodes if n.name in live and not n.excluded_from_load_balancers]
     uplinks = uplinks or {}
     ready_on: dict[str, set[str]] = {}
@@ -82,6 +87,7 @@ def owners(
 
     everyone = {n.name for n in nodes}
     out: dict[str, str] = {}
+    balanced_candidates: dict[str, set[str]] = {}
     services = list(services)
     announceable = ours_to_announce(services, pools, lb_class)
     for svc in services:
@@ -97,9 +103,15 @@ def owners(
                 candidates = set().union(*(admitted(a) for a in advertisements if a.covers(pool)))
             if svc.external_traffic_policy is TrafficPolicy.LOCAL:
                 candidates = candidates & ready_on.get(svc.key, set())
+            if balance is not None and balance(ip):
+                balanced_candidates[ip] = candidates
+                continue
             chosen = owner(ip, candidates)
             if chosen is not None:
                 out[ip] = chosen
+    if balanced_candidates:
+        live_held = {n: ips for n, ips in (held or {}).items() if n in everyone}
+        out.update(balanced(balanced_candidates, live_held))
     return out
 
 

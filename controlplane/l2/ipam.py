@@ -20,6 +20,8 @@ from ..model.objects import Family, Service, ServiceType
 
 ANNOTATION_IPS = "metallb.io/loadBalancerIPs"
 ANNOTATION_POOL = "metallb.io/address-pool"
+ANNOTATION_PLACEMENT = "xlb.io/l2-placement"  # on an IPAddressPool: ordered | balanced
+PLACEMENTS = ("ordered", "balanced")
 
 Range = tuple[int, int, int]  # (IP version, first, last) as integers
 
@@ -31,6 +33,7 @@ class Pool:
     auto_assign: bool = True
     avoid_buggy_ips: bool = False  # IPv4 addresses ending in .0 or .255 are never handed out
     labels: tuple[tuple[str, str], ...] = ()  # for L2Advertisement ipAddressPoolSelectors
+    balanced: bool = False  # annotated xlb.io/l2-placement: balanced (see placement)
 
     def contains(self, ip: str) -> bool:
         a = ipaddress.ip_address(ip)
@@ -86,12 +89,23 @@ def parse_pool(obj: dict[str, Any]) -> tuple[Pool | None, list[Diagnostic]]:
     if diag.has_errors:
         return None, diag.items
     labels = meta.get("labels") or {}
+    annotations = meta.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    placement = str(annotations.get(ANNOTATION_PLACEMENT, "ordered"))
+    if placement not in PLACEMENTS:
+        diag.warning(
+            f"metadata.annotations[{ANNOTATION_PLACEMENT}]",
+            f"{placement!r} is not one of {', '.join(PLACEMENTS)}; the pool keeps MetalLB's "
+            "order (ordered)",
+        )
+        placement = "ordered"
     return Pool(
         name,
         tuple(ranges),
         spec.get("autoAssign", True) is not False,
         spec.get("avoidBuggyIPs") is True,
         tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        placement == "balanced",
     ), diag.items
 
 

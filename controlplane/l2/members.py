@@ -200,6 +200,11 @@ class Members:
         with self.lock:
             return {m.name for m in self.members.values() if m.state == "dead"}
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Tells everyone key=value of this member from the next datagram on."""
+        with self.lock:
+            self.cfg.meta = {**self.cfg.meta, key: value}
+
     def meta(self) -> dict[str, dict[str, str]]:
         """What each member (this one included) says of itself, as last heard."""
         with self.lock:

@@ -656,6 +656,12 @@ ROWS = [
         _refreshes(None),
         files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
     ),  # fmt: skip
+    Row(
+        "--l2-placement",
+        ("--pool", POOL, "--gossip-key-file", "{dir}/key", "--l2-placement", "balanced"),
+        _announces,
+        files={"key": "c2VjcmV0LWtleS1vZi10aGUtbGFi\n"},
+    ),  # fmt: skip
     Row("--gossip-key-file (none)", ("--pool", POOL), _silent_without_key),
     Row(
         "--gossip-port",
