@@ -25,7 +25,7 @@ from .datapath.node import remote_addresses, warm_neighbours
 from .heap import collector_paused, release_memory
 from .l2.election import drained, ours_to_announce, owners
 from .l2.ipam import pool_of
-from .l2.placement import decode_held, encode_held, take_now
+from .l2.placement import take_now
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
@@ -207,7 +207,7 @@ class Agent:
         self.settling = False  # just started: taking nothing over yet (Members.settle)
         self.settle_told = False  # "gossip settled" logged
         # others' published holdings and settling flags, as last elected on
-        self.held_seen: dict[str, tuple[str, str]] = {}
+        self.held_seen: dict[str, tuple[int | None, str]] = {}
         self.balancing = False  # some LB IPs are placed by balanced placement
         self.cluster = Cluster()  # as of the last sync: what a new election starts from
         self.beat_thread: threading.Thread | None = None
@@ -411,7 +411,7 @@ class Agent:
         uplinks = {n: m["uplink"] for n, m in meta.items() if m.get("uplink")}
         self.held_seen = self._published_holdings(meta)
         # a dead member's holdings are void: its addresses are free to take at once
-        held = {n: decode_held(t) for n, (t, _) in self.held_seen.items() if n in self.live}
+        held = {n: ips for n, ips in self.members.holdings().items() if n in self.live}
         held[self.cfg.node] = set(self.announced)  # ours as it is, not as last told
         pools = cluster.pools
         cluster_wide = self.cfg.l2_placement == "balanced"
@@ -477,7 +477,8 @@ class Agent:
             self.isolated = False
         gained, lost = self.datapath.announce(owned)
         self.announced = set(owned)
-        self.members.set_meta("holds", encode_held(owned))  # what balanced placement keeps
+        if self.balancing:  # what balanced placement starts from, on every node
+            self.members.set_holdings(owned)
         if self.announcer is not None:
             self.announcer.hold(set(owned))  # refreshes, solicited-node groups
         if self.live - before:
@@ -492,13 +493,14 @@ class Agent:
             log.info("no longer announcing %s (now %s)", ip, chosen.get(ip, "nobody"))
 
     def _published_holdings(self, meta: dict[str, dict[str, str]] | None = None) -> dict:
-        """What the other members say they announce and whether they still settle (node ->
-        (holds, settling), as told): balanced placement elects again when either changes."""
+        """Which holdings the other members published and whether they still settle (node
+        -> (version, settling)): balanced placement elects again when either changes."""
         meta = self.members.meta() if meta is None else meta
+        versions = self.members.holdings_versions()
         return {
-            n: (m.get("holds", ""), m.get("settling", ""))
-            for n, m in meta.items()
-            if n != self.cfg.node and ("holds" in m or "settling" in m)
+            n: (versions.get(n), meta.get(n, {}).get("settling", ""))
+            for n in set(versions) | set(meta)
+            if n != self.cfg.node
         }
 
     def _announcers_changed(self, cluster, chosen: dict[str, str]) -> None:

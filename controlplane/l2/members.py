@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from .holdings import Assembler, chunks
+
 log = logging.getLogger("xlb.members")
 
 MAX_DATAGRAM = 1400
@@ -124,6 +126,11 @@ class Members:
         self.probe_errors = 0  # rounds that raised (logged; probing goes on)
         self.stopping = threading.Event()
         self.started = time.monotonic()
+        # the LoadBalancer IPs this member says it announces (holdings.py), a chunk per
+        # datagram, in turn per destination; and each member's, as heard
+        self.holdings_out: tuple[int, list[bytes]] | None = None
+        self.holdings_turn: dict[tuple, int] = {}
+        self.holdings_in: dict[str, Assembler] = {}
         self.sock = socket.socket(
             socket.AF_INET6 if ":" in cfg.address else socket.AF_INET, socket.SOCK_DGRAM
         )
@@ -186,6 +193,7 @@ class Members:
                     m.address = address
             for name in [n for n in self.members if n not in peers]:
                 del self.members[name]
+                self.holdings_in.pop(name, None)
         for address in greet:
             self._send(address, {"t": "news"})
 
@@ -205,6 +213,28 @@ class Members:
         with self.lock:
             self.cfg.meta = {**self.cfg.meta, key: value}
 
+    def set_holdings(self, ips: set[str]) -> None:
+        """Tells everyone the LoadBalancer IPs this member announces: at once when they
+        change (every chunk to every live member), then a chunk on each datagram."""
+        version, parts = chunks(ips)
+        with self.lock:
+            if self.holdings_out is not None and self.holdings_out[0] == version:
+                return
+            self.holdings_out, self.holdings_turn = (version, parts), {}
+            others = [m.address for m in self.members.values() if m.state != "dead"]
+        for address in others:
+            for _ in range(len(parts)):
+                self._send(address, {"t": "news"})
+
+    def holdings(self) -> dict[str, set[str]]:
+        """Each member's last complete holdings (members never heard from: absent)."""
+        with self.lock:
+            return {n: set(a.ips) for n, a in self.holdings_in.items() if a.version is not None}
+
+    def holdings_versions(self) -> dict[str, int]:
+        with self.lock:
+            return {n: a.version for n, a in self.holdings_in.items() if a.version is not None}
+
     def meta(self) -> dict[str, dict[str, str]]:
         """What each member (this one included) says of itself, as last heard."""
         with self.lock:
@@ -220,6 +250,12 @@ class Members:
             message["b"], message["c"] = self.boot, self.sent
             if self.cfg.meta:
                 message["m"] = self.cfg.meta
+            if self.holdings_out is not None:
+                version, parts = self.holdings_out
+                where = tuple(address[:2])
+                turn = self.holdings_turn.get(where, 0) % len(parts)
+                self.holdings_turn[where] = turn + 1
+                message["h"] = [version, turn, len(parts), parts[turn]]
         with contextlib.suppress(OSError):  # an unreachable peer is what probing finds out
             self.sock.sendto(seal(self.keys[0], message, self.clock()), address)
 
@@ -296,6 +332,8 @@ class Members:
             self._left(origin)
             return
         self._heard_from(origin, msg.get("m"))
+        if "h" in msg:
+            self._heard_holdings(origin, msg["h"])
         if kind == "ping":
             self._send(
                 sender[:2],
@@ -334,6 +372,22 @@ class Members:
             if m and m.state == "dead":
                 m.state, m.since = "alive", time.monotonic()
                 log.info("member %s is back", name)
+
+    def _heard_holdings(self, name: str, chunk: object) -> None:
+        """One chunk of a member's holdings; a bad one is counted, and the rest of the
+        datagram still counts (the member is alive)."""
+        try:
+            version, index, count, part = chunk  # type: ignore[misc]
+            if not isinstance(part, bytes):
+                raise ValueError("holdings chunk is not bytes")
+            with self.lock:
+                if name not in self.members:
+                    return
+                self.holdings_in.setdefault(name, Assembler()).add(
+                    int(version), int(index), int(count), part
+                )
+        except (TypeError, ValueError):
+            self.refused["bad_holdings"] += 1
 
     def _left(self, name: str) -> None:
         """A member said it stops: dead now, and told to the others on the next datagrams."""

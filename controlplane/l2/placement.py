@@ -5,7 +5,7 @@ no coordination, but by chance several IPs land on one node (metallb#2284). Bala
 placement gives every node floor(IPs / nodes) or one more (its quota), and moves as little
 as it can. No function of the node set alone can promise both (only a per-IP order moves
 nothing but a leaving node's IPs, and a per-IP order cannot bound loads), so it starts from
-what each node says it holds (the gossip carries that, Members meta "holds"):
+what each node says it holds (the gossip carries that: holdings.py):
 
 1. An IP stays with a live candidate that holds it (two holders: the better in the IP's hash
    order, as after a partition heals).
@@ -26,10 +26,7 @@ the agents never disagree about where an IP goes while the holdings spread.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Mapping
-
-MAX_HELD = 4096  # a member's published holdings read at most (they arrive in every datagram)
 
 
 def rank(node: str, ip: str) -> bytes:
@@ -88,20 +85,3 @@ def take_now(ip: str, me: str, held: Mapping[str, Iterable[str]]) -> bool:
     live member says it holds it (it lets go first, and tells; a dead member's holdings
     are not in held)."""
     return not any(ip in ips for node, ips in held.items() if node != me)
-
-
-def encode_held(ips: Iterable[str]) -> str:
-    """What a node publishes of its holdings (Members meta "holds")."""
-    return ",".join(sorted(ips))
-
-
-def decode_held(text: str) -> set[str]:
-    """A member's published holdings: the valid addresses among the first MAX_HELD (a
-    garbled entry is skipped, never fatal)."""
-    out = set()
-    for item in text.split(",")[:MAX_HELD]:
-        try:
-            out.add(str(ipaddress.ip_address(item.strip())))
-        except ValueError:
-            continue
-    return out
