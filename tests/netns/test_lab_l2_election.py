@@ -8,6 +8,7 @@ serving, no node may announce the address."""
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 import time
 
@@ -15,9 +16,26 @@ import pytest
 
 from controlplane.sources.manifests import load_cluster
 from tests.netns.neighbours import ask, macs_of
-from tests.netns.test_lab import get, running_lab
+from tests.netns.test_lab import get, lan_port, running_lab
 
 WEB = textwrap.dedent("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: both}
+    spec:
+      selector: {matchLabels: {app: both}}
+      replicas: 2
+      template:
+        metadata: {labels: {app: both}}
+        spec: {containers: [{name: both, ports: [{containerPort: 80}]}]}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: both}
+    spec:
+      selector: {app: both}
+      ports: [{port: 80}]
+    ---
     apiVersion: apps/v1
     kind: Deployment
     metadata: {name: web}
@@ -103,3 +121,34 @@ def test_a_terminating_but_serving_last_endpoint_keeps_its_address_announced(lab
     deadline = time.monotonic() + 10
     while (who := answered_by(lab, ips)) != {ip: set() for ip in ips}:
         assert time.monotonic() < deadline, f"still announced with nothing serving: {who}"
+
+
+def test_endpoints_on_a_node_the_gossip_declares_dead_drain_at_once(lab):
+    pods = {p.node: p.name for p in lab.load().pods if p.labels.get("app") == "both"}
+    assert set(pods) == {"node-1", "node-2"}, pods  # one on each node
+    c = load_cluster([lab.dir / "agent"], lab.cluster_config(lab.load()))
+    address = next(s.cluster_ips[0] for s in c.services if s.name == "both")
+    seen = {get(lab, "node-2", address, 80)[0] for _ in range(12)}
+    assert seen == set(pods.values())  # both, while both nodes live
+    node1 = next(n for n in lab.load().nodes if n.name == "node-1")
+    lan_ns, port = lan_port(lab, node1.netns)
+    log = lab.dir / "agent-node-2.log"
+    offset = log.stat().st_size
+    subprocess.run(["ip", "-n", lan_ns, "link", "set", port, "down"], check=True)
+    try:
+        start = time.monotonic()
+        while "member node-1 is dead" not in log.read_text()[offset:]:
+            assert time.monotonic() - start < 5, "node-2 never declared node-1 dead"
+            time.sleep(0.02)
+        died = time.monotonic() - start
+        # every new connection from now on lands on node-2's pod (the drain is one sync)
+        time.sleep(0.3)
+        served = [get(lab, "node-2", address, 80)[0] for _ in range(20)]
+        print(f"node-1 declared dead {died:.2f}s after its cable was pulled; then 20 of 20 "
+              f"new connections on {set(served)}")  # fmt: skip
+        assert set(served) == {pods["node-2"]}
+    finally:
+        subprocess.run(["ip", "-n", lan_ns, "link", "set", port, "up"], check=True)
+    deadline = time.monotonic() + 10
+    while {get(lab, "node-2", address, 80)[0] for _ in range(12)} != set(pods.values()):
+        assert time.monotonic() < deadline, "node-1's pod never came back"
