@@ -1,0 +1,259 @@
+"""L2 failover as a distribution: N owner losses in the lab, each timed from the client.
+
+For each run one LoadBalancer IP's owner is lost in one of three ways, and the client (in
+its own namespace on the lab's LAN) measures:
+
+* first success: seconds from the loss to the first HTTP request answered through the IP
+  (a new connection every 20 ms, each with a 200 ms timeout);
+* neighbour moved: seconds until the client's own ARP / neighbour entry for the IP names the
+  new owner's MAC (the gratuitous ARP / unsolicited NA reached it).
+
+Losses: `cable` (the owner's switch port goes down: carrier loss, the node keeps running),
+`agent` (SIGKILL of the owner's agent: its kernel answers until the heartbeat's 1 s grace
+ends), `node` (both at once, as a node shut down). After each run the node is restored and
+the lab left to settle before the next.
+
+    xlb bench failover [--runs 50] [--losses cable,agent,node] [--nodes 3]
+
+Targets (issue 18): cable pulled p99 <= 1.0 s and max <= 1.5 s over >= 50 runs; agent killed
+p99 <= 1.0 s. Results: bench/results/failover.json and .md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from controlplane.lab.lab import Lab  # noqa: E402
+
+LOSSES = ("cable", "agent", "node")
+SERVICES = 6
+
+MANIFEST = textwrap.dedent("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      selector: {matchLabels: {app: web}}
+      replicas: 3
+      template:
+        metadata: {labels: {app: web}}
+        spec: {containers: [{name: web, ports: [{containerPort: 80}]}]}
+""") + "".join(
+    textwrap.dedent(f"""
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: lb-{i}}}
+        spec:
+          type: LoadBalancer
+          selector: {{app: web}}
+          ports: [{{name: http, port: 8000, targetPort: 80}}]
+    """)
+    for i in range(SERVICES)
+)
+
+# the client: waits for "go", then a new connection every 20 ms until one is answered;
+# meanwhile its neighbour entry for the IP is read every 10 ms (first time it names new_mac)
+CLIENT = textwrap.dedent("""
+    import socket, subprocess, sys, threading, time
+    host, old_mac, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    moved = []
+    def neigh(start):
+        while time.monotonic() - start < limit and not moved:
+            out = subprocess.run(["ip", "neigh", "show", host], capture_output=True,
+                                 text=True).stdout.split()
+            mac = out[out.index("lladdr") + 1] if "lladdr" in out else ""
+            if mac and mac != old_mac:
+                moved.append(round(time.monotonic() - start, 3))
+            time.sleep(0.01)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.monotonic()
+    t = threading.Thread(target=neigh, args=(start,), daemon=True)
+    t.start()
+    first = None
+    while time.monotonic() - start < limit:
+        try:
+            with socket.create_connection((host, 8000), timeout=0.2) as s:
+                s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+                if b"200 OK" in s.recv(200):
+                    first = round(time.monotonic() - start, 3)
+                    break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    t.join(limit)
+    print(first if first is not None else "never", moved[0] if moved else "never")
+""")
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check).stdout
+
+
+def uplink_mac(netns: str) -> str:
+    return sh("ip", "-n", netns, "-br", "link", "show", "eth0").split()[2]
+
+
+def lan_port(lab: Lab, node_ns: str) -> str:
+    """The LAN switch port the node's uplink plugs into."""
+    peer = int(re.search(r"eth0@if(\d+)", sh("ip", "-n", node_ns, "-o", "link", "show", "eth0"))[1])
+    for line in sh("ip", "-n", lab.lan_ns, "-o", "link").splitlines():
+        index, name = line.split(":")[:2]
+        if int(index) == peer:
+            return name.strip().split("@")[0]
+    raise RuntimeError(f"no LAN port for {node_ns}")
+
+
+def in_client(lab: Lab, *cmd: str, **kw) -> subprocess.CompletedProcess:
+    return lab.exec("client", list(cmd), capture_output=True, text=True, **kw)
+
+
+def owner_mac(lab: Lab, ip: str) -> str:
+    """The MAC the client's kernel resolved ip to, after a request through it."""
+    for _ in range(50):
+        got = in_client(lab, "curl", "-s", "-m", "1", f"http://{ip}:8000/", timeout=5)
+        out = in_client(lab, "ip", "neigh", "show", ip, timeout=5).stdout.split()
+        if got.returncode == 0 and "lladdr" in out:
+            return out[out.index("lladdr") + 1]
+        time.sleep(0.2)
+    raise RuntimeError(f"{ip} does not answer")
+
+
+def wait_settled(lab: Lab, node: str, offset: int, timeout: float = 60) -> None:
+    log = lab.dir / f"agent-{node}.log"
+    deadline = time.monotonic() + timeout
+    while "gossip settled" not in log.read_text()[offset:]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node}'s agent did not come back")
+        time.sleep(0.1)
+    time.sleep(1.5)  # the others hear it and hand its addresses back
+
+
+def one_run(lab: Lab, ip: str, loss: str, by_mac: dict[str, str]) -> tuple[float, float]:
+    old_mac = owner_mac(lab, ip)
+    owner = next(n for n in lab.load().nodes if n.name == by_mac[old_mac])
+    port = lan_port(lab, owner.netns)
+    client = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{lab.client_ns}", sys.executable, "-c", CLIENT, ip,
+         old_mac, "10"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert client.stdout.readline().strip() == "ready"
+    log = lab.dir / f"agent-{owner.name}.log"
+    offset = log.stat().st_size
+    if loss in ("cable", "node"):
+        sh("ip", "-n", lab.lan_ns, "link", "set", port, "down")
+    if loss in ("agent", "node"):
+        os.kill(owner.agent_pid, signal.SIGKILL)
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    try:
+        first, moved = client.communicate(timeout=30)[0].split()
+    finally:
+        if loss in ("cable", "node"):
+            sh("ip", "-n", lab.lan_ns, "link", "set", port, "up")
+    if loss in ("agent", "node"):
+        offset = log.stat().st_size if log.exists() else 0
+        lab.restart_agent(owner.name)
+        wait_settled(lab, owner.name, offset)
+    else:
+        time.sleep(2.0)  # its uplink back: it hears and is heard, takes its addresses back
+    return (float("inf") if first == "never" else float(first),
+            float("inf") if moved == "never" else float(moved))  # fmt: skip
+
+
+def percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(p / 100 * len(xs) + 0.5) - 1))]
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(xs, 50),
+        "p95": percentile(xs, 95),
+        "p99": percentile(xs, 99),
+        "max": max(xs),
+        "mean": statistics.fmean(x for x in xs if x != float("inf")) if xs else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="xlb bench failover", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--runs", type=int, default=50, help="owner losses of each kind")
+    p.add_argument("--losses", default=",".join(LOSSES))
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--agent-arg", action="append", default=[], help="passed to every agent")
+    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = p.parse_args(argv)
+    losses = [x for x in args.losses.split(",") if x]
+    unknown = set(losses) - set(LOSSES)
+    if unknown:
+        p.error(f"unknown losses {sorted(unknown)}: choose from {', '.join(LOSSES)}")
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "lb.yaml").write_text(MANIFEST)
+        lab = Lab(f"fo{uuid.uuid4().hex[:6]}")
+        try:
+            lab.up([tmp], nodes=args.nodes, log=lambda *_: None, agent_args=args.agent_arg)
+            by_mac = {uplink_mac(n.netns): n.name for n in lab.load().nodes}
+            from controlplane.sources.manifests import load_cluster
+
+            c = load_cluster([lab.dir / "agent"], lab.cluster_config(lab.load()))
+            ips = sorted(ip for s in c.services for ip in s.ingress_ips)
+            for loss in losses:
+                firsts, moves = [], []
+                for i in range(args.runs):
+                    first, moved = one_run(lab, ips[i % len(ips)], loss, by_mac)
+                    firsts.append(first)
+                    moves.append(moved)
+                    print(f"{loss:<6} run {i + 1:>3}: first success {first:.3f} s, "
+                          f"neighbour moved {moved:.3f} s", flush=True)  # fmt: skip
+                results[loss] = {"first_success": firsts, "neighbour_moved": moves}
+        finally:
+            lab.down(quiet=True)
+    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, kernel " + (
+        platform.release()
+    )
+    table = ["| loss | runs | first success p50 / p95 / p99 / max | neighbour moved p50 / p95 / "
+             "p99 / max |", "|---|---|---|---|"]  # fmt: skip
+    out: dict = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "nodes": args.nodes}
+    for loss, r in results.items():
+        f, m = summary(r["first_success"]), summary(r["neighbour_moved"])
+        out[loss] = {"first_success": f, "neighbour_moved": m, "raw": r}
+        table.append(
+            f"| {loss} | {len(r['first_success'])} | "
+            + " / ".join(f"{f[k]:.2f}" for k in ("p50", "p95", "p99", "max"))
+            + " s | "
+            + " / ".join(f"{m[k]:.2f}" for k in ("p50", "p95", "p99", "max"))
+            + " s |"
+        )
+    text = "\n".join([f"L2 failover, {args.nodes}-node lab, {machine}", "", *table])
+    print("\n" + text)
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "failover.json").write_text(json.dumps(out, indent=1))
+    (dest / "failover.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
