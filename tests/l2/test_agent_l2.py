@@ -287,41 +287,55 @@ def test_a_starting_agent_takes_nothing_over_until_settled_and_keeps_what_it_sti
         m2.stop()
 
 
+def web_slice(cluster_ip: str, on_node1: str, on_node2: str) -> str:
+    """A ClusterIP Service with one endpoint on each node."""
+    return textwrap.dedent(f"""
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: web}}
+        spec: {{clusterIP: {cluster_ip}, ports: [{{port: 80}}]}}
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}
+        addressType: IPv4
+        ports: [{{port: 80}}]
+        endpoints:
+        - {{addresses: [{on_node1}], nodeName: node-1}}
+        - {{addresses: [{on_node2}], nodeName: node-2}}
+    """)
+
+
+def terminating_backends(syncer) -> set[str]:
+    from controlplane.datapath.maps import BE_F_TERMINATING
+
+    return {b.address for b in syncer.maps.read_backends().values()
+            if b.flags & BE_F_TERMINATING}  # fmt: skip
+
+
+def second_member(port: int) -> Members:
+    """node-2's gossip, started, peering with node1's agent on port."""
+    m = Members(
+        MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
+    )
+    m.start()
+    return m
+
+
 def test_endpoints_on_a_node_the_gossip_declares_dead_drain_at_once(tmp_path, syncer):
     """The gossip knows within a second that node-2 died; Kubernetes marks its pods not
     ready some 40 s later. Meanwhile new connections would keep landing on them: so its
     endpoints drain at once (terminating, still serving: flows there keep their backend,
     new ones go elsewhere), and come back when it does."""
-    from controlplane.datapath.maps import BE_F_TERMINATING
-
     port = free_ports(1)[0]
-    web = textwrap.dedent("""
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {name: web}
-        spec: {clusterIP: 10.96.7.100, ports: [{port: 80}]}
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
-        addressType: IPv4
-        ports: [{port: 80}]
-        endpoints:
-        - {addresses: [10.244.1.5], nodeName: node-1}
-        - {addresses: [10.244.2.5], nodeName: node-2}
-    """)
+    web = web_slice("10.96.7.100", "10.244.1.5", "10.244.2.5")
 
     def terminating() -> set[str]:
-        return {b.address for b in syncer.maps.read_backends().values()
-                if b.flags & BE_F_TERMINATING}  # fmt: skip
+        return terminating_backends(syncer)
 
     def node2() -> Members:
-        m = Members(
-            MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
-        )
-        m.start()
-        return m
+        return second_member(port)
 
     with node1(tmp_path, syncer, SyncerDatapath(syncer), port, extra=web) as agent:
         m2 = node2()
@@ -342,36 +356,14 @@ def test_a_node_back_between_a_syncs_drain_and_its_election_is_undrained(tmp_pat
     comes back before that sync's election, so the election's view already has it alive.
     Its endpoints must still come back; they stayed drained for good (every new connection
     on the one remaining pod) when only a change of the election's view was looked at."""
-    from controlplane.datapath.maps import BE_F_TERMINATING
-
     port = free_ports(1)[0]
-    web = textwrap.dedent("""
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {name: web}
-        spec: {clusterIP: 10.96.7.101, ports: [{port: 80}]}
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
-        addressType: IPv4
-        ports: [{port: 80}]
-        endpoints:
-        - {addresses: [10.244.1.6], nodeName: node-1}
-        - {addresses: [10.244.2.6], nodeName: node-2}
-    """)
+    web = web_slice("10.96.7.101", "10.244.1.6", "10.244.2.6")
 
     def terminating() -> set[str]:
-        return {b.address for b in syncer.maps.read_backends().values()
-                if b.flags & BE_F_TERMINATING}  # fmt: skip
+        return terminating_backends(syncer)
 
     def node2() -> Members:
-        m = Members(
-            MembersConfig("node-2", "127.0.0.2", port, KEY, peers={"node-1": ("127.0.0.1", port)})
-        )
-        m.start()
-        return m
+        return second_member(port)
 
     with node1(tmp_path, syncer, SyncerDatapath(syncer), port, extra=web) as agent:
         m2 = node2()
