@@ -16,6 +16,10 @@ carries its sender's boot id and a counter that only grows: one that repeats or 
 (a captured datagram replayed, a dead node's old words) is dropped, as is one whose claimed
 sender is not a member, or does not come from that member's address (another key holder
 speaking for it); a restarted sender (new boot id) is believed when its clock moved on.
+
+Every datagram carries its sender's incarnation too, and a run starts at its clock in
+milliseconds: a restarted member is above the incarnation it died with, so the rumour of that
+death, still riding on the others' datagrams, no longer kills it again before it can refute.
 """
 
 from __future__ import annotations
@@ -109,7 +113,9 @@ class Members:
         self.lock = threading.Lock()
         now = time.monotonic()
         self.members = {n: Member(n, a, since=now) for n, a in cfg.peers.items() if n != cfg.name}
-        self.incarnation = 0
+        # above any earlier run's (its clock moved on), so that gossip of this node's last
+        # death, which carries that run's incarnation, loses to this run's word
+        self.incarnation = int(time.time() * 1000)
         self.seq = 0
         self.acks: dict[int, threading.Event] = {}
         self.gossip: list[dict] = []  # recent state changes, piggybacked on every message
@@ -151,19 +157,23 @@ class Members:
         for address in known:  # hello: a restarted member is known back at once
             self._send(address, {"t": "news"})
 
-    def stop(self) -> None:
+    def _halt(self) -> None:
+        """Stops the threads, waking a probe that waits for an ack (up to a whole interval)."""
         self.stopping.set()
+        for event in list(self.acks.values()):
+            event.set()
         for t in self.threads:
             t.join(2)
+
+    def stop(self) -> None:
+        self._halt()
         self.sock.close()
 
     def leave(self) -> None:
         """A clean stop: no more probes or answers, then every member is told this one left
         (twice: a datagram may be lost), so they elect again now rather than after a failed
         probe and a suspicion. The caller silences the kernel's answers first."""
-        self.stopping.set()
-        for t in self.threads:
-            t.join(2)
+        self._halt()
         with self.lock:
             others = [m.address for m in self.members.values() if m.state != "dead"]
         for _ in range(2):
@@ -248,6 +258,7 @@ class Members:
             self.sent += 1
             message = {**message, "from": self.cfg.name, "g": self.gossip[-8:]}
             message["b"], message["c"] = self.boot, self.sent
+            message["i"] = self.incarnation
             if self.cfg.meta:
                 message["m"] = self.cfg.meta
             if self.holdings_out is not None:
@@ -331,7 +342,7 @@ class Members:
         if kind == "leave":  # (a replayed one was refused by its counter already)
             self._left(origin)
             return
-        self._heard_from(origin, msg.get("m"))
+        self._heard_from(origin, msg.get("m"), msg.get("i"))
         if "h" in msg:
             self._heard_holdings(origin, msg["h"])
         if kind == "ping":
@@ -364,14 +375,25 @@ class Members:
                     },
                 )
 
-    def _heard_from(self, name: str, meta: object = None) -> None:
+    def _heard_from(self, name: str, meta: object = None, incarnation: object = None) -> None:
+        """A member spoke: it is alive. Its incarnation (absent from an older agent's
+        datagrams) is what it says now, and every rumour about it at or below it is old."""
+        inc = incarnation if isinstance(incarnation, int) and incarnation >= 0 else None
         with self.lock:
             m = self.members.get(name)
-            if m and isinstance(meta, dict):
+            if m is None:
+                return
+            if isinstance(meta, dict):
                 m.meta = {str(k): str(v) for k, v in list(meta.items())[:8]}
-            if m and m.state == "dead":
+            newer = inc is not None and inc > m.incarnation
+            if newer:
+                m.incarnation = inc
+            if m.state == "dead" or (newer and m.state == "suspect"):
+                back = m.state == "dead"
                 m.state, m.since = "alive", time.monotonic()
-                log.info("member %s is back", name)
+                self.gossip.append({"n": name, "s": "alive", "i": m.incarnation})
+                if back:
+                    log.info("member %s is back", name)
 
     def _heard_holdings(self, name: str, chunk: object) -> None:
         """One chunk of a member's holdings; a bad one is counted, and the rest of the

@@ -363,6 +363,48 @@ def test_a_member_that_leaves_is_dead_at_once_and_its_replayed_leave_kills_nobod
                 m.stop()
 
 
+def test_a_restarted_member_is_not_killed_again_by_the_rumour_of_its_last_death():
+    """node-3 leaves: node-1 and node-2 gossip its death on every datagram for a while. Its
+    new run greets both, and then the two talk to each other, each datagram carrying that
+    rumour; node-3 is not among the receivers, so it cannot refute. The rumour is of the old
+    run's incarnation, which the greeting already outbid: node-3 stays alive. (Before, a new
+    run started at incarnation 0 again, the same as the rumour's, and was dead once more
+    until a probe reached it: seen on a loaded clean-clone run.)"""
+    ports = free_ports(3)
+    peers = {f"node-{i + 1}": ("127.0.0.1", p) for i, p in enumerate(ports)}
+
+    def member(name: str) -> Members:
+        m = Members(MembersConfig(name, "127.0.0.1", peers[name][1], KEY, peers,
+                                  probe_interval=60))  # fmt: skip
+        m.start()
+        return m
+
+    agents = {name: member(name) for name in peers}
+    one, two = agents["node-1"], agents["node-2"]
+    back = None
+    try:
+        t0 = time.monotonic()
+        agents["node-3"].leave()
+        print(f"leave() took {(time.monotonic() - t0) * 1000:.1f} ms")
+        eventually(lambda: all("node-3" not in a.alive() for a in (one, two)), 2.0)
+        assert any(g["n"] == "node-3" and g["s"] == "dead" for g in one.gossip[-8:])
+        back = member("node-3")
+        eventually(lambda: all(a.alive() == set(peers) for a in (one, two)), 2.0)
+        for sender, receiver in ((one, two), (two, one)):
+
+            def heard(r: Members = receiver, s: Members = sender) -> int:
+                return r.heard.get(s.cfg.name, (0, -1, 0.0))[1]
+
+            before = heard()
+            sender._send(peers[receiver.cfg.name], {"t": "news"})
+            eventually(lambda h=heard, b=before: h() > b, 2.0)
+        assert one.alive() == two.alive() == set(peers)
+    finally:
+        for m in (one, two, back):
+            if m is not None:
+                m.stop()
+
+
 def test_a_starting_member_settles_before_taking_over():
     (port,) = free_ports(1)
     m = Members(MembersConfig("node-1", "127.0.0.1", port, KEY, settle=0.3))
