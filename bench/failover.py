@@ -14,7 +14,10 @@ Losses: `cable` (the owner's switch port goes down: carrier loss, the node keeps
 ends), `node` (both at once, as a node shut down). After each run the node is restored and
 the lab left to settle before the next.
 
-    xlb bench failover [--runs 50] [--losses cable,agent,node] [--nodes 3]
+    xlb bench failover [--runs 50] [--losses cable,agent,node] [--families IPv4,IPv6] [--nodes 3]
+
+Each Service is dual-stack: an IPv4 run's address is answered by ARP, an IPv6 run's by
+neighbour discovery (an unsolicited NA moves the client's entry).
 
 Targets (issue 18): cable pulled p99 <= 1.0 s and max <= 1.5 s over >= 50 runs; agent killed
 p99 <= 1.0 s. Results: bench/results/failover.json and .md.
@@ -40,33 +43,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from controlplane.lab.lab import Lab  # noqa: E402
+from controlplane.lab.scenarios import web_behind_load_balancers  # noqa: E402
 
 LOSSES = ("cable", "agent", "node")
 SERVICES = 6
 
-MANIFEST = textwrap.dedent("""
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: web}
-    spec:
-      selector: {matchLabels: {app: web}}
-      replicas: 3
-      template:
-        metadata: {labels: {app: web}}
-        spec: {containers: [{name: web, ports: [{containerPort: 80}]}]}
-""") + "".join(
-    textwrap.dedent(f"""
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: lb-{i}}}
-        spec:
-          type: LoadBalancer
-          selector: {{app: web}}
-          ports: [{{name: http, port: 8000, targetPort: 80}}]
-    """)
-    for i in range(SERVICES)
-)
+MANIFEST = web_behind_load_balancers(SERVICES, replicas=3, family_policy="PreferDualStack")
+FAMILIES = ("IPv4", "IPv6")
 
 # the client: waits for "go", then a new connection every 20 ms until one is answered;
 # meanwhile its neighbour entry for the IP is read every 10 ms (first time it names new_mac)
@@ -132,7 +115,8 @@ def in_client(lab: Lab, *cmd: str, **kw) -> subprocess.CompletedProcess:
 def owner_mac(lab: Lab, ip: str) -> str:
     """The MAC the client's kernel resolved ip to, after a request through it."""
     for _ in range(50):
-        got = in_client(lab, "curl", "-s", "-m", "1", f"http://{ip}:8000/", timeout=5)
+        url = f"http://[{ip}]:8000/" if ":" in ip else f"http://{ip}:8000/"
+        got = in_client(lab, "curl", "-s", "-m", "1", url, timeout=5)
         out = in_client(lab, "ip", "neigh", "show", ip, timeout=5).stdout.split()
         if got.returncode == 0 and "lladdr" in out:
             return out[out.index("lladdr") + 1]
@@ -205,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--runs", type=int, default=50, help="owner losses of each kind")
     p.add_argument("--losses", default=",".join(LOSSES))
+    p.add_argument("--families", default=",".join(FAMILIES), help="IPv4, IPv6 or both")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--agent-arg", action="append", default=[], help="passed to every agent")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
@@ -213,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(losses) - set(LOSSES)
     if unknown:
         p.error(f"unknown losses {sorted(unknown)}: choose from {', '.join(LOSSES)}")
-    results: dict[str, dict[str, list[float]]] = {}
+    families = [x for x in args.families.split(",") if x]
+    if not families or set(families) - set(FAMILIES):
+        p.error(f"--families: IPv4, IPv6 or both, not {args.families!r}")
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "lb.yaml").write_text(MANIFEST)
         lab = Lab(f"fo{uuid.uuid4().hex[:6]}")
@@ -223,29 +211,30 @@ def main(argv: list[str] | None = None) -> int:
             from controlplane.sources.manifests import load_cluster
 
             c = load_cluster([lab.dir / "agent"], lab.cluster_config(lab.load()))
-            ips = sorted(ip for s in c.services for ip in s.ingress_ips)
-            for loss in losses:
+            every = sorted(ip for s in c.services for ip in s.ingress_ips)
+            for family, loss in ((f, x) for f in families for x in losses):
+                ips = [ip for ip in every if (":" in ip) == (family == "IPv6")]
                 firsts, moves = [], []
                 for i in range(args.runs):
                     first, moved = one_run(lab, ips[i % len(ips)], loss, by_mac)
                     firsts.append(first)
                     moves.append(moved)
-                    print(f"{loss:<6} run {i + 1:>3}: first success {first:.3f} s, "
+                    print(f"{family} {loss:<6} run {i + 1:>3}: first success {first:.3f} s, "
                           f"neighbour moved {moved:.3f} s", flush=True)  # fmt: skip
-                results[loss] = {"first_success": firsts, "neighbour_moved": moves}
+                results[family, loss] = {"first_success": firsts, "neighbour_moved": moves}
         finally:
             lab.down(quiet=True)
     machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, kernel " + (
         platform.release()
     )
-    table = ["| loss | runs | first success p50 / p95 / p99 / max | neighbour moved p50 / p95 / "
-             "p99 / max |", "|---|---|---|---|"]  # fmt: skip
+    table = ["| family | loss | runs | first success p50 / p95 / p99 / max | neighbour moved "
+             "p50 / p95 / p99 / max |", "|---|---|---|---|---|"]  # fmt: skip
     out: dict = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "nodes": args.nodes}
-    for loss, r in results.items():
+    for (family, loss), r in results.items():
         f, m = summary(r["first_success"]), summary(r["neighbour_moved"])
-        out[loss] = {"first_success": f, "neighbour_moved": m, "raw": r}
+        out.setdefault(family, {})[loss] = {"first_success": f, "neighbour_moved": m, "raw": r}
         table.append(
-            f"| {loss} | {len(r['first_success'])} | "
+            f"| {family} | {loss} | {len(r['first_success'])} | "
             + " / ".join(f"{f[k]:.2f}" for k in ("p50", "p95", "p99", "max"))
             + " s | "
             + " / ".join(f"{m[k]:.2f}" for k in ("p50", "p95", "p99", "max"))

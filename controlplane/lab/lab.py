@@ -304,10 +304,10 @@ class Lab:
         self._ext_host(state, [d for d in docs if d.obj["kind"] in ("Endpoints", "EndpointSlice")])
         for p in state.pods:
             self._wait_listening(p.netns, p.ports)
-        objects = [d.obj for d in docs if d.obj["kind"] not in WORKLOADS]
+        objects = [d.obj for d in docs if d.obj["kind"] not in WORKLOADS | {"Node"}]
         if not any(o["kind"] == "IPAddressPool" for o in objects):
             objects.append(lab_pool(objects))  # as a cluster with MetalLB set up would
-        self._write_agent_view(state, objects)
+        self._write_agent_view(state, objects, self._node_patches(state, docs, log))
         self._client_routes(state)
         if leaving:
             # as Kubernetes does: the endpoints go first, the pods once the proxies know
@@ -444,19 +444,46 @@ class Lab:
         )
         self._wait_listening(self.ext_ns, [[None, p, proto] for proto, p in sorted(ports)])
 
-    def _write_agent_view(self, state: LabState, objects: list[dict]) -> None:
+    @staticmethod
+    def _node_patches(state: LabState, docs, log) -> dict[str, dict]:
+        """Node objects in the manifests, by name: what `kubectl label node` or a kubelet's
+        condition would change on the lab's node of that name (its labels, its conditions).
+        The lab makes its nodes itself, so one it does not have is reported and ignored."""
+        ours = {n.name for n in state.nodes}
+        patches: dict[str, dict] = {}
+        for doc in docs:
+            if doc.obj["kind"] != "Node":
+                continue
+            meta = doc.obj.get("metadata") or {}
+            name = str(meta.get("name", ""))
+            if name not in ours:
+                known = ", ".join(sorted(ours))
+                log(f"{doc.origin}: Node {name!r} is not one of the lab's ({known}): ignored")
+                continue
+            patches[name] = doc.obj
+        return patches
+
+    def _write_agent_view(
+        self, state: LabState, objects: list[dict], node_patches: dict[str, dict] | None = None
+    ) -> None:
         """What the API server would hold, in the files the agents watch."""
         cluster = []
         for n in state.nodes:
+            patch = (node_patches or {}).get(n.name, {})
+            labels = {"topology.kubernetes.io/zone": n.zone}
+            extra = (patch.get("metadata") or {}).get("labels") or {}
+            labels |= {str(k): str(v) for k, v in extra.items()}
+            addresses = [{"type": "InternalIP", "address": a} for a in n.addresses]
+            status: dict = {"addresses": addresses}
+            if conditions := (patch.get("status") or {}).get("conditions"):
+                status["conditions"] = conditions
             cluster.append(
                 {
                     "apiVersion": "v1",
                     "kind": "Node",
-                    "metadata": {"name": n.name, "labels": {"topology.kubernetes.io/zone": n.zone}},
+                    "metadata": {"name": n.name, "labels": labels},
                     "spec": {"podCIDRs": n.pod_cidrs},
-                    "status": {
-                        "addresses": [{"type": "InternalIP", "address": a} for a in n.addresses]
-                    },
+                    "status": status,
                 }
             )
         for p in state.pods:

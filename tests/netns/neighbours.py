@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from controlplane.lab.topology import CLIENT4, CLIENT6
+from controlplane.sources.manifests import load_cluster
 
 PROBE = Path(__file__).with_name("neighbour_probe.py")
 
@@ -83,3 +85,32 @@ def link_mac(ns: str, dev: str = "eth0") -> str:
 def macs_of(lab) -> dict[str, str]:
     """Each node's uplink MAC -> the node's name."""
     return {link_mac(n.netns): n.name for n in lab.load().nodes}
+
+
+def lb_ips(lab) -> list[str]:
+    """Every LoadBalancer IP the lab's Services were given, sorted."""
+    c = load_cluster([lab.dir / "agent"], lab.cluster_config(lab.load()))
+    return sorted(ip for s in c.services for ip in s.ingress_ips)
+
+
+def answering(lab, ips: list[str], rounds: int = 3) -> dict[str, set[str]]:
+    """Each address -> the nodes that answered the client's questions for it (the last of
+    the rounds asked, so that a hand-over still under way shows as two)."""
+    by_mac = macs_of(lab)
+    heard = ask(lab.client_ns, ips, count=rounds, interval=0.1).rounds(by_mac)
+    last = rounds - 1
+    return {ip: heard.get((last, ip), set()) for ip in ips}
+
+
+def settled_answers(lab, ips: list[str], timeout: float = 20) -> dict[str, str]:
+    """Once every address is answered by exactly one node, twice in a row: address -> node."""
+    deadline, before, seen = time.monotonic() + timeout, None, {}
+    while time.monotonic() < deadline:
+        seen = answering(lab, ips)
+        if all(len(v) == 1 for v in seen.values()):
+            now = {ip: next(iter(v)) for ip, v in seen.items()}
+            if now == before:
+                return now
+            before = now
+        time.sleep(0.3)
+    raise AssertionError(f"answers never settled: {seen}")

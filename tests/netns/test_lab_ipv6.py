@@ -10,41 +10,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import textwrap
 import time
 
 import pytest
 
 from controlplane.l2.election import owners
 from controlplane.lab.lab import Lab
+from controlplane.lab.scenarios import web_behind_load_balancers
 from controlplane.lab.topology import CLIENT6
 from controlplane.sources.manifests import load_cluster
-from tests.netns.neighbours import NeighbourWatch, ask, macs_of
+from tests.netns.neighbours import NeighbourWatch, ask, lb_ips, macs_of
 from tests.netns.test_lab import restart_and_settle, running_lab
 
-MANIFEST = textwrap.dedent("""
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: web}
-    spec:
-      selector: {matchLabels: {app: web}}
-      replicas: 3
-      template:
-        metadata: {labels: {app: web}}
-        spec: {containers: [{name: web, ports: [{containerPort: 80}]}]}
-""") + "".join(
-    textwrap.dedent(f"""
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: lb-{i}}}
-        spec:
-          type: LoadBalancer
-          selector: {{app: web}}
-          ports: [{{name: http, port: 8000, targetPort: 80}}]
-    """)
-    for i in range(4)
-)
+MANIFEST = web_behind_load_balancers(4, replicas=3)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +35,6 @@ def lab6(tmp_path_factory):
 
 def cluster_of(lab: Lab):
     return load_cluster([lab.dir / "agent"], lab.cluster_config(lab.load()))
-
-
-def lb_ips(lab: Lab) -> list[str]:
-    return sorted(ip for s in cluster_of(lab).services for ip in s.ingress_ips)
 
 
 def elected(lab: Lab, live: set[str]) -> dict[str, str]:

@@ -10,49 +10,20 @@ from __future__ import annotations
 
 import math
 import os
-import textwrap
 import time
 from collections import Counter
 
 import pytest
 
-from controlplane.sources.manifests import load_cluster
-from tests.netns.neighbours import NeighbourWatch, ask, macs_of
+from controlplane.lab.scenarios import address_pool, joined, web_behind_load_balancers
+from tests.netns.neighbours import NeighbourWatch, answering, lb_ips, macs_of, settled_answers
 from tests.netns.test_lab import running_lab
 
 SERVICES = 6
 
-MANIFEST = textwrap.dedent("""
-    apiVersion: metallb.io/v1beta1
-    kind: IPAddressPool
-    metadata:
-      name: lan
-      namespace: metallb-system
-      annotations: {xlb.io/l2-placement: balanced}
-    spec: {addresses: [192.168.198.240/28, "fd00:198::f0/124"]}
-    ---
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: web}
-    spec:
-      selector: {matchLabels: {app: web}}
-      replicas: 4
-      template:
-        metadata: {labels: {app: web}}
-        spec: {containers: [{name: web, ports: [{containerPort: 80}]}]}
-""") + "".join(
-    textwrap.dedent(f"""
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: lb-{i}}}
-        spec:
-          type: LoadBalancer
-          ipFamilyPolicy: RequireDualStack
-          selector: {{app: web}}
-          ports: [{{name: http, port: 8000, targetPort: 80}}]
-    """)
-    for i in range(SERVICES)
+MANIFEST = joined(
+    address_pool(["192.168.198.240/28", "fd00:198::f0/124"], placement="balanced"),
+    web_behind_load_balancers(SERVICES, replicas=4, family_policy="RequireDualStack"),
 )
 
 
@@ -62,34 +33,6 @@ def lab(request, tmp_path_factory):
     (d / "lb.yaml").write_text(MANIFEST)
     with running_lab(d, nodes=request.param) as lab:
         yield lab
-
-
-def lb_ips(lab) -> list[str]:
-    c = load_cluster([lab.dir / "agent"], lab.cluster_config(lab.load()))
-    return sorted(ip for s in c.services for ip in s.ingress_ips)
-
-
-def answering(lab, ips: list[str], rounds: int = 3) -> dict[str, set[str]]:
-    """Each address -> the nodes that answered the client's questions for it (the last of
-    the rounds asked, so that a hand-over still under way shows as two)."""
-    by_mac = macs_of(lab)
-    heard = ask(lab.client_ns, ips, count=rounds, interval=0.1).rounds(by_mac)
-    last = rounds - 1
-    return {ip: heard.get((last, ip), set()) for ip in ips}
-
-
-def settled_answers(lab, ips: list[str], timeout: float = 20) -> dict[str, str]:
-    """Once every address is answered by exactly one node, twice in a row: address -> node."""
-    deadline, before, seen = time.monotonic() + timeout, None, {}
-    while time.monotonic() < deadline:
-        seen = answering(lab, ips)
-        if all(len(v) == 1 for v in seen.values()):
-            now = {ip: next(iter(v)) for ip, v in seen.items()}
-            if now == before:
-                return now
-            before = now
-        time.sleep(0.3)
-    raise AssertionError(f"answers never settled: {seen}")
 
 
 def test_placement_is_bounded_and_a_dead_node_moves_only_its_own(lab):

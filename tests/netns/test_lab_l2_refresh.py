@@ -17,34 +17,12 @@ import pytest
 
 from controlplane.l2.announce import solicited_node_mac
 from controlplane.l2.election import owners
+from controlplane.lab.scenarios import web_behind_load_balancers
 from controlplane.sources.manifests import load_cluster
 from tests.netns.neighbours import macs_of
 from tests.netns.test_lab import running_lab
 
-MANIFEST = textwrap.dedent("""
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: web}
-    spec:
-      selector: {matchLabels: {app: web}}
-      replicas: 2
-      template:
-        metadata: {labels: {app: web}}
-        spec: {containers: [{name: web, ports: [{containerPort: 80}]}]}
-""") + "".join(
-    textwrap.dedent(f"""
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata: {{name: lb-{i}}}
-        spec:
-          type: LoadBalancer
-          ipFamilyPolicy: PreferDualStack
-          selector: {{app: web}}
-          ports: [{{name: http, port: 8000, targetPort: 80}}]
-    """)
-    for i in range(3)
-)
+MANIFEST = web_behind_load_balancers(3, replicas=2, family_policy="PreferDualStack")
 
 SNIFF = textwrap.dedent("""
     import json, sys
