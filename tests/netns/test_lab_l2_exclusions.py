@@ -66,7 +66,7 @@ def test_excluded_and_network_unavailable_nodes_announce_nothing_and_get_it_back
     since = patch_nodes(lab, d, node(first, labels={LABEL_EXCLUDE_LB: ""}))
     after, took = answers_without(lab, ips, {first}, since)
     moved = {ip for ip in ips if after[ip] != placed[ip]}
-    print(f"{first} labelled excluded: moved {sorted(moved)}, seen settled {took:.2f}s after the patch")
+    print(f"{first} labelled excluded: moved {sorted(moved)}, settled {took:.2f}s after the patch")
     assert moved == {ip for ip, n in placed.items() if n == first}
     fetched_through(lab, sorted(moved))
 
@@ -80,7 +80,7 @@ def test_excluded_and_network_unavailable_nodes_announce_nothing_and_get_it_back
     both, took = answers_without(lab, ips, {first, second}, since)
     moved = {ip for ip in ips if both[ip] != after[ip]}
     (third,) = {n.name for n in lab.load().nodes} - {first, second}
-    print(f"{second} NetworkUnavailable too: moved {sorted(moved)}, seen settled {took:.2f}s after the patch")
+    print(f"{second} NetworkUnavailable too: moved {sorted(moved)}, settled {took:.2f}s after")
     assert moved == {ip for ip, n in after.items() if n == second}
     assert set(both.values()) == {third}
     fetched_through(lab, ips)
