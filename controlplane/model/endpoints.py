@@ -3,8 +3,12 @@
 An endpoint is a candidate for new connections when it is Ready; when no endpoint anywhere is
 Ready, the Serving+Terminating ones are used instead so that a rolling update does not drop
 traffic. Local policies look at this node's endpoints only, with the same fallback applied to
-the local set. Topology hints narrow the cluster-wide set to this zone when every endpoint has
-hints and the Service asked for them.
+the local set. Topology narrows the cluster-wide set by the endpoints' hints alone, as
+kube-proxy 1.33+ does (pkg/proxy/topology.go): the Service's trafficDistribution and
+topology-mode annotation are read by the EndpointSlice controller, which writes the hints.
+Node hints (PreferSameNode) win when every ready endpoint has one and one names this node;
+else zone hints, when every ready endpoint has one and one names this node's zone; else none.
+Topology never applies to the Local sets, nor to the serving-terminating fallback.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .objects import (
-    ANNOTATION_TOPOLOGY_HINTS,
-    ANNOTATION_TOPOLOGY_MODE,
     Endpoint,
     EndpointSlice,
     Node,
@@ -44,7 +46,7 @@ class Categorized:
     local: tuple[Backend, ...]  # new-flow candidates for Local policy
     terminating: tuple[Backend, ...]  # every terminating endpoint: flows already on them go on
     has_any: bool  # some endpoint anywhere can take traffic (reject vs drop)
-    local_ready: int  # for the healthCheckNodePort
+    local_ready: frozenset[str]  # this node's ready endpoint addresses (healthCheckNodePort)
 
 
 def port_endpoints(
@@ -65,33 +67,39 @@ def port_endpoints(
     return [seen[k] for k in sorted(seen)]
 
 
-def _wants_topology(service: Service) -> bool:
-    mode = service.annotations.get(
-        ANNOTATION_TOPOLOGY_MODE, service.annotations.get(ANNOTATION_TOPOLOGY_HINTS, "")
-    )
-    return mode.lower() == "auto" or service.traffic_distribution in (
-        "PreferClose",
-        "PreferSameZone",
-    )
+SAME_NODE, SAME_ZONE = "PreferSameNode", "PreferSameZone"
 
 
-def _use_topology(service: Service, eps: list[PortEndpoint], node: Node | None) -> bool:
-    if not _wants_topology(service) or node is None or not node.zone:
-        return False
+def topology_mode(eps: list[PortEndpoint], node: Node | None) -> str:
+    """ "", SAME_NODE or SAME_ZONE: which hints this node follows (kube-proxy's
+    topologyModeFromHints: all-or-nothing per kind, over the ready endpoints only)."""
     ready = [pe.endpoint for pe in eps if pe.endpoint.ready]
-    if not ready or any(not ep.zone_hints for ep in ready):
-        return False  # hints are all-or-nothing: one endpoint without hints disables them
-    return any(node.zone in ep.zone_hints for ep in ready)
+    if not ready or node is None:
+        return ""
+    if all(ep.node_hints for ep in ready) and any(node.name in ep.node_hints for ep in ready):
+        return SAME_NODE
+    zone = node.zone
+    if all(ep.zone_hints for ep in ready) and zone and any(zone in ep.zone_hints for ep in ready):
+        return SAME_ZONE
+    return ""
+
+
+def _for_topology(ep: Endpoint, mode: str, node: Node | None) -> bool:
+    """Whether ep is for this node under mode (no fallback here: mode was chosen so that
+    some ready endpoint is)."""
+    if mode == SAME_NODE:
+        return node is not None and node.name in ep.node_hints
+    if mode == SAME_ZONE:
+        return node is not None and node.zone in ep.zone_hints
+    return True
 
 
 def categorize(service: Service, eps: list[PortEndpoint], node: Node | None) -> Categorized:
     ready = [pe for pe in eps if pe.endpoint.ready]
     fallback = [pe for pe in eps if pe.endpoint.serving and pe.endpoint.terminating]
 
-    cluster = ready
-    if _use_topology(service, eps, node):
-        assert node is not None
-        cluster = [pe for pe in ready if node.zone in pe.endpoint.zone_hints]
+    mode = topology_mode(eps, node)
+    cluster = [pe for pe in ready if _for_topology(pe.endpoint, mode, node)]
     if not cluster:
         cluster = fallback  # topology is not applied to the fallback, as in kube-proxy
 
@@ -108,5 +116,5 @@ def categorize(service: Service, eps: list[PortEndpoint], node: Node | None) -> 
         local=to_backends(local),
         terminating=to_backends([pe for pe in eps if pe.endpoint.terminating]),
         has_any=bool(ready or fallback),
-        local_ready=sum(1 for pe in ready if is_local(pe)),
+        local_ready=frozenset(pe.address for pe in ready if is_local(pe)),
     )

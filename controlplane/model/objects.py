@@ -44,6 +44,7 @@ LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
 LABEL_ZONE = "topology.kubernetes.io/zone"
 LABEL_EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
+TAINT_TO_BE_DELETED = "ToBeDeletedByClusterAutoscaler"
 ANNOTATION_ALGORITHM = "xlb.io/lb-algorithm"
 ANNOTATION_TOPOLOGY_MODE = "service.kubernetes.io/topology-mode"
 ANNOTATION_TOPOLOGY_HINTS = "service.kubernetes.io/topology-aware-hints"
@@ -123,7 +124,8 @@ class Endpoint:
     zone: str = ""
     hostname: str = ""
     target: str = ""  # the pod (or other object) behind it, for display
-    zone_hints: tuple[str, ...] = ()
+    zone_hints: tuple[str, ...] = ()  # hints.forZones: the zones whose nodes may use it
+    node_hints: tuple[str, ...] = ()  # hints.forNodes (PreferSameNode): the nodes that may
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +157,9 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
     pod_cidrs: tuple[str, ...] = ()
     network_unavailable: bool = False  # its NetworkUnavailable condition is True
+    # being deleted: a deletionTimestamp, or the cluster autoscaler's ToBeDeletedByClusterAutoscaler
+    # taint (kube-proxy's /healthz then answers 503, so load balancers drain the node)
+    to_be_deleted: bool = False
 
     @property
     def zone(self) -> str:

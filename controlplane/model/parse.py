@@ -18,6 +18,7 @@ from .objects import (
     LABEL_HEADLESS,
     LABEL_SERVICE_NAME,
     MAX_AFFINITY_TIMEOUT,
+    TAINT_TO_BE_DELETED,
     Endpoint,
     EndpointPort,
     EndpointSlice,
@@ -201,12 +202,30 @@ def parse_service(
         health_check_node_port=hc_port,
         allocate_lb_node_ports=spec.get("allocateLoadBalancerNodePorts") is not False,
         publish_not_ready=spec.get("publishNotReadyAddresses") is True,
-        traffic_distribution=str(spec.get("trafficDistribution") or ""),
+        traffic_distribution=_traffic_distribution(spec.get("trafficDistribution"), diag),
         labels=labels,
         annotations=annotations,
         created=str(meta.get("creationTimestamp") or ""),
         uid=str(meta.get("uid") or ""),
     ), diag.items
+
+
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
+
+
+def _traffic_distribution(raw: Any, diag: Collector) -> str:
+    """spec.trafficDistribution, which only the EndpointSlice controller reads (it writes the
+    hints the proxy follows); a value kube-apiserver 1.35 would refuse is ignored, said once."""
+    if raw is None or raw == "":
+        return ""
+    if raw not in TRAFFIC_DISTRIBUTIONS:
+        diag.warning(
+            "spec.trafficDistribution",
+            f"{raw!r} ignored: Unsupported value (supported: {', '.join(TRAFFIC_DISTRIBUTIONS)}); "
+            "traffic is spread cluster-wide",
+        )
+        return ""
+    return str(raw)
 
 
 def _parse_external_name(
@@ -450,6 +469,33 @@ def _conditions(raw: Any) -> tuple[bool, bool, bool]:
     return ready, serving, terminating
 
 
+def _hints(raw: Any, at: str, diag: Collector) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An endpoint's hints: (forZones names, forNodes names). A malformed list is one warning
+    and no hints of that kind, which turns topology off for the whole Service (hints are
+    all-or-nothing), the safe reading of what the API server would have refused."""
+    if raw is None:
+        return (), ()
+    if not isinstance(raw, dict):
+        diag.warning(at, f"{raw!r} ignored: hints must be a mapping (forZones, forNodes)")
+        return (), ()
+    out: list[tuple[str, ...]] = []
+    for key in ("forZones", "forNodes"):
+        items = raw.get(key)
+        names: list[str] = []
+        if items is not None and not isinstance(items, list):
+            diag.warning(f"{at}.{key}", f"{items!r} ignored: must be a list of {{name: ...}}")
+            items = []
+        for j, item in enumerate(items or []):
+            name = item.get("name") if isinstance(item, dict) else None
+            if not isinstance(name, str) or not name:
+                diag.warning(f"{at}.{key}[{j}]", f"{item!r} ignored: needs a non-empty `name`")
+                names = []
+                break
+            names.append(name)
+        out.append(tuple(names))
+    return out[0], out[1]
+
+
 def _target_name(ref: Any) -> str:
     return str(ref.get("name", "")) if isinstance(ref, dict) else ""
 
@@ -515,10 +561,7 @@ def parse_endpoint_slice(
         if not addresses:
             continue
         ready, serving, terminating = _conditions(ep.get("conditions"))
-        hints = ep.get("hints") or {}
-        zones = tuple(
-            str(z.get("name", "")) for z in hints.get("forZones") or [] if isinstance(z, dict)
-        )
+        zones, nodes = _hints(ep.get("hints"), f"endpoints[{i}].hints", diag)
         endpoints.append(
             Endpoint(
                 addresses=tuple(addresses),
@@ -530,6 +573,7 @@ def parse_endpoint_slice(
                 hostname=str(ep.get("hostname") or ""),
                 target=_target_name(ep.get("targetRef")),
                 zone_hints=zones,
+                node_hints=nodes,
             )
         )
     if diag.has_errors or not service_name:
@@ -633,6 +677,7 @@ def parse_node(obj: dict[str, Any]) -> tuple[Node | None, list[Diagnostic]]:
     spec = obj.get("spec") or {}
     cidrs = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
+    taints = spec.get("taints") if isinstance(spec.get("taints"), list) else []
     return Node(
         name=name,
         addresses=tuple(dict.fromkeys(_ip(a["address"]) for a in addrs)),
@@ -641,4 +686,6 @@ def parse_node(obj: dict[str, Any]) -> tuple[Node | None, list[Diagnostic]]:
         network_unavailable=any(
             c.get("type") == "NetworkUnavailable" and c.get("status") == "True" for c in conditions
         ),
+        to_be_deleted=bool(meta.get("deletionTimestamp"))
+        or any(isinstance(t, dict) and t.get("key") == TAINT_TO_BE_DELETED for t in taints),
     ), diag.items

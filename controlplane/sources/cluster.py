@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 
 from ..model.diagnostics import Collector, Diagnostic
 from ..model.objects import (
+    ANNOTATION_TOPOLOGY_HINTS,
+    ANNOTATION_TOPOLOGY_MODE,
     LABEL_ZONE,
     Endpoint,
     EndpointPort,
@@ -384,10 +386,18 @@ def endpoint_slices_for(
     svc: Service, pods: list[Pod], nodes: list[Node]
 ) -> tuple[list[EndpointSlice], list[Diagnostic]]:
     """Slices for a Service with a selector: one per (family, resolved port set), since named
-    targetPorts may resolve to different numbers on different pods."""
+    targetPorts may resolve to different numbers on different pods. Hints as the
+    EndpointSlice controller writes them (see hints_for)."""
     assert svc.selector is not None
     diag = Collector("Service", svc.namespace, svc.name)
     zones = {n.name: n.zone for n in nodes}
+    if _topology_auto(svc) and svc.traffic_distribution:
+        diag.info(
+            "metadata.annotations",
+            "topology-mode Auto takes precedence over spec.trafficDistribution in the "
+            "EndpointSlice controller; its proportional hints are not modelled here, so no "
+            "hints are written and traffic is spread cluster-wide",
+        )
     selected = [
         p
         for p in pods
@@ -425,6 +435,7 @@ def endpoint_slices_for(
                 zone=zones.get(pod.node_name, ""),
                 target=pod.name,
             )
+            ep = hints_for(svc, ep)
             groups.setdefault((family_of(ip), resolved), []).append(ep)
     slices = []
     for (fam, resolved), eps in sorted(groups.items()):
@@ -440,6 +451,29 @@ def endpoint_slices_for(
             )
         )
     return slices, diag.items
+
+
+def _topology_auto(svc: Service) -> bool:
+    mode = svc.annotations.get(
+        ANNOTATION_TOPOLOGY_MODE, svc.annotations.get(ANNOTATION_TOPOLOGY_HINTS, "")
+    )
+    return mode in ("Auto", "auto")
+
+
+def hints_for(svc: Service, ep: Endpoint) -> Endpoint:
+    """The hints kube-controller-manager's EndpointSlice controller gives ep (its trafficdist
+    heuristics): under PreferClose / PreferSameZone a ready endpoint is hinted for its own
+    zone, under PreferSameNode for its own node and zone; otherwise no hints. An endpoint
+    that is not ready keeps none. (topology-mode Auto's proportional hints: not modelled.)"""
+    close = svc.traffic_distribution in ("PreferClose", "PreferSameZone", "PreferSameNode")
+    if not close or _topology_auto(svc) or not ep.ready:
+        return replace(ep, zone_hints=(), node_hints=())
+    same_node = svc.traffic_distribution == "PreferSameNode"
+    return replace(
+        ep,
+        zone_hints=(ep.zone,) if ep.zone else (),
+        node_hints=(ep.node_name,) if same_node and ep.node_name else (),
+    )
 
 
 def _base36(n: int) -> str:

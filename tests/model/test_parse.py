@@ -225,3 +225,51 @@ def test_node_addresses_internal_first():
     node, _ = parse_node(obj)
     assert node.addresses == ("192.168.0.5", "203.0.113.5")
     assert node.pod_cidrs == ("10.244.1.0/24",)
+
+
+def test_endpoint_hints_for_zones_and_nodes_and_each_malformed_list_one_warning():
+    def endpoint(ip: str, hints) -> dict:
+        return {"addresses": [ip], "nodeName": "node-1", "hints": hints}
+
+    obj = {
+        "kind": "EndpointSlice",
+        "addressType": "IPv4",
+        "metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "web"}},
+        "endpoints": [
+            endpoint("10.0.0.1", {"forZones": [{"name": "a"}], "forNodes": [{"name": "node-1"}]}),
+            endpoint("10.0.0.2", "zone-a"),
+            endpoint("10.0.0.3", {"forNodes": "node-1", "forZones": [{"name": "a"}]}),
+            endpoint("10.0.0.4", {"forNodes": [{"name": "node-1"}, {"nom": "node-2"}]}),
+            endpoint("10.0.0.5", {"forZones": [{"name": 7}]}),
+        ],
+        "ports": [{"port": 80}],
+    }
+    parsed, diags = parse_endpoint_slice(obj)
+    got = [(e.addresses[0], e.zone_hints, e.node_hints) for e in parsed.endpoints]
+    assert got == [  # every endpoint kept; a malformed list is no hints of that kind
+        ("10.0.0.1", ("a",), ("node-1",)),
+        ("10.0.0.2", (), ()),
+        ("10.0.0.3", ("a",), ()),
+        ("10.0.0.4", (), ()),
+        ("10.0.0.5", (), ()),
+    ]
+    assert [(d.level, d.field) for d in diags] == [
+        (Level.WARNING, "endpoints[1].hints"),
+        (Level.WARNING, "endpoints[2].hints.forNodes"),
+        (Level.WARNING, "endpoints[3].hints.forNodes[1]"),
+        (Level.WARNING, "endpoints[4].hints.forZones[0]"),
+    ]
+
+
+@pytest.mark.parametrize("value", ["PreferClose", "PreferSameZone", "PreferSameNode"])
+def test_traffic_distribution_values_of_1_35(value):
+    parsed, diags = parse_service(svc(trafficDistribution=value))
+    assert parsed.traffic_distribution == value and diags == []
+
+
+def test_an_unsupported_traffic_distribution_is_one_warning_and_spread_cluster_wide():
+    parsed, diags = parse_service(svc(trafficDistribution="PreferSameRack"))
+    assert parsed is not None and parsed.traffic_distribution == ""
+    (d,) = diags
+    assert d.level is Level.WARNING and d.field == "spec.trafficDistribution"
+    assert "PreferSameRack" in d.message and "PreferSameNode" in d.message

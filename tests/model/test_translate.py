@@ -65,6 +65,16 @@ def test_headless_and_external_name_are_not_proxied(spec, reason):
     assert any(d.level is Level.INFO and reason in d.message for d in state.diagnostics)
 
 
+def test_a_service_labelled_headless_is_not_proxied_though_it_has_a_cluster_ip():
+    """kube-proxy's informers select `!service.kubernetes.io/headless` for Services too."""
+    labelled = service(labels={"service.kubernetes.io/headless": ""})
+    assert labelled.cluster_ips
+    state = translate([labelled], [slice_("web", [ep("10.244.1.5")])], NODE1)
+    assert state.frontends == ()
+    (d,) = state.diagnostics
+    assert d.level is Level.INFO and "service.kubernetes.io/headless" in d.message
+
+
 # -- which endpoints are eligible ---------------------------------------------------------------
 
 
@@ -188,6 +198,28 @@ def test_health_check_node_port_counts_local_ready_endpoints():
     assert hc2.local_endpoints == 1
     (hc3,) = translate([service(**spec)], [], NODE1).health_checks
     assert hc3.local_endpoints == 0
+
+
+def test_health_check_node_port_counts_distinct_local_endpoints_across_ports():
+    """kube-proxy's LocalReadyEndpoints squashes by IP: a pod serving http and metrics is
+    one endpoint, and a pod behind only one of the ports counts too."""
+    spec = {
+        "type": "LoadBalancer",
+        "externalTrafficPolicy": "Local",
+        "healthCheckNodePort": 32000,
+        "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "metrics", "port": 9090, "targetPort": 9090},
+        ],
+    }
+    both = [{"name": "http", "port": 8080}, {"name": "metrics", "port": 9090}]
+    slices = [
+        slice_("web", [ep("10.244.1.5")], ports=both, name="web-both"),
+        slice_("web", [ep("10.244.1.6")], ports=[{"name": "http", "port": 8080}], name="web-a"),
+        slice_("web", [ep("10.244.1.7")], ports=[{"name": "metrics", "port": 9090}], name="web-b"),
+    ]
+    (hc,) = translate([service(**spec)], slices, NODE1).health_checks
+    assert hc.local_endpoints == 3  # not 2 (the most behind one port), nor 4 (port by port)
 
 
 # -- session affinity ---------------------------------------------------------------------------
@@ -434,17 +466,16 @@ def test_ipv6_single_stack():
 
 
 def test_topology_hints_narrow_cluster_endpoints_to_the_zone():
-    spec = {"trafficDistribution": "PreferClose"}
     eps = [ep("10.0.0.1", "node-1", zones=["a"]), ep("10.0.0.2", "node-2", zones=["b"])]
-    assert addrs(only(translate([service(**spec)], [slice_("web", eps)], NODE1)).backends) == [
-        "10.0.0.1"
-    ]
+    for spec in ({"trafficDistribution": "PreferClose"}, {}):
+        # the hints are followed whatever the Service says (kube-proxy 1.33+): the
+        # EndpointSlice controller read the Service when it wrote them
+        got = only(translate([service(**spec)], [slice_("web", eps)], NODE1)).backends
+        assert addrs(got) == ["10.0.0.1"]
     # one endpoint without hints disables them for everyone
     eps[1] = ep("10.0.0.2", "node-2")
+    spec = {"trafficDistribution": "PreferClose"}
     assert len(only(translate([service(**spec)], [slice_("web", eps)], NODE1)).backends) == 2
-    # without the Service asking for it, hints are ignored
-    eps[1] = ep("10.0.0.2", "node-2", zones=["b"])
-    assert len(only(translate([service()], [slice_("web", eps)], NODE1)).backends) == 2
 
 
 def test_algorithm_annotation_and_bad_value():

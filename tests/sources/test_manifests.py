@@ -439,3 +439,57 @@ def test_list_kind_and_json(tmp_path):
         ' "spec": {"ports": [{"port": 80}]}}]}'
     )
     assert [s.name for s in load_cluster([path]).services] == ["j"]
+
+
+TOPOLOGY = """
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web}
+    spec:
+      replicas: 4
+      selector: {matchLabels: {app: web}}
+      template:
+        metadata: {labels: {app: web}}
+        spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web, annotations: ANNOTATIONS}
+    spec: {selector: {app: web}, ports: [{port: 80}], trafficDistribution: DISTRIBUTION}
+"""
+
+
+@pytest.mark.parametrize(
+    "distribution,annotations,hinted",
+    [
+        ("PreferSameNode", "{}", "node"),
+        ("PreferSameZone", "{}", "zone"),
+        ("PreferClose", "{}", "zone"),
+        ("null", "{}", ""),
+        ("PreferSameNode", "{service.kubernetes.io/topology-mode: Auto}", ""),
+    ],
+)
+def test_the_endpointslice_controller_writes_hints_and_each_node_follows_them(
+    tmp_path, distribution, annotations, hinted
+):
+    """As kube-controller-manager's trafficdist heuristics: a ready endpoint is hinted for
+    its own zone (and under PreferSameNode its own node). 4 pods over 4 nodes in zones
+    a/b/a/b: node-1 sends to its own pod, or to its zone's two, or to all four."""
+    text = TOPOLOGY.replace("DISTRIBUTION", distribution).replace("ANNOTATIONS", annotations)
+    cluster = load_cluster([write(tmp_path, text)], ClusterConfig(nodes=4))
+    assert errors_of(cluster) == []
+    hints = {(e.node_name, e.zone_hints, e.node_hints) for s in cluster.slices for e in s.endpoints}
+    zone = {n.name: n.zone for n in cluster.nodes}
+    if hinted == "node":
+        assert hints == {(n, (zone[n],), (n,)) for n in zone}
+    elif hinted == "zone":
+        assert hints == {(n, (zone[n],), ()) for n in zone}
+    else:
+        assert hints == {(n, (), ()) for n in zone}
+    if "Auto" in annotations:
+        assert any("topology-mode Auto" in d.message for d in cluster.diagnostics)
+    node1 = next(n for n in cluster.nodes if n.name == "node-1")
+    fe = translate(cluster.services, cluster.slices, node1).frontends[0]
+    nodes = sorted(b.node_name for b in fe.backends)
+    same_zone = sorted(n for n in zone if zone[n] == node1.zone)
+    assert nodes == {"node": ["node-1"], "zone": same_zone, "": sorted(zone)}[hinted]
