@@ -22,6 +22,7 @@ from .diagnostics import Collector, Diagnostic
 from .endpoints import Categorized, categorize, port_endpoints
 from .objects import (
     ANNOTATION_ALGORITHM,
+    LABEL_HEADLESS,
     LABEL_SERVICE_PROXY_NAME,
     EndpointSlice,
     Family,
@@ -118,6 +119,11 @@ def _skip_reason(service: Service, cfg: TranslateConfig) -> str | None:
             f"not proxied: this xlb serves only Services labelled {LABEL_SERVICE_PROXY_NAME}="
             f"{cfg.proxy_name!r} (--proxy-name); the cluster's default proxy serves the rest"
         )
+    if LABEL_HEADLESS in service.labels:
+        return (
+            f"not proxied: labelled {LABEL_HEADLESS} (kube-proxy does not even watch such a "
+            "Service; DNS serves its endpoints)"
+        )
     if service.type is ServiceType.EXTERNAL_NAME:
         return (
             f"not proxied: ExternalName is a DNS CNAME to {service.external_name}; "
@@ -185,7 +191,9 @@ def _translate_service(
                 f"{ip} ignored: the Service has no {family_of(ip)} ClusterIP; "
                 "add the family to spec.ipFamilies",
             )
-    local_ready = 0
+    # the healthCheckNodePort's count: this node's distinct ready endpoint addresses (a pod
+    # serving two ports is one endpoint, as kube-proxy counts), the larger family's
+    local_ready: dict[str, set[str]] = {}
     for i, sp in enumerate(service.ports):
         if sp.protocol not in cfg.supported_protocols:
             diag.warning(
@@ -196,11 +204,12 @@ def _translate_service(
             continue
         for family in families:
             cat = categorize(service, port_endpoints(slices, sp, family), node)
-            local_ready = max(local_ready, cat.local_ready)
+            local_ready.setdefault(family, set()).update(cat.local_ready)
             frontends += _port_frontends(service, sp, family, cat, node, cfg, diag)
     health = None
     if service.health_check_node_port and service.external_traffic_policy is TrafficPolicy.LOCAL:
-        health = HealthCheck(service.key, service.health_check_node_port, local_ready)
+        count = max((len(ips) for ips in local_ready.values()), default=0)
+        health = HealthCheck(service.key, service.health_check_node_port, count)
     return frontends, health
 
 

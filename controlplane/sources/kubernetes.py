@@ -304,13 +304,14 @@ class KubernetesSource:
         self.event_lock = threading.Lock()
         self.event_thread: threading.Thread | None = None
         self.events_dropped = 0
-        # As kube-proxy: Services claimed by another proxy, and the endpoints of headless
-        # Services, are not even fetched.
+        # As kube-proxy: Services claimed by another proxy or labelled headless, and the
+        # endpoints of headless Services, are not even fetched (a label added to a live
+        # Service reaches the watch as its deletion).
         svc_selector = (
             f"{LABEL_SERVICE_PROXY_NAME}={proxy_name}"
             if proxy_name
             else f"!{LABEL_SERVICE_PROXY_NAME}"
-        )
+        ) + f",!{LABEL_HEADLESS}"
         calls = {
             "Service": (core.list_service_for_all_namespaces, svc_selector),
             "EndpointSlice": (

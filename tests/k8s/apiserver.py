@@ -62,6 +62,30 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def selected(selector: str, etype: str, obj: dict, before: dict | None) -> dict | None:
+    """What a watch with this label selector is sent for one change, as kube-apiserver's
+    watch cache does (cacheWatcher.convertToWatchEvent): a MODIFIED that brings the object
+    into the selector is ADDED, one that takes it out is DELETED (the object as it was, at
+    the new resourceVersion), one outside before and after is nothing."""
+
+    def ok(o: dict | None) -> bool:
+        return o is not None and matches(selector, o["metadata"].get("labels") or {})
+
+    now = ok(obj)
+    if etype != "MODIFIED":
+        return {"type": etype, "object": obj} if now else None
+    was = ok(before)
+    if now and was:
+        return {"type": "MODIFIED", "object": obj}
+    if now:
+        return {"type": "ADDED", "object": obj}
+    if was:
+        gone = json.loads(json.dumps(before))
+        gone["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+        return {"type": "DELETED", "object": gone}
+    return None
+
+
 def matches(selector: str, labels: dict[str, str]) -> bool:
     """The equality-based label selector grammar: k, !k, k=v, k==v, k!=v (comma = and)."""
     for term in filter(None, (t.strip() for t in selector.split(","))):
@@ -86,7 +110,9 @@ class ApiServer:
         self.cond = threading.Condition()
         self.rv = 1000
         self.objects: dict[str, dict[tuple[str, str], dict]] = {p: {} for p in RESOURCES}
-        self.history: list[tuple[int, str, str, dict]] = []  # (rv, path, type, object)
+        # (rv, path, type, object, the object before a MODIFIED): a watch with a label
+        # selector needs both, to turn a change across the selector into ADDED or DELETED
+        self.history: list[tuple[int, str, str, dict, dict | None]] = []
         self.oldest = 0  # history below this resourceVersion has been compacted away
         self.fail_next = 0  # answer this many requests with 500
         self.down = False  # refuse every request (connection closed at once)
@@ -165,12 +191,13 @@ class ApiServer:
             meta["resourceVersion"] = str(self.rv)
             key = (meta.get("namespace", ""), meta["name"])
             etype = "MODIFIED" if key in self.objects[path] else "ADDED"
+            prev = self.objects[path].get(key) if etype == "MODIFIED" else None
             if kind == "DELETED":
                 etype = "DELETED"
                 self.objects[path].pop(key, None)
             else:
                 self.objects[path][key] = obj
-            self.history.append((self.rv, path, etype, obj))
+            self.history.append((self.rv, path, etype, obj, prev))
             self.cond.notify_all()
             return obj
 
@@ -374,16 +401,21 @@ class ApiServer:
                         h.close_connection = True
                         return  # cut without the closing chunk, as a dropped connection
                     events = [
-                        (rv, t, o) for rv, p, t, o in self.history if p == path and rv > sent_rv
+                        (rv, t, o, b)
+                        for rv, p, t, o, b in self.history
+                        if p == path and rv > sent_rv
                     ]
                     if not events:
                         self.cond.wait(0.1)
                         events = [
-                            (rv, t, o) for rv, p, t, o in self.history if p == path and rv > sent_rv
+                            (rv, t, o, b)
+                            for rv, p, t, o, b in self.history
+                            if p == path and rv > sent_rv
                         ]
-                for rv, etype, obj in events:
-                    if matches(selector, obj["metadata"].get("labels") or {}):
-                        send({"type": etype, "object": obj})
+                for rv, etype, obj, before in events:
+                    event = selected(selector, etype, obj, before)
+                    if event is not None:
+                        send(event)
                     sent_rv = rv
                 if bookmarks and time.monotonic() - last_bookmark > self.bookmark_every:
                     send(

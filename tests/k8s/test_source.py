@@ -118,6 +118,28 @@ def test_adds_changes_and_deletes_arrive(api, source):
     eventually(lambda: "web" not in services(source))
 
 
+@pytest.mark.parametrize(
+    "label",
+    [
+        {"service.kubernetes.io/headless": ""},
+        {"service.kubernetes.io/service-proxy-name": "someone-else"},
+    ],  # fmt: skip
+    ids=["headless", "proxy-name"],
+)
+def test_a_label_put_on_a_live_service_removes_it_and_taking_it_off_brings_it_back(
+    api, source, label
+):
+    """The watch is label-selected, so the API server turns the change into DELETED (and,
+    label off, into ADDED): the Service is no longer this proxy's, then is again."""
+    eventually(lambda: source.ready)
+    api.apply(svc("web", "10.96.0.10"))
+    eventually(lambda: "web" in services(source))
+    api.apply(svc("web", "10.96.0.10", labels=label))
+    eventually(lambda: "web" not in services(source))
+    api.apply(svc("web", "10.96.0.10", port=81))
+    eventually(lambda: "web" in services(source) and services(source)["web"].ports[0].port == 81)
+
+
 def test_gone_relists_without_losing_updates(api, source):
     eventually(lambda: source.ready)
     api.apply(svc("a", "10.96.0.20"))
