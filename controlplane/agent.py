@@ -285,10 +285,12 @@ class Agent:
         self.cluster = cluster
         if self.members is not None:
             self._elect(cluster)
-        self.metrics.synced(res.seconds, len(state.frontends), cluster.slices)
+        families = tuple(sorted({"IPv6" if ":" in a else "IPv4" for a in addrs})) or ("IPv4",)
+        self.metrics.synced(res.seconds, len(state.frontends), cluster.slices, families)
         if self.hc_ports is not None:
             for problem in self.hc_ports.sync(list(state.health_checks)):
                 log.warning("%s", problem)
+        self.health.node(next((n for n in cluster.nodes if n.name == self.cfg.node), None))
         self.health.updated()
         own = set(addresses) | set(self.cfg.node_ips)
         others = {a for n in cluster.nodes for a in n.addresses} - own
@@ -707,7 +709,11 @@ def run_agent(cfg: AgentConfig, source, dp_cfg) -> int:
         announcer=announcer,
         allocator=allocator,
     )
-    agent.hc_ports = HealthCheckNodePorts(cfg.bind_address, lambda: agent.health.status()[0] == 200)
+    # serviceProxyHealthy is the proxy's own health, as /livez has it (kube-proxy's Health()):
+    # a node being deleted still answers for its local endpoints
+    agent.hc_ports = HealthCheckNodePorts(
+        cfg.bind_address, lambda: agent.health.status(livez=True)[0] == 200
+    )
     endpoints = Endpoints(
         agent.health,
         agent.metrics,

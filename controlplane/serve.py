@@ -28,11 +28,15 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from .model.objects import Node
 from .model.state import HealthCheck
 
 log = logging.getLogger("xlb.serve")
 
 PROXY_MODE = "xlb"
+
+# what a handler answers: code, content type, body, and optionally more headers
+Answer = tuple[int, str, bytes] | tuple[int, str, bytes, dict[str, str]]
 
 
 def _iso(t: float) -> str:
@@ -52,6 +56,11 @@ class Health:
         self.last_updated = 0.0
         self.queued_since: float | None = None
         self.lock = threading.Lock()
+        # this node as the API has it: eligible unless it is being deleted (deletionTimestamp,
+        # or the cluster autoscaler's ToBeDeletedByClusterAutoscaler taint) or, once seen,
+        # gone; before it is first seen (start-up, or a run without a Node) it counts eligible
+        self.node_seen = False
+        self.node_eligible = True
 
     def queued(self) -> None:
         with self.lock:
@@ -62,17 +71,34 @@ class Health:
         with self.lock:
             self.last_updated, self.queued_since = self.clock(), None
 
-    def status(self) -> tuple[int, dict[str, Any]]:
+    def node(self, node: Node | None) -> None:
+        """This node's object after a sync (None: not in the cluster)."""
+        with self.lock:
+            if node is None:
+                self.node_eligible = not self.node_seen
+                return
+            self.node_seen = True
+            self.node_eligible = not node.to_be_deleted
+
+    def status(self, livez: bool = False) -> tuple[int, dict[str, Any]]:
+        """kube-proxy's /healthz (livez: /livez, which leaves the node's eligibility out):
+        503 before the first sync (kube-proxy answers 200 then; a node whose datapath is not
+        programmed yet should get no traffic), while an update has waited over the timeout,
+        and, for /healthz, while the node is being deleted, so that load balancers drain it."""
         with self.lock:
             now = self.clock()
             healthy = self.last_updated > 0 and (
                 self.queued_since is None or now - self.queued_since < self.timeout
             )
+            # "lastUpdated" is now while healthy, as kube-proxy keeps it for old readers
             body: dict[str, Any] = {
-                "lastUpdated": _iso(self.last_updated),
+                "lastUpdated": _iso(now if healthy else self.last_updated),
                 "currentTime": _iso(now),
-                "nodeEligible": True,
+                "healthy": healthy,
             }
+            if not livez:
+                body["nodeEligible"] = self.node_eligible
+                healthy = healthy and self.node_eligible
         # beside kube-proxy's fields: why no update may be coming (the datapath still serves
         # its last state, so this alone does not make the node unhealthy)
         errors = self.source_errors()
@@ -87,9 +113,12 @@ class Metrics:
     def __init__(self, maps_fn: Callable[[], Any] | None = None) -> None:
         self.registry = CollectorRegistry()
         buckets = tuple(0.001 * 2**i for i in range(15))
+        # kube-proxy's names, with its ip_family label (1.33+): one xlb sync programs both
+        # families, so it is observed once for each family the node serves
         self.sync_duration = Histogram(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",
+            ["ip_family"],
             buckets=buckets,
             registry=self.registry,
         )
@@ -101,11 +130,13 @@ class Metrics:
         self.last_sync = Gauge(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
+            ["ip_family"],
             registry=self.registry,
         )
-        self.programming = Histogram(
+        self.programming = Histogram(  # ip_family: the EndpointSlice's address type
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds",
+            ["ip_family"],
             buckets=tuple(0.25 * 2**i for i in range(12)),
             registry=self.registry,
         )
@@ -150,9 +181,12 @@ class Metrics:
             self.announcers.labels(ip, node).set(1)
         self._announced = dict(chosen)
 
-    def synced(self, seconds: float, frontends: int, slices: list) -> None:
-        self.sync_duration.observe(seconds)
-        self.last_sync.set_to_current_time()
+    def synced(
+        self, seconds: float, frontends: int, slices: list, families: tuple[str, ...] = ("IPv4",)
+    ) -> None:
+        for family in families:
+            self.sync_duration.labels(family).observe(seconds)
+            self.last_sync.labels(family).set_to_current_time()
         self.frontends.set(frontends)
         now = time.time()
         seen = set()
@@ -166,7 +200,8 @@ class Metrics:
                     t = dt.datetime.fromisoformat(sl.trigger_time.replace("Z", "+00:00"))
                 except ValueError:
                     continue
-                self.programming.observe(max(0.0, now - t.timestamp()))
+                family = sl.address_type if sl.address_type in ("IPv4", "IPv6") else "IPv4"
+                self.programming.labels(family).observe(max(0.0, now - t.timestamp()))
         self._seen_triggers = seen
 
 
@@ -229,9 +264,7 @@ class _Server:
     MAX_CONNECTIONS = 128
     PER_SOURCE = 16
 
-    def __init__(
-        self, address: str, port: int, handle: Callable[[str], tuple[int, str, bytes]]
-    ) -> None:
+    def __init__(self, address: str, port: int, handle: Callable[[str], Answer]) -> None:
         server = self
         self.refused = 0
         self.active: Counter = Counter()
@@ -245,14 +278,17 @@ class _Server:
 
             def do_GET(self) -> None:
                 try:
-                    code, ctype, body = handle(self.path.split("?")[0])
+                    code, ctype, body, *more = handle(self.path.split("?")[0])
                 except Exception:  # never the exception's text to an unauthenticated caller
                     log.exception("serving %s failed", self.path)
                     code, ctype, body = _json(500, {"error": "internal error; see the agent's log"})
+                    more = []
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("X-Content-Type-Options", "nosniff")
+                for name, value in (more[0] if more else {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -324,7 +360,7 @@ class Endpoints:
     def _healthz(self, path: str) -> tuple[int, str, bytes]:
         if path not in ("/healthz", "/livez"):
             return _json(404, {"error": f"no {path} here: try /healthz or /livez"})
-        return _json(*self.health.status())
+        return _json(*self.health.status(livez=path == "/livez"))
 
     def _metrics(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
@@ -347,19 +383,22 @@ class HealthCheckNodePorts:
         self.checks: dict[int, HealthCheck] = {}
         self.errors: dict[int, str] = {}
 
-    def _handler(self, port: int) -> Callable[[str], tuple[int, str, bytes]]:
-        def handle(_path: str) -> tuple[int, str, bytes]:
+    def _handler(self, port: int) -> Callable[[str], Answer]:
+        def handle(_path: str) -> Answer:
             hc = self.checks[port]
             ns, name = hc.service.split("/", 1)
-            ok = hc.local_endpoints > 0 and self.proxy_healthy()
-            return _json(
+            healthy = self.proxy_healthy()
+            ok = hc.local_endpoints > 0 and healthy
+            code, ctype, body = _json(
                 200 if ok else 503,
                 {
                     "service": {"namespace": ns, "name": name},
                     "localEndpoints": hc.local_endpoints,
-                    "serviceProxyHealthy": self.proxy_healthy(),
+                    "serviceProxyHealthy": healthy,
                 },
             )
+            # read by weighted-Maglev cloud load balancers (kube-proxy sends it since 1.28)
+            return code, ctype, body, {"X-Load-Balancing-Endpoint-Weight": str(hc.local_endpoints)}
 
         return handle
 

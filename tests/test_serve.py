@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from controlplane.model.objects import EndpointSlice
+from controlplane.model.parse import parse_node
 from controlplane.model.state import DesiredState, HealthCheck
 from controlplane.serve import Endpoints, Health, HealthCheckNodePorts, Metrics
 from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend, local
@@ -44,7 +45,7 @@ def test_health_before_first_sync_after_it_and_with_a_stale_update():
     clock = Clock()
     h = Health(timeout=60, clock=clock)
     code, body = h.status()
-    assert code == 503 and set(body) == {"lastUpdated", "currentTime", "nodeEligible"}
+    assert code == 503 and set(body) == {"lastUpdated", "currentTime", "healthy", "nodeEligible"}
     h.updated()
     assert h.status()[0] == 200
     h.queued()
@@ -79,7 +80,8 @@ def test_healthz_and_livez_over_http(served):
     for path in ("/healthz", "/livez"):
         code, _, text = fetch(base + path)
         body = json.loads(text)
-        assert code == 200 and body["nodeEligible"] is True
+        assert code == 200 and body["healthy"] is True
+        assert body.get("nodeEligible") is (True if path == "/healthz" else None)
         assert body["lastUpdated"].endswith("Z") and body["currentTime"].endswith("Z")
     assert fetch(f"{base}/other")[0] == 404
 
@@ -88,19 +90,97 @@ def test_proxy_mode_and_metrics_over_http(served):
     _, metrics, eps = served
     base = f"http://127.0.0.1:{eps.metrics_server.port}"
     assert fetch(f"{base}/proxyMode")[::2] == (200, "xlb")
-    slices = [EndpointSlice("default", "web-1", "web", "IPv4", trigger_time="2020-01-01T00:00:00Z")]
-    metrics.synced(0.004, 1, slices)
-    metrics.synced(0.002, 1, slices)  # the same trigger is observed once
+    slices = [
+        EndpointSlice("default", "web-1", "web", "IPv4", trigger_time="2020-01-01T00:00:00Z"),
+        EndpointSlice("default", "web-2", "web", "IPv6", trigger_time="2020-01-01T00:00:01Z"),
+    ]
+    both = ("IPv4", "IPv6")
+    metrics.synced(0.004, 1, slices, both)
+    metrics.synced(0.002, 1, slices, both)  # the same trigger is observed once
     code, ctype, text = fetch(f"{base}/metrics")
     assert code == 200 and ctype.startswith("text/plain")
-    assert "kubeproxy_sync_proxy_rules_duration_seconds_count 2.0" in text
-    assert "kubeproxy_network_programming_duration_seconds_count 1.0" in text
-    assert "kubeproxy_sync_proxy_rules_last_timestamp_seconds" in text
+    for family in both:  # kube-proxy's ip_family label (1.33+)
+        label = f'{{ip_family="{family}"}}'
+        assert f"kubeproxy_sync_proxy_rules_duration_seconds_count{label} 2.0" in text
+        assert f"kubeproxy_network_programming_duration_seconds_count{label} 1.0" in text
+        assert f"kubeproxy_sync_proxy_rules_last_timestamp_seconds{label}" in text
     assert (
         'xlb_frontend_packets_total{frontend="192.168.198.201:30123",protocol="TCP",'
         'scope="external"}'
     ) in text
     assert 'xlb_packets_not_balanced_total{reason="pass_no_service"}' in text
+
+
+def node(taints: list[str] = (), deleted: bool = False):
+    """kube-proxy's makeNode with tweakTainted / tweakDeleted, parsed as the API has it."""
+    meta: dict = {"name": "node-1"}
+    if deleted:
+        meta["deletionTimestamp"] = "2026-12-02T00:00:00Z"
+    obj = {"kind": "Node", "metadata": meta, "spec": {"taints": [
+        {"key": k, "effect": "NoSchedule"} for k in taints]}}  # fmt: skip
+    parsed, diags = parse_node(obj)
+    assert parsed is not None and not diags
+    return parsed
+
+
+# kube-proxy's TestHealthzServer / TestLivezServer after the proxy updates (healthy): the
+# node in turn; /healthz's code and nodeEligible; /livez stays 200 and says nothing of it
+NODE_SEQUENCE = [
+    ("tainted in any other way", node(["other"]), 200, True),
+    (
+        "the cluster autoscaler's ToBeDeletedByClusterAutoscaler taint",
+        node(["ToBeDeletedByClusterAutoscaler"]),
+        503,
+        False,
+    ),  # fmt: skip
+    ("tainted in any other way again", node(["other"]), 200, True),
+    ("deleted (a deletionTimestamp)", node(deleted=True), 503, False),
+    ("back, untainted", node(), 200, True),
+    ("gone from the API after it was seen", None, 503, False),
+]
+
+
+def test_healthz_follows_the_node_being_deleted_and_livez_does_not(served):
+    health, _, eps = served
+    base = f"http://127.0.0.1:{eps.healthz.port}"
+    health.updated()
+    for what, n, code, eligible in NODE_SEQUENCE:
+        health.node(n)
+        got, _, text = fetch(f"{base}/healthz")
+        body = json.loads(text)
+        assert (got, body["nodeEligible"], body["healthy"]) == (code, eligible, True), what
+        got, _, text = fetch(f"{base}/livez")
+        assert got == 200 and "nodeEligible" not in json.loads(text), what
+
+
+def test_a_node_never_seen_is_eligible():
+    """Before the first snapshot names this node (start-up, a run without Nodes) the node is
+    eligible; kube-proxy waits for its Node before it serves at all."""
+    health = Health()
+    health.updated()
+    health.node(None)
+    code, body = health.status()
+    assert code == 200 and body["nodeEligible"] is True
+
+
+def test_health_check_node_port_sends_the_endpoint_weight_header():
+    """kube-proxy (1.28+) answers X-Load-Balancing-Endpoint-Weight: the local endpoints, for
+    load balancers that weigh nodes by it (GCE's WEIGHTED_MAGLEV); 0 with the 503."""
+    hc = HealthCheckNodePorts("127.0.0.1")
+    port = free_port()
+    try:
+        for count, code in ((3, 200), (0, 503)):
+            hc.sync([HealthCheck("default/web", port, count)])
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3) as r:
+                    got, headers = r.status, r.headers
+            except urllib.error.HTTPError as e:
+                got, headers = e.code, e.headers
+            assert got == code
+            assert headers["X-Load-Balancing-Endpoint-Weight"] == str(count)
+            assert headers["X-Content-Type-Options"] == "nosniff"
+    finally:
+        hc.close()
 
 
 def test_health_check_node_ports_follow_the_desired_state():

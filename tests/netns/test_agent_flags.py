@@ -122,7 +122,11 @@ class Run:
 
     def syncs(self, metrics: str = "http://127.0.0.1:10249/metrics") -> int:
         text = self.in_node("curl", "-s", "--max-time", "2", metrics).stdout
-        found = re.search(r"^kubeproxy_sync_proxy_rules_duration_seconds_count (\S+)$", text, re.M)
+        found = re.search(
+            r'^kubeproxy_sync_proxy_rules_duration_seconds_count\{ip_family="IPv4"\} (\S+)$',
+            text,
+            re.M,
+        )
         assert found, text[:2000]
         return int(float(found.group(1)))
 
