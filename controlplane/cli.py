@@ -1067,6 +1067,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BccMissing, DatapathError, LabError) as exc:
         print(exc, file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader went away (`xlb model | head`): stop quietly, as other Unix tools do;
+        # stdout is pointed at /dev/null so that the interpreter's final flush cannot raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe stopped
 
 
 if __name__ == "__main__":

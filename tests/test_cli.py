@@ -133,3 +133,22 @@ def test_bad_peer_and_pool_flags_say_what_to_write(flag, value, says):
 
     with pytest.raises(SystemExit, match=says):
         _peers([value], 7947) if flag == "--peer" else _pools([value])
+
+
+def test_model_into_a_pipe_that_closes_early_ends_quietly(tmp_path):
+    """`xlb model | head -1`: the reader leaves after one line; xlb stops without a
+    BrokenPipeError traceback (it printed one before). 400 Services: far more output than
+    a pipe holds, so xlb is still writing when head leaves."""
+    services = "".join(
+        f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n"
+        f"spec: {{ports: [{{port: 80}}], selector: {{app: s{i}}}}}\n"
+        for i in range(400)
+    )
+    (tmp_path / "many.yaml").write_text(services)
+    pipeline = f"{sys.executable} -m controlplane.cli model -f {tmp_path} | head -1"
+    out = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", pipeline], capture_output=True, text=True, cwd=REPO
+    )
+    assert out.stdout.count("\n") == 1
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+    assert out.returncode == 141  # the pipe stopped it, as `yes | head` reports
