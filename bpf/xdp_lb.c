@@ -29,8 +29,8 @@ BPF_TABLE_PINNED("prog", __u32, __u32, xlb_tail_xdp_lb, XLB_TAILS, XLB_PIN_ROOT 
 #define XLB_SNAT_TRIES 16
 
 /* Whether a conntrack hit in xdp_lb is its to act on. A forward hit keeps its backend only
- * if the backend still exists with the same address, and a terminating backend takes no
- * new TCP connection. */
+ * if the backend still exists with the same address (and, for UDP, still serves), and a
+ * terminating or unready backend takes no new TCP connection. */
 static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct xlb_pkt *p)
 {
 	/* a reply entry serves a remote backend's replies (to a SNAT port); a local backend's
@@ -39,6 +39,10 @@ static __always_inline int xlb_ct_usable(const struct xlb_ct *ct, const struct x
 		return (ct->flags & XLB_CT_F_SNAT) != 0;
 	struct xlb_backend *be = xlb_backend_get(ct->backend);
 	if (!be || !xlb_addr_eq(&be->addr, &ct->nat_daddr) || be->port != ct->nat_dport)
+		return 0;
+	/* a backend that stopped serving keeps its TCP connections, as kube-proxy leaves them
+	 * alone, but not its UDP flows, whose conntrack kube-proxy deletes */
+	if (p->proto == IPPROTO_UDP && (be->flags & XLB_BE_F_NOT_SERVING))
 		return 0;
 	/* a new TCP connection on this tuple: a closing flow's or a terminating backend's entry
 	 * does not carry over */

@@ -26,9 +26,10 @@ def _backend_text(fe: Frontend) -> list[str]:
             f"{','.join(flags)}".rstrip()
         )
     for b in fe.draining:
+        why = "terminating" if b.terminating else "not ready"
         lines.append(
             f"  -> {b.name:<24} {b.node_name or '-':<10} {b.target or '-':<34} "
-            "draining (existing flows only)"
+            f"draining, {why} (existing flows only)"
         )
     if not fe.backends:
         lines.append(f"  (no backend: {fe.no_backend})")
@@ -94,6 +95,8 @@ def _model_json(state: DesiredState, node_name: str) -> dict:
             "node": b.node_name,
             "local": b.local,
             "terminating": b.terminating,
+            "ready": b.ready,
+            "serving": b.serving,
             "target": b.target,
         }
 

@@ -93,7 +93,8 @@ struct xlb_slot_key {
 };
 
 #define XLB_BE_F_LOCAL 0x1       /* runs on this node: deliver, never SNAT */
-#define XLB_BE_F_TERMINATING 0x2 /* existing flows only */
+#define XLB_BE_F_TERMINATING 0x2 /* existing flows only (terminating, or not ready) */
+#define XLB_BE_F_NOT_SERVING 0x4 /* its UDP flows move on (kube-proxy clears their conntrack) */
 
 struct xlb_backend {
 	union xlb_addr addr;

@@ -30,6 +30,7 @@ SVC_F_DROP_EMPTY = value("XLB_SVC_F_DROP_EMPTY")
 SVC_F_SOURCE_RANGES = value("XLB_SVC_F_SOURCE_RANGES")
 BE_F_LOCAL = value("XLB_BE_F_LOCAL")
 BE_F_TERMINATING = value("XLB_BE_F_TERMINATING")
+BE_F_NOT_SERVING = value("XLB_BE_F_NOT_SERVING")
 ANNOUNCE_GRACE_NS = value("XLB_ANNOUNCE_GRACE")  # the kernel answers while the beat is younger
 
 CLOCK_COARSE = 6  # CLOCK_MONOTONIC_COARSE (uapi time.h): what bpf_ktime_get_coarse_ns reads

@@ -16,6 +16,7 @@ from .maps import (
     ALG_NUM,
     ANNOUNCE_GRACE_NS,
     BE_F_LOCAL,
+    BE_F_NOT_SERVING,
     BE_F_TERMINATING,
     CLOCK_COARSE,
     SVC_F_DROP_EMPTY,
@@ -87,7 +88,8 @@ def collect(maps: Maps, rate_interval: float = 0) -> dict[str, Any]:
                 "address": b.address,
                 "port": b.port,
                 "local": bool(b.flags & BE_F_LOCAL),
-                "terminating": bool(b.flags & BE_F_TERMINATING),
+                "terminating": bool(b.flags & BE_F_TERMINATING),  # existing flows only
+                "serving": not b.flags & BE_F_NOT_SERVING,
             }
             for i, b in sorted(backends.items())
         ],

@@ -27,6 +27,7 @@ from .maps import (
     ALG_NUM,
     ANNOUNCE_GRACE_NS,
     BE_F_LOCAL,
+    BE_F_NOT_SERVING,
     BE_F_TERMINATING,
     CLOCK_COARSE,
     SVC_F_DROP_EMPTY,
@@ -83,6 +84,16 @@ class Batch:
         self.keys, self.leaves = [], []
 
 
+def backend_flags(b: Backend) -> int:
+    """A backend's flags in one group: local; existing flows only (terminating, or not ready:
+    a fallback candidate is terminating too); its UDP flows move on (not serving)."""
+    return (
+        (BE_F_LOCAL if b.local else 0)
+        | (BE_F_TERMINATING if b.terminating or not b.ready else 0)
+        | (BE_F_NOT_SERVING if not b.serving else 0)
+    )
+
+
 def _same(before: tuple[Frontend, ...] | None, now: list[Frontend]) -> bool:
     """The group's frontends are those of the last sync: the same objects (what a caching
     translator hands over), else equal ones."""
@@ -128,7 +139,7 @@ class Syncer:
         self.synced = False
         self.applied: dict[GroupKey, tuple[Frontend, ...]] = {}
         self.contrib: dict[GroupKey, dict[tuple[str, int], int]] = {}  # backend flags
-        # backend -> how many groups use it with each flag value (0-3), 16 bits a count,
+        # backend -> how many groups use it with each flag value (0-7), 16 bits a count,
         # packed in one int: one entry per backend, not a dict (100,000 backends at 10k)
         self.users: dict[tuple[str, int], int] = {}
         self.ringless: set[GroupKey] = set()  # want Maglev, got no ring (source-hash)
@@ -259,7 +270,7 @@ class Syncer:
             mine: dict[tuple[str, int], int] = {}
             for fe in fes_of(gk):
                 for b in fe.backends + fe.draining:
-                    f = (BE_F_LOCAL if b.local else 0) | (BE_F_TERMINATING if b.terminating else 0)
+                    f = backend_flags(b)
                     mine[(b.address, b.port)] = mine.get((b.address, b.port), 0) | f
             self.contrib[gk] = mine
             for key, f in mine.items():
@@ -274,7 +285,7 @@ class Syncer:
                 unused.append(key)
                 continue
             f = 0
-            for flag in range(4):  # OR of the flags of every group using it
+            for flag in range(1 << 3):  # OR of the flags of every group using it
                 if (users >> (16 * flag)) & 0xFFFF:
                     f |= flag
             bid = self._backend_id(key)

@@ -37,14 +37,19 @@ class PortEndpoint:
     def backend(self, node: Node | None) -> Backend:
         ep = self.endpoint
         local = bool(node and ep.node_name and ep.node_name == node.name)
-        return Backend(self.address, self.port, ep.node_name, local, ep.terminating, ep.target)
+        return Backend(
+            self.address, self.port, ep.node_name, local, ep.terminating, ep.target,
+            ready=ep.ready, serving=ep.serving,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Categorized:
     cluster: tuple[Backend, ...]  # new-flow candidates for Cluster policy
     local: tuple[Backend, ...]  # new-flow candidates for Local policy
-    terminating: tuple[Backend, ...]  # every terminating endpoint: flows already on them go on
+    # every endpoint that is terminating or not ready: flows already on them go on (kube-proxy
+    # never breaks an established connection; a UDP flow to one that stopped serving moves)
+    draining: tuple[Backend, ...]
     has_any: bool  # some endpoint anywhere can take traffic (reject vs drop)
     local_ready: frozenset[str]  # this node's ready endpoint addresses (healthCheckNodePort)
 
@@ -114,7 +119,9 @@ def categorize(service: Service, eps: list[PortEndpoint], node: Node | None) -> 
     return Categorized(
         cluster=to_backends(cluster),
         local=to_backends(local),
-        terminating=to_backends([pe for pe in eps if pe.endpoint.terminating]),
+        draining=to_backends(
+            [pe for pe in eps if pe.endpoint.terminating or not pe.endpoint.ready]
+        ),
         has_any=bool(ready or fallback),
         local_ready=frozenset(pe.address for pe in ready if is_local(pe)),
     )

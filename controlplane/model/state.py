@@ -46,6 +46,8 @@ class Backend:
     local: bool = False
     terminating: bool = False
     target: str = ""  # the pod behind it, for display only
+    ready: bool = True  # not ready: no new flows here (kept while its flows last)
+    serving: bool = True  # not serving: its UDP flows move on too, its TCP ones stay
 
     @property
     def name(self) -> str:

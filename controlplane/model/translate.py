@@ -236,7 +236,7 @@ def _port_frontends(
             port=port,
             protocol=sp.protocol,
             backends=backends,
-            draining=tuple(b for b in cat.terminating if b not in chosen),
+            draining=tuple(b for b in cat.draining if b not in chosen),
             algorithm=_algorithm(service, scope, cfg, diag),
             affinity_timeout=service.session_affinity_timeout,
             no_backend=no_backend,

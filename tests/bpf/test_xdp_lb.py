@@ -494,6 +494,38 @@ def test_terminating_backend_keeps_its_flows_and_gets_no_new_ones(xdp, maps, syn
     assert Ether(prog_test_run(fd, bytes(first)).data)[IP].dst == b.address
 
 
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_an_unready_backend_keeps_its_tcp_flows_its_udp_flows_move_and_it_gets_no_new_ones(
+    xdp, maps, syncer, proto
+):
+    """kube-proxy leaves established connections alone when their endpoint turns unready
+    (its conntrack entries stay), and deletes the UDP ones of an endpoint that stopped
+    serving: a TCP client keeps talking to its pod through a readiness blip; a UDP one
+    moves on (before, both moved: a TCP reset for the client)."""
+    fd = xdp.functions["xdp_lb"].fd
+    packet = tcp if proto == "TCP" else udp
+    a, b = local("10.244.1.23", 80), local("10.244.1.24", 80)
+    syncer.sync(DesiredState(frontends=(frontend("192.168.198.32", 80, proto, [a]),)), NODE4, NODE6)
+    first = packet(CLIENT4, 48100, "192.168.198.32", 80)
+    assert Ether(prog_test_run(fd, bytes(first)).data)[IP].dst == a.address
+    unready = dataclasses.replace(a, ready=False, serving=False)
+    syncer.sync(
+        DesiredState(frontends=(frontend("192.168.198.32", 80, proto, [b], draining=(unready,)),)),
+        NODE4,
+        NODE6,
+    )
+    more = (
+        tcp(CLIENT4, 48100, "192.168.198.32", 80, flags="PA", payload=b"more")
+        if proto == "TCP"
+        else udp(CLIENT4, 48100, "192.168.198.32", 80, payload=b"more")
+    )
+    expect = a.address if proto == "TCP" else b.address
+    assert Ether(prog_test_run(fd, bytes(more)).data)[IP].dst == expect
+    for sport in range(48101, 48121):  # new flows: never to the unready one
+        new = packet(CLIENT4, sport, "192.168.198.32", 80)
+        assert Ether(prog_test_run(fd, bytes(new)).data)[IP].dst == b.address
+
+
 def test_source_hash_keeps_a_client_without_affinity_state(xdp, maps, syncer):
     fd = xdp.functions["xdp_lb"].fd
     backends = [local(f"10.244.1.{i}", 80) for i in range(30, 36)]

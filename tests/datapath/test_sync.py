@@ -7,6 +7,7 @@ import pytest
 from controlplane.datapath.maps import (
     ALG_NUM,
     BE_F_LOCAL,
+    BE_F_NOT_SERVING,
     BE_F_TERMINATING,
     SVC_F_PRESERVE_CLIENT,
     SVC_F_SOURCE_RANGES,
@@ -196,7 +197,11 @@ def expected_view(state):
         )
         out[fe.key] = (len(ordered), fe.algorithm, fl, fe.affinity_timeout, ordered)
         for b in fe.backends + fe.draining:
-            f = (BE_F_LOCAL if b.local else 0) | (BE_F_TERMINATING if b.terminating else 0)
+            f = (
+                (BE_F_LOCAL if b.local else 0)
+                | (BE_F_TERMINATING if b.terminating or not b.ready else 0)
+                | (BE_F_NOT_SERVING if not b.serving else 0)
+            )
             flags[(b.address, b.port)] = flags.get((b.address, b.port), 0) | f
     return out, flags
 
@@ -219,6 +224,8 @@ def test_incremental_syncs_leave_the_maps_as_a_full_sync_would(syncer, maps, dp_
                 f"10.244.{rng.randrange(3)}.{rng.randrange(1, 8)}",
                 8080,
                 terminating=rng.random() < 0.2,
+                ready=rng.random() < 0.9,
+                serving=rng.random() < 0.9,
             )
             for _ in range(n)
         )

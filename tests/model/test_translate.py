@@ -82,7 +82,12 @@ def test_a_service_labelled_headless_is_not_proxied_though_it_has_a_cluster_ip()
     "description,endpoints,backends,draining",
     [
         ("ready nil counts as ready", [ep("10.0.0.1", ready=None)], ["10.0.0.1"], []),
-        ("not ready is excluded", [ep("10.0.0.1"), ep("10.0.0.2", ready=False)], ["10.0.0.1"], []),
+        (
+            "not ready takes no new flows but keeps its own (kube-proxy keeps established ones)",
+            [ep("10.0.0.1"), ep("10.0.0.2", ready=False)],
+            ["10.0.0.1"],
+            ["10.0.0.2"],
+        ),
         (
             "terminating is drained while a ready one exists",
             [ep("10.0.0.1"), ep("10.0.0.2", ready=False, serving=True, terminating=True)],
@@ -110,7 +115,7 @@ def test_eligible_endpoints(description, endpoints, backends, draining):
     fe = only(translate([service()], [slice_("web", endpoints)], NODE1))
     assert addrs(fe.backends) == backends, description
     assert addrs(fe.draining) == draining, description
-    assert all(b.terminating for b in fe.draining)
+    assert all(b.terminating or not b.ready for b in fe.draining)
 
 
 def test_fallback_backends_are_marked_terminating():
