@@ -67,6 +67,7 @@ class Pod:
     ips: tuple[str, ...] = ()
     ready: bool = True
     terminating: bool = False
+    terminal: bool = False  # phase Succeeded or Failed: in no EndpointSlice
     owner: str = ""  # the workload it belongs to, if any
     ordinal: int = 0  # its replica number in that workload: spreads replicas over nodes
 
@@ -402,6 +403,7 @@ def endpoint_slices_for(
         p
         for p in pods
         if p.namespace == svc.namespace
+        and not p.terminal  # the controller's ShouldPodBeInEndpoints
         and all(p.labels.get(k) == v for k, v in svc.selector.items())
     ]
     groups: dict[tuple[str, tuple[tuple[str, int, Protocol], ...]], list[Endpoint]] = {}
@@ -424,12 +426,14 @@ def endpoint_slices_for(
         )
         if not resolved:
             continue
-        ready = pod.ready or svc.publish_not_ready
+        # the EndpointSlice controller's podToEndpoint: publishNotReadyAddresses makes the
+        # endpoint ready and serving, even while its pod terminates
+        serving = pod.ready or svc.publish_not_ready
         for ip in pod.ips:
             ep = Endpoint(
                 addresses=(ip,),
-                ready=ready and not pod.terminating,
-                serving=ready,
+                ready=svc.publish_not_ready or (serving and not pod.terminating),
+                serving=serving,
                 terminating=pod.terminating,
                 node_name=pod.node_name,
                 zone=zones.get(pod.node_name, ""),

@@ -142,6 +142,8 @@ def workload_pods(obj: dict[str, Any], nodes: list[Node]) -> tuple[list[Pod], li
     if diag.has_errors:
         return [], diag.items
     ports = _containers_ports(template.get("spec") or {})
+    # a template's nodeName binds every replica to that node, as the scheduler is bypassed
+    pinned = str((template.get("spec") or {}).get("nodeName") or "")
     tmpl_hash = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
     pods = []
     if kind == "DaemonSet":
@@ -160,7 +162,8 @@ def workload_pods(obj: dict[str, Any], nodes: list[Node]) -> tuple[list[Pod], li
     else:
         for r in range(replicas):
             pod_name = f"{name}-{r}" if kind == "StatefulSet" else f"{name}-{tmpl_hash}-{r}"
-            pods.append(Pod(ns, pod_name, labels, ports, owner=f"{kind}/{name}", ordinal=r))
+            pods.append(Pod(ns, pod_name, labels, ports, node_name=pinned,
+                            owner=f"{kind}/{name}", ordinal=r))  # fmt: skip
     return pods, diag.items
 
 
@@ -185,6 +188,7 @@ def pod_from(obj: dict[str, Any]) -> Pod | None:
         ips=tuple(str(ip) for ip in ips if ip),
         ready=ready,
         terminating=bool(meta.get("deletionTimestamp")),
+        terminal=str(status.get("phase") or "") in ("Succeeded", "Failed"),
     )
 
 

@@ -358,7 +358,8 @@ def test_pods_not_ready_and_terminating(tmp_path):
     cluster = load_cluster([path])
     fe = translate(cluster.services, cluster.slices, cluster.nodes[0]).frontends[0]
     assert [b.target for b in fe.backends] == ["ready"]
-    assert [b.target for b in fe.draining] == ["leaving"]
+    # neither takes new flows; both keep any they have (the unready one: a readiness blip)
+    assert [b.target for b in fe.draining] == ["leaving", "starting"]
 
 
 def test_deployment_replicas_spread_over_nodes_with_unique_ips(tmp_path):
@@ -493,3 +494,80 @@ def test_the_endpointslice_controller_writes_hints_and_each_node_follows_them(
     nodes = sorted(b.node_name for b in fe.backends)
     same_zone = sorted(n for n in zone if zone[n] == node1.zone)
     assert nodes == {"node": ["node-1"], "zone": same_zone, "": sorted(zone)}[hinted]
+
+
+def test_a_template_node_name_binds_every_replica_to_that_node(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: pinned}
+        spec:
+          replicas: 3
+          selector: {matchLabels: {app: pinned}}
+          template:
+            metadata: {labels: {app: pinned}}
+            spec: {nodeName: node-2, containers: [{name: c}]}
+    """,
+    )
+    cluster = load_cluster([path], ClusterConfig(nodes=3))
+    assert errors_of(cluster) == []
+    assert [p.node_name for p in cluster.pods] == ["node-2"] * 3
+
+
+def test_terminal_pods_are_in_no_endpoint_slice(tmp_path):
+    """The EndpointSlice controller's ShouldPodBeInEndpoints: a Succeeded or Failed pod is
+    no endpoint, ready condition or not (it was a ready endpoint here)."""
+    pods = "".join(
+        f"""
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: {name}, labels: {{app: web}}}}
+        spec: {{containers: [{{name: c}}]}}
+        status: {{phase: {phase}, conditions: [{{type: Ready, status: "{ready}"}}]}}
+        """
+        for name, phase, ready in (
+            ("running", "Running", "True"),
+            ("failed", "Failed", "True"),
+            ("done", "Succeeded", "False"),
+        )
+    )
+    path = write(
+        tmp_path,
+        pods
+        + """
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web}
+        spec: {selector: {app: web}, ports: [{port: 80}]}
+    """,
+    )
+    cluster = load_cluster([path])
+    assert {e.target for s in cluster.slices for e in s.endpoints} == {"running"}
+
+
+def test_publish_not_ready_addresses_keeps_a_terminating_pod_ready(tmp_path):
+    """podToEndpoint: ready = publishNotReadyAddresses or (serving and not terminating)."""
+    path = write(
+        tmp_path,
+        """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: leaving, labels: {app: db}, deletionTimestamp: "2026-01-01T00:00:00Z"}
+        spec: {containers: [{name: c}]}
+        status: {conditions: [{type: Ready, status: "False"}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: db}
+        spec: {selector: {app: db}, ports: [{port: 80}], publishNotReadyAddresses: true}
+    """,
+    )
+    cluster = load_cluster([path])
+    conditions = {(e.ready, e.serving, e.terminating) for s in cluster.slices for e in s.endpoints}
+    assert conditions == {(True, True, True)}
+    fe = translate(cluster.services, cluster.slices, cluster.nodes[0]).frontends[0]
+    assert [b.target for b in fe.backends] == ["leaving"]
