@@ -91,6 +91,7 @@ class Announcer:
         self.sock = sock
         self.refresh = refresh
         self.held: set[str] = set()
+        self.holding = False  # hold() was called: held is the election's word, not a default
         self.groups: set[bytes] = set()  # solicited-node MACs joined on the uplink
         self.last_sent: dict[str, float] = {}
         self.refreshed = 0
@@ -118,7 +119,7 @@ class Announcer:
     def hold(self, ips: set[str]) -> None:
         """The addresses this node answers for now (the election's, after each change)."""
         with self.cond:
-            self.held = set(ips)
+            self.held, self.holding = set(ips), True
             for ip in list(self.last_sent):
                 if ip not in self.held:
                     del self.last_sent[ip]
@@ -175,12 +176,17 @@ class Announcer:
                     when, gen, ip, repeat = heapq.heappop(self.due)
                     if self.generation.get(ip) != gen:
                         continue  # announced again since: that schedule stands
+                    if self.holding and ip not in self.held:
+                        # let go since: its new holder announces it now, and a late repeat
+                        # from here would point the LAN back at this node (seen: a client
+                        # left on the old holder's MAC, an 8 s failover when that one died)
+                        continue
                     start = when - REPEATS_AT[repeat]
                     if repeat + 1 < len(REPEATS_AT):
                         heapq.heappush(
                             self.due, (start + REPEATS_AT[repeat + 1], gen, ip, repeat + 1)
                         )
-                    if ip in self.held or not self.held:
+                    if ip in self.held or not self.holding:
                         self.last_sent[ip] = time.monotonic()
                     ips = [ip]
             for ip in ips:

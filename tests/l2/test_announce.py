@@ -98,6 +98,37 @@ def test_announcing_again_restarts_the_repeats_instead_of_doubling_them():
         theirs.close()
 
 
+def test_an_address_let_go_gets_no_more_repeats_from_here():
+    """Node-3 takes fd00:198::f4 over while node-2 is cut off and starts its repeats (0 to
+    2 s); node-2 comes back 0.3 s later and takes it back. Node-3's remaining repeats must
+    not go out: each would point the LAN at node-3 again, after node-2's announcements. (In
+    the lab a client was left on the old holder's MAC that way, and when that node died the
+    client waited out neighbour unreachability detection: 8 s.)"""
+    ours, theirs = _pair()
+    announcer = Announcer("test0", MAC, sock=ours)
+    ip, other = "fd00:198::f4", "192.168.198.241"
+    try:
+        announcer.hold({ip, other})
+        announcer.announce(ip)
+        announcer.announce(other)
+        time.sleep(0.3)  # the 0 and 0.2 s repeats of each are out
+        announcer.hold({other})  # the election gave ip back to its node
+        time.sleep(REPEATS_AT[-1] + 0.3)
+        theirs.setblocking(False)
+        seen: dict[str, int] = defaultdict(int)
+        while True:
+            try:
+                frame = Ether(theirs.recv(2048))
+            except BlockingIOError:
+                break
+            seen[frame[ARP].psrc if ARP in frame else frame[ICMPv6ND_NA].tgt] += 1
+        assert seen[ip] == 2  # one NA at 0 s, one at 0.2 s; none after the hand-back
+        assert seen[other] == 2 * len(REPEATS_AT)  # the one still held: every repeat
+    finally:
+        announcer.close()
+        theirs.close()
+
+
 def test_held_addresses_are_refreshed_and_released_ones_are_not():
     """metallb#2910: switches forget a MAC's port after their FDB ageing while clients keep
     their ARP entries; each address held is announced again every refresh interval."""
