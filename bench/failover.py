@@ -128,6 +128,22 @@ def owner_mac(lab: Lab, ip: str) -> str:
     raise RuntimeError(f"{ip} does not answer")
 
 
+def steady_owner_mac(lab: Lab, ip: str, quiet: float = 1.5, timeout: float = 30) -> str:
+    """The MAC the client resolves ip to, once it has not changed for `quiet` seconds: after
+    a restore the returning node may still be taking its addresses back, and a run that
+    began mid-move would time that move (seen: "failovers" of 16-50 ms)."""
+    mac, since, deadline = owner_mac(lab, ip), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ip} keeps moving")
+        time.sleep(0.05)
+        out = in_client(lab, "ip", "neigh", "show", ip, timeout=5).stdout.split()
+        now = out[out.index("lladdr") + 1] if "lladdr" in out else mac
+        if now != mac:
+            mac, since = now, time.monotonic()
+    return mac
+
+
 def wait_settled(lab: Lab, node: str, offset: int, timeout: float = 60) -> None:
     log = lab.dir / f"agent-{node}.log"
     deadline = time.monotonic() + timeout
@@ -139,7 +155,7 @@ def wait_settled(lab: Lab, node: str, offset: int, timeout: float = 60) -> None:
 
 
 def one_run(lab: Lab, ip: str, loss: str, by_mac: dict[str, str]) -> tuple[float, float]:
-    old_mac = owner_mac(lab, ip)
+    old_mac = steady_owner_mac(lab, ip)
     owner = next(n for n in lab.load().nodes if n.name == by_mac[old_mac])
     port = lan_port(lab, owner.netns)
     client = subprocess.Popen(
@@ -221,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agent-arg", action="append", default=[], help="passed to every agent")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the lab comes down on a kill too
     losses = [x for x in args.losses.split(",") if x]
     unknown = set(losses) - set(LOSSES)
     if unknown:
