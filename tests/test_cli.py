@@ -137,12 +137,14 @@ def test_bad_peer_and_pool_flags_say_what_to_write(flag, value, says):
 
 def test_model_into_a_pipe_that_closes_early_ends_quietly(tmp_path):
     """`xlb model | head -1`: the reader leaves after one line; xlb stops without a
-    BrokenPipeError traceback (it printed one before). 400 Services: far more output than
-    a pipe holds, so xlb is still writing when head leaves."""
+    BrokenPipeError traceback (it printed one before). 2000 Services print ~250 KB, several
+    times what a pipe holds (64 KiB) plus what head reads before it leaves, so xlb is still
+    writing when head leaves. (400 printed 50 KB: it could all fit in the pipe, and a clean-clone
+    CI run saw xlb finish first and exit 0.)"""
     services = "".join(
         f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\n"
         f"spec: {{ports: [{{port: 80}}], selector: {{app: s{i}}}}}\n"
-        for i in range(400)
+        for i in range(2000)
     )
     (tmp_path / "many.yaml").write_text(services)
     pipeline = f"{sys.executable} -m controlplane.cli model -f {tmp_path} | head -1"
