@@ -50,6 +50,27 @@ static __always_inline void xlb_sock_set_dst(struct bpf_sock_addr *ctx, const un
 	ctx->user_port = port;
 }
 
+/* What a destination no frontend matched gets (kube-proxy's cluster-ips-check): a live
+ * ClusterIP on a port it does not serve is refused (ECONNREFUSED, as its reject); another
+ * address of a service CIDR goes nowhere (EHOSTUNREACH at once: a socket cannot see a drop,
+ * and the packet must not leave by the default route); anything else is left alone. */
+static __always_inline int xlb_sock_unserved(const union xlb_addr *addr)
+{
+	struct xlb_net_key nk = {.prefixlen = 128};
+	__builtin_memcpy(nk.addr, addr->u8, sizeof(nk.addr));
+	__u8 *kind = xlb_service_nets.lookup(&nk);
+	if (!kind)
+		return XLB_SOCK_ALLOW;
+	if (*kind == XLB_NET_CLUSTER_IP) {
+		xlb_count_reason(XLB_R_REJECT_CLUSTER_PORT);
+		bpf_set_retval(-ECONNREFUSED);
+	} else {
+		xlb_count_reason(XLB_R_DROP_UNALLOCATED);
+		bpf_set_retval(-EHOSTUNREACH);
+	}
+	return XLB_SOCK_REFUSE;
+}
+
 /* Points a connect or sendmsg to a frontend at one of its backends; refuses at once when it
  * has none (ECONNREFUSED, or EHOSTUNREACH for a Local policy without a local endpoint). */
 static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
@@ -61,7 +82,7 @@ static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	sk.scope = XLB_SCOPE_INTERNAL;
 	struct xlb_svc *found = xlb_services.lookup(&sk);
 	if (!found)
-		return XLB_SOCK_ALLOW;
+		return xlb_sock_unserved(&sk.addr);
 	struct xlb_svc svc = *found;
 	if (svc.count == 0) {
 		xlb_count_svc(svc.id, 0, 0, 1);

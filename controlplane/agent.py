@@ -29,7 +29,7 @@ from .l2.placement import take_now
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
-from .model.translate import TranslateConfig
+from .model.translate import TranslateConfig, with_address_space
 from .serve import Endpoints, Health, HealthCheckNodePorts, Metrics
 from .sources.cluster import Cluster, ClusterConfig
 from .sources.manifests import load_cluster, manifest_files
@@ -66,6 +66,10 @@ class AgentConfig:
     # ordered: MetalLB's (each IP on the first live node of its hash order); balanced: at
     # most ceil(IPs / nodes) per node, few moves (l2/placement.py); every node the same
     l2_placement: str = "ordered"
+    # --unallocated-cluster-ips: "drop" (kube-proxy's: an address of a service CIDR that no
+    # Service holds goes nowhere) or "allow" (left to the routing: for a cluster where another
+    # proxy serves Services xlb does not see, e.g. by service-proxy-name)
+    unallocated_cluster_ips: str = "drop"
     # what the model is told: --proxy-name, --nodeport-addresses, the default algorithms
     translate: TranslateConfig = field(default_factory=TranslateConfig)
 
@@ -130,9 +134,11 @@ def desired_state(
     cfg: TranslateConfig | None = None,
     translator: Callable[..., DesiredState] = translate,
     local_addresses: Iterable[str] = (),
+    drop_unallocated: bool = True,
 ) -> tuple[DesiredState, list[str]]:
     """This node's desired state and its addresses (for SNAT: the Node object's). NodePorts
-    answer on the Node's addresses and on local_addresses (those of the devices served)."""
+    answer on the Node's addresses and on local_addresses (those of the devices served).
+    drop_unallocated: the service CIDRs go along (their unallocated addresses go nowhere)."""
     node = next((n for n in cluster.nodes if n.name == node_name), None)
     extra = tuple(a for a in local_addresses if node is not None and a not in node.addresses)
     own = list(node.addresses) if node is not None else []
@@ -149,6 +155,9 @@ def desired_state(
         )
         return DesiredState(diagnostics=(diag,)), []
     state = translator(cluster.services, cluster.slices, node, cfg)
+    state = with_address_space(
+        state, cluster.services, cluster.service_cidrs if drop_unallocated else ()
+    )
     # replace(), not a new state: the translator's hints (what changed) go along to the sync
     return dataclasses.replace(
         state, diagnostics=tuple(cluster.diagnostics) + state.diagnostics
@@ -255,6 +264,7 @@ class Agent:
                 translate_cfg,
                 translator=self.translator,
                 local_addresses=sorted(served),
+                drop_unallocated=self.cfg.unallocated_cluster_ips == "drop",
             )
         state = self._unserved(state, where)
         # Events on Services: from one node only (the first by name), or every node would

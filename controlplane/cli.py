@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .model import Level, TranslateConfig, translate
 from .model.state import Algorithm, DesiredState, Frontend
+from .model.translate import with_address_space
 from .sources.cluster import ClusterConfig
 from .sources.manifests import load_cluster
 
@@ -244,6 +245,7 @@ def cmd_datapath_up(args: argparse.Namespace) -> int:
         dataclasses.replace(node, addresses=node.addresses + extra),
         TranslateConfig(node_addresses=frozenset(a for n in cluster.nodes for a in n.addresses)),
     )
+    state = with_address_space(state, cluster.services, cluster.service_cidrs)
     for d in list(cluster.diagnostics) + list(state.diagnostics):
         if d.level is not Level.INFO:
             print(d, file=sys.stderr)
@@ -340,6 +342,7 @@ def agent_config(args: argparse.Namespace, node: str):
         peers=_peers(args.peer or [], args.gossip_port),
         lb_allocator=not args.no_lb_allocator,
         lb_class=args.lb_class,
+        unallocated_cluster_ips=args.unallocated_cluster_ips,
         translate=TranslateConfig(
             external_algorithm=Algorithm(args.external_algorithm),
             internal_algorithm=Algorithm(args.internal_algorithm),
@@ -958,6 +961,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="which Service externalIPs are served (any tenant may name any address, "
         "CVE-2020-8554): allow (default, as kube-proxy), deny (as the API's "
         "DenyServiceExternalIPs), or only those in these CIDRs; a Node's address never is",
+    )
+    agent.add_argument(
+        "--unallocated-cluster-ips",
+        choices=("drop", "allow"),
+        default="drop",
+        help="an address of a service CIDR that no Service holds: drop (default, as "
+        "kube-proxy: refused at connect(), never routed out) or allow (left to the routing, "
+        "for a cluster where another proxy serves Services xlb does not see)",
     )
     agent.add_argument(
         "--external-algorithm",

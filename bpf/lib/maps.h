@@ -213,6 +213,19 @@ struct xlb_range_key {
 	union xlb_addr addr;
 };
 
+/* The cluster's service address space, for what the socket hooks find no frontend for
+ * (kube-proxy's cluster-ips-check): LPM over the addresses of every ServiceCIDR, and each
+ * allocated ClusterIP as a full-length prefix, which wins over its range. prefixlen counts
+ * mapped bits (IPv4 has 96 in front). Bytes, not union xlb_addr: its 8-byte alignment would
+ * put 4 bytes of padding after prefixlen, inside the bits the trie matches. */
+struct xlb_net_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+#define XLB_NET_CLUSTER_IP 1   /* a live ClusterIP: its ports not served are refused */
+#define XLB_NET_SERVICE_CIDR 2 /* a service range: an address no Service holds goes nowhere */
+
 /* Socket-level translation: which frontend a socket's peer stands for, so recvmsg and
  * getpeername show the Service address instead of the backend chosen at connect time. */
 struct xlb_sock_key {
@@ -268,7 +281,9 @@ struct xlb_svc_stats {
 #define XLB_R_TIME_EXCEEDED 26     /* a packet to forward with no hop left: answered time exceeded */
 #define XLB_R_PORT_REMAPPED 27     /* a new flow's source port remapped: its reply tuple was another live flow's */
 #define XLB_R_DROP_BAD_CSUM 28     /* a new flow's first packet with a wrong TCP/UDP checksum */
-#define XLB_R_MAX 29
+#define XLB_R_REJECT_CLUSTER_PORT 29 /* a ClusterIP on a port (or protocol) it does not serve */
+#define XLB_R_DROP_UNALLOCATED 30  /* an address of a service CIDR that no Service holds */
+#define XLB_R_MAX 31
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {
@@ -320,6 +335,9 @@ BPF_TABLE_PINNED("lru_hash", struct xlb_sock_key, struct xlb_sock_rev, xlb_sock_
 		 XLB_SOCK_REV_SIZE, XLB_PIN_ROOT "/sock_rev");
 BPF_TABLE_PINNED("lpm_trie", struct xlb_range_key, __u8, xlb_source_ranges,
 		 XLB_MAX_SOURCE_RANGES, XLB_PIN_ROOT "/source_ranges", BPF_F_NO_PREALLOC);
+/* Sized by the frontends: every ClusterIP is one, and the ranges are few. */
+BPF_TABLE_PINNED("lpm_trie", struct xlb_net_key, __u8, xlb_service_nets, XLB_MAX_SERVICES,
+		 XLB_PIN_ROOT "/service_nets", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("percpu_array", __u32, struct xlb_svc_stats, xlb_stats, XLB_MAX_SERVICES,
 		 XLB_PIN_ROOT "/stats");
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, xlb_reasons, XLB_R_MAX, XLB_PIN_ROOT "/reasons");

@@ -21,6 +21,7 @@ SIZE_FIELDS = {
     "frags": "frags_size",
     "affinity": "affinity_size",
     "source_ranges": "max_source_ranges",
+    "service_nets": "max_services",
 }
 
 

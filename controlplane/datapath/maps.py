@@ -28,6 +28,8 @@ ALG_NAME = {v: k for k, v in ALG_NUM.items()}
 SVC_F_PRESERVE_CLIENT = value("XLB_SVC_F_PRESERVE_CLIENT")
 SVC_F_DROP_EMPTY = value("XLB_SVC_F_DROP_EMPTY")
 SVC_F_SOURCE_RANGES = value("XLB_SVC_F_SOURCE_RANGES")
+NET_CLUSTER_IP = value("XLB_NET_CLUSTER_IP")
+NET_SERVICE_CIDR = value("XLB_NET_SERVICE_CIDR")
 BE_F_LOCAL = value("XLB_BE_F_LOCAL")
 BE_F_TERMINATING = value("XLB_BE_F_TERMINATING")
 BE_F_NOT_SERVING = value("XLB_BE_F_NOT_SERVING")
@@ -138,6 +140,7 @@ class Maps:
         self.ct_new = t("xlb_ct_new")  # flows not answered yet
         self.affinity = t("xlb_affinity")
         self.source_ranges = t("xlb_source_ranges")
+        self.service_nets = t("xlb_service_nets")
         self.stats = t("xlb_stats")
         self.reasons = t("xlb_reasons")
         self.config = t("xlb_config")
@@ -247,6 +250,26 @@ class Maps:
             addr = get_addr(k.addr)
             bits = k.prefixlen - 32 - (96 if ":" not in addr else 0)
             out.setdefault(k.svc, set()).add(str(ipaddress.ip_network(f"{addr}/{bits}")))
+        return out
+
+    # -- the service address space ------------------------------------------------------------
+
+    def net_key(self, cidr: str) -> Any:
+        """A prefix as xlb_service_nets keys it (an address alone: its full length)."""
+        net = ipaddress.ip_network(cidr, strict=False)
+        k = self.service_nets.Key()
+        k.prefixlen = 96 + net.prefixlen if net.version == 4 else net.prefixlen
+        set_addr(k.addr, str(net.network_address))
+        return k
+
+    def read_service_nets(self) -> dict[str, int]:
+        """prefix -> XLB_NET_*; a full-length prefix as the address alone."""
+        out = {}
+        for k, v in self.service_nets.items():
+            addr = get_addr(k.addr)
+            bits = k.prefixlen - (96 if ":" not in addr else 0)
+            full = 32 if ":" not in addr else 128
+            out[addr if bits == full else f"{addr}/{bits}"] = v.value
         return out
 
     # -- counters ---------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from .maps import (
     BE_F_NOT_SERVING,
     BE_F_TERMINATING,
     CLOCK_COARSE,
+    NET_CLUSTER_IP,
+    NET_SERVICE_CIDR,
     SVC_F_DROP_EMPTY,
     SVC_F_PRESERVE_CLIENT,
     SVC_F_SOURCE_RANGES,
@@ -146,6 +148,8 @@ class Syncer:
         self.service_groups: dict[str, set[GroupKey]] = {}  # Service -> its applied groups
         self.serial = 0  # of the last state applied (a translator's; 0: none known)
         self.ranges: dict[int, set[str]] = maps.read_source_ranges()
+        self.nets: dict[str, int] = maps.read_service_nets()  # prefix -> XLB_NET_*
+        self.nets_from: tuple | None = None  # the (cluster_ips, service_cidrs) written last
         self.groups: dict[int, Group] = {}
         slots = maps.read_slots()
         for v in self.frontends.values():
@@ -435,6 +439,7 @@ class Syncer:
             if gk not in removed_set:
                 self.applied[gk] = tuple(fes_of(gk))
                 self.service_groups.setdefault(gk[0], set()).add(gk)
+        self._sync_nets(state, res)
         self.synced = True
         self.serial = state.serial
         self._sync_config(node_addr4, node_addr6, uplink_mac, fib_cache, res)
@@ -487,6 +492,23 @@ class Syncer:
         group.built_from = (names, group.backends)
         res.ring_writes += 1
         return Algorithm.MAGLEV
+
+    def _sync_nets(self, state: DesiredState, res: SyncResult) -> None:
+        """The service address space (xlb_service_nets) after the service entries: an address
+        a new Service took is served before it stops being refused. Skipped whole when the
+        state's ClusterIPs and ranges are the ones written last."""
+        given = (state.cluster_ips, state.service_cidrs)
+        if given == self.nets_from:
+            return
+        wanted = dict.fromkeys(state.service_cidrs, NET_SERVICE_CIDR)
+        wanted.update(dict.fromkeys(state.cluster_ips, NET_CLUSTER_IP))
+        for net, kind in wanted.items():
+            if self.nets.get(net) != kind:
+                self.maps.service_nets[self.maps.net_key(net)] = ct.c_uint8(kind)
+                res.writes += 1
+        for net in [n for n in self.nets if n not in wanted]:
+            self._delete(self.maps.service_nets, self.maps.net_key(net), res)
+        self.nets, self.nets_from = wanted, given
 
     def _sync_ranges(self, svc_id: int, wanted: set[str], res: SyncResult) -> None:
         current = self.ranges.get(svc_id, set())

@@ -689,3 +689,25 @@ def parse_node(obj: dict[str, Any]) -> tuple[Node | None, list[Diagnostic]]:
         to_be_deleted=bool(meta.get("deletionTimestamp"))
         or any(isinstance(t, dict) and t.get("key") == TAINT_TO_BE_DELETED for t in taints),
     ), diag.items
+
+
+def parse_service_cidr(obj: dict[str, Any]) -> tuple[list[str], list[Diagnostic]]:
+    """The ranges of a ServiceCIDR (networking.k8s.io/v1): spec.cidrs, at most one of each
+    family. A malformed entry gets one diagnostic; the object's other entries still count."""
+    _, name, _ = _meta(obj, "ServiceCIDR")
+    diag = Collector("ServiceCIDR", "", name or "<unnamed>")
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    raw = spec.get("cidrs")
+    if not isinstance(raw, list):
+        diag.error("spec.cidrs", "must be a list of CIDRs (e.g. 10.96.0.0/16, fd00:10:96::/112)")
+        return [], diag.items
+    out: list[str] = []
+    for i, value in enumerate(raw):
+        cidr = _cidr(value)
+        if cidr is None or "/" not in str(value):
+            diag.error(f"spec.cidrs[{i}]", f"{value!r} is not a CIDR; this entry is ignored")
+        elif any((":" in c) == (":" in cidr) for c in out):
+            diag.error(f"spec.cidrs[{i}]", "a second range of one family; this entry is ignored")
+        else:
+            out.append(cidr)
+    return out, diag.items

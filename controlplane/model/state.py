@@ -106,6 +106,11 @@ class DesiredState:
     frontends: tuple[Frontend, ...] = ()
     health_checks: tuple[HealthCheck, ...] = ()
     diagnostics: tuple[Diagnostic, ...] = field(default_factory=tuple)
+    # The service address space, for what no frontend matches (kube-proxy's
+    # cluster-ips-check): every allocated ClusterIP, refused on a port it does not serve, and
+    # the service CIDRs, whose other addresses go nowhere. Empty: both left alone.
+    cluster_ips: frozenset[str] = frozenset()
+    service_cidrs: tuple[str, ...] = ()
     # From a Translator: this state's number, the number of the state it was patched from,
     # and the Services whose frontends may differ from that one (None: unknown). A sync that
     # applied `base` last need only look at those Services. Not part of the state's value.

@@ -11,6 +11,8 @@ For each Service port and IP family it emits frontends:
 from __future__ import annotations
 
 import bisect
+import contextlib
+import dataclasses
 import ipaddress
 import itertools
 from collections import defaultdict
@@ -534,3 +536,24 @@ def translate(
         services, _by_service(slices), lambda s, mine: _contribution(s, mine, node, cfg)
     )
     return result.state(order)
+
+
+def with_address_space(
+    state: DesiredState, services: Iterable[Service], service_cidrs: Iterable[str]
+) -> DesiredState:
+    """The state with the cluster's service address space (kube-proxy's cluster-ips-check):
+    the ClusterIPs of these Services, allocated whether or not this node serves a frontend of
+    theirs, and the service CIDRs they come from. A CIDR that is no network is left out here:
+    the source reported it. Canonical text throughout (a full-length prefix as its address
+    alone), as the sync compares what the map holds by it."""
+    cidrs = []
+    for c in service_cidrs:
+        with contextlib.suppress(ValueError):
+            net = ipaddress.ip_network(c, strict=False)
+            whole = net.prefixlen == net.max_prefixlen
+            cidrs.append(str(net.network_address) if whole else str(net))
+    return dataclasses.replace(
+        state,
+        cluster_ips=frozenset(ip for s in services for ip in s.cluster_ips),
+        service_cidrs=tuple(dict.fromkeys(cidrs)),
+    )

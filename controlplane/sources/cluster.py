@@ -85,6 +85,9 @@ class Cluster:
     pools: list = field(default_factory=list)  # LoadBalancer address pools (l2/ipam.Pool)
     # L2Advertisements (l2/ipam.Advertisement); None: there are none, every pool is announced
     advertisements: list | None = None
+    # the ranges ClusterIPs are allocated from (ServiceCIDR objects, or the manifest
+    # source's configuration): an address there that no Service holds goes nowhere
+    service_cidrs: list[str] = field(default_factory=list)
 
 
 def _digest(*parts: object) -> int:

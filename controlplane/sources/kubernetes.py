@@ -25,7 +25,13 @@ from typing import Any
 
 from ..model.diagnostics import Diagnostic
 from ..model.objects import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
-from ..model.parse import parse_endpoint_slice, parse_endpoints, parse_node, parse_service
+from ..model.parse import (
+    parse_endpoint_slice,
+    parse_endpoints,
+    parse_node,
+    parse_service,
+    parse_service_cidr,
+)
 from .cluster import Cluster
 
 log = logging.getLogger("xlb.kubernetes")
@@ -56,6 +62,8 @@ def _parse(kind: str, obj: dict) -> tuple[list[Any], list[Diagnostic]]:
         return ([sl] if sl else []), d
     if kind == "Endpoints":
         return parse_endpoints(obj)
+    if kind == "ServiceCIDR":
+        return parse_service_cidr(obj)
     node, d = parse_node(obj)
     return ([node] if node else []), d
 
@@ -139,6 +147,7 @@ class Store:
                         "Node": c.nodes,
                         "IPAddressPool": c.pools,
                         "L2Advertisement": c.advertisements,
+                        "ServiceCIDR": c.service_cidrs,
                     }.get(kind, c.slices)
                     target += entry.parsed
             return c
@@ -159,8 +168,9 @@ class Reflector(threading.Thread):
     ) -> None:
         super().__init__(name=f"reflector-{kind}", daemon=True)
         self.kind, self.list_fn, self.store, self.selector = kind, list_fn, store, selector
-        # optional: a resource whose CRD may not be installed; 404 means none of them (and
-        # the list is tried again every backoff maximum, for a CRD installed later)
+        # optional: a resource whose CRD may not be installed, or that an older API server
+        # does not serve; 404 means none of them (and the list is tried again every backoff
+        # maximum, for a CRD installed later)
         self.optional = optional
         self.watch_timeout = watch_timeout
         self.backoff_min, self.backoff_max = backoff
@@ -261,7 +271,7 @@ class Reflector(threading.Thread):
                     break
                 if self.optional and getattr(exc, "status", None) == 404:
                     if self.kind not in self.store.synced:
-                        log.info("%s: not served here (no CRD installed): none", self.kind)
+                        log.info("%s: not served (no CRD, or an older server): none", self.kind)
                     self.store.replace(self.kind, [])
                     version = ""
                     self.stopping.wait(self.backoff_max)
@@ -299,7 +309,16 @@ class KubernetesSource:
         self.core, self.api_client = core, api_client
         self.pools = list(pools or [])  # from xlb's own config, beside any IPAddressPool
         endpoints_kind = "EndpointSlice" if endpoints_api == "endpointslices" else "Endpoints"
-        self.store = Store(("Service", endpoints_kind, "Node", "IPAddressPool", "L2Advertisement"))
+        self.store = Store(
+            (
+                "Service",
+                endpoints_kind,
+                "Node",
+                "ServiceCIDR",
+                "IPAddressPool",
+                "L2Advertisement",
+            )
+        )
         self.event_queue: queue.Queue = queue.Queue(maxsize=self.EVENT_QUEUE)
         self.event_lock = threading.Lock()
         self.event_thread: threading.Thread | None = None
@@ -320,6 +339,8 @@ class KubernetesSource:
             ),
             "Endpoints": (core.list_endpoints_for_all_namespaces, f"!{LABEL_HEADLESS}"),
             "Node": (core.list_node, ""),
+            # the service ranges (GA in 1.33; a server before 1.31 serves none: 404)
+            "ServiceCIDR": (client.NetworkingV1Api(api_client).list_service_cidr, ""),
             # MetalLB's configuration, read as it is, if its CRDs are installed
             "IPAddressPool": (
                 partial(
@@ -342,7 +363,7 @@ class KubernetesSource:
                 selector=calls[k][1],
                 watch_timeout=watch_timeout,
                 backoff=backoff,
-                optional=k in ("IPAddressPool", "L2Advertisement"),
+                optional=k in ("ServiceCIDR", "IPAddressPool", "L2Advertisement"),
             )
             for k in self.store.kinds
         ]

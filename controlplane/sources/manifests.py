@@ -285,6 +285,7 @@ def build_cluster(docs: list[Document], cfg: ClusterConfig | None = None) -> Clu
         services, d = step(services)
         cluster.diagnostics += d
     cluster.services, cluster.pools = services, pools
+    cluster.service_cidrs = list(cfg.service_cidrs)  # the ranges it allocates from
 
     by_key = {s.key: s for s in services}
     for key, mirrored in endpoints:

@@ -56,7 +56,9 @@ STATE = DesiredState(
         cluster_ip("10.96.0.12", 80, "TCP", [], no_backend=NoBackend.DROP),
         cluster_ip("10.96.0.13", 80, "TCP", [(a, 8080) for a in B4], affinity_timeout=600),
         cluster_ip("10.96.0.14", 80, "TCP", [(a, 8080) for a in B4], algorithm=Algorithm.MAGLEV),
-    )
+    ),
+    cluster_ips=frozenset({f"10.96.0.{i}" for i in range(10, 15)} | {"fd00:10:96::10"}),
+    service_cidrs=("10.96.0.0/16", "fd00:10:96::/112"),
 )
 
 
@@ -208,6 +210,55 @@ for addr in ("10.96.0.11", "10.96.0.12"):
     refused, ms1, unreachable, ms2 = client(code)
     assert refused == "ECONNREFUSED" and unreachable == "EHOSTUNREACH"
     assert int(ms1) < 100 and int(ms2) < 100
+
+
+SERVICE_SPACE = """
+import errno, socket, time
+for addr, port, kind in {probes!r}:
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    s.settimeout(3)
+    t = time.monotonic()
+    try:
+        s.connect((addr, port)) if kind == "tcp" else s.sendto(b"q", (addr, port))
+        print(addr, port, kind, "ok", 0)
+    except OSError as e:
+        print(addr, port, kind, errno.errorcode[e.errno], round((time.monotonic() - t) * 1000))
+"""
+
+
+@pytest.mark.parametrize(
+    "addr,port,kind,expected",
+    [
+        # kube-proxy nftables: "Reject traffic to invalid ports of ClusterIPs"
+        ("10.96.0.10", 81, "tcp", "ECONNREFUSED"),
+        ("10.96.0.10", 54, "udp", "ECONNREFUSED"),
+        ("10.96.0.10", 53, "tcp", "ECONNREFUSED"),  # served for UDP only
+        ("fd00:10:96::10", 81, "tcp", "ECONNREFUSED"),
+        # "Drop traffic to unallocated ClusterIPs": refused at connect(), never routed out
+        ("10.96.0.99", 80, "tcp", "EHOSTUNREACH"),
+        ("10.96.200.1", 53, "udp", "EHOSTUNREACH"),
+        ("fd00:10:96::99", 80, "tcp", "EHOSTUNREACH"),
+        # outside the service CIDRs: left to the routing (this namespace has no route there)
+        ("10.97.0.10", 81, "tcp", "ENETUNREACH"),
+        ("fd00:10:97::10", 81, "tcp", "ENETUNREACH"),
+    ],
+)
+def test_the_service_address_space_answers_what_no_frontend_serves(
+    client, addr, port, kind, expected
+):
+    (line,) = [client(SERVICE_SPACE.format(probes=[(addr, port, kind)]))]
+    assert line[3] == expected, line
+    print(f"{addr}:{port}/{kind}: {line[3]} in {line[4]} ms")
+    assert int(line[4]) < 1000  # at once, not after a timeout
+
+
+def test_the_service_address_space_is_counted(client, maps):
+    before = maps.reason_counts()
+    client(SERVICE_SPACE.format(probes=[("10.96.0.10", 81, "tcp"), ("10.96.0.99", 80, "tcp")]))
+    after = maps.reason_counts()
+    assert after["reject_cluster_port"] - before["reject_cluster_port"] == 1
+    assert after["drop_unallocated"] - before["drop_unallocated"] == 1
 
 
 def test_session_affinity_keeps_a_pod_on_one_backend(client):

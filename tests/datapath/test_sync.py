@@ -152,6 +152,27 @@ def test_source_ranges_follow_the_frontend(syncer, maps):
     assert maps.read_source_ranges() == {}
 
 
+def test_service_address_space_follows_the_state_and_survives_a_restart(syncer, maps, dp_config):
+    """ClusterIPs as full-length prefixes, ServiceCIDRs as ranges (a /32 range and a ClusterIP
+    at one address: the ClusterIP); unchanged, nothing is written; a restart reads them back."""
+    space = DesiredState(
+        cluster_ips=frozenset({"10.96.0.10", "fd00:10:96::a"}),
+        service_cidrs=("10.96.0.0/16", "fd00:10:96::/112", "10.97.0.1"),
+    )
+    syncer.sync(space, NODE4, NODE6)
+    nets = {"10.96.0.10": 1, "fd00:10:96::a": 1, "10.96.0.0/16": 2, "fd00:10:96::/112": 2}
+    assert maps.read_service_nets() == {**nets, "10.97.0.1": 2}
+    assert syncer.sync(space, NODE4, NODE6).writes == 0
+    restarted = Syncer(Maps.open(maps.pin_root), dp_config)
+    assert restarted.sync(space, NODE4, NODE6).writes <= 1  # the node config at most
+    moved = DesiredState(cluster_ips=frozenset({"10.97.0.1"}), service_cidrs=("10.96.0.0/16",))
+    res = restarted.sync(moved, NODE4, NODE6)
+    assert maps.read_service_nets() == {"10.97.0.1": 1, "10.96.0.0/16": 2}
+    assert res.deletes == 3
+    restarted.sync(DesiredState(), NODE4, NODE6)
+    assert maps.read_service_nets() == {}
+
+
 def test_algorithm_and_policy_flags(syncer):
     syncer.sync(
         DesiredState(

@@ -98,6 +98,7 @@ def test_rbac_grants_what_the_kubernetes_source_uses_and_no_more():
         ("", "endpoints"),
         ("", "nodes"),
         ("discovery.k8s.io", "endpointslices"),
+        ("networking.k8s.io", "servicecidrs"),
     ):
         assert {(group, resource, "list"), (group, resource, "watch")} <= granted
     assert ("", "events", "create") in granted

@@ -26,9 +26,11 @@ RESOURCES = {
     "/api/v1/namespaces": ("Namespace", "v1"),
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1"),
     "/apis/coordination.k8s.io/v1/leases": ("Lease", "coordination.k8s.io/v1"),
+    "/apis/networking.k8s.io/v1/servicecidrs": ("ServiceCIDR", "networking.k8s.io/v1"),
     "/apis/metallb.io/v1beta1/ipaddresspools": ("IPAddressPool", "metallb.io/v1beta1"),
     "/apis/metallb.io/v1beta1/l2advertisements": ("L2Advertisement", "metallb.io/v1beta1"),
 }
+CLUSTER_SCOPED = {"/api/v1/nodes", "/api/v1/namespaces", "/apis/networking.k8s.io/v1/servicecidrs"}
 CRDS = {"/apis/metallb.io/v1beta1/ipaddresspools", "/apis/metallb.io/v1beta1/l2advertisements"}
 
 
@@ -124,6 +126,7 @@ class ApiServer:
         self.pages = 0  # list responses served (a paginated list is several)
         self.compact_at_page = 0  # after serving this page, compact: its token expires
         self.crds = True  # MetalLB's CRDs installed (else their paths answer 404)
+        self.service_cidr_api = True  # networking.k8s.io/v1 ServiceCIDRs served (1.33+)
         self.writes: Counter = Counter()  # (method, collection, subresource) from clients
         # as every cluster has them; kube-system's uid is the cluster's identity (the agents'
         # default hash seed)
@@ -133,6 +136,12 @@ class ApiServer:
                 "metadata": {"name": name, "uid": str(uuid.uuid4()), "resourceVersion": "1"},
                 "status": {"phase": "Active"},
             }  # fmt: skip
+        # kube-apiserver (1.33+) makes the default ServiceCIDR from --service-cluster-ip-range
+        self.objects["/apis/networking.k8s.io/v1/servicecidrs"][("", "kubernetes")] = {
+            "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes", "uid": str(uuid.uuid4()), "resourceVersion": "1"},
+            "spec": {"cidrs": ["10.96.0.0/12"]},
+        }  # fmt: skip
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -186,7 +195,7 @@ class ApiServer:
             self.rv += 1
             obj = json.loads(json.dumps(obj))
             meta = obj.setdefault("metadata", {})
-            if path != "/api/v1/nodes":
+            if path not in CLUSTER_SCOPED:
                 meta.setdefault("namespace", "default")
             meta["resourceVersion"] = str(self.rv)
             key = (meta.get("namespace", ""), meta["name"])
@@ -207,7 +216,7 @@ class ApiServer:
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> None:
         path = next(p for p, (k, _) in RESOURCES.items() if k == kind)
-        key = ("" if kind == "Node" else namespace, name)
+        key = ("" if path in CLUSTER_SCOPED else namespace, name)
         obj = self.objects[path].get(key)
         if obj is not None:
             self._write(path, "DELETED", obj)
@@ -236,7 +245,11 @@ class ApiServer:
             h.connection.close()
             return
         collection, ns, name, _ = route(url.path)
-        if not collection or (collection in CRDS and not self.crds):
+        if (
+            not collection
+            or (collection in CRDS and not self.crds)
+            or (collection.endswith("/servicecidrs") and not self.service_cidr_api)
+        ):
             return self._status(h, 404, "NotFound", f"{url.path} is not served here")
         if name:
             with self.cond:

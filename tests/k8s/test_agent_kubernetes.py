@@ -85,6 +85,7 @@ def test_an_api_outage_of_30_seconds_changes_nothing_in_the_maps(cluster):
         "Service",
         "EndpointSlice",
         "Node",
+        "ServiceCIDR",
         "IPAddressPool",
         "L2Advertisement",
     }

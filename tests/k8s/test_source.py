@@ -244,6 +244,43 @@ def test_without_metallb_crds_the_source_is_ready_and_finds_them_later(api):
         src.stop()
 
 
+def service_cidr(name, *cidrs):
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "ServiceCIDR",
+        "metadata": {"name": name},
+        "spec": {"cidrs": list(cidrs)},
+    }
+
+
+def test_service_cidrs_are_read_and_a_malformed_entry_is_one_diagnostic(api, source):
+    """The default ServiceCIDR kube-apiserver makes, one added later (a malformed entry of it
+    gets one diagnostic and its good entry still counts), and its deletion."""
+    eventually(lambda: source.snapshot().service_cidrs == ["10.96.0.0/12"])
+    api.apply(service_cidr("extra", "10.100.0.0/16", "fd00:10:96::/112x"))
+    eventually(lambda: sorted(source.snapshot().service_cidrs) == ["10.100.0.0/16", "10.96.0.0/12"])
+    (diag,) = [d for d in source.snapshot().diagnostics if d.kind == "ServiceCIDR"]
+    assert (diag.name, diag.field) == ("extra", "spec.cidrs[1]")
+    assert "not a CIDR" in diag.message
+    api.delete("ServiceCIDR", "extra")
+    eventually(lambda: source.snapshot().service_cidrs == ["10.96.0.0/12"])
+
+
+def test_a_server_without_service_cidrs_is_ready_and_has_none(api):
+    """An API server before ServiceCIDRs (404 for the resource) is no error: none known, so
+    no address is dropped for being unallocated."""
+    api.service_cidr_api = False
+    cfg = client.Configuration()
+    cfg.host = api.url
+    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
+    src.start()
+    try:
+        eventually(lambda: src.ready)
+        assert not src.health()["errors"] and src.snapshot().service_cidrs == []
+    finally:
+        src.stop()
+
+
 def test_lists_come_in_pages_and_an_expired_page_token_lists_anew(api):
     """1,200 Services arrive in pages of 500, as informers ask for them; when the history is
     compacted between two pages (the token is then 410 Gone, as kube-apiserver answers),

@@ -273,3 +273,41 @@ def test_an_unsupported_traffic_distribution_is_one_warning_and_spread_cluster_w
     (d,) = diags
     assert d.level is Level.WARNING and d.field == "spec.trafficDistribution"
     assert "PreferSameRack" in d.message and "PreferSameNode" in d.message
+
+
+@pytest.mark.parametrize(
+    "cidrs,kept,fields",
+    [
+        (["10.96.0.0/16", "fd00:10:96::/112"], ["10.96.0.0/16", "fd00:10:96::/112"], []),
+        (["10.96.0.0/16", "bogus"], ["10.96.0.0/16"], ["spec.cidrs[1]"]),
+        (["10.96.0.1"], [], ["spec.cidrs[0]"]),  # an address is no range
+        (["10.96.0.0/16", "10.97.0.0/16"], ["10.96.0.0/16"], ["spec.cidrs[1]"]),
+        ([7, "fd00::/64"], ["fd00::/64"], ["spec.cidrs[0]"]),
+        ("10.96.0.0/16", [], ["spec.cidrs"]),  # not a list
+    ],
+)
+def test_service_cidr_entries_are_kept_or_get_one_diagnostic_each(cidrs, kept, fields):
+    from controlplane.model.parse import parse_service_cidr
+
+    obj = {"kind": "ServiceCIDR", "metadata": {"name": "extra"}, "spec": {"cidrs": cidrs}}
+    got, diags = parse_service_cidr(obj)
+    assert got == kept
+    assert [d.field for d in diags] == fields
+    assert all(d.kind == "ServiceCIDR" and d.name == "extra" for d in diags)
+
+
+def test_the_address_space_holds_every_clusterip_and_canonical_ranges():
+    from controlplane.model import Service
+    from controlplane.model.state import DesiredState
+    from controlplane.model.translate import with_address_space
+
+    services = [
+        Service("default", "a", cluster_ips=("10.96.0.10", "fd00:10:96::a")),
+        Service("default", "b", cluster_ips=("10.96.0.11",)),
+        Service("default", "headless", headless=True),
+    ]
+    state = with_address_space(
+        DesiredState(), services, ["10.96.0.0/16", "FD00:10:96::0/112", "10.97.0.5/32", "x"]
+    )
+    assert state.cluster_ips == {"10.96.0.10", "fd00:10:96::a", "10.96.0.11"}
+    assert state.service_cidrs == ("10.96.0.0/16", "fd00:10:96::/112", "10.97.0.5")

@@ -261,6 +261,35 @@ def test_no_endpoints_is_refused_in_under_100_ms(lab, source, host, port, proto)
     assert what == "ECONNREFUSED" and int(ms) < 100, out.stdout
 
 
+@pytest.mark.parametrize("source", ["pod", "node-1"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_service_ranges_refuse_at_once_what_no_service_serves(lab, source, family):
+    """kube-proxy's cluster-ips-check, end to end (manifests, agent, maps, a real connect): a
+    live ClusterIP on a port it does not serve is refused (its reject), and an address of a
+    service CIDR that no Service holds goes nowhere (its drop: at the socket, EHOSTUNREACH at
+    once, never routed out of the node). Before: the SYN left by the default route and the
+    connection timed out."""
+    import ipaddress
+
+    cluster, _ = frontends(lab)
+    taken = {ip for s in cluster.services for ip in s.cluster_ips}
+    svc = next(
+        s for s in cluster.services if any(ipaddress.ip_address(ip).version == family
+                                           for ip in s.cluster_ips)
+    )  # fmt: skip
+    ip = next(a for a in svc.cluster_ips if ipaddress.ip_address(a).version == family)
+    unserved = max(p.port for p in svc.ports) + 1
+    ranges = [ipaddress.ip_network(c) for c in lab.cluster_config(lab.load()).service_cidrs]
+    net = next(n for n in ranges if n.version == family)
+    free = next(str(a) for a in net.hosts() if str(a) not in taken)
+    target = a_pod(lab, "node-1") if source == "pod" else source
+    for host, port, expected in ((ip, unserved, "ECONNREFUSED"), (free, 80, "EHOSTUNREACH")):
+        out = run(lab, target, sys.executable, "-c", PROBE, host, str(port), "tcp")
+        what, ms = out.stdout.rsplit(maxsplit=1)
+        print(f"{source} -> {host}:{port}: {what} in {ms} ms")
+        assert what == expected and int(ms) < 1000, out.stdout
+
+
 # -- endpoints that come and go ----------------------------------------------------------------
 
 
