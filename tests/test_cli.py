@@ -97,6 +97,8 @@ def test_every_agent_flag_reaches_the_agent_config(tmp_path):
             "--no-lb-allocator",
             "--lb-class",
             "xlb.dev/l2",
+            "--unallocated-cluster-ips",
+            "allow",
         ]
     )
     cfg = agent_config(args, "node-1")
@@ -116,6 +118,7 @@ def test_every_agent_flag_reaches_the_agent_config(tmp_path):
         "node-4": ("fd00:198::cc", 7002),
     }
     assert (cfg.lb_allocator, cfg.lb_class) == (False, "xlb.dev/l2")
+    assert cfg.unallocated_cluster_ips == "allow"
 
 
 @pytest.mark.parametrize(

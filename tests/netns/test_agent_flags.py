@@ -399,6 +399,34 @@ def _external_ips(served: bool, policy: str) -> Callable[[Run], None]:
     return check
 
 
+CONNECT = """
+import errno, socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, "timeout"))
+"""
+
+
+def _unallocated(dropped: bool) -> Callable[[Run], None]:
+    """From the node's own processes: a ClusterIP on a port it does not serve is refused
+    either way; an address of the service ranges that no Service holds gets EHOSTUNREACH at
+    once only while dropped (allow: the routing has it)."""
+
+    def check(run: Run) -> None:
+        def connect(host: str, port: int) -> str:
+            out = run.topo.run_in(run.topo.node, sys.executable, "-c", CONNECT, host, str(port),
+                                  cgroup=True)  # fmt: skip
+            return out.stdout.strip()
+
+        assert eventually(lambda: connect("10.96.0.50", 81) == "ECONNREFUSED", 5)
+        got = connect("10.96.0.99", 80)
+        assert (got == "EHOSTUNREACH") is dropped, got
+
+    return check
+
+
 AUTO_SERVICE = """
 apiVersion: v1
 kind: Service
@@ -621,6 +649,12 @@ ROWS = [
         "--external-ips CIDR (outside)",
         ("--external-ips", "203.0.113.0/24"),
         _external_ips(False, "203.0.113.0/24"),
+    ),
+    Row("--unallocated-cluster-ips (default drop)", (), _unallocated(True)),
+    Row(
+        "--unallocated-cluster-ips allow",
+        ("--unallocated-cluster-ips", "allow"),
+        _unallocated(False),
     ),
     Row("--pool", ("--pool", POOL), _pool),
     Row("--hash-seed", ("--hash-seed", "our-cluster-secret"), _hash_seed("our-cluster-secret")),
