@@ -11,6 +11,7 @@
 #include "lib/conntrack.h"
 #include "lib/maglev.h"
 #include "lib/affinity.h"
+#include "lib/ranges.h"
 
 #define XLB_SOCK_ALLOW 1
 #define XLB_SOCK_REFUSE 0
@@ -21,6 +22,36 @@
 #ifndef EHOSTUNREACH
 #define EHOSTUNREACH 113
 #endif
+
+/* A socket pointed at a frontend with loadBalancerSourceRanges carries that frontend here,
+ * for sock_egress to check each packet's source: the source address is only chosen after
+ * connect() returns (routing), so the connect hook cannot judge it. Per socket and gone
+ * with it; not pinned (only this object's programs read it). */
+struct xlb_sock_ranged {
+	__u32 svc;    /* the frontend's id */
+	__u8 ranged;  /* 1: its source ranges apply to this socket's packets */
+	__u8 node;    /* 1: a socket of the node's own (judged as the node's address) */
+	__u16 pad;
+};
+BPF_SK_STORAGE(xlb_sock_ranged, struct xlb_sock_ranged);
+
+/* Remembers whether this socket's last destination was a frontend with source ranges (svc;
+ * NULL: no frontend). A UDP socket may send to several, and each datagram's sendmsg runs
+ * just before it leaves; a socket never pointed at one gets no storage at all. */
+static __always_inline void xlb_sock_mark(struct bpf_sock_addr *ctx, const struct xlb_svc *svc,
+					  __u64 netns)
+{
+	int ranged = svc && (svc->flags & XLB_SVC_F_SOURCE_RANGES);
+	struct xlb_sock_ranged *mark =
+		xlb_sock_ranged.sk_storage_get(ctx->sk, 0, ranged ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (!mark)
+		return;
+	mark->svc = svc ? svc->id : 0;
+	mark->ranged = ranged ? 1 : 0;
+	__u32 zero = 0;
+	struct xlb_config *cfg = xlb_config.lookup(&zero);
+	mark->node = cfg && cfg->node_netns && cfg->node_netns == netns;
+}
 
 /* The destination of ctx as a datapath address (IPv4 mapped). */
 static __always_inline void xlb_sock_dst(const struct bpf_sock_addr *ctx, union xlb_addr *a,
@@ -81,8 +112,10 @@ static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 	sk.proto = ctx->protocol;
 	sk.scope = XLB_SCOPE_INTERNAL;
 	struct xlb_svc *found = xlb_services.lookup(&sk);
-	if (!found)
+	if (!found) {
+		xlb_sock_mark(ctx, 0, 0);
 		return xlb_sock_unserved(&sk.addr);
+	}
 	struct xlb_svc svc = *found;
 	if (svc.count == 0) {
 		xlb_count_svc(svc.id, 0, 0, 1);
@@ -112,6 +145,7 @@ static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 		return XLB_SOCK_REFUSE;
 	}
 	struct xlb_backend backend = *be;
+	xlb_sock_mark(ctx, &svc, netns);
 	if (svc.affinity_timeout)
 		xlb_affinity_set(&svc, &client, pin, id, &backend, now);
 
@@ -137,6 +171,48 @@ static __always_inline int xlb_sock_restore(struct bpf_sock_addr *ctx, int v6)
 		xlb_sock_set_dst(ctx, &addr, rev->port, v6);
 	}
 	return XLB_SOCK_ALLOW;
+}
+
+/* cgroup egress: a packet of a socket pointed at a frontend with source ranges leaves only
+ * if its source address is in them (kube-proxy's firewall-check for the node's own
+ * processes and pods: a drop). A pod's source is its own address; the node's sockets count
+ * as the node's address (xlb_config.node_netns). Every other packet passes after one
+ * socket-storage look. */
+int sock_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	struct xlb_sock_ranged *mark = xlb_sock_ranged.sk_storage_get(sk, 0, 0);
+	if (!mark || !mark->ranged)
+		return 1;
+	union xlb_addr src = {};
+	__u32 zero = 0;
+	struct xlb_config *cfg = mark->node ? xlb_config.lookup(&zero) : 0;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__be32 s4;
+		if (cfg)
+			src = cfg->node_addr4;
+		else if (bpf_skb_load_bytes(skb, offsetof(struct iphdr, saddr), &s4, sizeof(s4)))
+			return 1;
+		else
+			xlb_addr_set4(&src, s4);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (cfg)
+			src = cfg->node_addr6;
+		else if (bpf_skb_load_bytes(skb, offsetof(struct ipv6hdr, saddr), &src, sizeof(src)))
+			return 1;
+	} else {
+		return 1;
+	}
+	if (xlb_range_allows(mark->svc, &src))
+		return 1;
+	xlb_count_svc(mark->svc, 0, 0, 1);
+	xlb_count_reason(XLB_R_DROP_SOURCE_RANGE);
+	return 0;
 }
 
 int sock_connect4(struct bpf_sock_addr *ctx) { return xlb_sock_translate(ctx, 0); }

@@ -16,6 +16,7 @@
 #include "lib/conntrack.h"
 #include "lib/maglev.h"
 #include "lib/affinity.h"
+#include "lib/ranges.h"
 #include "lib/forward.h"
 #include "lib/reject.h"
 #include "lib/neighbour.h"
@@ -129,14 +130,6 @@ static __always_inline int xlb_reply_clash(const struct xlb_pkt *p, const struct
 	if (!other || xlb_ct_expired(other, p->proto, now, cfg))
 		return 0;
 	return other->nat_sport != p->dport || !xlb_addr_eq(&other->nat_saddr, &p->daddr);
-}
-
-/* Whether the client may reach this frontend (loadBalancerSourceRanges). */
-static __always_inline int xlb_source_allowed(const struct xlb_svc *svc, const struct xlb_pkt *p)
-{
-	struct xlb_range_key k = {.prefixlen = 32 + 128, .svc = svc->id};
-	k.addr = p->saddr;
-	return xlb_source_ranges.lookup(&k) != 0;
 }
 
 /* Answers time exceeded for the packet in ctx, as it arrived (a tail program: no room here
@@ -314,7 +307,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	/* svc and be point into maps the sync may rewrite meanwhile; a copy would be no more
 	 * atomic, and each field read is a value the sync did write */
 
-	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_source_allowed(svc, p)) {
+	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_range_allows(svc->id, &p->saddr)) {
 		xlb_count_svc(svc->id, len, 0, 1);
 		xlb_report(XLB_R_DROP_SOURCE_RANGE, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;

@@ -305,6 +305,10 @@ struct xlb_config {
 	__u8 pad;
 	__u32 ct_timeout[XLB_CT_TIMEOUTS]; /* seconds, by XLB_CT_T_*; 0: the default */
 	__u32 hash_seed; /* the cluster's: the same on every node, secret outside it; 0: maglev.h's */
+	/* the node's own network namespace (bpf_get_netns_cookie; 0: not known): its processes
+	 * are judged by source ranges as node_addr4/6, the address kube-proxy's check sees (the
+	 * route to the frontend picks it), not by the one the route to the backend picks */
+	__u64 node_netns;
 };
 
 BPF_TABLE_PINNED("hash", struct xlb_svc_key, struct xlb_svc, xlb_services, XLB_MAX_SERVICES,

@@ -30,18 +30,21 @@ TC_PRIO, TC_HANDLE = 0xC1B, 0xC1B
 XDP_NAME, TC_NAME = "xdp_lb", "tc_lb"
 ENOTSUPP = 524  # the kernel's own "not supported" (no tcx), which errno does not name
 
-# sock_lb.c's entry points and the cgroup hook each is attached to.
+# sock_lb.c's entry points, the cgroup hook each is attached to, and its program type:
+# socket-address hooks, and one packet hook (egress: source ranges of sockets the others
+# pointed at a frontend that has them).
 SOCK_HOOKS = (
-    ("sock_connect4", "CGROUP_INET4_CONNECT"),
-    ("sock_connect6", "CGROUP_INET6_CONNECT"),
-    ("sock_sendmsg4", "CGROUP_UDP4_SENDMSG"),
-    ("sock_sendmsg6", "CGROUP_UDP6_SENDMSG"),
-    ("sock_recvmsg4", "CGROUP_UDP4_RECVMSG"),
-    ("sock_recvmsg6", "CGROUP_UDP6_RECVMSG"),
-    ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME"),
-    ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME"),
+    ("sock_connect4", "CGROUP_INET4_CONNECT", "CGROUP_SOCK_ADDR"),
+    ("sock_connect6", "CGROUP_INET6_CONNECT", "CGROUP_SOCK_ADDR"),
+    ("sock_sendmsg4", "CGROUP_UDP4_SENDMSG", "CGROUP_SOCK_ADDR"),
+    ("sock_sendmsg6", "CGROUP_UDP6_SENDMSG", "CGROUP_SOCK_ADDR"),
+    ("sock_recvmsg4", "CGROUP_UDP4_RECVMSG", "CGROUP_SOCK_ADDR"),
+    ("sock_recvmsg6", "CGROUP_UDP6_RECVMSG", "CGROUP_SOCK_ADDR"),
+    ("sock_getpeername4", "CGROUP_INET4_GETPEERNAME", "CGROUP_SOCK_ADDR"),
+    ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME", "CGROUP_SOCK_ADDR"),
+    ("sock_egress", "CGROUP_INET_EGRESS", "CGROUP_SKB"),
 )
-OUR_NAMES = {XDP_NAME, TC_NAME} | {name[:15] for name, _ in SOCK_HOOKS}
+OUR_NAMES = {XDP_NAME, TC_NAME} | {name[:15] for name, *_ in SOCK_HOOKS}
 
 
 def links_dir(pin_root: str) -> str:
@@ -237,9 +240,9 @@ def _detach_tc_filter(ifname: str) -> None:
 
 def load_sock_hooks(program: Program) -> None:
     bcc = import_bcc()
-    for name, hook in SOCK_HOOKS:
+    for name, hook, kind in SOCK_HOOKS:
         program.function(
-            name, bcc.BPF.CGROUP_SOCK_ADDR, attach_type=getattr(bcc.BPFAttachType, hook)
+            name, getattr(bcc.BPF, kind), attach_type=getattr(bcc.BPFAttachType, hook)
         )
 
 
@@ -268,7 +271,7 @@ def attach_sock(program: Program, cgroup: str) -> str:
     done = set()
     try:
         _detach_exclusive(fd)  # an older xlb's exclusive attachments lock links out
-        for name, hook in SOCK_HOOKS:
+        for name, hook, _ in SOCK_HOOKS:
             attach_type = getattr(bcc.BPFAttachType, hook)
             pin = os.path.join(links_dir(program.pin_root), f"cgroup-{name.removeprefix('sock_')}")
             prog_fd = program.functions[name].fd
@@ -293,7 +296,7 @@ def _detach_exclusive(cgroup_fd: int) -> None:
     """xlb's own programs attached without links and without BPF_F_ALLOW_MULTI (by an xlb
     before links), found by name; another's are left."""
     bcc = import_bcc()
-    for _, hook in SOCK_HOOKS:
+    for _, hook, _ in SOCK_HOOKS:
         attach_type = getattr(bcc.BPFAttachType, hook)
         with contextlib.suppress(OSError):
             ids, flags = sc.prog_query(cgroup_fd, attach_type)

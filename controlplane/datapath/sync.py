@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -130,6 +131,19 @@ class SyncResult:
     warnings: list[str] = field(default_factory=list)
 
 
+SO_NETNS_COOKIE = 71  # asm-generic/socket.h (5.14+)
+
+
+def netns_cookie() -> int:
+    """The cookie of this process's network namespace, as bpf_get_netns_cookie names it
+    (0 where the kernel cannot say)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return 0
+
+
 class Syncer:
     def __init__(self, maps: Maps, cfg: DatapathConfig) -> None:
         self.maps, self.cfg = maps, cfg
@@ -163,6 +177,7 @@ class Syncer:
                 )
         self.group_ids: dict[GroupKey, int] = {}
         self.config_value: tuple | None = None
+        self.netns = netns_cookie()  # the node's: this agent runs in its network namespace
         self.lb_ips: set[str] = {get_addr(k) for k in maps.lb_ips}
 
     # -- identities ------------------------------------------------------------------------------
@@ -526,7 +541,7 @@ class Syncer:
         self, addr4: str, addr6: str, mac: str, fib_cache: bool, res: SyncResult
     ) -> None:
         value = (addr4, addr6, mac, fib_cache, self.cfg.snat_ports, self.cfg.ct_timeouts,
-                 self.cfg.hash_seed)  # fmt: skip
+                 self.cfg.hash_seed, self.netns)  # fmt: skip
         if value == self.config_value:
             return
         leaf = self.maps.config.Leaf()
@@ -537,6 +552,7 @@ class Syncer:
         leaf.fib_cache = int(fib_cache)
         leaf.ct_timeout[:] = self.cfg.ct_timeouts.slots()
         leaf.hash_seed = self.cfg.hash_seed
+        leaf.node_netns = self.netns
         if mac:
             leaf.uplink_mac[:] = bytes.fromhex(mac.replace(":", ""))
         self.maps.config[ct.c_uint32(0)] = leaf

@@ -242,10 +242,11 @@ def _port_frontends(
             algorithm=_algorithm(service, scope, cfg, diag),
             affinity_timeout=service.session_affinity_timeout,
             no_backend=no_backend,
+            # both scopes, as kube-proxy's firewall-check: from outside (XDP), and from the
+            # node's processes and pods (the socket hooks mark the socket, sock_egress checks
+            # the source its packets leave with)
             source_ranges=(
-                service.load_balancer_source_ranges
-                if kind is FrontendKind.LOAD_BALANCER and scope is Scope.EXTERNAL
-                else ()
+                service.load_balancer_source_ranges if kind is FrontendKind.LOAD_BALANCER else ()
             ),
             preserve_client_ip=(scope is Scope.EXTERNAL and policy is TrafficPolicy.LOCAL),
         )

@@ -4,6 +4,7 @@ ClusterIP; the backends are real listeners in a network namespace."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import socket
@@ -46,6 +47,15 @@ def cluster_ip(address, port, proto, backends, **kw) -> Frontend:
     )
 
 
+def lb_ip(address, port, proto, backends, ranges) -> Frontend:
+    """A LoadBalancer IP as the node's own processes and pods reach it (scope internal)."""
+    fe = cluster_ip(address, port, proto, backends, source_ranges=ranges)
+    return dataclasses.replace(fe, kind=FrontendKind.LOAD_BALANCER)
+
+
+POD_RANGES = ("10.244.1.0/24", "fd00:10:244:1::/64")  # the clients' own addresses
+OTHER_RANGES = ("203.0.113.0/24", "2001:db8::/32")
+
 STATE = DesiredState(
     frontends=(
         cluster_ip("10.96.0.10", 80, "TCP", [(a, 8080) for a in B4]),
@@ -56,6 +66,11 @@ STATE = DesiredState(
         cluster_ip("10.96.0.12", 80, "TCP", [], no_backend=NoBackend.DROP),
         cluster_ip("10.96.0.13", 80, "TCP", [(a, 8080) for a in B4], affinity_timeout=600),
         cluster_ip("10.96.0.14", 80, "TCP", [(a, 8080) for a in B4], algorithm=Algorithm.MAGLEV),
+        lb_ip("192.168.198.240", 80, "TCP", [(a, 8080) for a in B4], POD_RANGES),
+        lb_ip("192.168.198.241", 80, "TCP", [(a, 8080) for a in B4], OTHER_RANGES),
+        lb_ip("192.168.198.241", 53, "UDP", [(a, 5353) for a in B4], OTHER_RANGES),
+        lb_ip("fd00:198::240", 80, "TCP", [(a, 8080) for a in B6], POD_RANGES),
+        lb_ip("fd00:198::241", 80, "TCP", [(a, 8080) for a in B6], OTHER_RANGES),
     ),
     cluster_ips=frozenset({f"10.96.0.{i}" for i in range(10, 15)} | {"fd00:10:96::10"}),
     service_cidrs=("10.96.0.0/16", "fd00:10:96::/112"),
@@ -259,6 +274,69 @@ def test_the_service_address_space_is_counted(client, maps):
     after = maps.reason_counts()
     assert after["reject_cluster_port"] - before["reject_cluster_port"] == 1
     assert after["drop_unallocated"] - before["drop_unallocated"] == 1
+
+
+RANGED = """
+import errno, socket, sys
+addr, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+try:
+    if kind == "tcp":
+        s = socket.create_connection((addr, port), timeout=1)
+        print("answered", s.recv(100).decode().strip())
+    else:
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        s.settimeout(1)
+        s.sendto(b"q", (addr, port))
+        print("answered", s.recvfrom(100)[0].decode().strip())
+except OSError as e:
+    print(errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout", "-")
+"""
+
+
+@pytest.mark.parametrize(
+    "addr,port,kind,allowed",
+    [
+        ("192.168.198.240", 80, "tcp", True),  # the client's address is in the ranges
+        ("192.168.198.241", 80, "tcp", False),  # it is not: kube-proxy drops, so do we
+        ("192.168.198.241", 53, "udp", False),
+        ("fd00:198::240", 80, "tcp", True),
+        ("fd00:198::241", 80, "tcp", False),
+    ],
+)
+def test_source_ranges_apply_to_the_nodes_own_clients(client, maps, addr, port, kind, allowed):
+    """loadBalancerSourceRanges from a pod or the node (kube-proxy's firewall-check in output
+    and prerouting): judged by the source address the packets leave with, which connect()
+    does not know yet."""
+    before = maps.reason_counts()["drop_source_range"]
+    code = RANGED.replace(
+        "sys.argv[1], int(sys.argv[2]), sys.argv[3]", f"{addr!r}, {port}, {kind!r}"
+    )
+    what, landed = client(code)
+    print(f"{addr}:{port}/{kind}: {what} {landed}")
+    assert (what == "answered") is allowed, (what, landed)
+    dropped = maps.reason_counts()["drop_source_range"] - before
+    assert (dropped > 0) is not allowed, dropped
+
+
+def test_a_socket_sent_to_a_ranged_frontend_is_not_judged_by_it_afterwards(client):
+    """One UDP socket: a datagram to a frontend whose ranges exclude it (dropped), then one
+    to a ClusterIP without ranges, which must get through."""
+    code = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+try:
+    s.sendto(b"q", ("192.168.198.241", 53))
+    s.recvfrom(100)
+    print("answered")
+except OSError:
+    print("dropped")
+s.sendto(b"q", ("10.96.0.10", 53))
+print(s.recvfrom(100)[0].decode().strip())
+"""
+    first, second = client(code)
+    assert first == "dropped" and second in B4
 
 
 def test_session_affinity_keeps_a_pod_on_one_backend(client):
