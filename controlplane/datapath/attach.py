@@ -241,9 +241,7 @@ def _detach_tc_filter(ifname: str) -> None:
 def load_sock_hooks(program: Program) -> None:
     bcc = import_bcc()
     for name, hook, kind in SOCK_HOOKS:
-        program.function(
-            name, getattr(bcc.BPF, kind), attach_type=getattr(bcc.BPFAttachType, hook)
-        )
+        program.function(name, getattr(bcc.BPF, kind), attach_type=getattr(bcc.BPFAttachType, hook))
 
 
 def _cgroup_fd(path: str) -> int:

@@ -28,6 +28,7 @@ from .. import runstate
 from ..sources.cluster import ClusterConfig, Pod, place_pods, synthesize_nodes
 from ..sources.manifests import load_cluster, load_documents, pod_from, workload_pods
 from . import topology as topo
+from .admission import STAMP, admit
 from .topology import CLIENT4, CLIENT6, EXT4, EXT6, LabError
 
 STATE_ROOT = Path("/run/xlb")
@@ -94,6 +95,8 @@ class LabState:
     ext_pid: int = 0
     families: list[str] = field(default_factory=lambda: ["IPv4", "IPv6"])
     agent_args: list[str] = field(default_factory=list)  # more flags for every agent
+    # the Services as the lab's API server holds them (admission.py): stamps, allocations
+    services: dict[str, dict] = field(default_factory=dict)
 
 
 FAMILIES = ("IPv4", "IPv6")
@@ -160,6 +163,7 @@ class Lab:
             ext_pid=raw["ext_pid"],
             families=raw.get("families", list(FAMILIES)),
             agent_args=raw.get("agent_args", []),
+            services=raw.get("services", {}),
         )
 
     def save(self, state: LabState) -> None:
@@ -304,7 +308,16 @@ class Lab:
         self._ext_host(state, [d for d in docs if d.obj["kind"] in ("Endpoints", "EndpointSlice")])
         for p in state.pods:
             self._wait_listening(p.netns, p.ports)
-        objects = [d.obj for d in docs if d.obj["kind"] not in WORKLOADS | {"Node"}]
+        objects = [d.obj for d in docs if d.obj["kind"] not in WORKLOADS | {"Node", "Service"}]
+        state.services, refused = admit(
+            [d.obj for d in docs if d.obj["kind"] == "Service"],
+            state.services,
+            self.cluster_config(state),
+            time.strftime(STAMP, time.gmtime()),
+        )
+        for line in refused:
+            log(line)
+        objects += list(state.services.values())
         if not any(o["kind"] == "IPAddressPool" for o in objects):
             objects.append(lab_pool(objects))  # as a cluster with MetalLB set up would
         self._write_agent_view(state, objects, self._node_patches(state, docs, log))

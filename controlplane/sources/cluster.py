@@ -128,6 +128,12 @@ def node_pod_cidrs(cfg: ClusterConfig, index: int) -> tuple[str, ...]:
 # -- the API server's allocators ---------------------------------------------------------------
 
 
+def _oldest_first(svc: Service) -> tuple[str, str]:
+    """The order the allocators serve claims in: the older object first, as the API server
+    admitted them (creationTimestamp; manifests without one, by name)."""
+    return (svc.created, svc.key)
+
+
 class _IPAllocator:
     def __init__(self, cfg: ClusterConfig) -> None:
         self.ranges = [ipaddress.ip_network(c) for c in cfg.service_cidrs]
@@ -190,7 +196,7 @@ def allocate_cluster_ips(
     alloc = _IPAllocator(cfg)
     diags: list[Diagnostic] = []
     rejected: set[str] = set()
-    ordered = sorted(services, key=lambda s: s.key)
+    ordered = sorted(services, key=_oldest_first)
     for svc in ordered:
         diag = Collector("Service", svc.namespace, svc.name)
         for i, ip in enumerate(svc.cluster_ips):
@@ -244,7 +250,7 @@ def allocate_node_ports(
     used: dict[int, str] = {}
     diags: list[Diagnostic] = []
     rejected: set[str] = set()
-    ordered = sorted(services, key=lambda s: s.key)
+    ordered = sorted(services, key=_oldest_first)
 
     def wants_ports(svc: Service) -> bool:
         return svc.type is ServiceType.NODE_PORT or (
