@@ -156,7 +156,7 @@ def desired_state(
         return DesiredState(diagnostics=(diag,)), []
     state = translator(cluster.services, cluster.slices, node, cfg)
     state = with_address_space(
-        state, cluster.services, cluster.service_cidrs if drop_unallocated else ()
+        state, cluster.services, cluster.service_cidrs if drop_unallocated else (), cfg
     )
     # replace(), not a new state: the translator's hints (what changed) go along to the sync
     return dataclasses.replace(

@@ -239,13 +239,16 @@ def cmd_datapath_up(args: argparse.Namespace) -> int:
     # NodePorts answer on the served devices' addresses too, as the agent's do
     where = local_addresses(interfaces())
     extra = tuple(a for a, dev in sorted(where.items()) if dev in devices and a not in addrs)
+    translate_cfg = TranslateConfig(
+        node_addresses=frozenset(a for n in cluster.nodes for a in n.addresses)
+    )
     state = translate(
         cluster.services,
         cluster.slices,
         dataclasses.replace(node, addresses=node.addresses + extra),
-        TranslateConfig(node_addresses=frozenset(a for n in cluster.nodes for a in n.addresses)),
+        translate_cfg,
     )
-    state = with_address_space(state, cluster.services, cluster.service_cidrs)
+    state = with_address_space(state, cluster.services, cluster.service_cidrs, translate_cfg)
     for d in list(cluster.diagnostics) + list(state.diagnostics):
         if d.level is not Level.INFO:
             print(d, file=sys.stderr)

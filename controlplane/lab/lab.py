@@ -82,6 +82,11 @@ class PodState:
     host_veth: str
     pid: int = 0
     owner: str = ""
+    # as the manifest's Pod says (status.conditions Ready, metadata.deletionTimestamp): the
+    # process serves either way, as a pod failing its probe or shutting down still may
+    ready: bool = True
+    terminating: bool = False
+    terminal: bool = False  # phase Succeeded or Failed: in no EndpointSlice
 
 
 @dataclass
@@ -157,7 +162,7 @@ class Lab:
             name=raw["name"],
             manifests=raw["manifests"],
             nodes=[NodeState(**n) for n in raw["nodes"]],
-            pods=[PodState(**p) for p in raw["pods"]],
+            pods=[PodState(**p) for p in raw["pods"]],  # (older states: ready by default)
             ext_ips=raw["ext_ips"],
             ext_ports=raw["ext_ports"],
             ext_pid=raw["ext_pid"],
@@ -293,11 +298,13 @@ class Lab:
         ]
         new = [p for p in wanted if (p.namespace, p.name) not in current]
         placed, _ = place_pods(fixed + new, nodes)
-        keep = {(p.namespace, p.name) for p in wanted}
-        leaving = [p for p in state.pods if (p.namespace, p.name) not in keep]
+        by_key = {(p.namespace, p.name): p for p in wanted}
+        for ps in state.pods:  # readiness and deletion are the manifest's to say, any time
+            if (w := by_key.get((ps.namespace, ps.name))) is not None:
+                ps.ready, ps.terminating, ps.terminal = w.ready, w.terminating, w.terminal
+        leaving = [p for p in state.pods if (p.namespace, p.name) not in by_key]
         for p in leaving:
             state.pods.remove(p)
-        by_key = {(p.namespace, p.name): p for p in wanted}
         for p in placed:
             key = (p.namespace, p.name)
             if key in current or key not in by_key:
@@ -382,6 +389,9 @@ class Lab:
             host_veth,
             pid,
             pod.owner,
+            pod.ready,
+            pod.terminating,
+            pod.terminal,
         )
 
     def _delete_pod(self, p: PodState) -> None:
@@ -504,7 +514,13 @@ class Lab:
                 {
                     "apiVersion": "v1",
                     "kind": "Pod",
-                    "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels},
+                    "metadata": {
+                        "name": p.name,
+                        "namespace": p.namespace,
+                        "labels": p.labels,
+                        # a deletion under way (the lab's stand-in has no grace period)
+                        **({"deletionTimestamp": "1970-01-01T00:00:00Z"} if p.terminating else {}),
+                    },
                     "spec": {
                         "nodeName": p.node,
                         "containers": [
@@ -521,7 +537,8 @@ class Lab:
                     },
                     "status": {
                         "podIPs": [{"ip": a} for a in p.ips],
-                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "conditions": [{"type": "Ready", "status": str(p.ready)}],
+                        **({"phase": "Failed"} if p.terminal else {}),
                     },
                 }
             )

@@ -110,6 +110,12 @@ def _pick(cat: Categorized, policy: TrafficPolicy) -> tuple[tuple[Backend, ...],
 
 
 def _skip_reason(service: Service, cfg: TranslateConfig) -> str | None:
+    return _not_ours(service, cfg) or _not_proxied(service)
+
+
+def _not_ours(service: Service, cfg: TranslateConfig) -> str | None:
+    """Why this proxy leaves a Service to others by its labels (kube-proxy does not even
+    watch such a Service), or None."""
     proxy = service.labels.get(LABEL_SERVICE_PROXY_NAME)
     if proxy is not None and proxy != cfg.proxy_name:
         return (
@@ -126,6 +132,11 @@ def _skip_reason(service: Service, cfg: TranslateConfig) -> str | None:
             f"not proxied: labelled {LABEL_HEADLESS} (kube-proxy does not even watch such a "
             "Service; DNS serves its endpoints)"
         )
+    return None
+
+
+def _not_proxied(service: Service) -> str | None:
+    """Why a Service of ours has nothing to proxy (a DNS name, headless), or None."""
     if service.type is ServiceType.EXTERNAL_NAME:
         return (
             f"not proxied: ExternalName is a DNS CNAME to {service.external_name}; "
@@ -540,13 +551,18 @@ def translate(
 
 
 def with_address_space(
-    state: DesiredState, services: Iterable[Service], service_cidrs: Iterable[str]
+    state: DesiredState,
+    services: Iterable[Service],
+    service_cidrs: Iterable[str],
+    config: TranslateConfig | None = None,
 ) -> DesiredState:
     """The state with the cluster's service address space (kube-proxy's cluster-ips-check):
-    the ClusterIPs of these Services, allocated whether or not this node serves a frontend of
-    theirs, and the service CIDRs they come from. A CIDR that is no network is left out here:
-    the source reported it. Canonical text throughout (a full-length prefix as its address
-    alone), as the sync compares what the map holds by it."""
+    the ClusterIPs of the Services this proxy watches (another proxy's, by the labels, are
+    not: kube-proxy never sees them), allocated whether or not this node serves a frontend
+    of theirs, and the service CIDRs they come from. A CIDR that is no network is left out
+    here: the source reported it. Canonical text throughout (a full-length prefix as its
+    address alone), as the sync compares what the map holds by it."""
+    cfg = config or TranslateConfig()
     cidrs = []
     for c in service_cidrs:
         with contextlib.suppress(ValueError):
@@ -555,6 +571,8 @@ def with_address_space(
             cidrs.append(str(net.network_address) if whole else str(net))
     return dataclasses.replace(
         state,
-        cluster_ips=frozenset(ip for s in services for ip in s.cluster_ips),
+        cluster_ips=frozenset(
+            ip for s in services if _not_ours(s, cfg) is None for ip in s.cluster_ips
+        ),
         service_cidrs=tuple(dict.fromkeys(cidrs)),
     )

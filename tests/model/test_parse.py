@@ -305,6 +305,13 @@ def test_the_address_space_holds_every_clusterip_and_canonical_ranges():
         Service("default", "a", cluster_ips=("10.96.0.10", "fd00:10:96::a")),
         Service("default", "b", cluster_ips=("10.96.0.11",)),
         Service("default", "headless", headless=True),
+        # another proxy's: kube-proxy never watches it, so its address is no ClusterIP here
+        Service(
+            "default",
+            "theirs",
+            cluster_ips=("10.96.0.12",),
+            labels={"service.kubernetes.io/service-proxy-name": "other"},
+        ),
     ]
     state = with_address_space(
         DesiredState(), services, ["10.96.0.0/16", "FD00:10:96::0/112", "10.97.0.5/32", "x"]
