@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXAMPLES ?= examples/services
 PYTEST_ARGS ?=
 
-.PHONY: setup host venv test demo lint bench bench-ci fuzz clean
+.PHONY: setup host venv test test-unprivileged demo lint bench bench-ci fuzz clean
 
 setup: host venv
 
@@ -21,8 +21,13 @@ $(VENV)/.installed: pyproject.toml | host
 
 venv: $(VENV)/.installed
 
-test: setup lint
+test: setup lint test-unprivileged
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The pure layers (model, sources, l2's logic, servers) as nobody, in a venv without bcc:
+# pytest -m "not kernel" (scripts/test-unprivileged.sh).
+test-unprivileged:
+	@bash scripts/test-unprivileged.sh
 
 demo: setup
 	$(VENV)/bin/xlb demo --check -f $(EXAMPLES)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -19,10 +20,50 @@ from controlplane.datapath.programs import compile_program
 from controlplane.datapath.sync import Syncer
 from tests.kernel import owned, reap, remove_pins
 
+# What needs root, bcc and a BPF-capable kernel (the `kernel` marker): every test under
+# these directories, and any test elsewhere that uses one of these fixtures. The rest (the
+# pure layers: model, sources, l2's logic, the servers) runs anywhere: pytest -m "not kernel".
+KERNEL_DIRS = {"bpf", "netns", "fuzz", "datapath"}
+KERNEL_FIXTURES = {"xdp", "tc", "maps", "syncer", "dp_config", "scratch_root"}
+PURE_MODULES = {"tests/datapath/test_constants.py"}  # datapath's numbers: read from text
+
+
+def _repo_path(path) -> str:
+    from tests.helpers import REPO
+
+    return Path(str(path)).resolve().relative_to(REPO).as_posix()
+
+
+def _kernel_module(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) > 2 and parts[1] in KERNEL_DIRS and path not in PURE_MODULES
+
+
+def pytest_ignore_collect(collection_path, config) -> bool | None:
+    """Under -m "not kernel", the kernel directories' modules are not even imported (they
+    import bcc and scapy's raw sockets at the top)."""
+    if "not kernel" not in (config.getoption("markexpr") or ""):
+        return None
+    if collection_path.suffix == ".py" and _kernel_module(_repo_path(collection_path)):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        needs = _kernel_module(_repo_path(item.fspath)) or bool(
+            KERNEL_FIXTURES & set(getattr(item, "fixturenames", ()))
+        )
+        if needs:
+            item.add_marker(pytest.mark.kernel)
+
 
 def pytest_configure(config) -> None:
     """SIGTERM (a CI timeout, a killed run) unwinds like Ctrl-C, so fixtures still remove
     their namespaces, pins and cgroups."""
+    config.addinivalue_line(
+        "markers", "kernel: needs root, bcc and a BPF-capable kernel (deselect: -m 'not kernel')"
+    )
 
     def interrupt(*_) -> None:
         raise KeyboardInterrupt("SIGTERM")

@@ -6,9 +6,13 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
+
 from controlplane.cleanup import filter_iptables_save, kube_proxy_virtual_servers
 from tests.helpers import REPO
 from tests.kernel import netns
+
+pytestmark = pytest.mark.kernel  # iptables and nftables in namespaces: root
 
 KUBE_PROXY_RULES = [
     ("iptables", "-t", "nat", "-N", "KUBE-SERVICES"),

@@ -28,6 +28,8 @@ from tests.netns.nodes import (
     web_cluster,
 )
 
+pytestmark = pytest.mark.kernel  # network namespaces, capabilities: root
+
 MANIFEST = web_cluster()
 
 

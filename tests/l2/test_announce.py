@@ -9,6 +9,7 @@ import threading
 import time
 from collections import defaultdict
 
+import pytest
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
 
@@ -158,6 +159,7 @@ def test_held_addresses_are_refreshed_and_released_ones_are_not():
         theirs.close()
 
 
+@pytest.mark.kernel  # a veth pair in a network namespace
 def test_the_uplink_joins_each_held_ipv6_addresss_solicited_node_group():
     """RFC 4861 7.2.1: solicitations go to the solicited-node group, which a real NIC drops
     unless joined; the joins go with the socket (ip maddr shows them)."""
