@@ -123,9 +123,14 @@ def test_a_garbled_chunk_is_counted_and_the_member_stays_alive():
             time.sleep(0.02)
         # node-1's key, node-1's address, a garbled chunk: counted, nothing else changes
         for chunk in ([1, 0, 1, "text"], [1, 9, 2, b""], "junk", [1, 0, 1, b"\x07zzzzzzz"]):
-            one.sent += 1
-            msg = {"t": "news", "from": "node-1", "g": [], "b": one.boot, "c": one.sent, "h": chunk}
-            one.sock.sendto(seal(KEY, msg), ("127.0.0.2", two.cfg.port))
+            # node-1's own counter, under its lock and sent before it may stamp another:
+            # else its gossip thread could stamp the same number (or send a higher one
+            # first) and this datagram be refused as replayed (seen under load)
+            with one.lock:
+                one.sent += 1
+                msg = {"t": "news", "from": "node-1", "g": [], "b": one.boot, "c": one.sent,
+                       "h": chunk}  # fmt: skip
+                one.sock.sendto(seal(KEY, msg), ("127.0.0.2", two.cfg.port))
         deadline = time.monotonic() + 5
         while two.refused["bad_holdings"] < 4:
             assert time.monotonic() < deadline, two.refused
