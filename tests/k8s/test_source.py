@@ -3,6 +3,7 @@ that speaks the list/watch protocol."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -52,14 +53,23 @@ def api():
     server.close()
 
 
-@pytest.fixture
-def source(api):
+@contextlib.contextmanager
+def running_source(api):
+    """A started source on the stand-in, stopped however the block ends."""
     cfg = client.Configuration()
     cfg.host = api.url
     src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
     src.start()
-    yield src
-    src.stop()
+    try:
+        yield src
+    finally:
+        src.stop()
+
+
+@pytest.fixture
+def source(api):
+    with running_source(api) as src:
+        yield src
 
 
 def eventually(pred, timeout=5.0):
@@ -228,11 +238,7 @@ def test_metallb_pools_and_advertisements_are_read_as_they_are(api, source):
 
 def test_without_metallb_crds_the_source_is_ready_and_finds_them_later(api):
     api.crds = False
-    cfg = client.Configuration()
-    cfg.host = api.url
-    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
-    src.start()
-    try:
+    with running_source(api) as src:
         eventually(lambda: src.ready)
         assert not src.health()["errors"]
         cluster = src.snapshot()
@@ -240,8 +246,6 @@ def test_without_metallb_crds_the_source_is_ready_and_finds_them_later(api):
         api.crds = True  # MetalLB's CRDs installed later: found on the next look
         api.apply(POOL)
         eventually(lambda: [p.name for p in src.snapshot().pools] == ["lan"])
-    finally:
-        src.stop()
 
 
 def service_cidr(name, *cidrs):
@@ -270,15 +274,9 @@ def test_a_server_without_service_cidrs_is_ready_and_has_none(api):
     """An API server before ServiceCIDRs (404 for the resource) is no error: none known, so
     no address is dropped for being unallocated."""
     api.service_cidr_api = False
-    cfg = client.Configuration()
-    cfg.host = api.url
-    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
-    src.start()
-    try:
+    with running_source(api) as src:
         eventually(lambda: src.ready)
         assert not src.health()["errors"] and src.snapshot().service_cidrs == []
-    finally:
-        src.stop()
 
 
 def test_lists_come_in_pages_and_an_expired_page_token_lists_anew(api):
@@ -288,14 +286,8 @@ def test_lists_come_in_pages_and_an_expired_page_token_lists_anew(api):
     for i in range(1200):
         api.apply(svc(f"s{i}", f"10.97.{i // 250}.{i % 250 + 1}"))
     api.compact_at_page = 2  # the second page served: the token it carries is stale
-    cfg = client.Configuration()
-    cfg.host = api.url
-    src = KubernetesSource(client.ApiClient(cfg), watch_timeout=5, backoff=(0.05, 0.5))
-    src.start()
-    try:
+    with running_source(api) as src:
         eventually(lambda: src.ready, timeout=15)
         assert len(services(src)) == 1200
         print(f"{api.pages} pages served")
         assert api.pages >= 3 + 3  # the Services twice (the second time whole) ...
-    finally:
-        src.stop()
