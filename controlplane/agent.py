@@ -29,7 +29,7 @@ from .l2.placement import take_now
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.state import DesiredState
-from .model.translate import TranslateConfig, with_address_space
+from .model.translate import AddressSpace, TranslateConfig, with_address_space
 from .serve import Endpoints, Health, HealthCheckNodePorts, Metrics
 from .sources.cluster import Cluster, ClusterConfig
 from .sources.manifests import load_cluster, manifest_files
@@ -135,6 +135,7 @@ def desired_state(
     translator: Callable[..., DesiredState] = translate,
     local_addresses: Iterable[str] = (),
     drop_unallocated: bool = True,
+    address_space: Callable[..., DesiredState] = with_address_space,
 ) -> tuple[DesiredState, list[str]]:
     """This node's desired state and its addresses (for SNAT: the Node object's). NodePorts
     answer on the Node's addresses and on local_addresses (those of the devices served).
@@ -155,7 +156,7 @@ def desired_state(
         )
         return DesiredState(diagnostics=(diag,)), []
     state = translator(cluster.services, cluster.slices, node, cfg)
-    state = with_address_space(
+    state = address_space(
         state, cluster.services, cluster.service_cidrs if drop_unallocated else (), cfg
     )
     # replace(), not a new state: the translator's hints (what changed) go along to the sync
@@ -232,6 +233,7 @@ class Agent:
         self.next_try = 0.0
         self.state = DesiredState()
         self.translator = Translator()  # re-translates only the Services that changed
+        self.address_space = AddressSpace()  # walks the Services only when they changed
         self.publish = False  # the real agent (run_agent) keeps a record for `xlb status`
         self.published: dict | None = None
 
@@ -265,6 +267,7 @@ class Agent:
                 translator=self.translator,
                 local_addresses=sorted(served),
                 drop_unallocated=self.cfg.unallocated_cluster_ips == "drop",
+                address_space=self.address_space,
             )
         state = self._unserved(state, where)
         # Events on Services: from one node only (the first by name), or every node would

@@ -576,3 +576,34 @@ def with_address_space(
         ),
         service_cidrs=tuple(dict.fromkeys(cidrs)),
     )
+
+
+class AddressSpace:
+    """with_address_space, remembering its last ClusterIPs: a sync whose Services are the
+    very objects of the last one (the sources parse an object once per version) reuses them
+    instead of walking 10,000 Services again (2.8 ms measured; the identity check ~0.3)."""
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+        self.config: TranslateConfig | None = None
+        self.cluster_ips: frozenset[str] = frozenset()
+
+    def __call__(
+        self,
+        state: DesiredState,
+        services: Iterable[Service],
+        service_cidrs: Iterable[str],
+        config: TranslateConfig | None = None,
+    ) -> DesiredState:
+        services = list(services)
+        same = (
+            config == self.config
+            and len(services) == len(self.services)
+            and all(a is b for a, b in zip(services, self.services, strict=True))
+        )
+        if same:
+            spaced = with_address_space(state, (), service_cidrs, config)
+            return dataclasses.replace(spaced, cluster_ips=self.cluster_ips)
+        spaced = with_address_space(state, services, service_cidrs, config)
+        self.services, self.config, self.cluster_ips = services, config, spaced.cluster_ips
+        return spaced

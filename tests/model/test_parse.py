@@ -318,3 +318,21 @@ def test_the_address_space_holds_every_clusterip_and_canonical_ranges():
     )
     assert state.cluster_ips == {"10.96.0.10", "fd00:10:96::a", "10.96.0.11"}
     assert state.service_cidrs == ("10.96.0.0/16", "fd00:10:96::/112", "10.97.0.5")
+
+
+def test_the_address_space_is_walked_again_only_when_the_services_changed():
+    import dataclasses
+
+    from controlplane.model import Service
+    from controlplane.model.state import DesiredState
+    from controlplane.model.translate import AddressSpace
+
+    services = [Service("default", f"s{i}", cluster_ips=(f"10.96.0.{i}",)) for i in range(3)]
+    space = AddressSpace()
+    first = space(DesiredState(), services, ["10.96.0.0/16"])
+    assert first.cluster_ips == {"10.96.0.0", "10.96.0.1", "10.96.0.2"}
+    again = space(DesiredState(), list(services), ["10.96.0.0/16", "10.97.0.0/16"])
+    assert again.cluster_ips is first.cluster_ips  # the same objects: not walked again
+    assert again.service_cidrs == ("10.96.0.0/16", "10.97.0.0/16")  # ranges always fresh
+    moved = [*services[:2], dataclasses.replace(services[2], cluster_ips=("10.96.1.1",))]
+    assert space(DesiredState(), moved, []).cluster_ips == {"10.96.0.0", "10.96.0.1", "10.96.1.1"}
