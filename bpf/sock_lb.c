@@ -151,7 +151,8 @@ static __always_inline int xlb_sock_translate(struct bpf_sock_addr *ctx, int v6)
 
 	struct xlb_sock_key rk = {.cookie = cookie, .port = backend.port};
 	rk.addr = backend.addr;
-	struct xlb_sock_rev rev = {.port = sk.port, .svc = svc.id};
+	struct xlb_sock_rev rev = {
+		.port = sk.port, .proto = sk.proto, .svc = svc.id, .netns = netns};
 	rev.addr = sk.addr;
 	xlb_sock_rev.update(&rk, &rev);
 	xlb_sock_set_dst(ctx, &backend.addr, backend.port, v6);

@@ -13,6 +13,7 @@ import gc
 import hashlib
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -234,6 +235,8 @@ class Agent:
         self.state = DesiredState()
         self.translator = Translator()  # re-translates only the Services that changed
         self.address_space = AddressSpace()  # walks the Services only when they changed
+        self.udp_gone: queue.Queue = queue.Queue()  # removed backends, for _reconcile_udp
+        self.udp_unreachable_told = False
         self.publish = False  # the real agent (run_agent) keeps a record for `xlb status`
         self.published: dict | None = None
 
@@ -289,6 +292,9 @@ class Agent:
         with collector_paused():
             res = self.datapath.apply(state, addr4, addr6)
         self.state = state
+        gone = getattr(res, "gone", None)
+        if gone and hasattr(self.datapath, "reconcile_udp"):
+            self.udp_gone.put(set(gone))  # reset by the reconciler thread, off the sync
         if self.allocator is not None:  # after the datapath: its API writes never delay it
             try:
                 self.allocator.sync(cluster)
@@ -552,6 +558,37 @@ class Agent:
                 log.debug("conntrack: %d of %d entries were over (%.0f ms)", done.deleted,
                           done.scanned, done.seconds * 1000)  # fmt: skip
 
+    def _reconcile_udp(self) -> None:
+        """Resets connected UDP sockets pointed at backends the syncs removed (or marked not
+        serving), in its own thread: entering namespaces never delays a sync. What it cannot
+        reach (no CAP_SYS_ADMIN, or no view of the pods' processes) is counted and said once."""
+        while not self.stop.is_set():
+            try:
+                gone = self.udp_gone.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            while not self.udp_gone.empty():  # a burst of syncs: one pass for all of them
+                gone |= self.udp_gone.get_nowait()
+            try:
+                done = self.datapath.reconcile_udp(gone)
+            except Exception as exc:  # the sockets stay; the next removal tries again
+                log.warning("UDP socket reconciler: %s", exc)
+                continue
+            self.metrics.udp_reset.inc(done.destroyed)
+            self.metrics.udp_unreset.inc(done.unreachable)
+            self.metrics.udp_reconcile.observe(done.seconds)
+            if done.destroyed:
+                log.info("reset %d connected UDP sockets to removed backends", done.destroyed)
+            if done.unreachable and not self.udp_unreachable_told:
+                self.udp_unreachable_told = True
+                log.warning(
+                    "%d connected UDP sockets point at removed backends and could not be reset "
+                    "(%s); they keep sending there until their application reconnects. Grant "
+                    "CAP_SYS_ADMIN and hostPID to reset them, as kube-proxy clears conntrack",
+                    done.unreachable,
+                    "; ".join(done.errors[:3]) or "their network namespaces were not found",
+                )
+
     def _elect_again(self) -> None:
         """An election between syncs; one that fails is retried by a full sync."""
         try:
@@ -581,6 +618,8 @@ class Agent:
         self.source.start()
         if hasattr(self.datapath, "collect_conntrack") and self.cfg.ct_collect_interval > 0:
             threading.Thread(target=self._collect, name="conntrack", daemon=True).start()
+        if hasattr(self.datapath, "reconcile_udp"):
+            threading.Thread(target=self._reconcile_udp, name="udp-reconciler", daemon=True).start()
         if self.members is not None:
             held = getattr(self.datapath, "held_lb_ips", None)
             self.announced = held() if held else set()  # before the heartbeat resumes

@@ -159,6 +159,25 @@ class Metrics:
             "Conntrack entries at the collector's last pass (two per flow)",
             registry=self.registry,
         )
+        # kube-proxy's conntrack reconciler clears UDP flows to removed endpoints; xlb's
+        # connected UDP sockets hold their backend themselves, and are reset instead
+        self.udp_reset = PromCounter(
+            "xlb_udp_sockets_reset",
+            "Connected UDP sockets reset because their backend was removed or stopped serving",
+            registry=self.registry,
+        )
+        self.udp_unreset = PromCounter(
+            "xlb_udp_sockets_unreset",
+            "Connected UDP sockets to a removed backend this agent could not reset (no way "
+            "into their network namespace: CAP_SYS_ADMIN and a view of the host's processes)",
+            registry=self.registry,
+        )
+        self.udp_reconcile = Histogram(
+            "xlb_udp_reconciler_sync_duration_seconds",
+            "How long one reset of stale connected UDP sockets took",
+            buckets=buckets,
+            registry=self.registry,
+        )
         self.announcers = Gauge(
             "xlb_lb_ip_announcer",
             "1 for the node that announces each LoadBalancer IP on the LAN, cluster-wide (as "

@@ -238,8 +238,10 @@ struct xlb_sock_key {
 struct xlb_sock_rev {
 	union xlb_addr addr;
 	__be16 port;
-	__u16 pad;
+	__u8 proto;  /* IPPROTO_*: a connected UDP socket to a backend that went is reset */
+	__u8 pad;
 	__u32 svc;
+	__u64 netns; /* the socket's network namespace (bpf_get_netns_cookie): where to reset it */
 };
 
 /* Per-frontend counters (per CPU). */

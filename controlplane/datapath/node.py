@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..heap import collector_paused
 from ..model.state import DesiredState
-from . import attach, conntrack, loader, migrate
+from . import attach, conntrack, loader, migrate, sockets
 from .config import DatapathConfig
 from .maps import CLOCK_COARSE, Maps
 from .programs import DatapathError
@@ -136,6 +136,10 @@ class NodeDatapath:
             out.deleted += done.deleted
             out.seconds += done.seconds
         return out
+
+    def reconcile_udp(self, gone: set[tuple[int, str, int]]) -> sockets.Reconciled:
+        """Resets the connected UDP sockets pointed at these backends (sockets.py)."""
+        return sockets.reconcile(self.syncer.maps, gone)
 
     def held_lb_ips(self) -> set[str]:
         return self.syncer.held_lb_ips()

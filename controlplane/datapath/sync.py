@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +42,7 @@ from .maps import (
     get_addr,
     set_addr,
 )
+from .sockets import netns_cookie
 
 FrontendKey = tuple  # (address, port, Protocol, Scope)
 GroupKey = tuple[str, str, str, str, bool]
@@ -129,19 +129,10 @@ class SyncResult:
     ring_writes: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
-
-
-SO_NETNS_COOKIE = 71  # asm-generic/socket.h (5.14+)
-
-
-def netns_cookie() -> int:
-    """The cookie of this process's network namespace, as bpf_get_netns_cookie names it
-    (0 where the kernel cannot say)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
-    except OSError:
-        return 0
+    # (frontend id, backend address, port) for each backend a frontend lost or that stopped
+    # serving: the connected UDP sockets pointed there through that frontend are reset
+    # (sockets.py), as kube-proxy clears the conntrack of a removed UDP endpoint
+    gone: set[tuple[int, str, int]] = field(default_factory=set)
 
 
 class Syncer:
@@ -276,6 +267,8 @@ class Syncer:
 
         def fes_of(gk: GroupKey) -> list[Frontend]:
             return wanted[gk] if gk in wanted else list(self.applied[gk])
+
+        res.gone = self._gone(changed, removed_set, fes_of)
 
         # 1. backends, new-flow candidates and draining ones alike: each backend's flags are
         # the OR over the groups using it; only backends of changed groups are looked at
@@ -507,6 +500,26 @@ class Syncer:
         group.built_from = (names, group.backends)
         res.ring_writes += 1
         return Algorithm.MAGLEV
+
+    def _gone(self, changed, removed, fes_of) -> set[tuple[int, str, int]]:
+        """What each changed group's frontends lost since the last sync: a backend no longer
+        among them, or no longer serving (by frontend id, read before this sync's writes)."""
+
+        def serving(fe: Frontend | None) -> set[tuple[str, int]]:
+            if fe is None:
+                return set()
+            return {(b.address, b.port) for b in fe.backends + fe.draining if b.serving}
+
+        out: set[tuple[int, str, int]] = set()
+        for gk in changed:
+            old = self.applied.get(gk)
+            if not old:
+                continue
+            lost = serving(old[0]) - serving(None if gk in removed else fes_of(gk)[0])
+            for fe in old if lost else ():
+                if (v := self.frontends.get(fe.key)) is not None:
+                    out |= {(v.id, address, port) for address, port in lost}
+        return out
 
     def _sync_nets(self, state: DesiredState, res: SyncResult) -> None:
         """The service address space (xlb_service_nets) after the service entries: an address

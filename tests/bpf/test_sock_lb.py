@@ -357,3 +357,70 @@ def test_maglev_for_connect_time_choices(client):
 def test_other_destinations_are_untouched(client):
     peer, port, landed = client(TCP_CLIENT.format(addr="10.244.1.6", port=8080))
     assert (peer, landed) == ("10.244.1.6", "10.244.1.6")
+
+
+HELD_UDP = """
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect(("10.96.0.10", 53))
+s.send(b"q")
+print(s.recv(100).decode().strip(), flush=True)
+sys.stdin.readline()  # the backend is removed meanwhile
+try:
+    s.send(b"q")
+    print(s.recv(100).decode().strip())
+except OSError as e:
+    print(errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout")
+t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # what an application does next
+t.settimeout(2)
+t.connect(("10.96.0.10", 53))
+t.send(b"q")
+print(t.recv(100).decode().strip())
+"""
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["reconciled", "control: not reconciled"])
+def test_a_connected_udp_socket_to_a_removed_backend_is_reset(pod_net, maps, syncer, reset):
+    """kube-proxy clears the conntrack of a removed UDP endpoint, so a client's next datagram
+    finds a live one. A socket connected through the hooks holds its backend itself; the
+    reconciler resets it (SOCK_DESTROY in its network namespace), and the application's new
+    socket lands on a live backend. The control shows what happens without: the old socket
+    keeps talking to the removed backend (its listener here is still up)."""
+    from controlplane.datapath import sockets
+
+    ns, cgroup = pod_net
+    syncer.sync(STATE)
+
+    def join_cgroup():
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+
+    p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", HELD_UDP],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=join_cgroup)  # fmt: skip
+    try:
+        first = p.stdout.readline().strip()
+        assert first in B4
+        live = [b for b in B4 if b != first]
+        state = dataclasses.replace(STATE, frontends=tuple(
+            dataclasses.replace(fe, backends=tuple(b for b in fe.backends if b.address != first))
+            if fe.key == ("10.96.0.10", 53, "UDP", Scope.INTERNAL) else fe
+            for fe in STATE.frontends
+        ))  # fmt: skip
+        svc_id = syncer.frontends[("10.96.0.10", 53, "UDP", Scope.INTERNAL)].id
+        res = syncer.sync(state)
+        # lost by this frontend only (the LoadBalancer IP on port 53 still has it)
+        assert res.gone == {(svc_id, first, 5353)}
+        done = sockets.reconcile(maps, res.gone) if reset else None
+        out, _ = p.communicate("go\n", timeout=15)
+    finally:
+        p.kill()
+    after, fresh = out.split()
+    print(f"first {first}, the same socket after: {after}, a new socket: {fresh}; {done}")
+    assert fresh in live
+    if reset:
+        assert (done.stale, done.destroyed, done.unreachable) == (1, 1, 0), done
+        assert after in ("ECONNABORTED", "EDESTADDRREQ"), after
+    else:
+        assert after == first  # the removed backend, still

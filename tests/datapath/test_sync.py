@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from controlplane.datapath.maps import (
@@ -171,6 +173,24 @@ def test_service_address_space_follows_the_state_and_survives_a_restart(syncer, 
     assert res.deletes == 3
     restarted.sync(DesiredState(), NODE4, NODE6)
     assert maps.read_service_nets() == {}
+
+
+def test_what_each_frontend_lost_is_reported_for_the_udp_reconciler(syncer):
+    """A backend removed from a frontend, or still there but no longer serving, is 'gone' for
+    that frontend (its connected UDP sockets are reset); one that only turned unready while
+    serving (draining) is not, nor is anything on a sync that changed nothing."""
+    syncer.sync(web(), NODE4, NODE6)
+    ids = {v.id for v in syncer.frontends.values()}
+    a, b, c = WEB
+    res = syncer.sync(web(backends=[a, b]), NODE4, NODE6)  # c removed
+    assert res.gone == {(i, c.address, c.port) for i in ids}
+    assert syncer.sync(web(backends=[a, b]), NODE4, NODE6).gone == set()
+    unready = dataclasses.replace(b, ready=False, terminating=True)  # serving: draining
+    res = syncer.sync(web(backends=[a], draining=(unready,)), NODE4, NODE6)
+    assert res.gone == set()
+    stopped = dataclasses.replace(unready, serving=False)
+    res = syncer.sync(web(backends=[a], draining=(stopped,)), NODE4, NODE6)
+    assert res.gone == {(i, b.address, b.port) for i in ids}
 
 
 def test_algorithm_and_policy_flags(syncer):

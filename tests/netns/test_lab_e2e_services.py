@@ -10,6 +10,7 @@ again at its end, so the tests do not depend on each other's order."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import textwrap
 from collections import Counter
@@ -387,6 +388,64 @@ def test_should_work_after_the_service_has_been_recreated(lab):
         write(lab, path, docs)
         for ip in cluster_ips(lab, "again"):
             settles(lambda ip=ip: probe(lab, "client-1", ip, 80)[0] == "again-1")
+
+
+HELD_UDP = textwrap.dedent("""
+    import errno, socket, sys
+    host = sys.argv[1]
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((host, 53))
+    s.send(b"q")
+    print(s.recv(300).decode().split()[0], flush=True)
+    sys.stdin.readline()  # its pod is deleted meanwhile
+    try:
+        s.send(b"q")
+        print(s.recv(300).decode().split()[0])
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout")
+""")
+
+
+def test_a_connected_udp_client_of_a_deleted_pod_is_reset(lab):
+    """kube-proxy clears the conntrack of a removed UDP endpoint so a client's next datagram
+    finds a live one ('should be able to preserve UDP traffic when server pod cycles for a
+    ClusterIP service', conntrack.go). Through the socket hooks the connected socket holds
+    the pod's address: the agent resets it, and the application hears so at once instead of
+    sending into a dead address until its timeout."""
+    import subprocess
+
+    docs = [service("udpgone", "udpgone", [{"name": "dns", "port": 53, "protocol": "UDP"}]),
+            pod("udpgone-1", "node-1", "udpgone", [(53, "", "UDP")]),
+            pod("udpgone-2", "node-2", "udpgone", [(53, "", "UDP")])]  # fmt: skip
+    with applied(lab, "udpgone", docs) as path:
+        for ip in cluster_ips(lab, "udpgone"):
+            settles(lambda ip=ip: probe(lab, "client-1", ip, 53, "udp")[0].startswith("udpgone"))
+            ns, cgroup = lab.target("client-1")
+            held = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", HELD_UDP, ip],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                preexec_fn=lambda c=cgroup: _join(c),
+            )  # fmt: skip
+            try:
+                first = held.stdout.readline().strip().removeprefix("pod=")
+                keep = next(d for d in docs[1:] if d["metadata"]["name"] != first)
+                write(lab, path, [docs[0], keep])  # the pod it talks to is deleted
+                out, _ = held.communicate("go\n", timeout=20)
+            finally:
+                held.kill()
+            print(f"{ip}: first {first}, then {out.strip()}")
+            assert out.strip() in ("ECONNABORTED", "EDESTADDRREQ"), out
+            settles(lambda ip=ip, k=keep: probe(lab, "client-1", ip, 53, "udp")[0]
+                    == k["metadata"]["name"])  # fmt: skip
+            write(lab, path, docs)  # both pods again, for the other family
+
+
+def _join(cgroup: str | None) -> None:
+    if cgroup:
+        with open(f"{cgroup}/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
 
 
 def test_the_e2e_table_in_the_readme_names_only_tests_that_exist():
