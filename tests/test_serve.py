@@ -296,3 +296,67 @@ def test_an_ipv6_bind_address_serves_health(address):
         assert code == 200 and json.loads(text)["nodeEligible"] is True
     finally:
         eps.close()
+
+
+# kube-proxy's TestServer (pkg/proxy/healthcheck/healthcheck_test.go), ported as data: its
+# steps, as the combined (services, endpoints) state xlb's sync carries at once (kube-proxy
+# calls SyncServices and SyncEndpoints apart), and what each service's server answers
+# after it: (status, localEndpoints, serviceProxyHealthy). Ports are kube-proxy's, shifted
+# into a free range of this machine.
+HC_STEPS = [
+    ("a real service, no endpoints", {"a/b": 9376}, {}, True, {"a/b": (503, 0)}),
+    ("an endpoint", {"a/b": 9376}, {"a/b": 18}, True, {"a/b": (200, 18)}),
+    ("zero endpoints", {"a/b": 9376}, {"a/b": 0}, True, {"a/b": (503, 0)}),
+    ("the endpoint back", {"a/b": 9376}, {"a/b": 11}, True, {"a/b": (200, 11)}),
+    ("nil endpoints", {"a/b": 9376}, {}, True, {"a/b": (503, 0)}),
+    ("multiple services", {"a/b": 9376, "c/d": 12909, "e/f": 11113}, {}, True,
+     {"a/b": (503, 0), "c/d": (503, 0), "e/f": (503, 0)}),
+    ("their endpoints", {"a/b": 9376, "c/d": 12909, "e/f": 11113},
+     {"a/b": 9, "c/d": 3, "e/f": 7}, True, {"a/b": (200, 9), "c/d": (200, 3), "e/f": (200, 7)}),
+    ("one removed, one left, one moved, one added", {"c/d": 12909, "e/f": 11114, "g/h": 11878},
+     {"c/d": 3}, True, {"c/d": (200, 3), "e/f": (503, 0), "g/h": (503, 0)}),
+    ("endpoints for all", {"c/d": 12909, "e/f": 11114, "g/h": 11878},
+     {"a/b": 9, "c/d": 3, "e/f": 7, "g/h": 6}, True,
+     {"c/d": (200, 3), "e/f": (200, 7), "g/h": (200, 6)}),
+    ("endpoints, missing c/d", {"c/d": 12909, "e/f": 11114, "g/h": 11878},
+     {"e/f": 7, "g/h": 6}, True, {"c/d": (503, 0), "e/f": (200, 7), "g/h": (200, 6)}),
+    ("a temporarily unhealthy proxy", {"c/d": 12909, "e/f": 11114, "g/h": 11878},
+     {"e/f": 7, "g/h": 6}, False, {"c/d": (503, 0), "e/f": (503, 7), "g/h": (503, 6)}),
+    ("healthy again", {"c/d": 12909, "e/f": 11114, "g/h": 11878},
+     {"e/f": 7, "g/h": 6}, True, {"c/d": (503, 0), "e/f": (200, 7), "g/h": (200, 6)}),
+]  # fmt: skip
+
+
+def test_kube_proxys_health_check_server_table():
+    healthy = [True]
+    hc = HealthCheckNodePorts("127.0.0.1", proxy_healthy=lambda: healthy[0])
+    shift = free_port() - 9000  # kube-proxy's ports, moved where nothing listens
+    try:
+        for name, services, endpoints, proxy_ok, expected in HC_STEPS:
+            healthy[0] = proxy_ok
+            checks = [HealthCheck(s, p + shift, endpoints.get(s, 0)) for s, p in services.items()]
+            assert hc.sync(checks) == [], name
+            assert sorted(hc.servers) == sorted(p + shift for p in services.values()), name
+            for svc, (status, count) in expected.items():
+                code, headers, text = fetch_with_headers(
+                    f"http://127.0.0.1:{services[svc] + shift}/healthz"
+                )
+                ns, svc_name = svc.split("/")
+                assert (code, json.loads(text)) == (status, {
+                    "service": {"namespace": ns, "name": svc_name},
+                    "localEndpoints": count,
+                    "serviceProxyHealthy": proxy_ok,
+                }), (name, svc)  # fmt: skip
+                assert headers["Content-Type"] == "application/json", name
+                assert headers["X-Content-Type-Options"] == "nosniff", name
+                assert headers["X-Load-Balancing-Endpoint-Weight"] == str(count), name
+    finally:
+        hc.close()
+
+
+def fetch_with_headers(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
