@@ -50,23 +50,25 @@ def netns_cookie() -> int:
 
 @dataclass
 class Reconciled:
-    stale: int = 0  # sockets pointed at a backend that went
+    stale: int = 0  # entries of sockets pointed at a backend that went
     destroyed: int = 0
-    unreachable: int = 0  # in a namespace this process could not find or enter
+    closed: int = 0  # their socket (or its namespace) was already gone: entry dropped
+    unreachable: int = 0  # in a namespace this process may not enter
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
-def stale_sockets(maps: Maps, gone: set[tuple[int, str, int]]) -> dict[int, set[int]]:
-    """netns cookie -> the cookies of the UDP sockets that one of these frontends (by id)
-    pointed at one of the backends it lost."""
-    out: dict[int, set[int]] = {}
+def stale_sockets(maps: Maps, gone: set[tuple[int, str, int]]) -> dict[int, dict[int, list]]:
+    """netns cookie -> socket cookie -> the xlb_sock_rev keys of the UDP sockets that one of
+    these frontends (by id) pointed at one of the backends it lost. (An entry outlives its
+    socket until the LRU takes it: a closed socket's may be among them.)"""
+    out: dict[int, dict[int, list]] = {}
     if not gone:
         return out
     for key, rev in maps.tables["xlb_sock_rev"].items():
         lost = (int(rev.svc), get_addr(key.addr), ntohs(key.port)) in gone
         if lost and rev.proto == socket.IPPROTO_UDP:
-            out.setdefault(int(rev.netns), set()).add(int(key.cookie))
+            out.setdefault(int(rev.netns), {}).setdefault(int(key.cookie), []).append(key)
     return out
 
 
@@ -147,43 +149,62 @@ def _cookie(sock_id: bytes) -> int:
     return lo | hi << 32
 
 
-def _destroy_here(cookies: set[int]) -> int:
-    """Destroys the UDP sockets of this namespace with these cookies; how many went."""
-    done = 0
+def _destroy_here(cookies: set[int]) -> set[int]:
+    """Destroys the UDP sockets of this namespace with these cookies; the cookies of those
+    that went (the others are closed already)."""
+    done: set[int] = set()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(5)
         for family in (socket.AF_INET, socket.AF_INET6):
             for sock_id in _udp_ids(nl, family):
-                if _cookie(sock_id) not in cookies:
+                if (cookie := _cookie(sock_id)) not in cookies:
                     continue
                 nl.send(_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, 0xFFFFFFFF,
                                  sock_id))  # fmt: skip
                 for kind, body in _messages(nl.recv(65536)):
                     if kind == NLMSG_ERROR and struct.unpack_from("=i", body)[0] == 0:
-                        done += 1
+                        done.add(cookie)
     return done
 
 
 def reconcile(maps: Maps, gone: set[tuple[int, str, int]]) -> Reconciled:
     """Resets the connected UDP sockets that these frontends (id) pointed at these backends
-    (address, port), in every namespace that holds one."""
+    (address, port), in every namespace that holds one, and drops the entries of the ones
+    reset or already closed. Where no namespace could be entered at all (no CAP_SYS_ADMIN),
+    every entry counts as unreachable and stays."""
     start = time.perf_counter()
     res = Reconciled()
     wanted = stale_sockets(maps, gone)
     res.stale = sum(len(c) for c in wanted.values())
-    if wanted:
-        for path in namespaces():
-            cookie = _inside(path, netns_cookie)
-            if not isinstance(cookie, int) or cookie not in wanted:
-                continue
-            cookies = wanted.pop(cookie)
-            done = _inside(path, lambda c=cookies: _destroy_here(c))
-            if isinstance(done, int):
-                res.destroyed += done
-            else:
-                res.errors.append(f"{path}: {done}")
-            if not wanted:
-                break
-        res.unreachable = res.stale - res.destroyed
+    settled: list = []  # the xlb_sock_rev keys to drop
+    entered = False
+    for path in namespaces() if wanted else ():
+        cookie = _inside(path, netns_cookie)
+        if not isinstance(cookie, int):
+            continue
+        entered = True
+        if cookie not in wanted:
+            continue
+        sockets = wanted.pop(cookie)
+        done = _inside(path, lambda c=set(sockets): _destroy_here(c))
+        if isinstance(done, OSError):
+            res.errors.append(f"{path}: {done}")
+            res.unreachable += len(sockets)
+            continue
+        res.destroyed += len(done)
+        res.closed += len(sockets) - len(done)
+        settled += [k for keys in sockets.values() for k in keys]
+        if not wanted:
+            break
+    left = sum(len(c) for c in wanted.values())
+    if entered:  # their namespaces are gone (the pods deleted): so are the sockets
+        res.closed += left
+        settled += [k for by_cookie in wanted.values() for keys in by_cookie.values() for k in keys]
+    else:
+        res.unreachable += left
+    table = maps.tables["xlb_sock_rev"]
+    for key in settled:
+        with contextlib.suppress(KeyError):
+            del table[key]
     res.seconds = time.perf_counter() - start
     return res

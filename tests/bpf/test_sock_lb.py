@@ -420,7 +420,9 @@ def test_a_connected_udp_socket_to_a_removed_backend_is_reset(pod_net, maps, syn
     print(f"first {first}, the same socket after: {after}, a new socket: {fresh}; {done}")
     assert fresh in live
     if reset:
-        assert (done.stale, done.destroyed, done.unreachable) == (1, 1, 0), done
+        # (entries of this frontend's sockets closed by earlier tests are dropped as closed)
+        assert (done.destroyed, done.unreachable) == (1, 0) and done.stale >= 1, done
+        assert done.stale == done.destroyed + done.closed
         assert after in ("ECONNABORTED", "EDESTADDRREQ"), after
     else:
         assert after == first  # the removed backend, still
