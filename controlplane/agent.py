@@ -25,15 +25,16 @@ from . import runstate
 from .datapath.node import remote_addresses, warm_neighbours
 from .heap import collector_paused, release_memory
 from .l2.election import drained, ours_to_announce, owners
-from .l2.ipam import pool_of
 from .l2.placement import take_now
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
+from .model.pools import pool_of
+from .model.snapshot import Cluster
 from .model.state import DesiredState
 from .model.translate import AddressSpace, TranslateConfig, with_address_space
 from .serve import Endpoints, Health, HealthCheckNodePorts, Metrics
-from .sources.cluster import Cluster, ClusterConfig
 from .sources.manifests import load_cluster, manifest_files
+from .sources.simulated import ClusterConfig
 
 log = logging.getLogger("xlb.agent")
 

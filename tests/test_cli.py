@@ -52,7 +52,8 @@ def test_model_unknown_node_is_one_clear_line():
 
 
 def test_every_agent_flag_reaches_the_agent_config(tmp_path):
-    from controlplane.cli import agent_config, build_parser
+    from controlplane.cli import build_parser
+    from controlplane.cli.options import agent_config
 
     key = tmp_path / "key"
     key.write_text("s3cret\n")
@@ -132,10 +133,10 @@ def test_every_agent_flag_reaches_the_agent_config(tmp_path):
     ],
 )
 def test_bad_peer_and_pool_flags_say_what_to_write(flag, value, says):
-    from controlplane.cli import _peers, _pools
+    from controlplane.cli.options import parse_peers, parse_pools
 
     with pytest.raises(SystemExit, match=says):
-        _peers([value], 7947) if flag == "--peer" else _pools([value])
+        parse_peers([value], 7947) if flag == "--peer" else parse_pools([value])
 
 
 def test_model_into_a_pipe_that_closes_early_ends_quietly(tmp_path):

@@ -1,7 +1,6 @@
 """The import rules of controlplane's layers, read from the source (no import runs): the pure
 core imports nothing of the rest, only datapath touches bcc, and no layer imports one above
-it. A new import across a line fails here; the two edges listed as KNOWN are the ones issue
-16 means to remove (they shrink this list, never grow it)."""
+it. A new import across a line fails here."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "runstate": set(),
     "datapath": {"model", "maglev", "heap", "runstate", "bcc"},  # the only one with bcc
     "serve": {"model"},
-    "sources": {"model", "kubernetes", "l2"},
-    "l2": {"model", "sources", "kubernetes"},
+    "sources": {"model", "kubernetes"},
+    "l2": {"model", "kubernetes"},
     "cleanup": set(),
     "agent": {"model", "datapath", "sources", "l2", "serve", "heap", "runstate"},
     "lab": {"model", "datapath", "sources", "l2", "runstate"},
@@ -41,9 +40,6 @@ ALLOWED: dict[str, set[str]] = {
         "heap",
     },  # fmt: skip
 }
-# edges that exist and should not: l2 and sources import each other (the pools' types live
-# in l2, the cluster snapshot in sources)
-KNOWN = {("sources", "l2"), ("l2", "sources")}
 OUTSIDE = {"bcc", "kubernetes"}
 
 
@@ -89,11 +85,14 @@ def test_the_pure_core_imports_nothing_of_the_rest_and_no_bcc_or_kubernetes():
     assert users_of_bcc <= {"datapath"}, users_of_bcc
 
 
-def test_the_known_wrong_edges_are_still_there_or_this_list_shrinks():
-    """When issue 16 breaks the l2/sources cycle, this fails until KNOWN is emptied."""
-    found = imports()
-    present = {(a, b) for a, b in KNOWN if b in found.get(a, set())}
-    assert present == KNOWN, f"gone, so drop them from KNOWN and ALLOWED: {KNOWN - present}"
+def test_bcc_is_reached_only_through_datapath():
+    """Not even through datapath's own import_bcc: a lab or a CLI that wants a program
+    loaded asks datapath for that, not for bcc."""
+    users = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] != "datapath" and "import_bcc" in path.read_text():
+            users.append(str(path.relative_to(PACKAGE)))
+    assert not users, users
 
 
 def test_an_upward_import_would_be_caught(tmp_path, monkeypatch):
@@ -103,3 +102,17 @@ def test_an_upward_import_would_be_caught(tmp_path, monkeypatch):
     (fake / "model" / "bad.py").write_text("from ..datapath import maps\nimport bcc\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     assert imports()["model"] == {"datapath", "bcc"}
+
+
+def test_every_package_says_what_it_holds_and_what_it_may_import():
+    """A newcomer reads the rules at the top of each package; they name no part that the
+    rules here forbid."""
+    for init in PACKAGE.glob("*/__init__.py"):
+        part = init.parent.name
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if part == "cli":  # the top: it may import everything
+            continue
+        assert "May import:" in doc, f"{part}/__init__.py: say what it may import"
+        said = doc.split("May import:", 1)[1].split(".")[0]
+        others = {p for p in ALLOWED if p != part and p in said.replace(",", " ").split()}
+        assert others <= ALLOWED[part], (part, others - ALLOWED[part])

@@ -1,4 +1,10 @@
-"""The only package that touches bcc: compiling, loading, attaching and programming BPF."""
+"""The only package that touches bcc: compiling, loading, attaching and programming BPF.
+
+config (map sizes), constants (read from bpf/lib/*.h), programs and loader (compile),
+attach (XDP, tc, cgroup links), maps and sync (DesiredState -> map writes), node (one node's
+datapath), status and events (what the maps and the ring buffer say).
+
+May import: model, maglev, heap, runstate, bcc. Nothing above."""
 
 from __future__ import annotations
 

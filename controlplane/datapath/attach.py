@@ -235,6 +235,23 @@ def _detach_tc_filter(ifname: str) -> None:
                        prio=f["info"] >> 16)  # fmt: skip
 
 
+def load_xdp_pass():
+    """bpf/xdp_pass.c, loaded (bcc's function; the caller keeps it while attaching). A veth
+    receives the frames its peer sends with XDP_TX only while an XDP program is attached
+    on its own side: the lab's LAN bridge ports need this one."""
+    from .programs import BPF_DIR
+
+    bcc = import_bcc()
+    bpf = bcc.BPF(text=(BPF_DIR / "xdp_pass.c").read_bytes())
+    return bpf.load_func(b"xdp_pass", bcc.BPF.XDP)
+
+
+def attach_xdp_pass(xdp_pass, ifname: str) -> None:
+    """xdp_pass (from load_xdp_pass) on ifname in the current namespace, in driver mode; a
+    netlink attachment, gone with the link."""
+    import_bcc().BPF.attach_xdp(ifname, xdp_pass, XDP_FLAGS_DRV_MODE)
+
+
 # -- cgroup --------------------------------------------------------------------------------------
 
 

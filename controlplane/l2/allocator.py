@@ -1,5 +1,5 @@
 """The cluster's LoadBalancer IP allocator: on the Lease holder only, the pools' allocation
-(ipam.allocate) is written to each Service's status.loadBalancer.ingress, with an Event.
+(model.pools.allocate) is written to each Service's status.loadBalancer.ingress, with an Event.
 
 Every agent announces what the Services' status says; only this writes it, so exactly one
 allocator acts at a time however many agents run. A Service that cannot get an address gets
@@ -13,8 +13,8 @@ import time
 from typing import Any, Protocol
 
 from ..model.diagnostics import Diagnostic, Level
-from ..sources.cluster import Cluster
-from .ipam import allocate, status_changes
+from ..model.pools import allocate, status_changes
+from ..model.snapshot import Cluster
 
 log = logging.getLogger("xlb.allocator")
 

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
 from ..model.objects import EndpointSlice, Node, Service, ServiceType, TrafficPolicy
-from .ipam import Advertisement, Pool, ours, pool_of
+from ..model.pools import Advertisement, Pool, ours, pool_of
 from .placement import balanced, rank
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from ..model.diagnostics import Level
 from ..model.objects import Service, ServiceType
 from ..model.parse import parse_service
-from ..sources.cluster import ClusterConfig, allocate_cluster_ips, allocate_node_ports
+from ..sources.simulated import ClusterConfig, allocate_cluster_ips, allocate_node_ports
 
 
 def _key(obj: dict[str, Any]) -> str:

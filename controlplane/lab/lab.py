@@ -25,8 +25,9 @@ from pathlib import Path
 import yaml
 
 from .. import runstate
-from ..sources.cluster import ClusterConfig, Pod, place_pods, synthesize_nodes
+from ..model.objects import Pod
 from ..sources.manifests import load_cluster, load_documents, pod_from, workload_pods
+from ..sources.simulated import ClusterConfig, place_pods, synthesize_nodes
 from . import topology as topo
 from .admission import STAMP, admit
 from .topology import CLIENT4, CLIENT6, EXT4, EXT6, LabError
@@ -39,7 +40,7 @@ WORKLOADS = {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Pod"}
 def lab_pool(objects: list[dict]) -> dict:
     """The LoadBalancer address pool of the lab's LAN, used when the manifests bring none;
     it also holds every address a Service asks for, as a cloud would grant it."""
-    from ..l2.ipam import ANNOTATION_IPS
+    from ..model.pools import ANNOTATION_IPS
 
     addresses = ["192.168.198.240/28", "fd00:198::f0/124"]
     for o in objects:
@@ -339,12 +340,9 @@ class Lab:
     @staticmethod
     def _xdp_pass():
         """bpf/xdp_pass.c, loaded once; its attachments outlive this process."""
-        from ..datapath import import_bcc
-        from ..datapath.programs import BPF_DIR
+        from ..datapath.attach import load_xdp_pass
 
-        bcc = import_bcc()
-        bpf = bcc.BPF(text=(BPF_DIR / "xdp_pass.c").read_bytes())
-        return bpf.load_func(b"xdp_pass", bcc.BPF.XDP)
+        return load_xdp_pass()
 
     def _node_objects(self, state: LabState):
         from ..model.objects import LABEL_ZONE, Node
@@ -642,7 +640,7 @@ class Lab:
         with contextlib.suppress(ProcessLookupError):
             os.kill(node.agent_pid, signal.SIGTERM if graceful else signal.SIGKILL)
         deadline = time.monotonic() + timeout
-        while graceful and _alive(node.agent_pid):
+        while graceful and alive(node.agent_pid):
             if time.monotonic() > deadline:
                 raise LabError(f"xlb lab: the agent on {node_name} ignored SIGTERM")
             time.sleep(0.02)
@@ -658,7 +656,7 @@ class Lab:
             log_path = self.dir / f"agent-{node.name}.log"
             # synced, and past the gossip's settle: the LoadBalancer IPs are answered
             while "gossip settled" not in (log_path.read_text() if log_path.exists() else ""):
-                if time.monotonic() > deadline or not _alive(node.agent_pid):
+                if time.monotonic() > deadline or not alive(node.agent_pid):
                     tail = log_path.read_text()[-2000:] if log_path.exists() else ""
                     raise LabError(f"xlb lab: the agent on {node.name} did not sync:\n{tail}")
                 time.sleep(0.1)
@@ -738,7 +736,7 @@ class Lab:
         return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether pid runs; an exited child of this process (a zombie until reaped) does not."""
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:

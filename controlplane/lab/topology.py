@@ -3,8 +3,8 @@ hand-written endpoints, each in its own network namespace.
 
 Every veth has TX checksum offload off: frames then carry full checksums as on a wire, which
 is what XDP programs are written for (an skb's partial-checksum state is invisible to XDP).
-The LAN side of each node's uplink has GRO on, because a veth only delivers XDP_TX frames
-when its peer has GRO or an XDP program.
+The LAN side of each node's uplink runs bpf/xdp_pass.c, because a veth delivers the frames
+its peer sends with XDP_TX only while an XDP program is attached on its own side.
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ def attach_to_lan(lan_ns: str, host_ns: str, tag: str, addrs: list[str], xdp_pas
     veth(host_ns, "eth0", lan_ns, port, tag)
     ip(lan_ns, "link", "set", port, "master", "br0")
     if xdp_pass_fn is not None:
-        from ..datapath import import_bcc
+        from ..datapath.attach import attach_xdp_pass
 
         with inside(lan_ns):
-            import_bcc().BPF.attach_xdp(port, xdp_pass_fn, 1 << 2)
+            attach_xdp_pass(xdp_pass_fn, port)
     for a in addrs:
         plen = 24 if ":" not in a else 64
         ip(host_ns, "addr", "add", f"{a}/{plen}", "dev", "eth0", *(("nodad",) if ":" in a else ()))

@@ -174,3 +174,31 @@ class Node:
 
     def __hash__(self) -> int:
         return hash(("Node", self.name))
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    name: str
+    port: int
+    protocol: Protocol
+
+
+@dataclass(frozen=True)
+class Pod:
+    """The little of a Pod that a manifest-only cluster needs to make EndpointSlices (the
+    Kubernetes source reads slices, never Pods)."""
+
+    namespace: str
+    name: str
+    labels: dict[str, str]
+    ports: tuple[ContainerPort, ...]
+    node_name: str = ""
+    ips: tuple[str, ...] = ()
+    ready: bool = True
+    terminating: bool = False
+    terminal: bool = False  # phase Succeeded or Failed: in no EndpointSlice
+    owner: str = ""  # the workload it belongs to, if any
+    ordinal: int = 0  # its replica number in that workload: spreads replicas over nodes
+
+    def __hash__(self) -> int:
+        return hash((self.namespace, self.name))

@@ -32,7 +32,7 @@ from ..model.parse import (
     parse_service,
     parse_service_cidr,
 )
-from .cluster import Cluster
+from ..model.snapshot import Cluster
 
 log = logging.getLogger("xlb.kubernetes")
 
@@ -50,7 +50,7 @@ class Entry:
 
 def _parse(kind: str, obj: dict) -> tuple[list[Any], list[Diagnostic]]:
     if kind in ("IPAddressPool", "L2Advertisement"):
-        from ..l2.ipam import parse_advertisement, parse_pool
+        from ..model.pools import parse_advertisement, parse_pool
 
         item, d = (parse_pool if kind == "IPAddressPool" else parse_advertisement)(obj)
         return ([item] if item else []), d

@@ -16,15 +16,13 @@ from typing import Any
 
 import yaml
 
-from ..l2.ipam import parse_advertisement, parse_pool
 from ..model.diagnostics import Collector, Diagnostic, Level
-from ..model.objects import EndpointSlice, Node, Protocol, Service
+from ..model.objects import ContainerPort, EndpointSlice, Node, Pod, Protocol, Service
 from ..model.parse import parse_endpoint_slice, parse_endpoints, parse_node, parse_service
-from .cluster import (
-    Cluster,
+from ..model.pools import parse_advertisement, parse_pool
+from ..model.snapshot import Cluster
+from .simulated import (
     ClusterConfig,
-    ContainerPort,
-    Pod,
     allocate_cluster_ips,
     allocate_node_ports,
     assign_load_balancer_ips,

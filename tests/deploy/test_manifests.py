@@ -9,7 +9,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from controlplane.cli import _pools, build_parser
+from controlplane.cli import build_parser
+from controlplane.cli.options import parse_pools
 from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -54,7 +55,9 @@ def test_the_daemonset_runs_valid_xlb_command_lines():
     agent = spec["containers"][0]["command"]
     args = build_parser().parse_args(expand(agent[1:], env))
     assert args.pool == [""]  # no pool unless configured (and "" means none)
-    assert _pools(args.pool) == [] and _pools(["a=10.0.0.0/30;b=10.0.1.0/30"])[1].name == "b"
+    assert (
+        parse_pools(args.pool) == [] and parse_pools(["a=10.0.0.0/30;b=10.0.1.0/30"])[1].name == "b"
+    )
     assert (args.command, args.source, args.uplink, args.endpoints_api) == (
         "agent",
         "kubernetes",
@@ -70,7 +73,7 @@ def test_the_daemonset_runs_valid_xlb_command_lines():
 def test_the_gossip_key_is_a_file_from_an_optional_secret(tmp_path):
     """No Secret: the pod still starts (an empty optional volume: no key, no L2); with it,
     the agent reads the key from the mounted file."""
-    from controlplane.cli import _gossip_key
+    from controlplane.cli.options import read_gossip_key
 
     spec = by_kind("DaemonSet")["spec"]["template"]["spec"]
     volume = next(v for v in spec["volumes"] if v["name"] == "gossip-key")
@@ -80,8 +83,8 @@ def test_the_gossip_key_is_a_file_from_an_optional_secret(tmp_path):
     assert flag.split("=", 1)[1].startswith(mount["mountPath"] + "/")
     key = tmp_path / "key"
     key.write_text("s3cret\n")
-    assert _gossip_key(str(key)) == b"s3cret"
-    assert _gossip_key(str(tmp_path / "absent")) == b""
+    assert read_gossip_key(str(key)) == b"s3cret"
+    assert read_gossip_key(str(tmp_path / "absent")) == b""
 
 
 def test_rbac_grants_what_the_kubernetes_source_uses_and_no_more():

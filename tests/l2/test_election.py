@@ -6,8 +6,8 @@ from collections import Counter
 from ipaddress import IPv4Address
 
 from controlplane.l2.election import owner, owners
-from controlplane.l2.ipam import Advertisement, Pool
 from controlplane.model.objects import Node
+from controlplane.model.pools import Advertisement, Pool
 from tests.helpers import ep, service, slice_
 
 NODES = [Node(f"node-{i}", labels={"rack": "a" if i < 3 else "b"}) for i in range(1, 5)]

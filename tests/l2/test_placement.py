@@ -14,9 +14,9 @@ from collections import Counter
 import pytest
 
 from controlplane.l2.election import owner, owners
-from controlplane.l2.ipam import parse_pool
 from controlplane.l2.placement import balanced, take_now
 from controlplane.model.objects import Node, Service, ServiceType
+from controlplane.model.pools import parse_pool
 
 
 def ips(n: int) -> list[str]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 
 from controlplane.lab.admission import admit
-from controlplane.sources.cluster import ClusterConfig
 from controlplane.sources.manifests import Document, build_cluster
+from controlplane.sources.simulated import ClusterConfig
 
 CFG = ClusterConfig()
 

@@ -9,8 +9,8 @@ import textwrap
 import pytest
 
 from controlplane.model import FrontendKind, Level, Scope, translate
-from controlplane.sources.cluster import ClusterConfig
 from controlplane.sources.manifests import load_cluster
+from controlplane.sources.simulated import ClusterConfig
 from tests.helpers import EXAMPLES, SHARED_EXAMPLES
 
 

@@ -1,4 +1,6 @@
-"""The parts of a Kubernetes control plane a manifest-only cluster needs, as pure functions.
+"""A simulated Kubernetes control plane: what kube-apiserver and its controllers would do for
+a manifest-only cluster, as pure functions. It is not Kubernetes, and nothing here runs when
+the agent reads a real API server.
 
 With no API server (standalone mode, the lab), somebody must do what it and its controllers do:
 allocate ClusterIPs and NodePorts, place pods on nodes and give them IPs, and compute
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ..model.diagnostics import Collector, Diagnostic
 from ..model.objects import (
@@ -23,6 +25,7 @@ from ..model.objects import (
     EndpointSlice,
     Family,
     Node,
+    Pod,
     Protocol,
     Service,
     ServicePort,
@@ -48,46 +51,6 @@ class ClusterConfig:
     def families(self) -> tuple[Family, ...]:
         fams = [family_of(str(ipaddress.ip_network(c).network_address)) for c in self.service_cidrs]
         return tuple(dict.fromkeys(fams))
-
-
-@dataclass(frozen=True)
-class ContainerPort:
-    name: str
-    port: int
-    protocol: Protocol
-
-
-@dataclass(frozen=True)
-class Pod:
-    namespace: str
-    name: str
-    labels: dict[str, str]
-    ports: tuple[ContainerPort, ...]
-    node_name: str = ""
-    ips: tuple[str, ...] = ()
-    ready: bool = True
-    terminating: bool = False
-    terminal: bool = False  # phase Succeeded or Failed: in no EndpointSlice
-    owner: str = ""  # the workload it belongs to, if any
-    ordinal: int = 0  # its replica number in that workload: spreads replicas over nodes
-
-    def __hash__(self) -> int:
-        return hash((self.namespace, self.name))
-
-
-@dataclass
-class Cluster:
-    services: list[Service] = field(default_factory=list)
-    slices: list[EndpointSlice] = field(default_factory=list)
-    nodes: list[Node] = field(default_factory=list)
-    pods: list[Pod] = field(default_factory=list)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    pools: list = field(default_factory=list)  # LoadBalancer address pools (l2/ipam.Pool)
-    # L2Advertisements (l2/ipam.Advertisement); None: there are none, every pool is announced
-    advertisements: list | None = None
-    # the ranges ClusterIPs are allocated from (ServiceCIDR objects, or the manifest
-    # source's configuration): an address there that no Service holds goes nowhere
-    service_cidrs: list[str] = field(default_factory=list)
 
 
 def _digest(*parts: object) -> int:
@@ -323,8 +286,8 @@ def assign_load_balancer_ips(
     services: list[Service], pools: list | None = None
 ) -> tuple[list[Service], list[Diagnostic]]:
     """Standalone stand-in for a LoadBalancer controller: addresses from the pools (see
-    l2/ipam.py); with no pool at all, a requested spec.loadBalancerIP is taken as is."""
-    from ..l2.ipam import allocate
+    model/pools.py); with no pool at all, a requested spec.loadBalancerIP is taken as is."""
+    from ..model.pools import allocate
 
     current = {s.key: s.ingress_ips for s in services if s.ingress_ips}
     assigned, diags = allocate(services, pools or [], current)

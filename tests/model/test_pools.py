@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from controlplane.l2.ipam import (
+from controlplane.model import Level
+from controlplane.model.pools import (
     allocate,
     config_pool,
     parse_advertisement,
@@ -14,7 +15,6 @@ from controlplane.l2.ipam import (
     parse_range,
     status_changes,
 )
-from controlplane.model import Level
 from controlplane.sources.manifests import load_cluster
 from tests.helpers import service
 
