@@ -34,6 +34,7 @@ from controlplane.model.objects import (  # noqa: E402
     ServicePort,
     ServiceType,
 )
+from controlplane.model.snapshot import Changes, new_lineage  # noqa: E402
 
 NODE = Node("node-1", ("192.168.198.201",))
 
@@ -111,23 +112,26 @@ def real_maps(services: int, endpoints: int):
         subprocess.run(["rm", "-rf", cfg.pin_root])
 
 
-def change_one_endpoint(slices: list[EndpointSlice], i: int) -> None:
-    """Service i*7's first endpoint moves to a new address (a pod replaced)."""
+def change_one_endpoint(slices: list[EndpointSlice], i: int) -> str:
+    """Service i*7's first endpoint moves to a new address (a pod replaced); that Service's
+    namespace/name, as the Kubernetes source's change tracker would name it."""
     at = (i * 7) % len(slices)
     sl = slices[at]
     eps = list(sl.endpoints)
     eps[0] = dataclasses.replace(eps[0], addresses=(f"10.250.{i // 250}.{i % 250 + 1}",))
     slices[at] = dataclasses.replace(sl, endpoints=tuple(eps))
+    return sl.service_key
 
 
 def measure(services: int = 10000, endpoints: int = 10, changes: int = 20) -> dict:
     """Full sync (translate + write) and per-change latencies, in seconds."""
     svcs, slices = cluster(services, endpoints)
     translator = Translator()  # as the agent: a change re-translates only its Service
+    lineage = new_lineage()  # the snapshots of one source, numbered as the Kubernetes one does
     with real_maps(services, endpoints) as syncer:
         with collector_paused():  # as the agent
             t0 = time.perf_counter()
-            state = translator(svcs, slices, NODE)
+            state = translator(svcs, slices, NODE, None, Changes(lineage, -1, 0))
             t1 = time.perf_counter()
             res = syncer.sync(state, NODE.addresses[0])
             t2 = time.perf_counter()
@@ -135,10 +139,10 @@ def measure(services: int = 10000, endpoints: int = 10, changes: int = 20) -> di
         release_memory()
         latencies = []
         for i in range(changes):
-            change_one_endpoint(slices, i)
+            changes = Changes(lineage, i, i + 1, frozenset({change_one_endpoint(slices, i)}))
             start = time.perf_counter()
             with collector_paused():
-                syncer.sync(translator(svcs, slices, NODE), NODE.addresses[0])
+                syncer.sync(translator(svcs, slices, NODE, None, changes), NODE.addresses[0])
             latencies.append(time.perf_counter() - start)
             gc.freeze()
     latencies.sort()

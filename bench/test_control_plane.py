@@ -15,6 +15,7 @@ from bench.controlplane import NODE, change_one_endpoint, cluster, real_maps
 from controlplane.heap import collector_paused
 from controlplane.maglev import build_table
 from controlplane.model import Translator, translate
+from controlplane.model.snapshot import Changes, new_lineage
 
 
 @pytest.mark.parametrize("m,n", [(16381, 100), (65537, 1000)])
@@ -53,15 +54,16 @@ def test_full_sync_into_the_real_maps(benchmark, services):
 
 def test_one_endpoint_change_reaches_the_maps(benchmark):
     svcs, slices = cluster(10000, 10)
-    translator = Translator()
+    translator, lineage = Translator(), new_lineage()
     with real_maps(10000, 10) as syncer:
-        syncer.sync(translator(svcs, slices, NODE), NODE.addresses[0])
-        changes = iter(range(1_000_000))
+        syncer.sync(translator(svcs, slices, NODE, None, Changes(lineage)), NODE.addresses[0])
+        numbers = iter(range(1_000_000))
 
         def one_change():
-            change_one_endpoint(slices, next(changes))
+            i = next(numbers)
+            changes = Changes(lineage, i, i + 1, frozenset({change_one_endpoint(slices, i)}))
             with collector_paused():
-                return syncer.sync(translator(svcs, slices, NODE), NODE.addresses[0])
+                return syncer.sync(translator(svcs, slices, NODE, None, changes), NODE.addresses[0])
 
         res = benchmark.pedantic(one_change, rounds=10, iterations=1)
         assert 0 < res.writes < 50

@@ -29,7 +29,7 @@ from .l2.placement import take_now
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.pools import pool_of
-from .model.snapshot import Cluster
+from .model.snapshot import Cluster, ValueTracker
 from .model.state import DesiredState
 from .model.translate import AddressSpace, TranslateConfig, with_address_space
 from .serve import Endpoints, Health, HealthCheckNodePorts, Metrics
@@ -104,12 +104,15 @@ class ManifestWatch:
 
 
 class ManifestSource:
-    """Manifest files as a source: looked at every poll, reloaded whole on any change."""
+    """Manifest files as a source: looked at every poll, reloaded whole on any change. Files
+    have no events per object, so the Services that changed are found by value against the
+    last snapshot (ValueTracker) and handed over as the Kubernetes source hands its."""
 
     def __init__(self, paths: list[str], cluster_cfg: ClusterConfig | None = None) -> None:
         self.paths, self.cluster_cfg = paths, cluster_cfg or ClusterConfig()
         self.watch = ManifestWatch(paths)
         self.ready = True
+        self.tracker = ValueTracker()
 
     def start(self) -> None:
         pass
@@ -121,7 +124,9 @@ class ManifestSource:
         return self.watch.changed()
 
     def snapshot(self) -> Cluster:
-        return load_cluster(self.paths, self.cluster_cfg)
+        cluster = load_cluster(self.paths, self.cluster_cfg)
+        cluster.changes = self.tracker.changes(cluster.services, cluster.slices)
+        return cluster
 
     def wait(self, timeout: float) -> None:
         time.sleep(timeout)
@@ -157,9 +162,13 @@ def desired_state(
             "not in the cluster: check --node against the Node objects",
         )
         return DesiredState(diagnostics=(diag,)), []
-    state = translator(cluster.services, cluster.slices, node, cfg)
+    state = translator(cluster.services, cluster.slices, node, cfg, cluster.changes)
     state = address_space(
-        state, cluster.services, cluster.service_cidrs if drop_unallocated else (), cfg
+        state,
+        cluster.services,
+        cluster.service_cidrs if drop_unallocated else (),
+        cfg,
+        cluster.changes,
     )
     # replace(), not a new state: the translator's hints (what changed) go along to the sync
     return dataclasses.replace(
@@ -208,6 +217,7 @@ class Agent:
         self.members, self.announcer, self.allocator = members, announcer, allocator
         self.announcers: dict[str, str] = {}  # every LB IP -> its announcing node
         self.drained_for: set[str] = set()  # the dead nodes the last sync drained
+        self.drained_keys: set[str] = set()  # the Services whose slices that drain altered
         self.record_base: dict | None = None
         self.leading = False
         self.unannounced: set[str] = set()
@@ -245,14 +255,26 @@ class Agent:
         """The cluster with endpoints on nodes the gossip declared dead draining (see
         election.drained); not while this node hears no majority (then it may be the one
         cut off)."""
-        self.drained_for = set()
-        if self.members is None or self.isolated:
+        before, self.drained_for = self.drained_for, set()
+        if self.members is not None and not self.isolated:
+            self.drained_for = set(self.members.dead())
+        slices = drained(cluster.slices, self.drained_for) if self.drained_for else cluster.slices
+        altered = (
+            {
+                new.service_key
+                for old, new in zip(cluster.slices, slices, strict=True)
+                if old is not new
+            }
+            if slices is not cluster.slices
+            else set()
+        )
+        # the Services drained now, and when the dead nodes changed those drained before:
+        # the source's changes do not name them (it never saw the drain)
+        widen = (altered | self.drained_keys) if self.drained_for != before else set()
+        self.drained_keys = altered
+        if not widen and slices is cluster.slices:
             return cluster
-        dead = self.members.dead()
-        if not dead:
-            return cluster
-        self.drained_for = dead
-        return dataclasses.replace(cluster, slices=drained(cluster.slices, dead))
+        return dataclasses.replace(cluster, slices=slices, changes=cluster.changes.widened(widen))
 
     def sync_once(self) -> None:
         cluster = self._drain_dead(self.source.snapshot())

@@ -86,6 +86,23 @@ def changed_services(
     return frozenset(out)
 
 
+class ValueTracker:
+    """Changes for a source that has no event per object, only whole lists (manifest files
+    reloaded, a test, a benchmark): each call compares by value with the lists of the call
+    before and numbers the snapshots of one lineage."""
+
+    def __init__(self) -> None:
+        self.lineage, self.generation = new_lineage(), 0
+        self.last: tuple[list[Service], list[EndpointSlice]] | None = None
+
+    def changes(self, services: Iterable[Service], slices: Iterable[EndpointSlice]) -> Changes:
+        services, slices = list(services), list(slices)
+        keys = None if self.last is None else changed_services(*self.last, services, slices)
+        self.last = (services, slices)
+        self.generation += 1
+        return Changes(self.lineage, self.generation - 1, self.generation, keys)
+
+
 @dataclass
 class Cluster:
     services: list[Service] = field(default_factory=list)

@@ -32,7 +32,7 @@ from ..model.parse import (
     parse_service,
     parse_service_cidr,
 )
-from ..model.snapshot import Cluster
+from ..model.snapshot import Changes, Cluster, new_lineage
 
 log = logging.getLogger("xlb.kubernetes")
 
@@ -73,9 +73,22 @@ def _key(obj: dict) -> tuple[str, str]:
     return (meta.get("namespace") or "", meta.get("name") or "")
 
 
+SERVICE_KINDS = ("Service", "EndpointSlice", "Endpoints")  # what the translator reads
+
+
+def _services_of(kind: str, key: tuple[str, str], entry: Entry | None) -> set[str]:
+    """The Services (namespace/name) an object's version belongs to: a Service and an
+    Endpoints object are their own; a slice is its Service's (by its label, as parsed)."""
+    if kind == "EndpointSlice":
+        return {sl.service_key for sl in entry.parsed} if entry is not None else set()
+    return {f"{key[0]}/{key[1]}"}
+
+
 @dataclass
 class Store:
-    """The latest version of every object, parsed, and a generation that moves on change."""
+    """The latest version of every object, parsed, and a generation that moves on change;
+    the Services changed since the last snapshot are carried by key (pending), as
+    kube-proxy's change trackers carry them from the watch to the sync."""
 
     kinds: tuple[str, ...]
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -83,9 +96,17 @@ class Store:
     synced: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
     generation: int = 0
+    lineage: int = field(default_factory=new_lineage)
+    pending: set[str] = field(default_factory=set)  # Services changed since the last snapshot
+    taken: int = -1  # the generation of the last snapshot
 
     def __post_init__(self) -> None:
         self.entries = {k: {} for k in self.kinds}
+
+    def _changed(self, kind: str, key: tuple[str, str], *entries: Entry | None) -> None:
+        if kind in SERVICE_KINDS:
+            for entry in entries:
+                self.pending |= _services_of(kind, key, entry)
 
     def _put(self, kind: str, obj: dict) -> bool:
         version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
@@ -94,15 +115,22 @@ class Store:
         if old is not None and old.version == version and version:
             return False
         parsed, diags = _parse(kind, obj)
-        self.entries[kind][key] = Entry(version, parsed, diags)
+        new = self.entries[kind][key] = Entry(version, parsed, diags)
+        self._changed(kind, key, old, new)
         return True
+
+    def _drop(self, kind: str, key: tuple[str, str]) -> bool:
+        old = self.entries[kind].pop(key, None)
+        self._changed(kind, key, old)
+        return old is not None
 
     def replace(self, kind: str, items: list[dict]) -> None:
         """A fresh list: what it lacks was deleted while we were not watching."""
         with self.cond:
             keys = {_key(o) for o in items}
-            changed = any(k not in keys for k in self.entries[kind])
-            self.entries[kind] = {k: v for k, v in self.entries[kind].items() if k in keys}
+            changed = False
+            for k in [k for k in self.entries[kind] if k not in keys]:
+                changed |= self._drop(kind, k)
             for obj in items:
                 changed |= self._put(kind, obj)
             self.synced.add(kind)
@@ -113,10 +141,8 @@ class Store:
 
     def event(self, kind: str, etype: str, obj: dict) -> None:
         with self.cond:
-            if etype == "DELETED":
-                changed = self.entries[kind].pop(_key(obj), None) is not None
-            else:
-                changed = self._put(kind, obj)
+            drop = etype == "DELETED"
+            changed = self._drop(kind, _key(obj)) if drop else self._put(kind, obj)
             if changed:
                 self.generation += 1
                 self.cond.notify_all()
@@ -135,8 +161,12 @@ class Store:
         return self.synced >= set(self.kinds)
 
     def cluster(self, pools: list | None = None) -> Cluster:
+        """The snapshot, and the Services changed since the last one (which it takes: the
+        next snapshot carries those after it)."""
         with self.cond:
-            c = Cluster(pools=list(pools or []))
+            changes = Changes(self.lineage, self.taken, self.generation, frozenset(self.pending))
+            self.pending, self.taken = set(), self.generation
+            c = Cluster(pools=list(pools or []), changes=changes)
             if self.entries.get("L2Advertisement"):
                 c.advertisements = []
             for kind, entries in self.entries.items():

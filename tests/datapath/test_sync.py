@@ -318,6 +318,7 @@ def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer,
     import random
 
     from controlplane.model import Translator, translate
+    from controlplane.model.snapshot import ValueTracker
     from tests.helpers import NODE1, ep, service, slice_
 
     rng = random.Random(11)
@@ -342,7 +343,7 @@ def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer,
         eps = list({e["addresses"][0]: e for e in eps}.values())
         return slice_(f"s{i}", eps, ports=[{"name": "http", "port": 8080}])
 
-    translator = Translator()
+    translator, tracker = Translator(), ValueTracker()
     hinted = 0
     for step in range(60):
         for _ in range(rng.randrange(1, 3)):
@@ -355,7 +356,7 @@ def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer,
             else:
                 make(i)
         svcs, sls = list(services.values()), list(slices.values())
-        state = translator(svcs, sls, NODE1)
+        state = translator(svcs, sls, NODE1, None, tracker.changes(svcs, sls))
         assert state == translate(svcs, sls, NODE1), step
         hinted += state.changed is not None
         syncer.sync(state, NODE4, NODE6)

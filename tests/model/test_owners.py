@@ -239,12 +239,15 @@ def test_the_incremental_translator_settles_ownership_as_the_full_one():
     """A hostile Service arriving in a later sync (the patched path) ends as translate()
     would have it: the ClusterIP's address stays its Service's in every scope."""
     from controlplane.model import Translator
+    from controlplane.model.snapshot import ValueTracker
 
     victim, _ = parse_service(DNS)
     attempt, _ = parse_service(CASES[0].attempt)
-    translator = Translator()
-    translator([victim], [], NODE1)
-    incremental = translator([victim, attempt], [], NODE1)
+    translator, tracker = Translator(), ValueTracker()
+    translator([victim], [], NODE1, None, tracker.changes([victim], []))
+    changes = tracker.changes([victim, attempt], [])
+    assert changes.services == {attempt.key}  # so the translator may patch
+    incremental = translator([victim, attempt], [], NODE1, None, changes)
     full = translate([victim, attempt], [], NODE1)
     assert incremental.frontends == full.frontends
     assert {f.service for f in full.frontends if f.address == "10.96.0.10"} == {victim.key}

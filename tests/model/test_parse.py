@@ -320,19 +320,29 @@ def test_the_address_space_holds_every_clusterip_and_canonical_ranges():
     assert state.service_cidrs == ("10.96.0.0/16", "fd00:10:96::/112", "10.97.0.5")
 
 
-def test_the_address_space_is_walked_again_only_when_the_services_changed():
+def test_the_address_space_is_walked_again_only_when_the_changes_name_a_service():
     import dataclasses
 
     from controlplane.model import Service
+    from controlplane.model.snapshot import Changes, ValueTracker
     from controlplane.model.state import DesiredState
     from controlplane.model.translate import AddressSpace
 
     services = [Service("default", f"s{i}", cluster_ips=(f"10.96.0.{i}",)) for i in range(3)]
-    space = AddressSpace()
-    first = space(DesiredState(), services, ["10.96.0.0/16"])
+    space, tracker = AddressSpace(), ValueTracker()
+    first = space(DesiredState(), services, ["10.96.0.0/16"], None, tracker.changes(services, []))
     assert first.cluster_ips == {"10.96.0.0", "10.96.0.1", "10.96.0.2"}
-    again = space(DesiredState(), list(services), ["10.96.0.0/16", "10.97.0.0/16"])
-    assert again.cluster_ips is first.cluster_ips  # the same objects: not walked again
+    same = tracker.changes(list(services), [])
+    again = space(DesiredState(), list(services), ["10.96.0.0/16", "10.97.0.0/16"], None, same)
+    assert again.cluster_ips is first.cluster_ips  # nothing changed: not walked again
     assert again.service_cidrs == ("10.96.0.0/16", "10.97.0.0/16")  # ranges always fresh
     moved = [*services[:2], dataclasses.replace(services[2], cluster_ips=("10.96.1.1",))]
-    assert space(DesiredState(), moved, []).cluster_ips == {"10.96.0.0", "10.96.0.1", "10.96.1.1"}
+    want = {"10.96.0.0", "10.96.0.1", "10.96.1.1"}
+    assert space(DesiredState(), moved, [], None, tracker.changes(moved, [])).cluster_ips == want
+    # a snapshot skipped: walked, though these changes name nothing
+    tracker.changes(services, [])
+    skipped = tracker.changes(services, [])
+    assert skipped.services == frozenset()
+    assert space(DesiredState(), services, [], None, skipped).cluster_ips == first.cluster_ips
+    # no changes known: walked
+    assert space(DesiredState(), moved, [], None, Changes()).cluster_ips == want

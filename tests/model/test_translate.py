@@ -518,11 +518,15 @@ def test_translate_without_a_node_has_no_node_ports_or_locals():
     assert not any(b.local for f in state.frontends for b in f.backends)
 
 
-def test_the_translator_reuses_unchanged_services_and_matches_translate(monkeypatch):
+def test_the_translator_redoes_exactly_the_services_the_changes_name(monkeypatch):
+    """The contract (Translator's docstring): snapshots of one source, in order, each with its
+    Changes, give translate()'s result, and only the Services named are translated again;
+    anything else (no Changes, a skipped snapshot, another node) translates everything."""
     import dataclasses
     import sys
 
     from controlplane.model import Translator
+    from controlplane.model.snapshot import Changes, ValueTracker
     from controlplane.sources.manifests import load_cluster
 
     module = sys.modules["controlplane.model.translate"]
@@ -536,13 +540,23 @@ def test_the_translator_reuses_unchanged_services_and_matches_translate(monkeypa
         return real(service, *args)
 
     monkeypatch.setattr(module, "_translate_service", counting)
-    translator = Translator()
-    assert translator(c.services, c.slices, node) == translate(c.services, c.slices, node)
-    n = len(calls) // 2  # Services translated by each of the two
-    calls.clear()
-    assert translator(c.services, c.slices, node) == translate(c.services, c.slices, node)
-    assert len(calls) == n  # only translate() worked: the translator reused them all
-    # one slice changes: that Service alone is translated again
+    translator, tracker = Translator(), ValueTracker()
+
+    def both(services, slices, at=node, changes=None):
+        """translator's result (checked against translate()) and the Services it translated."""
+        changes = changes or tracker.changes(services, slices)
+        calls.clear()
+        got = translator(services, slices, at, None, changes)
+        mine = list(calls)
+        assert got == translate(services, slices, at)
+        return got, mine
+
+    _, first = both(c.services, c.slices)
+    n = len(first)  # the Services translated at all (not headless, not ExternalName...)
+    assert n > 10
+    _, again = both(c.services, c.slices)
+    assert again == []  # nothing changed: nothing translated
+    # one slice changes (a new object with another readiness): that Service alone
     at = next(i for i, sl in enumerate(c.slices) if sl.endpoints)
     sl = c.slices[at]
     ep = dataclasses.replace(sl.endpoints[0], ready=not sl.endpoints[0].ready)
@@ -551,13 +565,23 @@ def test_the_translator_reuses_unchanged_services_and_matches_translate(monkeypa
         dataclasses.replace(sl, endpoints=(ep, *sl.endpoints[1:])),
         *c.slices[at + 1 :],
     ]
-    calls.clear()
-    got = translator(c.services, slices, node)
-    assert got == translate(c.services, slices, node)
-    assert calls.count(sl.service_key) == 2 and len(calls) == n + 1
+    got, mine = both(c.services, slices)
+    assert mine == [sl.service_key] and got.changed == {sl.service_key}
+    # the same objects, yet the changes name a Service: it is translated again (the source's
+    # word counts, not the objects' identity, which the manifest source never keeps)
+    changes = tracker.changes(c.services, slices)
+    other = next(k for k in first if k != sl.service_key)
+    named = dataclasses.replace(changes, services=frozenset({other}))
+    _, mine = both(c.services, slices, changes=named)
+    assert mine == [other]
+    # a snapshot skipped: everything again
+    tracker.changes(c.services, slices)
+    _, mine = both(c.services, slices)
+    assert len(mine) == n
+    # no changes known: everything again
+    _, mine = both(c.services, slices, changes=Changes())
+    assert len(mine) == n
     # another node: everything again; a deleted Service is forgotten
-    calls.clear()
-    assert translator(c.services[1:], slices, c.nodes[1]) == translate(
-        c.services[1:], slices, c.nodes[1]
-    )
+    _, mine = both(c.services[1:], slices, at=c.nodes[1])
+    assert sorted(mine) == sorted(k for k in first if k != c.services[0].key)
     assert c.services[0].key not in translator.cache
