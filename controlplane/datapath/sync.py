@@ -118,6 +118,26 @@ class Group:
     algorithm: Algorithm = Algorithm.RANDOM  # what its frontends use (Maglev may fall back)
 
 
+@dataclass
+class _Plan:
+    """What one sync writes, worked out before the first write (Syncer._plan)."""
+
+    full: bool  # the first sync after a (re)start: everything, and whatever the maps hold
+    wanted: dict[GroupKey, list[Frontend]]  # the groups looked at, with their frontends
+    applied: dict[GroupKey, tuple[Frontend, ...]]  # the last sync's (the Syncer's own)
+    changed: set[GroupKey]  # the groups to write or remove (grows: _recycle_rings)
+    removed: set[GroupKey]  # the groups that went
+    gone_ids: set[int]  # the ids of groups that went and that no new group took over
+
+    def fes_of(self, gk: GroupKey) -> list[Frontend]:
+        """A group's frontends: as wanted now, else (a ringless group woken) as applied."""
+        return self.wanted[gk] if gk in self.wanted else list(self.applied[gk])
+
+    def live(self) -> list[GroupKey]:
+        """The changed groups that stay (to write, not to remove)."""
+        return [gk for gk in self.changed if gk not in self.removed]
+
+
 class SyncError(RuntimeError):
     """The desired state does not fit the maps as sized."""
 
@@ -227,60 +247,74 @@ class Syncer:
         uplink_mac: str = "",
         fib_cache: bool = True,
     ) -> SyncResult:
-        """Writes what differs. Groups whose frontends are the very objects (or equal to the
-        ones) of the last sync are skipped whole, so one endpoint change costs one group's
-        writes and a walk over the group keys, not a walk over every backend; the first sync
-        after a (re)start looks at everything, and removes whatever the maps hold beyond it.
+        """Writes what differs, in the order of the module's docstring, one phase a method.
+        Groups whose frontends are the very objects (or equal to the ones) of the last sync
+        are skipped whole, so one endpoint change costs one group's writes and a walk over
+        the group keys, not a walk over every backend; the first sync after a (re)start
+        looks at everything, and removes whatever the maps hold beyond it.
         fib_cache: the node routes by destination alone (no policy rules), so the datapath
         may cache FIB answers."""
         start = time.perf_counter()
         res = SyncResult()
-        m = self.maps
+        plan = self._plan(state)
+        res.gone = self._gone(plan.changed, plan.removed, plan.fes_of)
+        unused = self._write_backends(plan, res)
+        recycled = self._recycle_rings(plan)
+        old_counts = self._write_groups(plan, recycled, res)
+        wanted_keys = self._write_frontends(plan, res)
+        self._delete_stale(plan, wanted_keys, old_counts, unused, res)
+        self._remember(plan)
+        self._sync_nets(state, res)
+        self.synced = True
+        self.serial = state.serial
+        self._sync_config(node_addr4, node_addr6, uplink_mac, fib_cache, res)
+        res.seconds = time.perf_counter() - start
+        return res
+
+    def _plan(self, state: DesiredState) -> _Plan:
+        """Which groups this sync writes: those of the Services the translator says changed
+        since the state applied last (else every group, compared with the last sync's), and
+        those that went; group ids adopted from the maps or given."""
         full = not self.synced
-        # the translator says which Services changed since the state we applied last: only
-        # their frontends are looked at (else every group is compared with the last sync's)
         hinted = not full and state.changed is not None and state.base == self.serial != 0
+        wanted: dict[GroupKey, list[Frontend]] = {}
         if hinted:
-            fes_changed = [fe for fe in state.frontends if fe.service in state.changed]
-            wanted: dict[GroupKey, list[Frontend]] = {}
-            for fe in fes_changed:
-                wanted.setdefault(group_key(fe), []).append(fe)
+            for fe in state.frontends:
+                if fe.service in state.changed:
+                    wanted.setdefault(group_key(fe), []).append(fe)
             before = {gk for svc in state.changed for gk in self.service_groups.get(svc, ())}
-            removed = [gk for gk in before if gk not in wanted]
+            removed = {gk for gk in before if gk not in wanted}
         else:
-            wanted = {}
             for fe in state.frontends:
                 wanted.setdefault(group_key(fe), []).append(fe)
-            removed = [gk for gk in self.applied if gk not in wanted]
+            removed = {gk for gk in self.applied if gk not in wanted}
         changed = {
             gk for gk, fes in wanted.items() if full or not _same(self.applied.get(gk), fes)
-        } | set(removed)
+        } | removed
         gone_ids = {self.group_ids[gk] for gk in removed if gk in self.group_ids}
         for gk in removed:
             self.group_ids.pop(gk, None)
-        removed_set = set(removed)
         self._adopt_groups({gk: wanted[gk] for gk in changed if gk in wanted})
         # a new group may have taken over a removed one's id (its frontends moved): it lives on
-        gone_ids -= {self.group_ids[gk] for gk in changed if gk not in removed_set}
+        gone_ids -= {self.group_ids[gk] for gk in changed if gk not in removed}
         if full:  # groups read back from the maps that no wanted group took
             gone_ids |= set(self.groups) - set(self.group_ids.values())
+        return _Plan(full, wanted, self.applied, changed, removed, gone_ids)
 
-        def fes_of(gk: GroupKey) -> list[Frontend]:
-            return wanted[gk] if gk in wanted else list(self.applied[gk])
-
-        res.gone = self._gone(changed, removed_set, fes_of)
-
-        # 1. backends, new-flow candidates and draining ones alike: each backend's flags are
-        # the OR over the groups using it; only backends of changed groups are looked at
+    def _write_backends(self, plan: _Plan, res: SyncResult) -> list[tuple[str, int]]:
+        """1. Backends, new-flow candidates and draining ones alike: each backend's flags are
+        the OR over the groups using it; only backends of changed groups are looked at. The
+        backends no group uses any more (deleted last)."""
+        m = self.maps
         touched: set[tuple[str, int]] = set()
-        for gk in changed:
+        for gk in plan.changed:
             for key, f in self.contrib.pop(gk, {}).items():
                 self.users[key] -= 1 << (16 * f)
                 touched.add(key)
-            if gk in removed_set:
+            if gk in plan.removed:
                 continue
             mine: dict[tuple[str, int], int] = {}
-            for fe in fes_of(gk):
+            for fe in plan.fes_of(gk):
                 for b in fe.backends + fe.draining:
                     f = backend_flags(b)
                     mine[(b.address, b.port)] = mine.get((b.address, b.port), 0) | f
@@ -306,34 +340,41 @@ class Syncer:
                 backends.set(U32(bid), m.backend_leaf_raw(value))
                 self.backends[bid] = value
                 res.writes += 1
-
         backends.flush()
+        return unused
 
-        # Rings of groups this sync removes can be reused at once; their frontends stay live
-        # until the deletes at the end, so a new owner must write the half they do not read.
+    def _recycle_rings(self, plan: _Plan) -> dict[int, int]:
+        """Rings of groups this sync removes, and of groups that no longer use Maglev, free at
+        once (ring -> its generation); their frontends stay live until the deletes at the
+        end, so a new owner must write the half they do not read. Groups that wanted a ring
+        and had none join the changed ones when one was freed."""
         recycled: dict[int, int] = {}
-        for gid in gone_ids:
+        for gid in plan.gone_ids:
             group = self.groups[gid]
             if group.ring >= 0:
                 recycled[group.ring] = group.ring_gen
                 group.ring = -1
-        for gk in changed:  # and so can the rings of groups that no longer use Maglev
-            group = self.groups[self.group_ids[gk]] if gk not in removed_set else None
-            if group and group.ring >= 0 and fes_of(gk)[0].algorithm is not Algorithm.MAGLEV:
+        for gk in plan.live():
+            group = self.groups[self.group_ids[gk]]
+            if group.ring >= 0 and plan.fes_of(gk)[0].algorithm is not Algorithm.MAGLEV:
                 recycled[group.ring] = group.ring_gen
                 group.ring, group.table = -1, None
-        if recycled:  # groups that wanted a ring and had none may get one now
-            changed |= {gk for gk in self.ringless if gk not in removed_set}
+        if recycled:
+            plan.changed |= {gk for gk in self.ringless if gk not in plan.removed}
+        return recycled
 
-        # 2. slots and 3. rings, per changed group
+    def _write_groups(
+        self, plan: _Plan, recycled: dict[int, int], res: SyncResult
+    ) -> dict[int, int]:
+        """2. Slots and 3. rings, per changed group (slots flushed before any ring is
+        written); each group's former backend count, for the deletes."""
+        m = self.maps
         self.rings_used = {g.ring for g in self.groups.values() if g.ring >= 0}
         old_counts: dict[int, int] = {}
-        slots = Batch(m.slots)  # written before any ring: _ring flushes it first
-        self.pending_slots = slots
-        for gk in sorted(changed, key=lambda g: self.group_ids.get(g, 0)):
-            if gk in removed_set:
-                continue
-            fes = fes_of(gk)
+        slots = Batch(m.slots)
+        self.pending_slots = slots  # _ring flushes it before the first ring write
+        for gk in sorted(plan.live(), key=lambda g: self.group_ids.get(g, 0)):
+            fes = plan.fes_of(gk)
             group = self.groups[self.group_ids[gk]]
             ordered = sorted(fes[0].backends, key=lambda b: b.name)
             ids = tuple(self._backend_id((b.address, b.port)) for b in ordered)
@@ -348,17 +389,20 @@ class Syncer:
                 self.ringless.add(gk)
             else:
                 self.ringless.discard(gk)
-
-        # 4. service entries of changed groups (and their source ranges, written before the
-        # entry enables them)
         slots.flush()
+        return old_counts
+
+    def _write_frontends(self, plan: _Plan, res: SyncResult) -> set[FrontendKey]:
+        """4. Service entries of changed groups, and their source ranges written before the
+        entry enables them; the keys of every frontend written."""
+        m = self.maps
         free_ids = None
-        wanted_keys: set = set()
+        wanted_keys: set[FrontendKey] = set()
         services = Batch(m.services)
-        for gk in changed:
-            for fe in fes_of(gk) if gk not in removed_set else ():
+        for gk in plan.live():
+            group = self.groups[self.group_ids[gk]]
+            for fe in plan.fes_of(gk):
                 wanted_keys.add(fe.key)
-                group = self.groups[self.group_ids[gk]]
                 old = self.frontends.get(fe.key)
                 if old is None and free_ids is None:
                     used_ids = {v.id for v in self.frontends.values()}
@@ -388,16 +432,27 @@ class Syncer:
                     services.set(m.svc_key_raw(*fe.key), m.svc_leaf_raw(value))
                     self.frontends[fe.key] = value
                     res.writes += 1
-
         services.flush()
+        return wanted_keys
 
-        # 5. deletes, in reverse order of dependence
-        if full:
+    def _delete_stale(
+        self,
+        plan: _Plan,
+        wanted_keys: set[FrontendKey],
+        old_counts: dict[int, int],
+        unused: list[tuple[str, int]],
+        res: SyncResult,
+    ) -> None:
+        """5. Deletes, in reverse order of dependence: service entries no group wants, slots
+        past each group's new count (all of a gone group's), backends nobody uses; after a
+        restart, whatever the maps held beyond the state."""
+        m = self.maps
+        if plan.full:
             stale = [k for k in self.frontends if k not in wanted_keys]
         else:  # only frontends of changed groups can have gone (a moved one is re-added)
             stale = [
                 fe.key
-                for gk in changed
+                for gk in plan.changed
                 for fe in self.applied.get(gk, ())
                 if fe.key not in wanted_keys
             ]
@@ -410,17 +465,17 @@ class Syncer:
             self._sync_ranges(old.id, set(), res)
         checked = (
             list(self.groups)
-            if full
-            else [self.group_ids[gk] for gk in changed if gk not in removed_set] + list(gone_ids)
+            if plan.full
+            else [self.group_ids[gk] for gk in plan.live()] + list(plan.gone_ids)
         )
         for gid in checked:
             group = self.groups[gid]
-            first_stale = 1 if gid in gone_ids else len(group.backends) + 1
+            first_stale = 1 if gid in plan.gone_ids else len(group.backends) + 1
             for slot in range(first_stale, max(old_counts.get(gid, 0), len(group.backends)) + 1):
                 self._delete(m.slots, m.slot_key(gid, slot), res)
-            if gid in gone_ids:
+            if gid in plan.gone_ids:
                 del self.groups[gid]
-        if full:  # whatever the maps held that nothing uses
+        if plan.full:  # whatever the maps held that nothing uses
             unused = [(v.address, v.port) for v in self.backends.values() if v.address]
             unused = [k for k in unused if k not in self.users]
         for key in unused:
@@ -430,12 +485,14 @@ class Syncer:
             self.backends.pop(bid, None)
             self.free_from = min(self.free_from, bid)
             self._delete(m.backends, ct.c_uint32(bid), res)
-        if full:  # reserved or unreadable slots nobody claims
+        if plan.full:  # reserved or unreadable slots nobody claims
             for bid in [b for b, v in self.backends.items() if not v.address]:
                 self.backends.pop(bid)
                 self._delete(m.backends, ct.c_uint32(bid), res)
 
-        for gk in removed:
+    def _remember(self, plan: _Plan) -> None:
+        """What this sync applied, for the next one to skip what does not change."""
+        for gk in plan.removed:
             self.applied.pop(gk, None)
             self.ringless.discard(gk)
             groups = self.service_groups.get(gk[0])
@@ -443,16 +500,9 @@ class Syncer:
                 groups.discard(gk)
                 if not groups:
                     del self.service_groups[gk[0]]
-        for gk in changed:
-            if gk not in removed_set:
-                self.applied[gk] = tuple(fes_of(gk))
-                self.service_groups.setdefault(gk[0], set()).add(gk)
-        self._sync_nets(state, res)
-        self.synced = True
-        self.serial = state.serial
-        self._sync_config(node_addr4, node_addr6, uplink_mac, fib_cache, res)
-        res.seconds = time.perf_counter() - start
-        return res
+        for gk in plan.live():
+            self.applied[gk] = tuple(plan.fes_of(gk))
+            self.service_groups.setdefault(gk[0], set()).add(gk)
 
     def _ring(
         self,
