@@ -340,6 +340,8 @@ class Agent:
         self.warm()
         self.syncs += 1
         self.last_sync = time.monotonic()
+        if self.publish:
+            self._write_record()  # ready, after the first sync
         # What a sync leaves is long-lived (the parsed cluster, the translation, the maps'
         # mirror): out of the cyclic collector's sight, a full collection no longer walks a
         # million objects in the middle of the next sync (~200 ms at 10,000 Services)
@@ -379,7 +381,13 @@ class Agent:
     def _write_record(self) -> None:
         if self.record_base is None:
             return
-        record = {**self.record_base, "announcers": dict(sorted(self.announcers.items()))}
+        record = {
+            **self.record_base,
+            "announcers": dict(sorted(self.announcers.items())),
+            # synced, and (gossiping) past the settle: LoadBalancer IPs are answered. What
+            # `xlb lab` waits for, and an operator may
+            "ready": bool(self.syncs) and (self.members is None or self.settle_told),
+        }
         if record != self.published:
             try:
                 runstate.write(self.cfg.pin_root, record)
@@ -664,6 +672,7 @@ class Agent:
                     if self.settling:
                         self._elect_again()  # may take over addresses now
                     log.info("gossip settled: taking over LoadBalancer IPs")
+                    self._write_record()
                 if (
                     self.members is not None
                     and self.syncs

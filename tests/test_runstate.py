@@ -25,6 +25,12 @@ def test_a_record_round_trips_and_a_dead_agents_record_is_stale(tmp_path, monkey
         "externalIPs (--external-ips deny): none (DenyServiceExternalIPs); 1 refused",
         "  default/ext: not served: 198.51.100.7: denied",
     ]
+    runstate.write(pin_root, {**record, "ready": False})
+    assert agent_lines(runstate.read(pin_root))[0].endswith(
+        "(running, not ready yet (first sync, gossip settle))"
+    )
+    runstate.write(pin_root, {**record, "ready": True})
+    assert agent_lines(runstate.read(pin_root))[0].endswith("(running, ready)")
     dead = subprocess.Popen(["true"])  # a pid that has exited
     dead.wait()
     runstate.write(pin_root, {**record, "pid": dead.pid})

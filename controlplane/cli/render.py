@@ -120,7 +120,7 @@ def model_json(state: DesiredState, node_name: str) -> dict:
 def lab_status(lab) -> int:
     from ..datapath.maps import Maps
     from ..datapath.status import collect, render
-    from ..lab.lab import alive
+    from ..lab.processes import alive
 
     state = lab.load()
     print(f"lab {state.name}: manifests {', '.join(state.manifests)}")

@@ -223,6 +223,8 @@ def agent_lines(record: dict[str, Any] | None) -> list[str]:
     if record is None:
         return ["agent: no record (no agent has run on this datapath since boot)"]
     state = "running" if record.get("running") else "not running (its record is stale)"
+    if record.get("running") and "ready" in record:
+        state += ", ready" if record["ready"] else ", not ready yet (first sync, gossip settle)"
     policy = record.get("externalIPs") or "allow"
     meaning = {
         "allow": "any address but a Node's",

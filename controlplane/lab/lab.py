@@ -10,7 +10,6 @@ its node and IPs for as long as it exists: scaling never moves the others.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import ipaddress
 import json
 import os
@@ -19,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -30,6 +29,8 @@ from ..sources.manifests import load_cluster, load_documents, pod_from, workload
 from ..sources.simulated import ClusterConfig, place_pods, synthesize_nodes
 from . import topology as topo
 from .admission import STAMP, admit
+from .processes import alive, rmdir_cgroup, spawn, wait_listening
+from .state import FAMILIES, LabState, NodeState, PodState, lab_cluster_config
 from .topology import CLIENT4, CLIENT6, EXT4, EXT6, LabError
 
 STATE_ROOT = Path("/run/xlb")
@@ -57,71 +58,6 @@ def lab_pool(objects: list[dict]) -> dict:
         "metadata": {"name": "lab-lan", "namespace": "metallb-system"},
         "spec": {"addresses": sorted(set(addresses))},
     }
-
-
-@dataclass
-class NodeState:
-    name: str
-    netns: str
-    addresses: list[str]
-    pod_cidrs: list[str]
-    zone: str
-    cgroup: str
-    pin_root: str
-    agent_pid: int = 0
-
-
-@dataclass
-class PodState:
-    name: str
-    namespace: str
-    node: str
-    ips: list[str]
-    labels: dict[str, str]
-    ports: list[list]  # [name, port, protocol]
-    netns: str
-    host_veth: str
-    pid: int = 0
-    owner: str = ""
-    # as the manifest's Pod says (status.conditions Ready, metadata.deletionTimestamp): the
-    # process serves either way, as a pod failing its probe or shutting down still may
-    ready: bool = True
-    terminating: bool = False
-    terminal: bool = False  # phase Succeeded or Failed: in no EndpointSlice
-
-
-@dataclass
-class LabState:
-    name: str
-    manifests: list[str]
-    nodes: list[NodeState] = field(default_factory=list)
-    pods: list[PodState] = field(default_factory=list)
-    ext_ips: list[str] = field(default_factory=list)
-    ext_ports: list[list] = field(default_factory=list)
-    ext_pid: int = 0
-    families: list[str] = field(default_factory=lambda: ["IPv4", "IPv6"])
-    agent_args: list[str] = field(default_factory=list)  # more flags for every agent
-    # the Services as the lab's API server holds them (admission.py): stamps, allocations
-    services: dict[str, dict] = field(default_factory=dict)
-
-
-FAMILIES = ("IPv4", "IPv6")
-
-
-def lab_cluster_config(nodes: int, families: list[str]) -> ClusterConfig:
-    """The lab's address plan, cut to the families it runs (an IPv6-only lab has no IPv4
-    anywhere: nodes, pods, Services, client)."""
-    base = ClusterConfig(nodes=nodes)
-
-    def keep(cidrs: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(c for c in cidrs if ("IPv6" if ":" in c else "IPv4") in families)
-
-    return dataclasses.replace(
-        base,
-        node_lan=keep(base.node_lan),
-        pod_cidrs=keep(base.pod_cidrs),
-        service_cidrs=keep(base.service_cidrs),
-    )
 
 
 class Lab:
@@ -565,23 +501,7 @@ class Lab:
     # -- processes ---------------------------------------------------------------------------
 
     def _spawn(self, ns: str, cgroup: str | None, logname: str, cmd: list[str]) -> int:
-        def join() -> None:
-            os.setsid()
-            if cgroup:
-                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                    f.write(str(os.getpid()))
-
-        out = open(self.dir / logname, "ab")  # noqa: SIM115 (the child keeps it)
-        proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{ns}", *cmd],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=join,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        out.close()
-        return proc.pid
+        return spawn(ns, cgroup, self.dir / logname, cmd)
 
     def _start_agent(self, node: NodeState, state: LabState) -> int:
         key = self.dir / f"gossip-{node.name}.key"  # a node's own keyring (a rotation)
@@ -651,24 +571,23 @@ class Lab:
         return node.agent_pid
 
     def _wait_for_agents(self, state: LabState, timeout: float = 60) -> None:
+        """Until every agent's record (runstate, what `xlb status` reads) says it is ready:
+        synced, and past the gossip's settle, so that LoadBalancer IPs are answered."""
         deadline = time.monotonic() + timeout
         for node in state.nodes:
-            log_path = self.dir / f"agent-{node.name}.log"
-            # synced, and past the gossip's settle: the LoadBalancer IPs are answered
-            while "gossip settled" not in (log_path.read_text() if log_path.exists() else ""):
+            while True:
+                record = runstate.read(node.pin_root) or {}
+                if record.get("pid") == node.agent_pid and record.get("ready"):
+                    break
                 if time.monotonic() > deadline or not alive(node.agent_pid):
+                    log_path = self.dir / f"agent-{node.name}.log"
                     tail = log_path.read_text()[-2000:] if log_path.exists() else ""
                     raise LabError(f"xlb lab: the agent on {node.name} did not sync:\n{tail}")
                 time.sleep(0.1)
 
     @staticmethod
     def _wait_listening(ns: str, ports: list[list], timeout: float = 10) -> None:
-        wanted = [(str(proto).lower(), int(port)) for _, port, proto in ports]
-        deadline = time.monotonic() + timeout
-        while not topo.listening(ns, wanted):
-            if time.monotonic() > deadline:
-                raise LabError(f"xlb lab: the server in {ns} is not listening on {wanted}")
-            time.sleep(0.05)
+        wait_listening(ns, ports, timeout)
 
     # -- exec, status, down -------------------------------------------------------------------
 
@@ -719,8 +638,8 @@ class Lab:
         if base and os.path.isdir(base):
             for sub in sorted(Path(base).glob("*"), reverse=True):
                 if sub.is_dir():
-                    _rmdir_cgroup(sub)
-            _rmdir_cgroup(Path(base))
+                    rmdir_cgroup(sub)
+            rmdir_cgroup(Path(base))
             removed.append(f"cgroup {base}")
         if os.path.isdir(self.pin_base):
             # the killed agents' `xlb status` records go with their pins
@@ -734,27 +653,3 @@ class Lab:
         if not quiet:
             print(f"lab {self.name}: removed " + (", ".join(removed) or "nothing (not up)"))
         return removed
-
-
-def alive(pid: int) -> bool:
-    """Whether pid runs; an exited child of this process (a zombie until reaped) does not."""
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _rmdir_cgroup(path: Path) -> None:
-    """A cgroup goes once its processes are gone; they may take a moment to be reaped."""
-    for _ in range(50):
-        try:
-            path.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)
