@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.kube_proxy_rules import iptables_rules, nft_rules  # noqa: E402
 from controlplane.datapath.config import DatapathConfig  # noqa: E402
 from controlplane.datapath.maps import Maps  # noqa: E402
 from controlplane.datapath.programs import compile_program  # noqa: E402
@@ -79,6 +80,12 @@ def sh(*args: str, check: bool = True, input: str | None = None) -> str:
 
 def other_vip(i: int) -> str:
     return f"10.{202 + i // 65536}.{i // 256 % 256}.{i % 256}"
+
+
+def vips(services: int) -> list[str]:
+    """The Services' addresses in the order kube-proxy's rules list them: the measured one
+    (VIP) last, so that iptables walks every other first."""
+    return [*(other_vip(i) for i in range(services - 1)), VIP]
 
 
 class Namespaces:
@@ -282,7 +289,9 @@ class Rig(Namespaces):
                     "exec",
                     self.lb,
                     "iptables-restore",
-                    input=iptables_rules(services, masquerade=not local_backend),
+                    input=iptables_rules(
+                        vips(services), "udp", VPORT, BACKEND, BPORT, not local_backend
+                    ),
                 )
             else:
                 sh(
@@ -293,7 +302,9 @@ class Rig(Namespaces):
                     "nft",
                     "-f",
                     "-",
-                    input=nft_rules(services, masquerade=not local_backend),
+                    input=nft_rules(
+                        vips(services), "udp", VPORT, BACKEND, BPORT, not local_backend
+                    ),
                 )
 
     # -- the measurement ------------------------------------------------------------------
@@ -372,144 +383,6 @@ class Rig(Namespaces):
         elapsed = time.perf_counter() - start
         time.sleep(0.05)
         return sent / elapsed, (self.delivered() - before) / elapsed
-
-
-# The filter table every kube-proxy node in iptables mode has, as kube-proxy writes it: each
-# forwarded packet walks FORWARD (new connections also the firewall and service chains) and
-# KUBE-FORWARD, whose conntrack rule accepts an established flow's packets.
-NEW = "-m conntrack --ctstate NEW"
-KUBE_PROXY_FILTER = "\n".join(
-    [
-        "*filter",
-        *(f":{c} ACCEPT [0:0]" for c in ("INPUT", "FORWARD", "OUTPUT")),
-        *(
-            f":{c} - [0:0]"
-            for c in (
-                "KUBE-PROXY-FIREWALL",
-                "KUBE-FORWARD",
-                "KUBE-SERVICES",
-                "KUBE-EXTERNAL-SERVICES",
-                "KUBE-NODEPORTS",
-                "KUBE-FIREWALL",
-            )
-        ),
-        f'-A INPUT {NEW} -m comment --comment "kubernetes load balancer firewall" '
-        "-j KUBE-PROXY-FIREWALL",
-        '-A INPUT -m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS',
-        f'-A INPUT {NEW} -m comment --comment "kubernetes externally-visible service portals" '
-        "-j KUBE-EXTERNAL-SERVICES",
-        "-A INPUT -j KUBE-FIREWALL",
-        f'-A FORWARD {NEW} -m comment --comment "kubernetes load balancer firewall" '
-        "-j KUBE-PROXY-FIREWALL",
-        '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
-        f'-A FORWARD {NEW} -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        f'-A FORWARD {NEW} -m comment --comment "kubernetes externally-visible service portals" '
-        "-j KUBE-EXTERNAL-SERVICES",
-        f'-A OUTPUT {NEW} -m comment --comment "kubernetes load balancer firewall" '
-        "-j KUBE-PROXY-FIREWALL",
-        f'-A OUTPUT {NEW} -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        "-A OUTPUT -j KUBE-FIREWALL",
-        "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 "
-        '-m comment --comment "block incoming localnet connections" '
-        "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
-        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
-        "-m mark --mark 0x4000/0x4000 -j ACCEPT",
-        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "COMMIT",
-        "",
-    ]
-)
-
-# The same for kube-proxy's nftables mode: its filter chains, inside `table ip kube-proxy`
-# (the check chains hold rules only for Services without endpoints or with source ranges).
-KUBE_PROXY_NFT_FILTER = """  chain firewall-check { }
-  chain service-endpoints-check { }
-  chain cluster-ips-check { }
-  chain nodeport-endpoints-check { }
-  chain filter-prerouting {
-    type filter hook prerouting priority dstnat - 10; policy accept;
-    ct state new jump firewall-check
-  }
-  chain filter-input {
-    type filter hook input priority -110; policy accept;
-    ct state new jump nodeport-endpoints-check
-    ct state new jump service-endpoints-check
-  }
-  chain filter-forward {
-    type filter hook forward priority -110; policy accept;
-    ct state new jump service-endpoints-check
-    ct state new jump cluster-ips-check
-  }
-  chain filter-output {
-    type filter hook output priority -110; policy accept;
-    ct state new jump service-endpoints-check
-    ct state new jump firewall-check
-  }
-"""
-
-
-def iptables_rules(services: int, masquerade: bool = True) -> str:
-    """kube-proxy's iptables mode for N UDP Services, the measured one last in KUBE-SERVICES
-    (masquerade: externalTrafficPolicy Cluster marks the packet for SNAT; Local does not),
-    with its filter table."""
-    lines = [
-        "*nat",
-        ":PREROUTING ACCEPT [0:0]",
-        ":POSTROUTING ACCEPT [0:0]",
-        ":KUBE-SERVICES - [0:0]",
-        ":KUBE-MARK-MASQ - [0:0]",
-        ":KUBE-POSTROUTING - [0:0]",
-        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
-        "-A POSTROUTING -j KUBE-POSTROUTING",
-        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
-        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
-        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
-        "-A KUBE-POSTROUTING -j MASQUERADE --random-fully",
-    ]
-    chains, rules = [], []
-    for i in range(services):
-        vip = VIP if i == services - 1 else other_vip(i)
-        svc, sep = f"KUBE-SVC-{i:012d}", f"KUBE-SEP-{i:012d}"
-        chains += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
-        rules += [
-            f"-A KUBE-SERVICES -d {vip}/32 -p udp -m udp --dport {VPORT} -j {svc}",
-            *([f"-A {svc} -j KUBE-MARK-MASQ"] if masquerade else []),
-            f"-A {svc} -j {sep}",
-            f"-A {sep} -p udp -m udp -j DNAT --to-destination {BACKEND}:{BPORT}",
-        ]
-    return "\n".join(lines[:6] + chains + lines[6:] + rules + ["COMMIT", KUBE_PROXY_FILTER])
-
-
-def nft_rules(services: int, masquerade: bool = True) -> str:
-    """kube-proxy's nftables mode: one verdict map keyed by address . protocol . port, and
-    its filter chains."""
-    mark = "meta mark set 0x4000 " if masquerade else ""
-    elems = [
-        f"{VIP if i == services - 1 else other_vip(i)} . udp . {VPORT} : goto svc-{i}"
-        for i in range(services)
-    ]
-    chains = "\n".join(
-        f"  chain svc-{i} {{ meta l4proto udp {mark}dnat to {BACKEND}:{BPORT}; }}"
-        for i in range(services)
-    )
-    return f"""table ip kube-proxy {{
-  map service-ips {{
-    type ipv4_addr . inet_proto . inet_service : verdict
-    elements = {{ {", ".join(elems)} }}
-  }}
-{chains}
-{KUBE_PROXY_NFT_FILTER}  chain nat-prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    ip daddr . meta l4proto . th dport vmap @service-ips
-  }}
-  chain nat-postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    meta mark 0x4000 masquerade fully-random
-  }}
-}}
-"""
 
 
 def measure(mode: str, services: int, mix: str, seconds: float = 2.0) -> Result:

@@ -28,13 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.dataplane import (  # noqa: E402
-    KUBE_PROXY_FILTER,
-    KUBE_PROXY_NFT_FILTER,
-    Namespaces,
-    other_vip,
-    sh,
-)
+from bench.dataplane import Namespaces, other_vip, sh  # noqa: E402
+from bench.kube_proxy_rules import iptables_rules, nft_rules  # noqa: E402
 
 CLUSTER_IP, POD_CLI, POD_SRV = "10.96.100.1", "10.244.1.2", "10.244.2.2"
 MODES = ("xlb", "iptables", "nftables")
@@ -154,39 +149,10 @@ class Pods(Namespaces):
         if mode == "xlb":
             self._xlb(vips)
         elif mode == "iptables":
-            chains, rules = [], []
-            for i, vip in enumerate(vips):
-                svc, sep = f"KUBE-SVC-{i:012d}", f"KUBE-SEP-{i:012d}"
-                chains += [f":{svc} - [0:0]", f":{sep} - [0:0]"]
-                rules += [
-                    f"-A KUBE-SERVICES -d {vip}/32 -p tcp -m tcp --dport 80 -j {svc}",
-                    f"-A {svc} -j {sep}",
-                    f"-A {sep} -p tcp -m tcp -j DNAT --to-destination {POD_SRV}:80",
-                ]
-            text = "\n".join(
-                ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]", *chains]
-                + ["-A PREROUTING -m comment --comment kubernetes-service-portals -j KUBE-SERVICES"]
-                + [*rules, "COMMIT", KUBE_PROXY_FILTER]
-            )
+            text = iptables_rules(vips, "tcp", 80, POD_SRV, 80, masquerade=False, postrouting=False)
             sh("ip", "netns", "exec", self.node, "iptables-restore", input=text)
         else:
-            elems = ", ".join(f"{vip} . tcp . 80 : goto svc-{i}" for i, vip in enumerate(vips))
-            chains = "\n".join(
-                f"  chain svc-{i} {{ meta l4proto tcp dnat to {POD_SRV}:80; }}"
-                for i in range(len(vips))
-            )
-            text = f"""table ip kube-proxy {{
-  map service-ips {{
-    type ipv4_addr . inet_proto . inet_service : verdict
-    elements = {{ {elems} }}
-  }}
-{chains}
-{KUBE_PROXY_NFT_FILTER}  chain nat-prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    ip daddr . meta l4proto . th dport vmap @service-ips
-  }}
-}}
-"""
+            text = nft_rules(vips, "tcp", 80, POD_SRV, 80, masquerade=False, postrouting=False)
             sh("ip", "netns", "exec", self.node, "nft", "-f", "-", input=text)
         if "ok" not in self.curl(CLUSTER_IP):
             raise RuntimeError(f"{mode}: the ClusterIP does not answer")
