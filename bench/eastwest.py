@@ -15,6 +15,7 @@ per connection), and wrk's latency p50/p99. `xlb bench eastwest [--seconds 5] [-
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import statistics
@@ -30,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.dataplane import Namespaces, other_vip, sh  # noqa: E402
 from bench.kube_proxy_rules import iptables_rules, nft_rules  # noqa: E402
+from controlplane.lab.processes import join_cgroup  # noqa: E402
 
 CLUSTER_IP, POD_CLI, POD_SRV = "10.96.100.1", "10.244.1.2", "10.244.2.2"
 MODES = ("xlb", "iptables", "nftables")
@@ -118,13 +120,9 @@ class Pods(Namespaces):
             ["ip", "netns", "exec", self.cli, "curl", "-s", "-m", "1", f"http://{address}/"],
             capture_output=True,
             text=True,
-            preexec_fn=self._join_cgroup,
+            preexec_fn=functools.partial(join_cgroup, self.cgroup),
         )
         return out.stdout
-
-    def _join_cgroup(self) -> None:
-        if self.cgroup:
-            Path(self.cgroup, "cgroup.procs").write_text(str(os.getpid()))
 
     def __exit__(self, *exc) -> None:
         if self.nginx is not None:
@@ -207,7 +205,7 @@ class Pods(Namespaces):
             [*cmd, f"http://{CLUSTER_IP}/"],
             capture_output=True,
             text=True,
-            preexec_fn=self._join_cgroup,
+            preexec_fn=functools.partial(join_cgroup, self.cgroup),
             timeout=seconds + 30,
         ).stdout
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)

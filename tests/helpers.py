@@ -100,3 +100,17 @@ def eventually(check, timeout: float = 15, every: float = 0.2):
         if got or time.monotonic() > end:
             return got
         time.sleep(every)
+
+
+def wait_until(
+    pred, timeout: float = 5.0, every: float = 0.02, since: float | None = None, what: str = ""
+) -> float:
+    """pred() until it is true; the seconds that took, from the call (or from since, a
+    time.monotonic() taken before the action waited on). The one polling helper of the unit
+    tests: past timeout the test fails, saying what it waited for."""
+    start = time.monotonic()
+    end = start + timeout
+    while not pred():
+        assert time.monotonic() < end, f"timed out after {timeout} s waiting for {what or pred}"
+        time.sleep(every)
+    return time.monotonic() - (start if since is None else since)

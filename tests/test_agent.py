@@ -14,6 +14,7 @@ import pytest
 from controlplane.agent import Agent, AgentConfig, ManifestSource, ManifestWatch
 from controlplane.model.objects import Protocol
 from controlplane.model.state import Scope
+from tests.helpers import wait_until
 
 NODE = textwrap.dedent("""
     apiVersion: v1
@@ -78,13 +79,6 @@ def agent(tmp_path, syncer):
         yield a, tmp_path, syncer
 
 
-def wait_for(pred, timeout=3.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.02)
-
-
 def test_watch_notices_added_rewritten_and_removed_files(tmp_path):
     watch = ManifestWatch([tmp_path])
     assert watch.changed()  # the first look always counts
@@ -99,14 +93,17 @@ def test_watch_notices_added_rewritten_and_removed_files(tmp_path):
 
 def test_a_burst_of_changes_becomes_few_syncs_and_the_last_state_wins(agent):
     a, d, syncer = agent
-    wait_for(lambda: a.syncs >= 1)
-    start = a.syncs
+    wait_until(lambda: a.syncs >= 1)
+    start, began = a.syncs, time.monotonic()
     for i in range(1, 101):  # 100 edits in about a second
         (d / f"s{i}.yaml").write_text(service(i))
         time.sleep(0.01)
-    wait_for(lambda: ("10.96.1.100", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+    wait_until(lambda: ("10.96.1.100", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
     time.sleep(0.4)
-    assert a.syncs - start <= 10
+    syncs, took = a.syncs - start, time.monotonic() - began
+    print(f"100 edits in {took:.2f} s became {syncs} syncs")
+    # at most one sync per min_interval, whatever the machine's speed
+    assert syncs <= took / a.cfg.min_interval + 2, (syncs, took)
     assert len([k for k in syncer.frontends if k[0].startswith("10.96.1.")]) == 100
 
 
@@ -129,9 +126,9 @@ def test_bad_objects_are_logged_once_and_the_rest_is_programmed(agent):
         # addresses no other test uses: the maps are shared and read back by each Syncer
         (d / "bad.yaml").write_text(service(207).replace("ports:", "portz:"))
         (d / "good.yaml").write_text(service(208))
-        wait_for(lambda: ("10.96.1.208", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+        wait_until(lambda: ("10.96.1.208", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
         (d / "good2.yaml").write_text(service(209))
-        wait_for(lambda: ("10.96.1.209", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
+        wait_until(lambda: ("10.96.1.209", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends)
     finally:
         logger.removeHandler(lines)
     about = [x for x in lines.lines if "s207" in x]
@@ -176,5 +173,5 @@ def test_a_sync_that_keeps_failing_backs_off_and_recovers(tmp_path, syncer, capl
         assert "SyncError: the services map is full" in caplog.text
         assert caplog.text.count("Traceback") <= 1  # the traceback once, not every try
         datapath.broken = False
-        wait_for(lambda: ("10.96.1.1", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends, 5)
-        wait_for(lambda: a.failures == 0, 2)  # reset once the whole round has returned
+        wait_until(lambda: ("10.96.1.1", 80, Protocol.TCP, Scope.INTERNAL) in syncer.frontends, 5)
+        wait_until(lambda: a.failures == 0, 2)  # reset once the whole round has returned

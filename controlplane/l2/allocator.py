@@ -35,9 +35,16 @@ class Allocator:
         self.written: dict[str, tuple[tuple[str, ...], float]] = {}
         self.reported: set[Diagnostic] = set()
         self.writes = 0
+        self.done: Cluster | None = None  # the cluster of the last round that ended
 
     def sync(self, cluster: Cluster) -> list[Diagnostic]:
         """One round, if this node holds the lease and any pool exists; the problems."""
+        try:
+            return self._round(cluster)
+        finally:
+            self.done = cluster
+
+    def _round(self, cluster: Cluster) -> list[Diagnostic]:
         if not self.lease.leading or not cluster.pools:
             return []
         current = {s.key: s.ingress_ips for s in cluster.services if s.ingress_ips}

@@ -10,6 +10,7 @@ its node and IPs for as long as it exists: scaling never moves the others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -29,7 +30,7 @@ from ..sources.manifests import load_cluster, load_documents, pod_from, workload
 from ..sources.simulated import ClusterConfig, place_pods, synthesize_nodes
 from . import topology as topo
 from .admission import STAMP, admit
-from .processes import alive, rmdir_cgroup, spawn, wait_listening
+from .processes import alive, join_cgroup, rmdir_cgroup, spawn, wait_listening
 from .state import FAMILIES, LabState, NodeState, PodState, lab_cluster_config
 from .topology import CLIENT4, CLIENT6, EXT4, EXT6, LabError
 
@@ -610,12 +611,7 @@ class Lab:
 
     def exec(self, name: str, cmd: list[str], **kw) -> subprocess.CompletedProcess:
         ns, cgroup = self.target(name)
-
-        def join() -> None:
-            if cgroup:
-                with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                    f.write(str(os.getpid()))
-
+        join = functools.partial(join_cgroup, cgroup)
         return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *cmd], preexec_fn=join, **kw)
 
     def down(self, quiet: bool = False) -> list[str]:

@@ -13,15 +13,21 @@ from . import topology as topo
 from .topology import LabError
 
 
+def join_cgroup(cgroup: str | None) -> None:
+    """Moves the calling process into cgroup (None: it stays): a preexec_fn's work, so that
+    the child's sockets meet the socket hooks attached there."""
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+
 def spawn(ns: str, cgroup: str | None, log_path: Path, cmd: list[str]) -> int:
     """cmd in network namespace ns (and cgroup, if given), in its own session, its output
     appended to log_path; its pid."""
 
     def join() -> None:
         os.setsid()
-        if cgroup:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
+        join_cgroup(cgroup)
 
     out = open(log_path, "ab")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(

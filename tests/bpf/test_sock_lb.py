@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import select
 import socket
@@ -15,7 +16,10 @@ import threading
 import pytest
 
 from controlplane.datapath.attach import attach_sock, cgroup2_root, detach_sock
+from controlplane.datapath.constants import value
+from controlplane.datapath.maps import ALG_NUM
 from controlplane.datapath.programs import compile_program
+from controlplane.lab.processes import join_cgroup
 from controlplane.model.objects import Protocol
 from controlplane.model.state import (
     Algorithm,
@@ -143,9 +147,7 @@ def client(pod_net, maps, syncer):
     syncer.sync(STATE)
     ns, cgroup = pod_net
 
-    def join_cgroup():
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
-            procs.write(str(os.getpid()))
+    join = functools.partial(join_cgroup, cgroup)
 
     def run(code: str) -> list[str]:
         out = subprocess.run(
@@ -153,7 +155,7 @@ def client(pod_net, maps, syncer):
             capture_output=True,
             text=True,
             timeout=20,
-            preexec_fn=join_cgroup,
+            preexec_fn=join,
         )
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
@@ -349,9 +351,52 @@ for _ in range(10):
     assert len(set(client(code))) == 1
 
 
-def test_maglev_for_connect_time_choices(client):
-    seen = {client(TCP_CLIENT.format(addr="10.96.0.14", port=80))[2] for _ in range(10)}
-    assert seen <= set(B4) and seen
+COOKIE_CLIENT = """
+import socket
+s = socket.create_connection(({addr!r}, {port}), timeout=3)
+cookie = int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little")  # SO_COOKIE
+print(cookie, s.recv(100).decode().strip())
+"""
+
+
+def _hash_u64(v: int) -> int:
+    """bpf/lib/maglev.h's xlb_hash_u64 (murmur3 rounds over the two halves), in Python."""
+    m32 = 0xFFFFFFFF
+
+    def mix(h: int, k: int) -> int:
+        k = (k * 0xCC9E2D51) & m32
+        k = ((k << 15) | (k >> 17)) & m32
+        k = (k * 0x1B873593) & m32
+        h ^= k
+        h = ((h << 13) | (h >> 19)) & m32
+        return (h * 5 + 0xE6546B64) & m32
+
+    def fmix(h: int) -> int:
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) & m32
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) & m32
+        return h ^ (h >> 16)
+
+    return fmix(mix(mix(value("XLB_HASH_SEED"), v & m32), v >> 32) ^ 8)
+
+
+def test_maglev_for_connect_time_choices(client, maps, dp_config):
+    """Each connection's backend is the one the Maglev ring holds at its socket's hash (the
+    socket cookie's): computed here from the ring the sync wrote, so that random or source
+    hash, which pick elsewhere two times in three, fail."""
+    v = maps.read_services()[("10.96.0.14", 80, Protocol.TCP, Scope.INTERNAL)]
+    assert v.algorithm == ALG_NUM[Algorithm.MAGLEV]
+    backends = maps.read_backends()
+    half = (v.ring * 2 + (v.ring_gen & 1)) * dp_config.ring_size
+    seen = set()
+    for _ in range(10):
+        cookie, landed = client(COOKIE_CLIENT.format(addr="10.96.0.14", port=80))
+        slot = half + _hash_u64(int(cookie)) % dp_config.ring_size
+        want = backends[maps.rings[maps.rings.Key(slot)].value].address
+        assert landed == want, (cookie, landed, want)
+        seen.add(landed)
+    assert len(seen) > 1  # the sockets were spread over the ring
 
 
 def test_other_destinations_are_untouched(client):
@@ -392,13 +437,11 @@ def test_a_connected_udp_socket_to_a_removed_backend_is_reset(pod_net, maps, syn
     ns, cgroup = pod_net
     syncer.sync(STATE)
 
-    def join_cgroup():
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
-            procs.write(str(os.getpid()))
+    join = functools.partial(join_cgroup, cgroup)
 
     p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", HELD_UDP],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         preexec_fn=join_cgroup)  # fmt: skip
+                         preexec_fn=join)  # fmt: skip
     try:
         first = p.stdout.readline().strip()
         assert first in B4

@@ -241,18 +241,47 @@ def test_unresolved_next_hop_goes_to_the_stack_rewritten_and_counted(run, maps):
     assert after["drop_fib"] == before["drop_fib"]
 
 
-def test_snat_ports_of_closed_flows_are_reused_and_never_run_out(run, maps):
-    """Thousands of short connections to one remote backend, as a busy client makes them: no
-    new flow may find every candidate port taken."""
-    before = maps.reason_counts()["drop_snat_exhausted"]
-    used = set()
-    for i in range(6000):
-        client = f"198.18.{i // 200}.{i % 200 + 1}"
-        out = Ether(run(tcp(client, 20000 + i % 40000, NODE4, 30080)).data)
-        used.add(out[TCP].sport)
-        run(tcp(client, 20000 + i % 40000, NODE4, 30080, flags="FA"))
-    assert maps.reason_counts()["drop_snat_exhausted"] - before == 0
-    assert len(used) == 6000  # each flow its own port while the others are in their hold
+def test_snat_ports_of_closed_flows_are_reused_and_never_run_out(run, maps, dp_config):
+    """Short connections to one remote backend, as a busy client makes them, over twice as
+    many as there are SNAT ports: no new flow may find every candidate port taken. Between
+    rounds of 96 time passes (the entries' stamps moved back by each one's own timeout): the
+    closed flows' ports are free again, and taken again, as the later rounds must (576 flows,
+    256 ports)."""
+    import dataclasses
+    import socket as so
+
+    from controlplane.datapath import conntrack
+    from controlplane.datapath.sync import Syncer
+
+    lo, hi = 60000, 60255  # 256 ports, in the config map: no other compile needed
+    small = dataclasses.replace(dp_config, snat_ports=(lo, hi))
+    Syncer(maps, small).sync(STATE, NODE4, NODE6)
+    try:
+        before = maps.reason_counts()["drop_snat_exhausted"]
+        rounds: list[set[int]] = []
+        for r in range(6):
+            used = set()
+            for i in range(96):
+                client = f"198.{18 + r}.{i // 200}.{i % 200 + 1}"
+                out = run(tcp(client, 20000 + i, NODE4, 30080))
+                assert out.retval == XDP_TX, (r, i)
+                used.add(Ether(out.data)[TCP].sport)
+                run(tcp(client, 20000 + i, NODE4, 30080, flags="FA"))
+            rounds.append(used)
+            for table in (maps.ct, maps.ct_new):  # each entry's own timeout passes
+                for k, v in table.items():
+                    t = conntrack.timeout(
+                        v.flags, v.state, v.seen, so.IPPROTO_TCP, small.ct_timeouts
+                    )
+                    v.stamp -= (t + 1) * conntrack.NS
+                    table[k] = v
+        again = len(rounds[-1] & set().union(*rounds[:-1]))
+        print(f"SNAT ports of the last round's 96 flows that earlier flows had used: {again}")
+        assert maps.reason_counts()["drop_snat_exhausted"] - before == 0
+        assert all(len(u) == 96 and min(u) >= lo and max(u) <= hi for u in rounds)
+        assert len(set().union(*rounds)) <= 256 < 6 * 96  # so ports were taken again
+    finally:
+        Syncer(maps, dp_config).sync(STATE, NODE4, NODE6)  # the module's config again
 
 
 def test_a_changed_next_hop_is_followed_once_the_fib_cache_entry_ages(run, lan):

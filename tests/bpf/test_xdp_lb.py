@@ -175,12 +175,23 @@ def test_non_service_packets_pass_byte_identical(run, maps):
 
 
 def test_established_flow_keeps_its_backend(run, maps, syncer):
-    pkt = tcp(CLIENT4, 41000, "192.168.198.12", 80)
-    first = Ether(run(pkt).data)[IP].dst
+    """Conntrack alone keeps a flow on its backend: a frontend without session affinity
+    whose algorithm picks at random among three backends, so that any packet not matched
+    to its flow's entry would land on another backend two times in three."""
+    spread = frontend(
+        "192.168.198.13", 80, "TCP", [local(f"10.244.1.{i}", 80) for i in (7, 8, 9)],
+        algorithm=Algorithm.RANDOM,
+    )  # fmt: skip
+    syncer.sync(DesiredState(frontends=(*STATE.frontends, spread)), NODE4, NODE6)
+    first = {
+        sport: Ether(run(tcp(CLIENT4, sport, "192.168.198.13", 80)).data)[IP].dst
+        for sport in range(41000, 41012)
+    }
+    assert len(set(first.values())) > 1  # the flows were spread: a new pick may differ
     for _ in range(5):
-        assert (
-            Ether(run(tcp(CLIENT4, 41000, "192.168.198.12", 80, flags="A")).data)[IP].dst == first
-        )
+        for sport, backend in first.items():
+            ack = tcp(CLIENT4, sport, "192.168.198.13", 80, flags="A")
+            assert Ether(run(ack).data)[IP].dst == backend, sport
 
 
 def test_reject_tcp_with_rst(run, maps):

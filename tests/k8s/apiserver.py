@@ -118,6 +118,7 @@ class ApiServer:
         self.oldest = 0  # history below this resourceVersion has been compacted away
         self.fail_next = 0  # answer this many requests with 500
         self.down = False  # refuse every request (connection closed at once)
+        self.refused = 0  # requests refused while down
         self.epoch = 0  # bumped to cut every open watch
         self.requests: Counter = Counter()  # (path, "list" | "watch")
         self.bookmark_every = 1.0
@@ -241,6 +242,7 @@ class ApiServer:
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         watch = q.get("watch") in ("true", "1")
         if self.down:
+            self.refused += 1
             h.close_connection = True
             h.connection.close()
             return

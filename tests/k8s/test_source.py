@@ -4,12 +4,12 @@ that speaks the list/watch protocol."""
 from __future__ import annotations
 
 import contextlib
-import time
 
 import pytest
 from kubernetes import client
 
 from controlplane.sources.kubernetes import KubernetesSource
+from tests.helpers import wait_until
 from tests.k8s.apiserver import ApiServer
 
 
@@ -72,13 +72,6 @@ def source(api):
         yield src
 
 
-def eventually(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.02)
-
-
 def services(src):
     return {s.name: s for s in src.snapshot().services}
 
@@ -105,7 +98,7 @@ def test_initial_sync_waits_for_every_resource_and_filters_at_the_api(api):
     assert not src.changed()  # nothing before the lists are in
     src.start()
     try:
-        eventually(lambda: src.ready)
+        wait_until(lambda: src.ready)
         assert src.changed()
         assert set(services(src)) == {"web"}
         assert backends(src, "web") == ["10.244.1.5"] and backends(src, "dns") == []
@@ -116,16 +109,16 @@ def test_initial_sync_waits_for_every_resource_and_filters_at_the_api(api):
 
 
 def test_adds_changes_and_deletes_arrive(api, source):
-    eventually(lambda: source.ready)
+    wait_until(lambda: source.ready)
     api.apply(svc("web", "10.96.0.10"))
     api.apply(eps("web", ["10.244.1.5"]))
-    eventually(lambda: backends(source, "web") == ["10.244.1.5"])
+    wait_until(lambda: backends(source, "web") == ["10.244.1.5"])
     api.apply(eps("web", ["10.244.1.5", "10.244.2.5"]))
-    eventually(lambda: backends(source, "web") == ["10.244.1.5", "10.244.2.5"])
+    wait_until(lambda: backends(source, "web") == ["10.244.1.5", "10.244.2.5"])
     api.apply(svc("web", "10.96.0.10", port=81))
-    eventually(lambda: services(source)["web"].ports[0].port == 81)
+    wait_until(lambda: services(source)["web"].ports[0].port == 81)
     api.delete("Service", "web")
-    eventually(lambda: "web" not in services(source))
+    wait_until(lambda: "web" not in services(source))
 
 
 @pytest.mark.parametrize(
@@ -141,20 +134,20 @@ def test_a_label_put_on_a_live_service_removes_it_and_taking_it_off_brings_it_ba
 ):
     """The watch is label-selected, so the API server turns the change into DELETED (and,
     label off, into ADDED): the Service is no longer this proxy's, then is again."""
-    eventually(lambda: source.ready)
+    wait_until(lambda: source.ready)
     api.apply(svc("web", "10.96.0.10"))
-    eventually(lambda: "web" in services(source))
+    wait_until(lambda: "web" in services(source))
     api.apply(svc("web", "10.96.0.10", labels=label))
-    eventually(lambda: "web" not in services(source))
+    wait_until(lambda: "web" not in services(source))
     api.apply(svc("web", "10.96.0.10", port=81))
-    eventually(lambda: "web" in services(source) and services(source)["web"].ports[0].port == 81)
+    wait_until(lambda: "web" in services(source) and services(source)["web"].ports[0].port == 81)
 
 
 def test_gone_relists_without_losing_updates(api, source):
-    eventually(lambda: source.ready)
+    wait_until(lambda: source.ready)
     api.apply(svc("a", "10.96.0.20"))
     api.apply(svc("b", "10.96.0.21"))
-    eventually(lambda: {"a", "b"} <= set(services(source)))
+    wait_until(lambda: {"a", "b"} <= set(services(source)))
     lists = next(r for r in source.reflectors if r.kind == "Service").lists
     api.down = True  # the watch breaks; meanwhile the history is compacted away
     api.cut_watches()
@@ -162,46 +155,48 @@ def test_gone_relists_without_losing_updates(api, source):
     api.delete("Service", "a")
     api.compact()
     api.down = False
-    eventually(lambda: set(services(source)) == {"b", "c"})
+    wait_until(lambda: set(services(source)) == {"b", "c"})
     assert next(r for r in source.reflectors if r.kind == "Service").lists > lists
 
 
 def test_cut_watches_resume_from_their_version_without_listing_again(api, source):
-    eventually(lambda: source.ready)
+    wait_until(lambda: source.ready)
     reflector = next(r for r in source.reflectors if r.kind == "Service")
     lists = reflector.lists
     for i in range(5):
         api.cut_watches()
         api.apply(svc(f"s{i}", f"10.96.1.{i}"))
-        eventually(lambda i=i: f"s{i}" in services(source))
+        wait_until(lambda i=i: f"s{i}" in services(source))
     assert reflector.lists == lists
 
 
 def test_server_errors_back_off_and_recover(api, source):
-    eventually(lambda: source.ready)
+    wait_until(lambda: source.ready)
     api.fail_next = 4
     api.cut_watches()
     api.apply(svc("late", "10.96.0.30"))
-    eventually(lambda: "late" in services(source))
+    wait_until(lambda: "late" in services(source))
 
 
 def test_an_outage_keeps_the_last_state_and_says_so(api, source):
-    eventually(lambda: source.ready)
+    wait_until(lambda: source.ready)
     api.apply(svc("web", "10.96.0.10"))
     api.apply(eps("web", ["10.244.1.5"]))
     # both: the two arrive on separate watches, in either order
-    eventually(lambda: backends(source, "web") == ["10.244.1.5"] and "web" in services(source))
+    wait_until(lambda: backends(source, "web") == ["10.244.1.5"] and "web" in services(source))
     source.snapshot()
     api.down = True
     api.cut_watches()
-    eventually(lambda: source.health()["errors"])
-    time.sleep(1)
+    wait_until(lambda: source.health()["errors"])
+    # every reflector tried again, and again, against the server that is down
+    refused = api.refused
+    wait_until(lambda: api.refused >= refused + 2 * len(source.reflectors))
     assert not source.changed()  # nothing was flushed
     assert backends(source, "web") == ["10.244.1.5"]
     api.down = False
     api.apply(eps("web", ["10.244.1.6"]))
-    eventually(lambda: backends(source, "web") == ["10.244.1.6"])
-    eventually(lambda: not source.health()["errors"])
+    wait_until(lambda: backends(source, "web") == ["10.244.1.6"])
+    wait_until(lambda: not source.health()["errors"])
 
 
 POOL = {
@@ -224,8 +219,8 @@ def test_metallb_pools_and_advertisements_are_read_as_they_are(api, source):
     bad = {**POOL, "metadata": {"name": "typo", "namespace": "metallb-system"}}
     bad["spec"] = {"addresses": ["192.168.198.300/28"]}
     api.apply(bad)
-    eventually(lambda: source.snapshot().advertisements)
-    eventually(lambda: len(source.snapshot().diagnostics) == 1)
+    wait_until(lambda: source.snapshot().advertisements)
+    wait_until(lambda: len(source.snapshot().diagnostics) == 1)
     cluster = source.snapshot()
     ((pool,),) = [[p for p in cluster.pools if p.name == "lan"]]
     assert pool.contains("192.168.198.250") and pool.contains("fd00:198::24f")
@@ -239,13 +234,13 @@ def test_metallb_pools_and_advertisements_are_read_as_they_are(api, source):
 def test_without_metallb_crds_the_source_is_ready_and_finds_them_later(api):
     api.crds = False
     with running_source(api) as src:
-        eventually(lambda: src.ready)
+        wait_until(lambda: src.ready)
         assert not src.health()["errors"]
         cluster = src.snapshot()
         assert cluster.pools == [] and cluster.advertisements is None
         api.crds = True  # MetalLB's CRDs installed later: found on the next look
         api.apply(POOL)
-        eventually(lambda: [p.name for p in src.snapshot().pools] == ["lan"])
+        wait_until(lambda: [p.name for p in src.snapshot().pools] == ["lan"])
 
 
 def service_cidr(name, *cidrs):
@@ -260,14 +255,14 @@ def service_cidr(name, *cidrs):
 def test_service_cidrs_are_read_and_a_malformed_entry_is_one_diagnostic(api, source):
     """The default ServiceCIDR kube-apiserver makes, one added later (a malformed entry of it
     gets one diagnostic and its good entry still counts), and its deletion."""
-    eventually(lambda: source.snapshot().service_cidrs == ["10.96.0.0/12"])
+    wait_until(lambda: source.snapshot().service_cidrs == ["10.96.0.0/12"])
     api.apply(service_cidr("extra", "10.100.0.0/16", "fd00:10:96::/112x"))
-    eventually(lambda: sorted(source.snapshot().service_cidrs) == ["10.100.0.0/16", "10.96.0.0/12"])
+    wait_until(lambda: sorted(source.snapshot().service_cidrs) == ["10.100.0.0/16", "10.96.0.0/12"])
     (diag,) = [d for d in source.snapshot().diagnostics if d.kind == "ServiceCIDR"]
     assert (diag.name, diag.field) == ("extra", "spec.cidrs[1]")
     assert "not a CIDR" in diag.message
     api.delete("ServiceCIDR", "extra")
-    eventually(lambda: source.snapshot().service_cidrs == ["10.96.0.0/12"])
+    wait_until(lambda: source.snapshot().service_cidrs == ["10.96.0.0/12"])
 
 
 def test_a_server_without_service_cidrs_is_ready_and_has_none(api):
@@ -275,7 +270,7 @@ def test_a_server_without_service_cidrs_is_ready_and_has_none(api):
     no address is dropped for being unallocated."""
     api.service_cidr_api = False
     with running_source(api) as src:
-        eventually(lambda: src.ready)
+        wait_until(lambda: src.ready)
         assert not src.health()["errors"] and src.snapshot().service_cidrs == []
 
 
@@ -287,7 +282,7 @@ def test_lists_come_in_pages_and_an_expired_page_token_lists_anew(api):
         api.apply(svc(f"s{i}", f"10.97.{i // 250}.{i % 250 + 1}"))
     api.compact_at_page = 2  # the second page served: the token it carries is stale
     with running_source(api) as src:
-        eventually(lambda: src.ready, timeout=15)
+        wait_until(lambda: src.ready, timeout=15)
         assert len(services(src)) == 1200
         print(f"{api.pages} pages served")
         assert api.pages >= 3 + 3  # the Services twice (the second time whole) ...

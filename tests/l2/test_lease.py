@@ -10,9 +10,12 @@ import pytest
 from kubernetes import client
 
 from controlplane.l2.lease import LeaseElector
+from tests.helpers import wait_until
 from tests.k8s.apiserver import ApiServer
 
-TIMINGS = {"duration": 1.0, "renew_deadline": 0.6, "retry": 0.1}
+# long enough that a generous bound on a clean handover (a busy 2-core machine) still tells
+# it from a crash's takeover, which must wait out the duration
+TIMINGS = {"duration": 3.0, "renew_deadline": 2.0, "retry": 0.1}
 
 
 @pytest.fixture
@@ -47,33 +50,25 @@ class Watch(threading.Thread):
         return leaders[0] if len(leaders) == 1 else None
 
 
-def eventually(pred, timeout=5.0):
-    start = time.monotonic()
-    while not pred():
-        assert time.monotonic() - start < timeout
-        time.sleep(0.01)
-    return time.monotonic() - start
-
-
 def test_one_leader_a_clean_stop_hands_over_at_once_a_crash_after_the_duration(api):
     trio = electors(api, 3)
     watch = Watch(trio)
     watch.start()
     try:
-        eventually(watch.leader)
+        wait_until(watch.leader)
         first = watch.leader()
-        time.sleep(1.0)
-        assert watch.leader() is first  # renewals keep it; nobody else takes it
+        time.sleep(TIMINGS["duration"] + 0.5)
+        assert watch.leader() is first  # renewals keep it past a duration; nobody takes it
         first.stop()  # clean: the Lease is given up
-        took = eventually(lambda: watch.leader() not in (None, first))
+        took = wait_until(lambda: watch.leader() not in (None, first))
         print(f"clean handover after {took:.2f}s")
-        assert took < 0.5
+        assert took < TIMINGS["duration"] / 2  # at once, not after the duration
         second = watch.leader()
         second.stopping.set()  # a crash: no more renewals, nothing given up
         second.thread.join()
-        took = eventually(lambda: watch.leader() not in (None, second))
-        print(f"takeover from a crashed leader after {took:.2f}s (duration 1.0 s)")
-        assert 0.9 <= took < 2.0
+        took = wait_until(lambda: watch.leader() not in (None, second))
+        print(f"takeover from a crashed leader after {took:.2f}s (duration 3.0 s)")
+        assert TIMINGS["duration"] - 0.1 <= took < 2 * TIMINGS["duration"]
         lease = next(iter(api.objects["/apis/coordination.k8s.io/v1/leases"].values()))
         assert lease["spec"]["holderIdentity"] == watch.leader().identity
         assert lease["spec"]["leaseTransitions"] == 2
@@ -87,12 +82,13 @@ def test_one_leader_a_clean_stop_hands_over_at_once_a_crash_after_the_duration(a
 def test_an_unreachable_api_server_ends_leadership_before_anyone_may_take_over(api):
     (only,) = electors(api, 1)
     try:
-        eventually(lambda: only.leading)
+        wait_until(lambda: only.leading)
         api.down = True
-        lost = eventually(lambda: not only.leading)
-        assert lost <= TIMINGS["renew_deadline"] + 0.05 < TIMINGS["duration"]
+        lost = wait_until(lambda: not only.leading)
+        print(f"leadership ended {lost:.2f}s after the server went (renew deadline 2.0 s)")
+        assert lost < TIMINGS["duration"]  # before another may take over
         assert only.error  # and it says why
         api.down = False
-        eventually(lambda: only.leading)
+        wait_until(lambda: only.leading)
     finally:
         only.stop()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controlplane.datapath.attach import cgroup2_root
+from controlplane.lab.processes import join_cgroup
 from tests.helpers import REPO
 from tests.kernel import inside, netns, owned, reap, remove_pins, sh, unique
 
@@ -55,16 +56,12 @@ class NodeTopology:
         )
 
     def run_in(self, ns: str, *cmd: str, cgroup: bool = False, timeout: float = 30, **kw):
-        def join() -> None:
-            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-
         return subprocess.run(
             ["nsenter", f"--net=/run/netns/{ns}", *cmd],
             capture_output=True,
             text=True,
             timeout=timeout,
-            preexec_fn=join if cgroup else None,
+            preexec_fn=functools.partial(join_cgroup, self.cgroup) if cgroup else None,
             **kw,
         )
 

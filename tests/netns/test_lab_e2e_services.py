@@ -10,7 +10,7 @@ again at its end, so the tests do not depend on each other's order."""
 from __future__ import annotations
 
 import contextlib
-import os
+import functools
 import sys
 import textwrap
 from collections import Counter
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.lab.processes import join_cgroup
 from controlplane.lab.scenarios import to_yaml
 from controlplane.sources.manifests import load_cluster
 from tests.helpers import eventually
@@ -426,7 +427,7 @@ def test_a_connected_udp_client_of_a_deleted_pod_is_reset(lab):
             held = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", HELD_UDP, ip],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                preexec_fn=lambda c=cgroup: _join(c),
+                preexec_fn=functools.partial(join_cgroup, cgroup),
             )  # fmt: skip
             try:
                 first = held.stdout.readline().strip().removeprefix("pod=")
@@ -440,12 +441,6 @@ def test_a_connected_udp_client_of_a_deleted_pod_is_reset(lab):
             settles(lambda ip=ip, k=keep: probe(lab, "client-1", ip, 53, "udp")[0]
                     == k["metadata"]["name"])  # fmt: skip
             write(lab, path, docs)  # both pods again, for the other family
-
-
-def _join(cgroup: str | None) -> None:
-    if cgroup:
-        with open(f"{cgroup}/cgroup.procs", "w") as f:
-            f.write(str(os.getpid()))
 
 
 def test_the_e2e_table_in_the_readme_names_only_tests_that_exist():
