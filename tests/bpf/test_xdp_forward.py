@@ -242,11 +242,11 @@ def test_unresolved_next_hop_goes_to_the_stack_rewritten_and_counted(run, maps):
 
 
 def test_snat_ports_of_closed_flows_are_reused_and_never_run_out(run, maps, dp_config):
-    """Short connections to one remote backend, as a busy client makes them, over twice as
-    many as there are SNAT ports: no new flow may find every candidate port taken. Between
-    rounds of 96 time passes (the entries' stamps moved back by each one's own timeout): the
-    closed flows' ports are free again, and taken again, as the later rounds must (576 flows,
-    256 ports)."""
+    """Short connections to one remote backend, as a busy client makes them (each answered,
+    established and closed by a FIN each way), over twice as many as there are SNAT ports:
+    no new flow may find every candidate port taken. Between rounds of 96 time passes (the
+    entries' stamps moved back by each one's own timeout): the closed flows' ports are free
+    again, and taken again, as the later rounds must (576 flows, 256 ports)."""
     import dataclasses
     import socket as so
 
@@ -262,11 +262,19 @@ def test_snat_ports_of_closed_flows_are_reused_and_never_run_out(run, maps, dp_c
         for r in range(6):
             used = set()
             for i in range(96):
-                client = f"198.{18 + r}.{i // 200}.{i % 200 + 1}"
-                out = run(tcp(client, 20000 + i, NODE4, 30080))
+                # (clients where the node's routes lead: the replies go back to them)
+                client, sport = f"203.0.113.{i + 1}", 20000 + 1000 * r + i
+                out = run(tcp(client, sport, NODE4, 30080))
                 assert out.retval == XDP_TX, (r, i)
-                used.add(Ether(out.data)[TCP].sport)
-                run(tcp(client, 20000 + i, NODE4, 30080, flags="FA"))
+                port = Ether(out.data)[TCP].sport
+                used.add(port)
+                # a whole connection: answered, established, a FIN each way (closed)
+                for side, flags in (("b", "SA"), ("c", "A"), ("c", "FA"), ("b", "FA"), ("c", "A")):
+                    if side == "c":
+                        out = run(tcp(client, sport, NODE4, 30080, flags=flags))
+                    else:
+                        out = run(tcp(REMOTE4, 8080, NODE4, port, flags=flags))
+                    assert out.retval == XDP_TX, (r, i, side, flags)
             rounds.append(used)
             for table in (maps.ct, maps.ct_new):  # each entry's own timeout passes
                 for k, v in table.items():
