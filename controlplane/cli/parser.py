@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure: dataplane (packet rates against kube-proxy's iptables and nftables modes)",
     )
-    bench.add_argument("what", choices=["dataplane", "eastwest", "controlplane", "failover", "ci", "readme"])
+    bench.add_argument(
+        "what", choices=["dataplane", "eastwest", "controlplane", "failover", "ci", "readme"]
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=commands.cmd_bench)
 
