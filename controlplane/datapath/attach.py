@@ -249,7 +249,7 @@ def load_xdp_pass():
 def attach_xdp_pass(xdp_pass, ifname: str) -> None:
     """xdp_pass (from load_xdp_pass) on ifname in the current namespace, in driver mode; a
     netlink attachment, gone with the link."""
-    import_bcc().BPF.attach_xdp(ifname, xdp_pass, XDP_FLAGS_DRV_MODE)
+    import_bcc().BPF.attach_xdp(ifname.encode(), xdp_pass, XDP_FLAGS_DRV_MODE)
 
 
 # -- cgroup --------------------------------------------------------------------------------------
