@@ -11,6 +11,13 @@ client pod, the same two pods and node for every balancer, side by side in one r
 
 Reported: requests/s with keep-alive, new connections/s with `Connection: close` (one request
 per connection), and wrk's latency p50/p99. `xlb bench eastwest [--seconds 5] [--repeats 3]`.
+
+wrk is closed-loop: each balancer is measured at the rate it reaches, so a latency beside a
+higher rate says nothing either way. `--rates 2000,8000` adds fixed-rate runs: hey, a new
+connection per request, the same offered rate for every balancer, and each request's time
+(hey's CSV) for p50/p99/p99.9, with the rate achieved (below the offered one: saturated).
+hey's workers each wait for their answer before the next tick, so it is open-loop only
+while a request takes less than workers/rate (8 ms at 64 workers and 8,000/s).
 """
 
 from __future__ import annotations
@@ -62,6 +69,44 @@ class Result:
     p99_ms: float
     errors: int
     services: int = 1
+
+
+@dataclass
+class FixedRate:
+    mode: str
+    services: int
+    offered_per_s: float
+    achieved_per_s: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    completed: int
+    errors: int
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """The q-quantile (0-1) by the nearest rank, of values sorted ascending."""
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))]
+
+
+def parse_hey_csv(text: str) -> tuple[list[float], int]:
+    """hey -o csv: every answered request's time (ms, sorted) and how many answers were not
+    200. A connection that failed is not in the CSV: it shows as the achieved rate falling
+    short of the offered one."""
+    times, errors = [], 0
+    for line in text.splitlines()[1:]:
+        cells = line.split(",")
+        if len(cells) < 7:
+            continue
+        try:
+            seconds, status = float(cells[0]), int(cells[6])
+        except ValueError:
+            continue
+        times.append(seconds * 1000)
+        errors += status != 200
+    return sorted(times), errors
 
 
 def _latency_ms(text: str, pct: str) -> float:
@@ -220,6 +265,25 @@ class Pods(Namespaces):
             errors,
         )
 
+    def hey(self, rate: float, seconds: float, workers: int = 64) -> FixedRate:
+        """rate new connections a second (one request each) for seconds, from CPU 0."""
+        cmd = ["ip", "netns", "exec", self.cli, "taskset", "-c", "0", "hey", "-cpus", "1"]
+        cmd += ["-z", f"{seconds:.0f}s", "-c", str(workers), "-q", f"{rate / workers:.3f}"]
+        cmd += ["-disable-keepalive", "-t", "5", "-o", "csv", f"http://{CLUSTER_IP}/"]
+        out = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            preexec_fn=functools.partial(join_cgroup, self.cgroup),
+            timeout=seconds + 60,
+        ).stdout
+        times, errors = parse_hey_csv(out)
+        return FixedRate(
+            "", 0, rate, len(times) / seconds,
+            _percentile(times, 0.50), _percentile(times, 0.99), _percentile(times, 0.999),
+            len(times), errors,
+        )  # fmt: skip
+
 
 def measure(mode: str, seconds: float, services: int = 1) -> list[Result]:
     with Pods() as pods:
@@ -231,6 +295,41 @@ def measure(mode: str, seconds: float, services: int = 1) -> list[Result]:
             r.mode, r.services = mode, services
             out.append(r)
         return out
+
+
+def measure_fixed(mode: str, rates: list[float], seconds: float, services: int) -> list[FixedRate]:
+    with Pods() as pods:
+        pods.setup(mode, services)
+        pods.wrk(1, close=True)  # warm up, as measure()
+        out = []
+        for rate in rates:
+            r = pods.hey(rate, seconds)
+            r.mode, r.services = mode, services
+            out.append(r)
+        return out
+
+
+def report_fixed(results: list[FixedRate]) -> str:
+    """Each balancer at the same offered rates: medians of the runs."""
+    runs: dict[tuple[int, float, str], list[FixedRate]] = {}
+    for r in results:
+        runs.setdefault((r.services, r.offered_per_s, r.mode), []).append(r)
+    rows = [
+        "| Services | offered conn/s | balancer | achieved conn/s | p50 ms | p99 ms | p99.9 ms "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (n, rate, mode), rs in sorted(runs.items(), key=lambda kv: kv[0]):
+
+        def med(field: str, rs: list[FixedRate] = rs) -> float:
+            return statistics.median(getattr(x, field) for x in rs)
+
+        rows.append(
+            f"| {n:,} | {rate:,.0f} | {mode} | {med('achieved_per_s'):,.0f} | "
+            f"{med('p50_ms'):.2f} | {med('p99_ms'):.2f} | {med('p999_ms'):.2f} | "
+            f"{sum(x.errors for x in rs)} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def report(results: list[Result]) -> str:
@@ -266,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per balancer")
     p.add_argument("--services", default="1,10000", help="Service counts, comma-separated")
+    p.add_argument(
+        "--rates",
+        default="",
+        help="also fixed-rate runs at these new connections a second, comma-separated "
+        "(the same for every balancer; hey)",
+    )
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = p.parse_args(argv)
     results: list[Result] = []
@@ -282,6 +387,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
             )
             results.append(r)
+    fixed: list[FixedRate] = []
+    rates = [float(x) for x in args.rates.split(",") if x]
+    for n, rep, mode in (
+        (n, rep, mode)
+        for n in (int(x) for x in args.services.split(","))
+        for rep in range(args.repeats if rates else 0)
+        for mode in args.modes.split(",")
+    ):
+        for r in measure_fixed(mode, rates, args.seconds, n):
+            print(
+                f"{mode:<9} {n:>6} Services {r.offered_per_s:8,.0f}/s offered run {rep + 1}: "
+                f"{r.achieved_per_s:8,.0f}/s p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} "
+                f"p99.9 {r.p999_ms:.2f} ms errors {r.errors}"
+            )
+            fixed.append(r)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, " + (
@@ -290,11 +410,18 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y-%m-%d %H:%M")
     (out / "eastwest.json").write_text(
         json.dumps(
-            {"machine": machine, "time": stamp, "results": [asdict(r) for r in results]},
+            {
+                "machine": machine,
+                "time": stamp,
+                "results": [asdict(r) for r in results],
+                "fixed_rate": [asdict(r) for r in fixed],
+            },
             indent=2,
         )
     )
-    table = report(results)
+    table = report(results) + (
+        f"\nAt a fixed rate (hey):\n\n{report_fixed(fixed)}" if fixed else ""
+    )
     (out / "eastwest.md").write_text(f"Measured on {machine}, {stamp}.\n\n{table}")
     try:
         from bench import plots

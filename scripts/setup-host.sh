@@ -4,9 +4,10 @@
 set -euo pipefail
 
 # Debian packages xlb uses: bcc for the datapath, kernel headers for bcc's compiler, the tools the
-# tests and the lab drive (iproute2, nftables/iptables for comparisons, nginx/wrk/curl as real peers).
+# tests and the lab drive (iproute2, nftables/iptables for comparisons, nginx/wrk/hey/curl as real
+# peers; hey offers a fixed rate, which wrk cannot).
 PACKAGES=(python3-bpfcc python3-venv linux-headers-amd64 bpftool iproute2 iptables nftables ethtool
-          iputils-ping tcpdump arping nginx-light wrk curl vagrant shellcheck)
+          iputils-ping tcpdump arping nginx-light wrk hey curl vagrant shellcheck)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
