@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import logging
 import os
 import queue
@@ -19,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import runstate
 from .datapath.node import remote_addresses, warm_neighbours
@@ -29,12 +27,10 @@ from .l2.placement import take_now
 from .model import Level, Translator, translate
 from .model.diagnostics import Diagnostic
 from .model.pools import pool_of
-from .model.snapshot import Cluster, ValueTracker
+from .model.snapshot import Cluster
 from .model.state import DesiredState
 from .model.translate import AddressSpace, TranslateConfig, with_address_space
 from .serve import Endpoints, Health, HealthCheckNodePorts, Metrics
-from .sources.manifests import load_cluster, manifest_files
-from .sources.simulated import ClusterConfig
 
 log = logging.getLogger("xlb.agent")
 
@@ -74,65 +70,6 @@ class AgentConfig:
     unallocated_cluster_ips: str = "drop"
     # what the model is told: --proxy-name, --nodeport-addresses, the default algorithms
     translate: TranslateConfig = field(default_factory=TranslateConfig)
-
-
-class ManifestWatch:
-    """Notices any change to the manifest files (added, removed, rewritten) by their identity:
-    path, size, modification time and inode, without reading them."""
-
-    def __init__(self, paths: Iterable[str | Path]) -> None:
-        self.paths = list(paths)
-        self.last = ""
-
-    def digest(self) -> str:
-        files, _ = manifest_files(self.paths)
-        h = hashlib.sha256()
-        for f in files:
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode())
-        return h.hexdigest()
-
-    def changed(self) -> bool:
-        now = self.digest()
-        if now == self.last:
-            return False
-        self.last = now
-        return True
-
-
-class ManifestSource:
-    """Manifest files as a source: looked at every poll, reloaded whole on any change. Files
-    have no events per object, so the Services that changed are found by value against the
-    last snapshot (ValueTracker) and handed over as the Kubernetes source hands its."""
-
-    def __init__(self, paths: list[str], cluster_cfg: ClusterConfig | None = None) -> None:
-        self.paths, self.cluster_cfg = paths, cluster_cfg or ClusterConfig()
-        self.watch = ManifestWatch(paths)
-        self.ready = True
-        self.tracker = ValueTracker()
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def changed(self) -> bool:
-        return self.watch.changed()
-
-    def snapshot(self) -> Cluster:
-        cluster = load_cluster(self.paths, self.cluster_cfg)
-        cluster.changes = self.tracker.changes(cluster.services, cluster.slices)
-        return cluster
-
-    def wait(self, timeout: float) -> None:
-        time.sleep(timeout)
-
-    def health(self) -> dict:
-        return {}
 
 
 def desired_state(

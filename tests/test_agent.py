@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from controlplane.agent import Agent, AgentConfig, ManifestSource, ManifestWatch
+from controlplane.agent import Agent, AgentConfig
 from controlplane.model.objects import Protocol
 from controlplane.model.state import Scope
+from controlplane.sources.files import ManifestSource, ManifestWatch
 from tests.helpers import wait_until
 
 NODE = textwrap.dedent("""

@@ -118,7 +118,8 @@ def cmd_datapath_down(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     import logging
 
-    from ..agent import ManifestSource, run_agent
+    from ..agent import run_agent
+    from ..sources.files import ManifestSource
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     node = args.node or os.environ.get("NODE_NAME", "")

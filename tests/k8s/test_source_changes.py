@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 
-from controlplane.agent import ManifestSource
 from controlplane.model import Translator, translate
 from controlplane.model.snapshot import Changes
+from controlplane.sources.files import ManifestSource
 from tests.k8s.test_source import NODE, api, eps, running_source, svc  # noqa: F401 (fixture)
 
 

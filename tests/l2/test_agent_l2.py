@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from controlplane.agent import Agent, AgentConfig, ManifestSource
+from controlplane.agent import Agent, AgentConfig
 from controlplane.datapath.maps import get_addr
 from controlplane.l2.election import owner
 from controlplane.l2.members import Members, MembersConfig
+from controlplane.sources.files import ManifestSource
 from tests.helpers import wait_until
 from tests.l2.test_members import KEY, free_ports
 from tests.test_agent import SyncerDatapath, running
