@@ -49,8 +49,8 @@ class Changes:
         )
 
     def widened(self, keys: Iterable[str]) -> Changes:
-        """These changes and the Services keys too (a consumer that alters a snapshot, as the
-        agent draining a dead node's endpoints does, adds what it altered)."""
+        """These changes, and the Services named by keys too: a consumer that alters a
+        snapshot (the agent draining a dead node's endpoints) adds what it altered."""
         if self.services is None:
             return self
         return Changes(self.lineage, self.since, self.until, self.services | frozenset(keys))
