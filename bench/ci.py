@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-ci: {refused}")
         runs = []
     med = dataplane.medians(runs)
-    east = [r for mode in eastwest.MODES for r in eastwest.measure(mode, 3, args.services)]
+    east = [r for mode in eastwest.MODES for r in eastwest.measure(mode, 3, args.services)[0]]
     for r in east:
         print(f"eastwest {r.mode:<9} {r.test:<9} {r.requests_per_s:10,.0f} req/s")
     if refused:

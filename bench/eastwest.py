@@ -288,28 +288,23 @@ class Pods(Namespaces):
         )  # fmt: skip
 
 
-def measure(mode: str, seconds: float, services: int = 1) -> list[Result]:
+def measure(
+    mode: str, seconds: float, services: int = 1, rates: tuple[float, ...] = ()
+) -> tuple[list[Result], list[FixedRate]]:
+    """One rig for the balancer: wrk's closed-loop runs, then hey at each fixed rate."""
     with Pods() as pods:
         pods.setup(mode, services)
         pods.wrk(1, close=True)  # warm up: neighbours, caches, nginx's worker
-        out = []
+        closed, fixed = [], []
         for close in (False, True):
             r = pods.wrk(seconds, close)
             r.mode, r.services = mode, services
-            out.append(r)
-        return out
-
-
-def measure_fixed(mode: str, rates: list[float], seconds: float, services: int) -> list[FixedRate]:
-    with Pods() as pods:
-        pods.setup(mode, services)
-        pods.wrk(1, close=True)  # warm up, as measure()
-        out = []
+            closed.append(r)
         for rate in rates:
-            r = pods.hey(rate, seconds)
-            r.mode, r.services = mode, services
-            out.append(r)
-        return out
+            f = pods.hey(rate, seconds)
+            f.mode, f.services = mode, services
+            fixed.append(f)
+        return closed, fixed
 
 
 def report_fixed(results: list[FixedRate]) -> str:
@@ -377,34 +372,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = p.parse_args(argv)
     results: list[Result] = []
+    fixed: list[FixedRate] = []
+    rates = tuple(float(x) for x in args.rates.split(",") if x)
     for n, rep, mode in (
         (n, rep, mode)
         for n in (int(x) for x in args.services.split(","))
         for rep in range(args.repeats)
         for mode in args.modes.split(",")
     ):
-        for r in measure(mode, args.seconds, n):
+        closed, at_rate = measure(mode, args.seconds, n, rates)
+        for r in closed:
             print(
                 f"{mode:<9} {n:>6} Services {r.test:<9} run {rep + 1}: "
                 f"{r.requests_per_s:10,.0f} req/s "
                 f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms errors {r.errors}"
             )
-            results.append(r)
-    fixed: list[FixedRate] = []
-    rates = [float(x) for x in args.rates.split(",") if x]
-    for n, rep, mode in (
-        (n, rep, mode)
-        for n in (int(x) for x in args.services.split(","))
-        for rep in range(args.repeats if rates else 0)
-        for mode in args.modes.split(",")
-    ):
-        for r in measure_fixed(mode, rates, args.seconds, n):
+        for f in at_rate:
             print(
-                f"{mode:<9} {n:>6} Services {r.offered_per_s:8,.0f}/s offered run {rep + 1}: "
-                f"{r.achieved_per_s:8,.0f}/s p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} "
-                f"p99.9 {r.p999_ms:.2f} ms errors {r.errors}"
+                f"{mode:<9} {n:>6} Services {f.offered_per_s:8,.0f}/s offered run {rep + 1}: "
+                f"{f.achieved_per_s:8,.0f}/s p50 {f.p50_ms:.2f} p99 {f.p99_ms:.2f} "
+                f"p99.9 {f.p999_ms:.2f} ms errors {f.errors}"
             )
-            fixed.append(r)
+        results += closed
+        fixed += at_rate
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, " + (

@@ -59,7 +59,8 @@ class Changes:
 EVERYTHING = Changes()
 
 
-def _slices_by_service(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:
+def slices_by_service(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:
+    """Service (namespace/name) -> its slices, in their order."""
     out: dict[str, list[EndpointSlice]] = defaultdict(list)
     for sl in slices:
         out[sl.service_key].append(sl)
@@ -77,7 +78,7 @@ def changed_services(
     Slices are compared as a set per Service (their order in a file is not a change)."""
     old = {s.key: s for s in old_services}
     new = {s.key: s for s in new_services}
-    before, after = _slices_by_service(old_slices), _slices_by_service(new_slices)
+    before, after = slices_by_service(old_slices), slices_by_service(new_slices)
     out = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
     for k in before.keys() | after.keys():
         a, b = before.get(k, []), after.get(k, [])

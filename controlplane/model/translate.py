@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import ipaddress
 import itertools
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ from .objects import (
     TrafficPolicy,
 )
 from .parse import family_of
-from .snapshot import EVERYTHING, Changes
+from .snapshot import EVERYTHING, Changes, slices_by_service
 from .state import (
     Algorithm,
     Backend,
@@ -385,13 +384,6 @@ def _settle(
     return result, [s.key for s in order]
 
 
-def _by_service(slices: Iterable[EndpointSlice]) -> dict[str, list[EndpointSlice]]:
-    by_service: dict[str, list[EndpointSlice]] = defaultdict(list)
-    for sl in slices:
-        by_service[sl.service_key].append(sl)
-    return by_service
-
-
 class Translator:
     """translate() that remembers each Service's translation and redoes only the Services a
     snapshot's Changes name (the sources carry them by key: model.snapshot).
@@ -441,7 +433,7 @@ class Translator:
         changes: Changes,
         follows: bool,
     ) -> DesiredState:
-        by_service = _by_service(slices)
+        by_service = slices_by_service(slices)
         base, self.serial = self.serial, self.serial + 1
         keys = changes.services if follows else None
         if keys is not None and self.last is not None and not self.last.conflicts:
@@ -541,7 +533,7 @@ def translate(
     that translate and a Translator are called alike.)"""
     cfg = config or TranslateConfig()
     result, order = _settle(
-        services, _by_service(slices), lambda s, mine: _contribution(s, mine, node, cfg)
+        services, slices_by_service(slices), lambda s, mine: _contribution(s, mine, node, cfg)
     )
     return result.state(order)
 
