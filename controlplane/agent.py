@@ -278,7 +278,7 @@ class Agent:
         self.syncs += 1
         self.last_sync = time.monotonic()
         if self.publish:
-            self._write_record()  # ready, after the first sync
+            self._write_record()  # what _publish made, and ready after the first sync
         # What a sync leaves is long-lived (the parsed cluster, the translation, the maps'
         # mirror): out of the cyclic collector's sight, a full collection no longer walks a
         # million objects in the middle of the next sync (~200 ms at 10,000 Services)
@@ -300,7 +300,7 @@ class Agent:
 
     def _publish(self, state: DesiredState) -> None:
         """The record `xlb status` shows beside the maps: the policies and what they refused
-        (rewritten only when it changes)."""
+        (written once the sync is done, and only when it changes)."""
         refused = sorted(
             f"{d.namespace}/{d.name}: {d.message}"
             for d in state.diagnostics
@@ -313,7 +313,6 @@ class Agent:
             "refusedExternalIPs": refused,
             "gossip": self.members is not None,
         }
-        self._write_record()
 
     def _write_record(self) -> None:
         if self.record_base is None:
