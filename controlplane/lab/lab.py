@@ -150,7 +150,9 @@ class Lab:
 
     def _build(self, state: LabState, nodes: int, log) -> None:
         cfg = lab_cluster_config(nodes, state.families)
-        xdp_pass = self._xdp_pass()
+        from ..datapath.attach import load_xdp_pass
+
+        xdp_pass = load_xdp_pass()  # once; its attachments outlive this process
         topo.lan(self.lan_ns)
         topo.add_netns(self.client_ns)
         client = self._of_families(state, [CLIENT4, CLIENT6])
@@ -252,7 +254,7 @@ class Lab:
             log(f"pod {p.namespace}/{p.name} on {p.node_name} {' '.join(p.ips)}")
         self._ext_host(state, [d for d in docs if d.obj["kind"] in ("Endpoints", "EndpointSlice")])
         for p in state.pods:
-            self._wait_listening(p.netns, p.ports)
+            wait_listening(p.netns, p.ports)
         objects = [d.obj for d in docs if d.obj["kind"] not in WORKLOADS | {"Node", "Service"}]
         state.services, refused = admit(
             [d.obj for d in docs if d.obj["kind"] == "Service"],
@@ -274,13 +276,6 @@ class Lab:
             self._delete_pod(p)
             log(f"pod {p.namespace}/{p.name} deleted")
 
-    @staticmethod
-    def _xdp_pass():
-        """bpf/xdp_pass.c, loaded once; its attachments outlive this process."""
-        from ..datapath.attach import load_xdp_pass
-
-        return load_xdp_pass()
-
     def _node_objects(self, state: LabState):
         from ..model.objects import LABEL_ZONE, Node
 
@@ -298,10 +293,10 @@ class Lab:
         topo.pod_link(node.netns, ns, host_veth, ips, gateways)
         ports = [[c.name, c.port, str(c.protocol)] for c in pod.ports]
         listen = [f"{proto.lower()}/{port}" for _, port, proto in ports]
-        pid = self._spawn(
+        pid = spawn(
             ns,
             node.cgroup,
-            f"pod-{pod.namespace}-{pod.name}.log",
+            self.dir / f"pod-{pod.namespace}-{pod.name}.log",
             [
                 sys.executable,
                 "-m",
@@ -385,10 +380,10 @@ class Lab:
             topo.ip(self.ext_ns, "addr", "add", f"{a}/{128 if v6 else 32}", "dev", "lo")
             for node in state.nodes:
                 topo.route(node.netns, a, EXT6 if v6 else EXT4)
-        state.ext_pid = self._spawn(
+        state.ext_pid = spawn(
             self.ext_ns,
             None,
-            "ext.log",
+            self.dir / "ext.log",
             [
                 sys.executable,
                 "-m",
@@ -400,7 +395,7 @@ class Lab:
                 *[f"--listen={proto}/{port}" for proto, port in sorted(ports)],
             ],
         )
-        self._wait_listening(self.ext_ns, [[None, p, proto] for proto, p in sorted(ports)])
+        wait_listening(self.ext_ns, [[None, p, proto] for proto, p in sorted(ports)])
 
     @staticmethod
     def _node_patches(state: LabState, docs, log) -> dict[str, dict]:
@@ -501,9 +496,6 @@ class Lab:
 
     # -- processes ---------------------------------------------------------------------------
 
-    def _spawn(self, ns: str, cgroup: str | None, logname: str, cmd: list[str]) -> int:
-        return spawn(ns, cgroup, self.dir / logname, cmd)
-
     def _start_agent(self, node: NodeState, state: LabState) -> int:
         key = self.dir / f"gossip-{node.name}.key"  # a node's own keyring (a rotation)
         if not key.exists():
@@ -539,10 +531,10 @@ class Lab:
             *more,
             *state.agent_args,
         ]
-        return self._spawn(
+        return spawn(
             node.netns,
             None,
-            f"agent-{node.name}.log",
+            self.dir / f"agent-{node.name}.log",
             [sys.executable, "-m", "controlplane.cli", *args],
         )
 
@@ -585,10 +577,6 @@ class Lab:
                     tail = log_path.read_text()[-2000:] if log_path.exists() else ""
                     raise LabError(f"xlb lab: the agent on {node.name} did not sync:\n{tail}")
                 time.sleep(0.1)
-
-    @staticmethod
-    def _wait_listening(ns: str, ports: list[list], timeout: float = 10) -> None:
-        wait_listening(ns, ports, timeout)
 
     # -- exec, status, down -------------------------------------------------------------------
 
