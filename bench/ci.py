@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| full sync (translate + maps) | {cp['full_sync_s']:.2f} s "
         f"({cp['full_sync_translate_s']:.2f} + {cp['full_sync_write_s']:.2f}; "
         f"{cp['full_sync_writes']} writes) | ≤ 2 s |",
+        f"| every Maglev table in ({cp['maglev_tables']} tables, "
+        f"{cp['maglev_table_mib']:.1f} MiB, {cp['maglev_syncs']} syncs) | "
+        f"{cp['maglev_all_tables_s']:.2f} s | — |",
         f"| one endpoint change -> maps, p50 / p99 of {args.changes} | "
         f"{cp['change_p50_s'] * 1000:.0f} / {cp['change_p99_s'] * 1000:.0f} ms | ≤ 20 ms p99 |",
         f"| agent RSS (peak; the compile runs in a child) | {mem['rss_mib']:.0f} MiB "

@@ -222,7 +222,6 @@ class Rig(Namespaces):
                 pin_root=self.pin_root,
                 max_services=max(1024, 2 * services),
                 max_backends=1024,
-                max_rings=4,
                 ct_size=1 << 20,
             )
             prog = compile_program("xdp_lb.c", cfg)

@@ -183,6 +183,16 @@ def control_plane() -> str:
         f"| translate {n} Services × {eps} endpoints | — | {cp['full_sync_translate_s']:.2f} s |",
         f"| full sync of {n} × {eps} (translate + {_n(cp['full_sync_writes'])} map writes) "
         f"| ≤ 2 s | {cp['full_sync_s']:.2f} s |",
+        *(
+            [
+                f"| every Maglev table in ({_n(cp['maglev_tables'])} tables, "
+                f"{cp['maglev_table_mib']:.1f} MiB, over {cp['maglev_syncs']} syncs: the first "
+                "and the ones after it, their work without the wait between) | — "
+                f"| {cp['maglev_all_tables_s']:.2f} s |"
+            ]
+            if "maglev_tables" in cp
+            else []
+        ),
         f"| one endpoint change → maps, p50 / p99 of {len(cp.get('change_s', [])) or '?'} "
         f"| ≤ 20 ms p99 | {cp['change_p50_s'] * 1e3:.0f} / {cp['change_p99_s'] * 1e3:.0f} ms |",
         f"| agent RSS at {n} × {eps} (the Kubernetes client imported) | ≤ 200 MB "

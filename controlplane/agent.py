@@ -287,14 +287,18 @@ class Agent:
             release_memory()
         for w in res.warnings:
             log.warning("%s", w)
+        due = getattr(res, "tables_due", 0)
+        if due:
+            self.retry = True  # the rest of the Maglev tables, on the next turn
         if res.writes or res.deletes:
             log.info(
-                "sync %d: %d frontends; %d writes, %d deletes, %d rings in %.1f ms",
+                "sync %d: %d frontends; %d writes, %d deletes, %d Maglev tables%s in %.1f ms",
                 self.syncs,
                 len(state.frontends),
                 res.writes,
                 res.deletes,
-                res.ring_writes,
+                res.tables,
+                f" ({due} due)" if due else "",
                 res.seconds * 1000,
             )
 

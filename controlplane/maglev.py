@@ -19,6 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 
 DEFAULT_M = 16381
+# The sizes a group's table takes, smallest first: primes about 4x apart, so that a table is
+# rebuilt at another size (which moves flows that have no conntrack entry, as a new table of
+# any size would) only when its backend count crosses a step, not with every backend added.
+TABLE_SIZES = (251, 1021, 4093, 16381, 65521)
+SLOTS_PER_BACKEND = 100  # the paper's M >> N: at 100, no backend gets over ~1% more than its share
 DEFAULT_SEED = 0x786C62  # "xlb": the same on every node so that all nodes pick alike
 _BLOCK_FREE_MIN, _BLOCK_FREE_MAX = 16, 128  # free slots one refill aims to find
 
@@ -34,6 +39,26 @@ def is_prime(n: int) -> bool:
             return False
         f += 2
     return True
+
+
+def table_size(backends: int, largest: int = DEFAULT_M) -> int:
+    """The Maglev M for a group of this many backends: the smallest of TABLE_SIZES (those
+    below `largest`, then `largest` itself) with SLOTS_PER_BACKEND slots a backend, else
+    `largest`. The same on every node for the same count and `largest`."""
+    sizes = [s for s in TABLE_SIZES if s < largest] + [largest]
+    return next((s for s in sizes if s >= SLOTS_PER_BACKEND * backends), largest)
+
+
+def fingerprint(
+    names: Sequence[str], values: Sequence[int], m: int, seed: int = DEFAULT_SEED
+) -> int:
+    """64 bits that name a table's inputs (backend names, the values it holds for them, M and
+    the seed): a table read back with the same fingerprint needs no rebuild."""
+    h = hashlib.blake2b(digest_size=8, key=b"xlb maglev table")
+    h.update(f"{m}\0{seed}\0".encode())
+    for name, value in zip(names, values, strict=True):
+        h.update(f"{name}\0{value}\0".encode())
+    return int.from_bytes(h.digest(), "little")
 
 
 def permutation_params(names: Sequence[str], m: int, seed: int = DEFAULT_SEED) -> np.ndarray:

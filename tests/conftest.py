@@ -128,7 +128,6 @@ def dp_config() -> DatapathConfig:
         max_services=1024,
         max_backends=1024,
         max_slots=8192,
-        max_rings=4,
         ct_size=65536,
         affinity_size=4096,
         max_source_ranges=256,

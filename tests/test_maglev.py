@@ -101,3 +101,45 @@ def test_weights_are_respected():
     share = np.bincount(table, minlength=4) / DEFAULT_M
     assert share[3] == 0
     assert np.allclose(share[:3], [1 / 6, 2 / 6, 3 / 6], atol=0.01), share
+
+
+def test_table_sizes_step_with_the_backend_count_and_stop_at_the_largest():
+    """100 slots a backend, from a ladder of primes about 4x apart, capped by --ring-size (a
+    cap off the ladder is a size of its own)."""
+    from controlplane.maglev import table_size
+
+    got = {n: table_size(n) for n in (1, 2, 3, 10, 11, 40, 41, 163, 164, 1000)}
+    assert got == {1: 251, 2: 251, 3: 1021, 10: 1021, 11: 4093, 40: 4093, 41: 16381,
+                   163: 16381, 164: 16381, 1000: 16381}  # fmt: skip
+    assert table_size(50, largest=1021) == 1021
+    assert table_size(5, largest=251) == 251
+    assert table_size(200, largest=65537) == 65521
+    assert table_size(700, largest=65537) == 65537
+    for n, m in got.items():
+        assert is_prime(m) and (m >= 100 * n or m == 16381)
+
+
+def test_a_fingerprint_names_every_input_of_a_table():
+    from controlplane.maglev import fingerprint
+
+    base = fingerprint(["a", "b"], [1, 2], 251)
+    assert base == fingerprint(["a", "b"], [1, 2], 251)
+    others = {
+        fingerprint(["a", "c"], [1, 2], 251),
+        fingerprint(["a", "b"], [1, 3], 251),
+        fingerprint(["a", "b"], [1, 2], 1021),
+        fingerprint(["a", "b"], [1, 2], 251, seed=7),
+        fingerprint(["ab"], [12], 251),
+        fingerprint(["b", "a"], [2, 1], 251),
+    }
+    assert base not in others and len(others) == 6
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 11, 40])
+def test_at_its_size_no_backend_gets_over_one_percent_more_than_its_share(n):
+    from controlplane.maglev import table_size
+
+    m = table_size(n)
+    counts = np.bincount(build_table([f"10.0.0.{i}:80" for i in range(n)], m), minlength=n)
+    assert counts.max() - counts.min() <= 1
+    assert counts.max() / (m / n) <= 1.01, (n, m, counts.max(), m / n)

@@ -68,23 +68,42 @@ static __always_inline __u32 xlb_hash_u64(__u64 v)
 	return xlb_fmix(xlb_mix(h, (__u32)(v >> 32)) ^ 8);
 }
 
+/* The backend id at flow_hash in the group's Maglev table (maps.h's xlb_maglev); 0 when the
+ * group has none yet (the agent builds new tables within a time budget a sync, and an
+ * upgraded datapath starts without them). */
+static __always_inline __u32 xlb_maglev_pick(__u32 group, __u32 flow_hash)
+{
+	void *table = xlb_maglev.lookup(&group);
+	if (!table)
+		return 0;
+	__u32 row = 0;
+	struct xlb_maglev_row *head = bpf_map_lookup_elem(table, &row);
+	if (!head || !head->id[0])
+		return 0;
+	__u32 at = flow_hash % head->id[0];
+	row = 1 + at / XLB_MAGLEV_LANES;
+	struct xlb_maglev_row *r = bpf_map_lookup_elem(table, &row);
+	return r ? r->id[at % XLB_MAGLEV_LANES] : 0;
+}
+
 /* The backend id for a new flow to svc (svc->count > 0), or 0 when none is found.
- * flow_hash spreads flows over the Maglev ring; client_hash keeps a client on one slot
- * (source-hash). Both are the same on every node for the same flow and client. */
+ * flow_hash spreads flows over the Maglev table; client_hash keeps a client on one slot
+ * (source-hash). Both are the same on every node for the same flow and client. A Maglev
+ * group without a table yet picks its slot by flow hash (the same choice on every node). */
 static __always_inline __u32 xlb_select(const struct xlb_svc *svc, __u32 flow_hash,
 					__u32 client_hash)
 {
-	if (svc->algorithm == XLB_ALG_MAGLEV) {
-		__u32 idx = (svc->ring * 2 + (svc->ring_gen & 1)) * XLB_RING_SIZE +
-			    flow_hash % XLB_RING_SIZE;
-		__u32 *id = xlb_rings.lookup(&idx);
-		return id ? *id : 0;
-	}
 	struct xlb_slot_key k = {.group = svc->group};
-	if (svc->algorithm == XLB_ALG_SOURCE_HASH)
+	if (svc->algorithm == XLB_ALG_MAGLEV) {
+		__u32 id = xlb_maglev_pick(svc->group, flow_hash);
+		if (id)
+			return id;
+		k.slot = 1 + flow_hash % svc->count;
+	} else if (svc->algorithm == XLB_ALG_SOURCE_HASH) {
 		k.slot = 1 + client_hash % svc->count;
-	else
+	} else {
 		k.slot = 1 + bpf_get_prandom_u32() % svc->count;
+	}
 	__u32 *id = xlb_slots.lookup(&k);
 	return id ? *id : 0;
 }

@@ -16,12 +16,6 @@
 #ifndef XLB_MAX_SLOTS
 #define XLB_MAX_SLOTS 262144
 #endif
-#ifndef XLB_MAX_RINGS
-#define XLB_MAX_RINGS 64
-#endif
-#ifndef XLB_RING_SIZE
-#define XLB_RING_SIZE 16381 /* Maglev M: prime */
-#endif
 #ifndef XLB_CT_SIZE
 #define XLB_CT_SIZE 262144
 #endif
@@ -77,12 +71,11 @@ struct xlb_svc_key {
 
 struct xlb_svc {
 	__u32 id;               /* this frontend: counters */
-	__u32 group;            /* its backend group: slots and affinity are per group */
-	__u32 ring;             /* Maglev ring of the group (XLB_ALG_MAGLEV only) */
+	__u32 group;            /* its backend group: slots, Maglev table and affinity */
 	__u32 affinity_timeout; /* seconds; 0: no session affinity */
 	__u16 count;            /* slots 1..count hold the candidates for new flows */
 	__u8 algorithm;
-	__u8 ring_gen;          /* which half of the ring is live: flipped in one write */
+	__u8 pad1;
 	__u16 flags;
 	__u16 pad;
 };
@@ -265,7 +258,7 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_NO_BACKEND 8    /* Local policy, no local backend */
 #define XLB_R_REJECT_NO_BACKEND 9  /* no backend anywhere: RST / ICMP unreachable */
 #define XLB_R_DROP_SOURCE_RANGE 10 /* client outside loadBalancerSourceRanges */
-#define XLB_R_DROP_BACKEND_GONE 11 /* slot or ring named a backend that is not there */
+#define XLB_R_DROP_BACKEND_GONE 11 /* slot or Maglev table named a backend that is not there */
 #define XLB_R_DROP_FIB 12          /* no route / neighbour towards a remote backend */
 #define XLB_R_DROP_SNAT_EXHAUSTED 13
 #define XLB_R_DROP_HEADROOM 14     /* could not make room to build a reply */
@@ -300,7 +293,7 @@ struct xlb_config {
 	__u32 uplink_ifindex;
 	__u16 snat_port_min;
 	__u16 snat_port_max;
-	__u32 ring_size; /* Maglev M, for readers that did not compile with it */
+	__u32 ring_size; /* the largest Maglev M a group's table may have (maglev.py) */
 	__u8 uplink_mac[6]; /* ARP and neighbour answers on a device not in xlb_devices */
 	__u8 fib_cache; /* 1: routing depends on the destination alone (no policy rules), so FIB
 			 * answers may be cached (forward.h); 0 until the agent has looked */
@@ -321,8 +314,20 @@ BPF_TABLE_PINNED("hash", struct xlb_slot_key, __u32, xlb_slots, XLB_MAX_SLOTS,
  * a tracked flow's backend on every packet costs almost nothing. port 0: no backend. */
 BPF_TABLE_PINNED("array", __u32, struct xlb_backend, xlb_backends, XLB_MAX_BACKENDS,
 		 XLB_PIN_ROOT "/backends");
-BPF_TABLE_PINNED("array", __u32, __u32, xlb_rings, XLB_MAX_RINGS * 2 * XLB_RING_SIZE,
-		 XLB_PIN_ROOT "/rings");
+/* Maglev: one table per backend group, by group id, each an array of its own size (the agent
+ * creates it with BPF_F_INNER_MAP and sizes it from the group's backend count, maglev.py's
+ * table_size). Row 0 holds M and the fingerprint of what the table was built from; rows 1..
+ * hold the M backend ids, XLB_MAGLEV_LANES a row (an array entry takes at least 8 bytes: one
+ * id a row would waste half). A new table is filled whole and then swapped in with one update
+ * of the outer map, so a packet sees the old table or the new one, never a mix. The template
+ * only tells the verifier the inner maps' kind (BPF_F_INNER_MAP: of any size). */
+#define XLB_MAGLEV_LANES 4
+struct xlb_maglev_row {
+	__u32 id[XLB_MAGLEV_LANES];
+};
+BPF_F_TABLE("array", __u32, struct xlb_maglev_row, xlb_maglev_inner, 1, BPF_F_INNER_MAP);
+BPF_TABLE_PINNED("hash_of_maps$xlb_maglev_inner", __u32, int, xlb_maglev, XLB_MAX_SERVICES,
+		 XLB_PIN_ROOT "/maglev");
 /* One LRU list, not per-CPU ones (BPF_F_NO_COMMON_LRU): XDP on one port runs mostly on one
  * CPU, so per-CPU lists would give it only max_entries / CPUs before evicting live flows;
  * measured, they did not make inserts faster either. */

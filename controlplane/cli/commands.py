@@ -93,14 +93,22 @@ def cmd_datapath_up(args: argparse.Namespace) -> int:
     cgroup = args.cgroup or cgroup2_root()
     dp = NodeDatapath.load(cfg, uplink, cgroup, native=not args.generic_xdp, devices=devices)
     res = dp.apply(state, addr4, addr6)
+    while res.tables_due:  # no agent follows to build the rest: all of them now
+        more = dp.apply(state, addr4, addr6)
+        res.tables, res.table_bytes, res.tables_due = (
+            res.tables + more.tables,
+            res.table_bytes + more.table_bytes,
+            more.tables_due,
+        )
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
     mib = sum(cfg.memory(os.cpu_count() or 1).values()) / 2**20
     print(
         f"xlb: node {node.name}: {len(state.frontends)} frontends on {', '.join(devices)} "
         f"(XDP, tc) and cgroup {cgroup}; {res.writes} writes, {res.deletes} deletes, "
-        f"{res.ring_writes} Maglev rings in {res.seconds * 1000:.1f} ms; maps under "
-        f"{cfg.pin_root} reserve about {mib:.0f} MiB"
+        f"{res.tables} Maglev tables ({res.table_bytes / 2**10:.0f} KiB) in "
+        f"{res.seconds * 1000:.1f} ms; maps under {cfg.pin_root} reserve about {mib:.0f} MiB"
+        + (f"; {res.tables_due} tables due (built by the agent)" if res.tables_due else "")
     )
     return 0
 

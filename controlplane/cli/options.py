@@ -66,9 +66,14 @@ def datapath_config(args: argparse.Namespace):
         if getattr(args, f"conntrack_{name}", None) is not None
     }
     seed = getattr(args, "hash_seed", None)
+    if getattr(args, "max_rings", None) is not None:
+        print(
+            "xlb: warning: --max-rings no longer has any effect (every backend group has a "
+            "Maglev table of its own, sized from its backends); drop it",
+            file=sys.stderr,
+        )
     return DatapathConfig(
         pin_root=args.pin_root,
-        max_rings=args.max_rings,
         ring_size=args.ring_size,
         ct_size=args.ct_size,
         ct_timeouts=Timeouts(**given),

@@ -47,10 +47,17 @@ def _node_datapath(
     parser.add_argument(
         "--max-rings",
         type=int,
-        default=sizes.max_rings,
-        help=f"Maglev rings: backend groups using Maglev at once (default {sizes.max_rings})",
+        help="no longer used: every backend group has a Maglev table of its own (accepted, "
+        "with a warning, so that a DaemonSet that passes it keeps starting)",
     )
-    parser.add_argument("--ring-size", type=int, default=sizes.ring_size, help="Maglev M, prime")
+    parser.add_argument(
+        "--ring-size",
+        type=int,
+        default=sizes.ring_size,
+        help="the largest Maglev table M, prime; a group's table is the smallest of "
+        f"251, 1021, 4093, 16381, 65521 with 100 slots a backend, up to this (default "
+        f"{sizes.ring_size})",
+    )
     parser.add_argument("--ct-size", type=int, default=sizes.ct_size, help="conntrack entries")
 
 

@@ -10,10 +10,11 @@ from .conntrack import Timeouts
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf/xlb"
 
-# Pinned map file -> the field that sizes it (stats share max_services; rings are
-# max_rings x 2 x ring_size).
+# Pinned map file -> the field that sizes it (stats share max_services; so does the outer
+# Maglev map, a group's table being sized from its backends as it is built).
 SIZE_FIELDS = {
     "services": "max_services",
+    "maglev": "max_services",
     "backends": "max_backends",
     "slots": "max_slots",
     "ct": "ct_size",
@@ -31,8 +32,9 @@ class DatapathConfig:
     max_services: int = 65536  # frontends (address, port, protocol, scope)
     max_backends: int = 65536
     max_slots: int = 262144  # backends over all groups
-    max_rings: int = 64  # backend groups that use Maglev at once
-    ring_size: int = DEFAULT_M  # Maglev M, prime
+    # the largest Maglev M a group's table takes (prime): each group's is the smallest of
+    # maglev.TABLE_SIZES with 100 slots a backend, up to this
+    ring_size: int = DEFAULT_M
     ct_size: int = 262144  # tracked flows from outside (two entries each)
     # flows not answered yet wait apart (a SYN flood evicts its own kind, never an
     # established flow); 0: a quarter of ct_size
@@ -68,8 +70,6 @@ class DatapathConfig:
             f"-DXLB_MAX_SERVICES={self.max_services}",
             f"-DXLB_MAX_BACKENDS={self.max_backends}",
             f"-DXLB_MAX_SLOTS={self.max_slots}",
-            f"-DXLB_MAX_RINGS={self.max_rings}",
-            f"-DXLB_RING_SIZE={self.ring_size}",
             f"-DXLB_CT_SIZE={self.ct_size}",
             f"-DXLB_CT_NEW_SIZE={self.ct_new_size}",
             f"-DXLB_AFFINITY_SIZE={self.affinity_size}",
@@ -79,13 +79,15 @@ class DatapathConfig:
 
     def memory(self, cpus: int = 1) -> dict[str, int]:
         """Approximate kernel memory per map, in bytes (value and key sizes from maps.h,
-        plus the kernel's per-element overhead for hash maps of about 48 bytes)."""
+        plus the kernel's per-element overhead for hash maps of about 48 bytes). The Maglev
+        tables are not reserved: each takes about 4 x M bytes as its group is built
+        (SyncResult.table_bytes, `xlb status`)."""
         hash_overhead = 48
         return {
             "services": self.max_services * (20 + 24 + hash_overhead),
             "slots": self.max_slots * (8 + 4 + hash_overhead),
             "backends": self.max_backends * (4 + 20 + hash_overhead),
-            "rings": self.max_rings * 2 * self.ring_size * 4,
+            "maglev": self.max_services * (4 + 4 + hash_overhead),
             "ct": self.ct_size * (40 + 56 + hash_overhead),
             "ct_new": self.ct_new_size * (40 + 56 + hash_overhead),
             "affinity": self.affinity_size * (24 + 32 + hash_overhead),

@@ -113,18 +113,11 @@ def _load_here(cfg: DatapathConfig, devices: list[str], cgroup: str | None, nati
 def pinned_sizes(cfg: DatapathConfig) -> list[str]:
     """Warnings for pinned maps that kept another size than cfg asks for: a pinned map is
     reused as it is (its entries are live flows), so a new size needs `xlb datapath down`
-    first. Maglev rings of another size cannot be used at all: an error."""
+    first."""
     from .syscall import pinned_map_info
 
     wanted = {pin: getattr(cfg, field) for pin, field in SIZE_FIELDS.items()}
     have = {pin: pinned_map_info(os.path.join(cfg.pin_root, pin)).max_entries for pin in wanted}
-    rings = pinned_map_info(os.path.join(cfg.pin_root, "rings")).max_entries
-    if rings != cfg.max_rings * 2 * cfg.ring_size:
-        raise DatapathError(
-            f"xlb: the Maglev rings pinned under {cfg.pin_root} hold {rings} slots, not "
-            f"{cfg.max_rings} x 2 x {cfg.ring_size}: run `xlb datapath down` (it drops "
-            "tracked flows) before changing --max-rings or --ring-size"
-        )
     return [
         f"xlb: warning: the pinned map {pin} keeps its {have[pin]} entries, not {want} as "
         "configured, until `xlb datapath down` (which drops tracked flows)"

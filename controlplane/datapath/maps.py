@@ -14,6 +14,7 @@ from typing import Any
 from ..model.objects import Protocol
 from ..model.state import Algorithm, Scope
 from .constants import prefixed, value
+from .maglev_tables import MaglevTables
 from .pinned import PinnedTable, open_tables
 
 PROTO_NUM = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
@@ -88,11 +89,9 @@ class SvcValue:
 
     id: int
     group: int
-    ring: int
     affinity_timeout: int
     count: int
     algorithm: int
-    ring_gen: int
     flags: int
 
 
@@ -135,7 +134,7 @@ class Maps:
         self.services = t("xlb_services")
         self.slots = t("xlb_slots")
         self.backends = t("xlb_backends")
-        self.rings = t("xlb_rings")
+        self.maglev = MaglevTables(t("xlb_maglev"))
         self.ct = t("xlb_ct")
         self.ct_new = t("xlb_ct_new")  # flows not answered yet
         self.affinity = t("xlb_affinity")
@@ -155,11 +154,9 @@ class Maps:
             {
                 "id": "I",
                 "group": "I",
-                "ring": "I",
                 "affinity_timeout": "I",
                 "count": "H",
                 "algorithm": "B",
-                "ring_gen": "B",
                 "flags": "H",
             },
         )
@@ -182,9 +179,7 @@ class Maps:
         )
 
     def svc_leaf_raw(self, v: SvcValue) -> bytes:
-        return self._svc_leaf.pack(
-            v.id, v.group, v.ring, v.affinity_timeout, v.count, v.algorithm, v.ring_gen, v.flags
-        )
+        return self._svc_leaf.pack(v.id, v.group, v.affinity_timeout, v.count, v.algorithm, v.flags)
 
     def backend_leaf_raw(self, v: BackendValue) -> bytes:
         return self._backend_leaf.pack(addr_bytes(v.address), htons(v.port), v.flags)
@@ -206,9 +201,7 @@ class Maps:
         out = {}
         for k, v in self.services.items():
             key = (get_addr(k.addr), ntohs(k.port), PROTO_NAME[k.proto], SCOPE_NAME[k.scope])
-            out[key] = SvcValue(
-                v.id, v.group, v.ring, v.affinity_timeout, v.count, v.algorithm, v.ring_gen, v.flags
-            )
+            out[key] = SvcValue(v.id, v.group, v.affinity_timeout, v.count, v.algorithm, v.flags)
         return out
 
     # -- backends and slots ----------------------------------------------------------------------

@@ -9,7 +9,9 @@ programs; after the switch it copies once more what the old programs added meanw
 flows) and lets the old maps go. A field the old layout lacked starts at zero, padding is
 not carried; per-CPU counters are carried CPU by CPU (what they count during the switch, a
 few seconds, is lost). A change no name can carry (a field whose type or size changed) is
-refused before anything is touched.
+refused before anything is touched. A map the new maps.h no longer has (the Maglev rings of
+before the per-group tables) stays pinned while the old programs use it, and is unpinned once
+the new ones are attached.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class Migration:
     scratch: str
     old_layout: dict[str, Any]
     moved: dict[str, tuple[str, PinnedTable, PinnedTable, Convert, Convert]]
+    dropped: list[str] = dataclasses.field(default_factory=list)  # pins of maps gone from maps.h
 
     def finish(self) -> int:
         """After the new programs are attached: copies what the old ones added meanwhile,
@@ -129,6 +132,9 @@ class Migration:
         finally:
             self._close()
             shutil.rmtree(self.scratch, ignore_errors=True)
+            for pin in self.dropped:  # no program of this xlb reads it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.root, pin))
         return carried
 
     def abort(self) -> None:
@@ -188,7 +194,8 @@ def prepare(cfg: DatapathConfig) -> Migration | None:
         if name in old_layout
         and (old_layout[name]["key"], old_layout[name]["leaf"]) != (entry[1], entry[2])
     }
-    if not changed:
+    dropped = [e["pin"] for name, e in old_layout.items() if name not in new_layout]
+    if not changed and not dropped:
         shutil.rmtree(scratch, ignore_errors=True)
         return None
     plans = {}
@@ -218,4 +225,4 @@ def prepare(cfg: DatapathConfig) -> Migration | None:
         os.replace(os.path.join(root, pin), os.path.join(scratch, f"{pin}_old"))
         os.replace(os.path.join(scratch, pin), os.path.join(root, pin))
     write_layout(root, {name: (e[0], e[1], e[2]) for name, e in new_layout.items()})
-    return Migration(root, scratch, old_layout, moved)
+    return Migration(root, scratch, old_layout, moved, dropped)

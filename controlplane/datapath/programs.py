@@ -24,7 +24,7 @@ BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 # maps.h's pinned maps: BPF_TABLE_PINNED("type", key, value, NAME, size, XLB_PIN_ROOT "/FILE"...
 _PINNED = re.compile(
-    r'BPF_TABLE_PINNED\(\s*"\w+",\s*[^,]+,\s*[^,]+,\s*(\w+),[^;]*?XLB_PIN_ROOT\s*"/(\w+)"', re.S
+    r'BPF_TABLE_PINNED\(\s*"[\w$]+",\s*[^,]+,\s*[^,]+,\s*(\w+),[^;]*?XLB_PIN_ROOT\s*"/(\w+)"', re.S
 )
 
 

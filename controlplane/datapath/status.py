@@ -11,6 +11,7 @@ from .. import runstate
 from ..model.state import Algorithm
 from .config import seed_fingerprint
 from .conntrack import Timeouts
+from .maglev_tables import table_bytes as maglev_table_bytes
 from .maps import (
     ALG_NAME,
     ALG_NUM,
@@ -52,6 +53,7 @@ def collect(maps: Maps, rate_interval: float = 0) -> dict[str, Any]:
     backends = maps.read_backends()
     slots = maps.read_slots()
     config = maps.config[ct.c_uint32(0)]
+    tables = maps.maglev.installed()  # group -> (M, fingerprint)
     frontends = []
     for (address, port, proto, scope), v in services:
         ids = [slots.get(v.group, {}).get(s) for s in range(1, v.count + 1)]
@@ -64,8 +66,11 @@ def collect(maps: Maps, rate_interval: float = 0) -> dict[str, Any]:
                 "id": v.id,
                 "group": v.group,
                 "algorithm": str(ALG_NAME.get(v.algorithm, "?")),
-                "ring": v.ring if v.algorithm == ALG_NUM[Algorithm.MAGLEV] else None,
-                "ringGeneration": v.ring_gen,
+                # M of the group's table; None: not Maglev, or its table is not built yet
+                # (new flows pick their slot by flow hash meanwhile)
+                "maglevTable": tables[v.group][0]
+                if v.algorithm == ALG_NUM[Algorithm.MAGLEV] and v.group in tables
+                else None,
                 "affinityTimeout": v.affinity_timeout,
                 "flags": [n for bit, n in FLAG_NAMES.items() if v.flags & bit],
                 "backends": [
@@ -102,7 +107,11 @@ def collect(maps: Maps, rate_interval: float = 0) -> dict[str, Any]:
             # what the programs use (the config's, else maps.h's defaults), in seconds
             "timeouts": dataclasses.asdict(Timeouts.from_slots(list(config.ct_timeout))),
         },
-        "maglevRingSize": config.ring_size,
+        "maglev": {
+            "tables": len(tables),
+            "bytes": sum(maglev_table_bytes(m) for m, _ in tables.values()),
+            "largestSize": config.ring_size,  # --ring-size
+        },
         # the sources of SNAT to backends on other nodes
         "nodeAddresses": [get_addr(config.node_addr4), get_addr(config.node_addr6)],
         "fibCache": bool(config.fib_cache),
@@ -161,7 +170,9 @@ def render(status: dict[str, Any]) -> str:
             if ":" in f["address"]
             else (f"{f['address']}:{f['port']}")
         )
-        algo = f["algorithm"] + (f"/g{f['ringGeneration']}" if f["ring"] is not None else "")
+        algo = f["algorithm"]
+        if algo == "maglev":
+            algo += f"/{f['maglevTable']}" if f["maglevTable"] else " (due)"
         extra = ",".join(f["flags"]) + (
             f" affinity={f['affinityTimeout']}s" if f["affinityTimeout"] else ""
         )
@@ -179,7 +190,9 @@ def render(status: dict[str, Any]) -> str:
         f"conntrack: {c['flows']} flows ({c['entries']} of {c['capacity']} entries), "
         f"{c['unanswered']} not answered yet (of {c['unansweredCapacity'] // 2})",
         "conntrack timeouts (s): " + ", ".join(f"{k} {v}" for k, v in c["timeouts"].items()),
-        f"maglev ring size: {status['maglevRingSize']}",
+        "maglev: {tables} tables, {kib:.0f} KiB (largest M {largestSize})".format(
+            kib=status["maglev"]["bytes"] / 2**10, **status["maglev"]
+        ),
         f"node addresses (SNAT): {', '.join(status['nodeAddresses'])}",
         f"hash seed: {status['hashSeed']}",
         "FIB answers: "

@@ -1,13 +1,19 @@
 """DesiredState -> the maps, with the smallest set of writes, in an order that never lets a
 packet see a half-built Service:
 
-  backends -> slots -> the idle half of each Maglev ring -> service entries (which flip to the
-  new ring half in the same write) -> then, in reverse, stale service entries, slots past the
-  new count, rings and backends nobody uses any more.
+  backends -> slots -> each changed group's Maglev table (a new one swapped in whole) ->
+  service entries -> then, in reverse, stale service entries, slots past the new count, tables
+  and backends nobody uses any more.
+
+A Maglev table costs about 0.5 ms to build at M = 1021, so a first sync of thousands of
+groups builds them within a time budget (Syncer.table_budget) and leaves the rest due for the
+next syncs (SyncResult.tables_due); until its table is in, a group's frontends pick their slot
+by flow hash, the same choice on every node. A table is never left stale: one that no longer
+matches its group is replaced or removed before the backends it names can go.
 
 Identities are stable: a backend keeps its id for as long as it exists (conntrack entries
 name backends by id), a frontend keeps its id (its counters), a group of frontends sharing one
-backend list keeps its slots and ring. A new Syncer reads all of them back from the pinned
+backend list keeps its slots and Maglev table. A new Syncer reads all of them back from the pinned
 maps, so a restarted agent rewrites nothing that is already right and breaks no flow.
 """
 
@@ -20,9 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..maglev import build_table
+from ..maglev import build_table, fingerprint, table_size
 from ..model.state import Algorithm, Backend, DesiredState, Frontend, FrontendKind, NoBackend
 from .config import DatapathConfig
+from .maglev_tables import table_bytes
 from .maps import (
     ALG_NUM,
     ANNOUNCE_GRACE_NS,
@@ -111,11 +118,7 @@ def _same(before: tuple[Frontend, ...] | None, now: list[Frontend]) -> bool:
 class Group:
     id: int
     backends: tuple[int, ...] = ()  # backend ids in slots 1..n
-    ring: int = -1  # -1: no Maglev ring
-    ring_gen: int = 0
-    table: np.ndarray | None = None  # the live half as written; None: unknown, rewrite
-    built_from: tuple = ()  # (backend names, backend ids) the table was built from
-    algorithm: Algorithm = Algorithm.RANDOM  # what its frontends use (Maglev may fall back)
+    table: tuple[int, int] | None = None  # (M, fingerprint) of its Maglev table; None: none
 
 
 @dataclass
@@ -125,12 +128,12 @@ class _Plan:
     full: bool  # the first sync after a (re)start: everything, and whatever the maps hold
     wanted: dict[GroupKey, list[Frontend]]  # the groups looked at, with their frontends
     applied: dict[GroupKey, tuple[Frontend, ...]]  # the last sync's (the Syncer's own)
-    changed: set[GroupKey]  # the groups to write or remove (grows: _recycle_rings)
+    changed: set[GroupKey]  # the groups to write or remove (and those with a table due)
     removed: set[GroupKey]  # the groups that went
     gone_ids: set[int]  # the ids of groups that went and that no new group took over
 
     def fes_of(self, gk: GroupKey) -> list[Frontend]:
-        """A group's frontends: as wanted now, else (a ringless group woken) as applied."""
+        """A group's frontends: as wanted now, else (a group with its table due) as applied."""
         return self.wanted[gk] if gk in self.wanted else list(self.applied[gk])
 
     def live(self) -> list[GroupKey]:
@@ -146,7 +149,9 @@ class SyncError(RuntimeError):
 class SyncResult:
     writes: int = 0
     deletes: int = 0
-    ring_writes: int = 0
+    tables: int = 0  # Maglev tables built and swapped in
+    table_bytes: int = 0  # the kernel memory those take
+    tables_due: int = 0  # groups whose table waits for the next sync (the budget ran out)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     # (frontend id, backend address, port) for each backend a frontend lost or that stopped
@@ -169,7 +174,10 @@ class Syncer:
         # backend -> how many groups use it with each flag value (0-7), 16 bits a count,
         # packed in one int: one entry per backend, not a dict (100,000 backends at 10k)
         self.users: dict[tuple[str, int], int] = {}
-        self.ringless: set[GroupKey] = set()  # want Maglev, got no ring (source-hash)
+        # Maglev groups whose table was not built yet (the budget ran out): the next sync
+        # builds them, whether or not they changed
+        self.tables_due: set[GroupKey] = set()
+        self.table_budget = 0.25  # seconds of table building a sync, past the first table
         self.service_groups: dict[str, set[GroupKey]] = {}  # Service -> its applied groups
         self.serial = 0  # of the last state applied (a translator's; 0: none known)
         self.ranges: dict[int, set[str]] = maps.read_source_ranges()
@@ -177,15 +185,14 @@ class Syncer:
         self.nets_from: tuple | None = None  # the (cluster_ips, service_cidrs) written last
         self.groups: dict[int, Group] = {}
         slots = maps.read_slots()
+        tables = maps.maglev.installed()
         for v in self.frontends.values():
             if v.group not in self.groups:
                 by_slot = slots.get(v.group, {})
                 self.groups[v.group] = Group(
-                    v.group,
-                    tuple(by_slot[s] for s in sorted(by_slot)),
-                    v.ring if v.algorithm == ALG_NUM[Algorithm.MAGLEV] else -1,
-                    v.ring_gen,
+                    v.group, tuple(by_slot[s] for s in sorted(by_slot)), tables.get(v.group)
                 )
+        self.orphan_tables = set(tables) - set(self.groups)  # removed by the first sync
         self.group_ids: dict[GroupKey, int] = {}
         self.config_value: tuple | None = None
         self.netns = netns_cookie()  # the node's: this agent runs in its network namespace
@@ -229,14 +236,6 @@ class Syncer:
                 self.groups[next_id] = Group(next_id)
                 next_id += 1
 
-    def _free_ring(self) -> int:
-        """The lowest unused ring (-1: none), from the set taken at the start of the sync's
-        ring step (one pass over the groups per sync, not per group)."""
-        free = next((r for r in range(self.cfg.max_rings) if r not in self.rings_used), -1)
-        if free >= 0:
-            self.rings_used.add(free)
-        return free
-
     # -- the sync ----------------------------------------------------------------------------------
 
     def sync(
@@ -259,8 +258,7 @@ class Syncer:
         plan = self._plan(state)
         res.gone = self._gone(plan.changed, plan.removed, plan.fes_of)
         unused = self._write_backends(plan, res)
-        recycled = self._recycle_rings(plan)
-        old_counts = self._write_groups(plan, recycled, res)
+        old_counts = self._write_groups(plan, res)
         wanted_keys = self._write_frontends(plan, res)
         self._delete_stale(plan, wanted_keys, old_counts, unused, res)
         self._remember(plan)
@@ -291,6 +289,7 @@ class Syncer:
         changed = {
             gk for gk, fes in wanted.items() if full or not _same(self.applied.get(gk), fes)
         } | removed
+        changed |= {gk for gk in self.tables_due if gk not in removed and gk in self.applied}
         gone_ids = {self.group_ids[gk] for gk in removed if gk in self.group_ids}
         for gk in removed:
             self.group_ids.pop(gk, None)
@@ -343,36 +342,18 @@ class Syncer:
         backends.flush()
         return unused
 
-    def _recycle_rings(self, plan: _Plan) -> dict[int, int]:
-        """Rings of groups this sync removes, and of groups that no longer use Maglev, free at
-        once (ring -> its generation); their frontends stay live until the deletes at the
-        end, so a new owner must write the half they do not read. Groups that wanted a ring
-        and had none join the changed ones when one was freed."""
-        recycled: dict[int, int] = {}
-        for gid in plan.gone_ids:
-            group = self.groups[gid]
-            if group.ring >= 0:
-                recycled[group.ring] = group.ring_gen
-                group.ring = -1
-        for gk in plan.live():
-            group = self.groups[self.group_ids[gk]]
-            if group.ring >= 0 and plan.fes_of(gk)[0].algorithm is not Algorithm.MAGLEV:
-                recycled[group.ring] = group.ring_gen
-                group.ring, group.table = -1, None
-        if recycled:
-            plan.changed |= {gk for gk in self.ringless if gk not in plan.removed}
-        return recycled
-
-    def _write_groups(
-        self, plan: _Plan, recycled: dict[int, int], res: SyncResult
-    ) -> dict[int, int]:
-        """2. Slots and 3. rings, per changed group (slots flushed before any ring is
-        written); each group's former backend count, for the deletes."""
+    def _write_groups(self, plan: _Plan, res: SyncResult) -> dict[int, int]:
+        """2. Slots and 3. Maglev tables, per changed group; each group's former backend
+        count, for the deletes."""
         m = self.maps
-        self.rings_used = {g.ring for g in self.groups.values() if g.ring >= 0}
         old_counts: dict[int, int] = {}
         slots = Batch(m.slots)
-        self.pending_slots = slots  # _ring flushes it before the first ring write
+        self.table_deadline: float | None = None  # set by the first table built
+        self.installs: list[tuple[Group, tuple[int, int], np.ndarray]] = []
+        self.stale: list[Group] = []
+        if self.orphan_tables:  # a predecessor's, of groups nothing names: gone before a new
+            res.deletes += m.maglev.remove(sorted(self.orphan_tables))  # group takes the id
+            self.orphan_tables = set()
         for gk in sorted(plan.live(), key=lambda g: self.group_ids.get(g, 0)):
             fes = plan.fes_of(gk)
             group = self.groups[self.group_ids[gk]]
@@ -384,13 +365,35 @@ class Syncer:
                     slots.set(m.slot_key_raw(group.id, slot), U32(bid))
                     res.writes += 1
             group.backends = ids
-            group.algorithm = self._ring(group, fes[0], ordered, recycled, res)
-            if fes[0].algorithm is Algorithm.MAGLEV and group.ring < 0:
-                self.ringless.add(gk)
-            else:
-                self.ringless.discard(gk)
+            if fes[0].algorithm is Algorithm.MAGLEV and ordered:
+                self._table(gk, group, ordered, res)
+            else:  # no table is read (count 0, or another algorithm): removed at the end
+                self.tables_due.discard(gk)
         slots.flush()
+        self._swap_tables(res)
+        res.tables_due = len(self.tables_due)
         return old_counts
+
+    def _swap_tables(self, res: SyncResult) -> None:
+        """The tables _table built, swapped in, and the stale ones it gave up, removed: in a
+        batch each (maglev_tables.py says why)."""
+        if self.installs:
+            res.table_bytes += self.maps.maglev.install(
+                [(g.id, table, wanted[1]) for g, wanted, table in self.installs]
+            )
+            for group, wanted, _ in self.installs:
+                group.table = wanted
+            res.tables += len(self.installs)
+        res.deletes += self._drop_tables(self.stale)
+        self.installs, self.stale = [], []
+
+    def _drop_tables(self, groups: list[Group]) -> int:
+        if not groups:
+            return 0
+        dropped = self.maps.maglev.remove([g.id for g in groups])
+        for group in groups:
+            group.table = None
+        return dropped
 
     def _write_frontends(self, plan: _Plan, res: SyncResult) -> set[FrontendKey]:
         """4. Service entries of changed groups, and their source ranges written before the
@@ -417,11 +420,9 @@ class Syncer:
                 value = SvcValue(
                     id=svc_id,
                     group=group.id,
-                    ring=max(group.ring, 0),
                     affinity_timeout=fe.affinity_timeout,
                     count=len(group.backends),
-                    algorithm=ALG_NUM[group.algorithm],
-                    ring_gen=group.ring_gen,
+                    algorithm=ALG_NUM[fe.algorithm],
                     flags=(
                         (SVC_F_PRESERVE_CLIENT if fe.preserve_client_ip else 0)
                         | (SVC_F_DROP_EMPTY if fe.no_backend is NoBackend.DROP else 0)
@@ -468,6 +469,13 @@ class Syncer:
             if plan.full
             else [self.group_ids[gk] for gk in plan.live()] + list(plan.gone_ids)
         )
+        reading = self._reading_tables(plan)
+        unread = [  # their frontends are gone or no longer read them
+            self.groups[gid]
+            for gid in checked
+            if self.groups[gid].table is not None and gid not in reading
+        ]
+        res.deletes += self._drop_tables(unread)
         for gid in checked:
             group = self.groups[gid]
             first_stale = 1 if gid in plan.gone_ids else len(group.backends) + 1
@@ -475,6 +483,7 @@ class Syncer:
                 self._delete(m.slots, m.slot_key(gid, slot), res)
             if gid in plan.gone_ids:
                 del self.groups[gid]
+
         if plan.full:  # whatever the maps held that nothing uses
             unused = [(v.address, v.port) for v in self.backends.values() if v.address]
             unused = [k for k in unused if k not in self.users]
@@ -494,7 +503,7 @@ class Syncer:
         """What this sync applied, for the next one to skip what does not change."""
         for gk in plan.removed:
             self.applied.pop(gk, None)
-            self.ringless.discard(gk)
+            self.tables_due.discard(gk)
             groups = self.service_groups.get(gk[0])
             if groups is not None:
                 groups.discard(gk)
@@ -504,52 +513,42 @@ class Syncer:
             self.applied[gk] = tuple(plan.fes_of(gk))
             self.service_groups.setdefault(gk[0], set()).add(gk)
 
-    def _ring(
-        self,
-        group: Group,
-        fe: Frontend,
-        ordered: list[Backend],
-        recycled: dict[int, int],
-        res: SyncResult,
-    ) -> Algorithm:
-        """Writes the group's Maglev table into the idle half of its ring and flips the
-        generation; the flip reaches packets with the service entries. Returns the algorithm
-        the group's frontends will use (source-hash when no ring is free)."""
-        if fe.algorithm is not Algorithm.MAGLEV:
-            group.ring = -1
-            group.table = None
-            return fe.algorithm
-        if group.ring < 0:
-            group.ring = self._free_ring()
-            group.ring_gen = recycled.get(group.ring, group.ring_gen)
-            group.table = None
-            if group.ring < 0:
-                res.warnings.append(
-                    f"{fe.service}: no free Maglev ring (max_rings={self.cfg.max_rings}); "
-                    "using source-hash for it: raise max_rings"
-                )
-                return Algorithm.SOURCE_HASH
-        if not ordered:
-            return Algorithm.MAGLEV  # count 0: the ring is never read
-        names = tuple(b.name for b in ordered)
-        if group.table is not None and (names, group.backends) == group.built_from:
-            return Algorithm.MAGLEV  # same backends, same slots: the same table (no rebuild)
-        size = self.cfg.ring_size
-        index = build_table(list(names), size)
-        table = np.asarray(group.backends, dtype=np.uint32)[index]
-        if group.table is not None and np.array_equal(group.table, table):
-            group.built_from = (names, group.backends)
-            return Algorithm.MAGLEV
-        self.pending_slots.flush()  # the ring names backends by slot: slots first
-        gen = group.ring_gen ^ 1
-        base = (group.ring * 2 + gen) * size
-        keys = (ct.c_uint32 * size).from_buffer(np.arange(base, base + size, dtype=np.uint32))
-        values = (ct.c_uint32 * size).from_buffer(np.ascontiguousarray(table))
-        self.maps.rings.items_update_batch(keys, values)
-        group.ring_gen, group.table = gen, table
-        group.built_from = (names, group.backends)
-        res.ring_writes += 1
-        return Algorithm.MAGLEV
+    def _table(self, gk: GroupKey, group: Group, ordered: list[Backend], res: SyncResult) -> None:
+        """Makes the group's Maglev table the one its backends give (names in slot order, ids
+        as now): kept if the kernel's already is, else built and swapped in while the sync's
+        table budget lasts (the first always), else removed and left due."""
+        names = [b.name for b in ordered]
+        size = table_size(len(names), self.cfg.ring_size)
+        wanted = (size, fingerprint(names, group.backends, size))
+        if group.table == wanted:
+            self.tables_due.discard(gk)
+            return
+        now = time.perf_counter()
+        if self.table_deadline is None:
+            self.table_deadline = now + self.table_budget
+        elif now > self.table_deadline:
+            if group.table is not None:  # stale: it may name backends about to go
+                self.stale.append(group)
+            self.tables_due.add(gk)
+            return
+        table = np.asarray(group.backends, dtype=np.uint32)[build_table(names, size)]
+        self.tables_due.discard(gk)
+        same_size = group.table is not None and group.table[0] == size
+        if same_size and self.maps.maglev.rewrite(group.id, table, wanted[1]):  # in place
+            group.table = wanted
+            res.tables += 1
+            res.table_bytes += table_bytes(size)
+            return
+        self.installs.append((group, wanted, table))
+
+    def _reading_tables(self, plan: _Plan) -> set[int]:
+        """The ids of the changed groups whose frontends read a Maglev table after this sync
+        (a group this sync did not look at keeps what it has)."""
+        return {
+            self.group_ids[gk]
+            for gk in plan.live()
+            if (fes := plan.fes_of(gk))[0].algorithm is Algorithm.MAGLEV and fes[0].backends
+        }
 
     def _gone(self, changed, removed, fes_of) -> set[tuple[int, str, int]]:
         """What each changed group's frontends lost since the last sync: a backend no longer
@@ -611,7 +610,7 @@ class Syncer:
         set_addr(leaf.node_addr4, addr4)
         set_addr(leaf.node_addr6, addr6)
         leaf.snat_port_min, leaf.snat_port_max = self.cfg.snat_ports
-        leaf.ring_size = self.cfg.ring_size
+        leaf.ring_size = self.cfg.ring_size  # (the largest table: for `xlb status`)
         leaf.fib_cache = int(fib_cache)
         leaf.ct_timeout[:] = self.cfg.ct_timeouts.slots()
         leaf.hash_seed = self.cfg.hash_seed

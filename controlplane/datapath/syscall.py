@@ -183,16 +183,37 @@ class _MapCreateAttr(ct.Structure):
     ]
 
 
-def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
-    """A new map's file descriptor (the caller closes it; a pin keeps the map)."""
+MAP_TYPE_ARRAY = 2
+MAP_F_INNER_MAP = 1 << 12  # BPF_F_INNER_MAP: an inner map whose size may differ from the template's
+
+
+def map_create(
+    map_type: int, key_size: int, value_size: int, max_entries: int, name: str, flags: int = 0
+) -> int:
+    """A new map's file descriptor (the caller closes it; a pin, or an outer map holding it,
+    keeps the map)."""
     attr = _MapCreateAttr(
         map_type=map_type,
         key_size=key_size,
         value_size=value_size,
         max_entries=max_entries,
+        map_flags=flags,
         map_name=name.encode()[:15],
     )
     return bpf(_BPF_MAP_CREATE, attr)
+
+
+_BPF_MAP_GET_FD_BY_ID = 14
+
+
+class _GetIdAttr(ct.Structure):
+    _fields_ = [("id", ct.c_uint32), ("next_id", ct.c_uint32), ("open_flags", ct.c_uint32)]
+
+
+def map_fd_by_id(map_id: int) -> int:
+    """A new file descriptor for the map with this id (what a map-in-map lookup from user space
+    returns); FileNotFoundError when it is gone."""
+    return bpf(_BPF_MAP_GET_FD_BY_ID, _GetIdAttr(id=map_id))
 
 
 def obj_pin(fd: int, path: str) -> None:
@@ -202,7 +223,7 @@ def obj_pin(fd: int, path: str) -> None:
 
 # The map commands of bpf(2).
 MAP_LOOKUP, MAP_UPDATE, MAP_DELETE, MAP_NEXT_KEY = 1, 2, 3, 4
-MAP_LOOKUP_BATCH, MAP_UPDATE_BATCH = 24, 26
+MAP_LOOKUP_BATCH, MAP_UPDATE_BATCH, MAP_DELETE_BATCH = 24, 26, 27
 
 
 class _ElemAttr(ct.Structure):

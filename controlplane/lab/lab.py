@@ -519,8 +519,6 @@ class Lab:
             node.cgroup,
             "--pin-root",
             node.pin_root,
-            "--max-rings",
-            "32",
             "--ct-size",
             "65536",
             "--bind-address",

@@ -67,3 +67,46 @@ def test_removing_one_backend_keeps_97_percent_of_the_other_flows(xdp, maps, syn
     kept = [a == b for a, b in zip(before, after, strict=True) if a != gone]
     assert sum(kept) / len(kept) >= 0.97, sum(kept) / len(kept)
     assert gone not in after
+
+
+def test_without_its_table_a_group_picks_by_flow_hash_alike_on_every_node(
+    xdp, maps, syncer, other_agent, dp_config
+):
+    """A group whose table is not built yet (due past the sync's budget, or right after an
+    upgrade) is still balanced, by flow hash over its slots: the same choice on both agents,
+    every backend used, nothing dropped."""
+    program_b, syncer_b = other_agent
+    syncer.sync(state(BACKENDS), NODE4, NODE6)
+    syncer_b.sync(state(list(reversed(BACKENDS))), NODE4, NODE6)
+    with_tables = choices(xdp, maps)
+    for s in (syncer, syncer_b):  # as an upgrade leaves them, before the agent's first sync
+        assert s.maps.maglev.remove(list({v.group for v in s.frontends.values()})) == 1
+    a, b = choices(xdp, maps), choices(program_b, syncer_b.maps)
+    assert a == b and len(set(a)) == len(BACKENDS)
+    assert a != with_tables  # the slots' hash, not the table's
+    restarted = Syncer(Maps.open(maps.pin_root), dp_config)  # the agent starts
+    assert restarted.sync(state(BACKENDS), NODE4, NODE6).tables == 1
+    assert choices(xdp, maps) == with_tables
+
+
+def test_hundreds_of_maglev_groups_each_read_their_own_table(xdp, maps, syncer):
+    """There used to be 64 rings; now every group has a table, and each frontend's flows go to
+    its own backends only."""
+    fes = tuple(
+        frontend(NODE4, 31000 + i, "TCP", [local(f"10.245.{i // 100}.{i % 100 * 2 + k}", 80)
+                                           for k in range(2)], service=f"default/m{i}")
+        for i in range(300)
+    )  # fmt: skip
+    syncer.table_budget = 60
+    res = syncer.sync(DesiredState(frontends=fes), NODE4, NODE6)
+    assert res.tables_due == 0 and len(maps.maglev.installed()) == 300
+    fd = xdp.functions["xdp_lb"].fd
+    maps.ct.clear()
+    maps.ct_new.clear()
+    for fe in fes:
+        own = {b.address for b in fe.backends}
+        for sport in range(20000, 20004):
+            out = prog_test_run(fd, bytes(tcp("198.51.100.7", sport, NODE4, fe.port)))
+            assert Ether(out.data)[IP].dst in own, fe.port
+    syncer.sync(DesiredState(), NODE4, NODE6)
+    assert maps.maglev.installed() == {}

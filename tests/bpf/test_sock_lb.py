@@ -382,18 +382,18 @@ def _hash_u64(v: int) -> int:
 
 
 def test_maglev_for_connect_time_choices(client, maps, dp_config):
-    """Each connection's backend is the one the Maglev ring holds at its socket's hash (the
-    socket cookie's): computed here from the ring the sync wrote, so that random or source
-    hash, which pick elsewhere two times in three, fail."""
+    """Each connection's backend is the one the group's Maglev table holds at its socket's
+    hash (the socket cookie's): computed here from the table the kernel holds, so that random
+    or source hash (or the slots' flow-hash fallback), which pick elsewhere, fail."""
     v = maps.read_services()[("10.96.0.14", 80, Protocol.TCP, Scope.INTERNAL)]
     assert v.algorithm == ALG_NUM[Algorithm.MAGLEV]
     backends = maps.read_backends()
-    half = (v.ring * 2 + (v.ring_gen & 1)) * dp_config.ring_size
+    table = maps.maglev.read(v.group)
+    assert table is not None and len(table) == 251  # 3 backends: the smallest size
     seen = set()
     for _ in range(10):
         cookie, landed = client(COOKIE_CLIENT.format(addr="10.96.0.14", port=80))
-        slot = half + _hash_u64(int(cookie)) % dp_config.ring_size
-        want = backends[maps.rings[maps.rings.Key(slot)].value].address
+        want = backends[table[_hash_u64(int(cookie)) % len(table)]].address
         assert landed == want, (cookie, landed, want)
         seen.add(landed)
     assert len(seen) > 1  # the sockets were spread over the ring

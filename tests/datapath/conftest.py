@@ -18,7 +18,6 @@ def small_config(root: str) -> DatapathConfig:
         max_services=256,
         max_backends=256,
         max_slots=1024,
-        max_rings=2,
         ct_size=1024,
         affinity_size=256,
         max_source_ranges=16,

@@ -19,7 +19,7 @@ from controlplane.datapath.programs import DatapathError
 from controlplane.datapath.syscall import map_create, obj_pin
 from tests.datapath.conftest import small_config
 
-LRU_HASH = 9
+HASH, ARRAY, LRU_HASH = 1, 2, 9
 
 
 def test_a_field_that_moved_is_carried_and_a_new_one_starts_at_zero():
@@ -153,4 +153,54 @@ def test_a_change_that_cannot_be_carried_leaves_everything_as_it_was(scratch_roo
     with pytest.raises(DatapathError, match=r"map config .* cannot be carried over \(ring_size"):
         loader.load(cfg)
     assert read_layout(scratch_root)["xlb_config"]["leaf"] == config_old
+    assert not glob.glob(f"{scratch_root}_next_*")
+
+
+def test_an_upgrade_from_the_maglev_rings_carries_the_services_and_unpins_the_rings(
+    scratch_root, capfd
+):
+    """From the xlb before per-group Maglev tables: service entries had `ring` and `ring_gen`
+    and one flat `rings` array held every table. The entries are carried without them, the
+    rings stay pinned only until the new programs are attached, and the tables come with the
+    first sync (until then a Maglev frontend picks from its slots)."""
+    cfg = small_config(scratch_root)
+    loader.load(cfg)
+    layout = read_layout(scratch_root)
+    svc_old = copy.deepcopy(layout["xlb_services"]["leaf"])
+    names = [m[0] for m in svc_old[1]]
+    svc_old[1].insert(names.index("affinity_timeout"), ["ring", "unsigned int"])
+    svc_old[1] = [m if m[0] != "pad1" else ["ring_gen", "unsigned char"] for m in svc_old[1]]
+    key_desc = layout["xlb_services"]["key"]
+    os.unlink(os.path.join(scratch_root, "services"))
+    os.unlink(os.path.join(scratch_root, "maglev"))  # the old xlb had none
+    fd = map_create(HASH, 24, 24, cfg.max_services, "xlb_services")
+    obj_pin(fd, os.path.join(scratch_root, "services"))
+    os.close(fd)
+    fd = map_create(ARRAY, 4, 4, 2 * 2 * 251, "xlb_rings")
+    obj_pin(fd, os.path.join(scratch_root, "rings"))
+    os.close(fd)
+    old = PinnedTable.open("xlb_services", f"{scratch_root}/services", key_desc, svc_old)
+    key = addr_bytes("192.168.198.201") + struct.pack("=HBB4x", 0x901F, 6, 1)
+    # id 5, group 2, ring 1, affinity 30, count 3, algorithm 1 (Maglev), ring_gen 1, flags 4
+    old[old.Key.from_buffer_copy(key)] = old.Leaf.from_buffer_copy(
+        struct.pack("=IIIIHBBHH", 5, 2, 1, 30, 3, 1, 1, 4, 0)
+    )
+    old.close()
+    tables = {n: (e["pin"], e["key"], e["leaf"]) for n, e in layout.items() if n != "xlb_maglev"}
+    tables["xlb_services"] = ("services", key_desc, svc_old)
+    tables["xlb_rings"] = ("rings", '"unsigned int"', '"unsigned int"')
+    write_layout(scratch_root, tables)
+    capfd.readouterr()
+
+    loader.load(cfg)
+
+    assert "carried the maps services over" in capfd.readouterr().err
+    assert not os.path.exists(os.path.join(scratch_root, "rings"))
+    maps = Maps.open(scratch_root)
+    (entry,) = maps.read_services().values()
+    assert (entry.id, entry.group, entry.affinity_timeout, entry.count) == (5, 2, 30, 3)
+    assert (entry.algorithm, entry.flags) == (1, 4)
+    assert maps.maglev.installed() == {}  # the first sync builds them
+    assert "xlb_rings" not in read_layout(scratch_root)
+    maps.close()
     assert not glob.glob(f"{scratch_root}_next_*")

@@ -93,7 +93,7 @@ def test_the_loader_compiles_in_a_child_and_its_caller_never_imports_bcc(scratch
         from controlplane.datapath.config import DatapathConfig
         from controlplane.datapath.maps import Maps
         cfg = DatapathConfig(pin_root={scratch_root!r}, max_services=256, max_backends=256,
-                             max_slots=1024, max_rings=2, ct_size=1024, affinity_size=256,
+                             max_slots=1024, ct_size=1024, affinity_size=256,
                              max_source_ranges=16)
         loader.load(cfg)
         maps = Maps.open(cfg.pin_root)
@@ -114,7 +114,7 @@ def test_a_loader_that_fails_says_why_in_the_callers_error(scratch_root):
         loader.load(small_config(scratch_root), "xlb-no-such-if", "/sys/fs/cgroup")
 
 
-def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_refused(scratch_root, capfd):
+def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_needs_no_reload(scratch_root, capfd):
     import dataclasses
 
     from controlplane.datapath import loader
@@ -124,8 +124,9 @@ def test_a_size_the_pins_do_not_have_is_said_and_a_ring_size_refused(scratch_roo
     assert "warning" not in capfd.readouterr().err
     loader.load(dataclasses.replace(cfg, ct_size=2048))
     assert "the pinned map ct keeps its 1024 entries, not 2048" in capfd.readouterr().err
-    with pytest.raises(DatapathError, match="run `xlb datapath down`"):
-        loader.load(dataclasses.replace(cfg, max_rings=3))
+    # Maglev tables are sized as they are built: another --ring-size needs no `down`
+    loader.load(dataclasses.replace(cfg, ring_size=1021))
+    assert "warning" not in capfd.readouterr().err.replace("keeps its 1024", "")
 
 
 def test_maps_pinned_by_an_xlb_with_another_layout_are_refused_before_loading(scratch_root):

@@ -16,6 +16,7 @@ from controlplane.datapath.maps import (
     Maps,
 )
 from controlplane.datapath.sync import Syncer
+from controlplane.maglev import build_table, table_size
 from controlplane.model.state import Algorithm, DesiredState, Scope
 from tests.bpf.test_xdp_lb import NODE4, NODE6, frontend, local
 
@@ -49,6 +50,18 @@ class Recorder:
         self._log.append((self._name, "set"))
         self._table.items_update_batch(keys, values)
 
+    def install(self, *args):  # the Maglev tables
+        self._log.append((self._name, "set"))
+        return self._table.install(*args)
+
+    def rewrite(self, *args):
+        self._log.append((self._name, "set"))
+        return self._table.rewrite(*args)
+
+    def remove(self, *args):
+        self._log.append((self._name, "del"))
+        return self._table.remove(*args)
+
     def __getattr__(self, attr):
         return getattr(self._table, attr)
 
@@ -56,10 +69,10 @@ class Recorder:
 @pytest.fixture
 def recorded(maps):
     log = []
-    for name in ("services", "slots", "backends", "rings"):
+    for name in ("services", "slots", "backends", "maglev"):
         setattr(maps, name, Recorder(name, getattr(maps, name), log))
     yield maps, log
-    for name in ("services", "slots", "backends", "rings"):
+    for name in ("services", "slots", "backends", "maglev"):
         setattr(maps, name, getattr(maps, name)._table)
 
 
@@ -67,21 +80,22 @@ def test_second_identical_sync_writes_nothing(syncer):
     first = syncer.sync(web(), NODE4, NODE6)
     assert first.writes > 0
     again = syncer.sync(web(), NODE4, NODE6)
-    assert (again.writes, again.deletes, again.ring_writes) == (0, 0, 0)
+    assert (again.writes, again.deletes, again.tables) == (0, 0, 0)
 
 
-def test_frontends_of_one_service_port_share_slots_and_ring(syncer):
+def test_frontends_of_one_service_port_share_slots_and_table(syncer, maps):
     syncer.sync(web(), NODE4, NODE6)
     a = syncer.frontends[(NODE4, 30080, "TCP", Scope.EXTERNAL)]
     b = syncer.frontends[("192.168.198.240", 80, "TCP", Scope.EXTERNAL)]
-    assert (a.group, a.ring) == (b.group, b.ring) and a.id != b.id
+    assert a.group == b.group and a.id != b.id
+    assert set(maps.maglev.installed()) == {a.group}
 
 
 def test_one_endpoint_added_writes_only_what_changed(syncer):
     syncer.sync(web(), NODE4, NODE6)
     res = syncer.sync(web(WEB + [local("10.244.1.9", 8080)]), NODE4, NODE6)
-    # one backend, one slot, one ring half, two service entries (count and generation)
-    assert (res.writes, res.deletes, res.ring_writes) == (1 + 1 + 2, 0, 1)
+    # one backend, one slot, one new table swapped in, two service entries (count)
+    assert (res.writes, res.deletes, res.tables) == (1 + 1 + 2, 0, 1)
 
 
 def test_writes_come_in_an_order_that_never_exposes_a_half_built_service(syncer, recorded):
@@ -103,9 +117,10 @@ def test_writes_come_in_an_order_that_never_exposes_a_half_built_service(syncer,
     phases = [
         ("backends", "set"),
         ("slots", "set"),
-        ("rings", "set"),
+        ("maglev", "set"),
         ("services", "set"),
         ("services", "del"),
+        ("maglev", "del"),
         ("slots", "del"),
         ("backends", "del"),
     ]
@@ -119,32 +134,73 @@ def test_removed_service_leaves_nothing_behind(syncer, maps):
     syncer.sync(web(), NODE4, NODE6)
     syncer.sync(DesiredState(), NODE4, NODE6)
     assert (len(maps.services), len(maps.slots), maps.read_backends()) == (0, 0, {})
+    assert maps.maglev.installed() == {}
 
 
-def test_restart_reads_back_ids_and_rewrites_nothing_but_rings(syncer, maps, dp_config):
+def test_restart_reads_back_ids_and_tables_and_rewrites_nothing(syncer, maps, dp_config):
     state = web(affinity_timeout=30)
     syncer.sync(state, NODE4, NODE6)
     restarted = Syncer(Maps.open(maps.pin_root), dp_config)
     assert restarted.frontends == syncer.frontends
     assert restarted.backend_ids == syncer.backend_ids
     res = restarted.sync(state, NODE4, NODE6)
-    # rings are rebuilt once, identically, into the idle half; the entries flip to it
-    assert res.ring_writes == 1 and res.deletes == 0
-    assert res.writes == 2 + 1  # two entries (generation), the node config
+    # the table's fingerprint says it was built from these backends: not rebuilt
+    assert (res.tables, res.deletes, res.writes) == (0, 0, 1)  # the node config only
     assert restarted.backend_ids == syncer.backend_ids
 
 
-def test_out_of_rings_falls_back_to_source_hash_with_a_warning(syncer, dp_config):
+def test_every_maglev_group_gets_a_table_sized_from_its_backends(syncer, maps, dp_config):
+    """No cap on Maglev groups (there were 64 rings): 300 Services, each with its own table,
+    100 slots a backend from the ladder of sizes; a second sync builds none again."""
     fes = tuple(
-        frontend(NODE4, 30000 + i, "TCP", WEB, service=f"default/s{i}")
-        for i in range(dp_config.max_rings + 1)
-    )
+        frontend(NODE4, 30000 + i, "TCP", WEB[: 1 + i % 3] if i % 50 else WEB * 0,
+                 service=f"default/s{i}")
+        for i in range(300)
+    )  # fmt: skip
+    syncer.sync(DesiredState(), NODE4, NODE6)  # what an earlier test left
+    syncer.table_budget = 60  # all in one sync, however slow the machine
     res = syncer.sync(DesiredState(frontends=fes), NODE4, NODE6)
-    algos = [
-        syncer.frontends[(NODE4, 30000 + i, "TCP", Scope.EXTERNAL)].algorithm
-        for i in range(dp_config.max_rings + 1)
-    ]
-    assert algos.count(2) == 1 and "raise max_rings" in res.warnings[0]
+    tables = maps.maglev.installed()
+    assert res.tables == len(tables) == 294  # every 50th has no backend, and no table
+    for fe in fes:
+        v = syncer.frontends[fe.key]
+        assert v.algorithm == ALG_NUM[Algorithm.MAGLEV]
+        if fe.backends:
+            want = 251 if len(fe.backends) <= 2 else 1021  # 100 slots a backend
+            assert tables[v.group][0] == table_size(len(fe.backends), dp_config.ring_size) == want
+        else:
+            assert v.group not in tables
+    print(f"{res.tables} tables, {res.table_bytes / 2**10:.0f} KiB, {res.seconds * 1000:.0f} ms")
+    assert syncer.sync(DesiredState(frontends=fes), NODE4, NODE6).tables == 0
+
+
+def test_tables_past_the_budget_are_due_and_built_by_the_next_syncs(syncer, maps):
+    """With no budget, a sync builds one table and leaves the others due (their frontends
+    pick by flow hash over the slots meanwhile); the next syncs build the rest with nothing
+    else changed. A due group whose backends change meanwhile gets the table of its new
+    backends, and a group that had a table and changes past the budget loses the stale one."""
+    fes = tuple(frontend(NODE4, 30000 + i, "TCP", WEB, service=f"default/s{i}") for i in range(4))
+    syncer.sync(DesiredState(), NODE4, NODE6)  # what an earlier test left
+    syncer.table_budget = 0
+    res = syncer.sync(DesiredState(frontends=fes), NODE4, NODE6)
+    assert (res.tables, res.tables_due, len(maps.maglev.installed())) == (1, 3, 1)
+    res = syncer.sync(DesiredState(frontends=fes), NODE4, NODE6)
+    assert (res.tables, res.tables_due, len(maps.maglev.installed())) == (1, 2, 2)
+    fewer = tuple(frontend(NODE4, 30000 + i, "TCP", WEB[:2], service=f"default/s{i}")
+                  for i in range(4))  # fmt: skip
+    res = syncer.sync(DesiredState(frontends=fewer), NODE4, NODE6)
+    # one rebuilt, the other table (stale: it names the backend that goes) removed
+    assert (res.tables, res.tables_due, len(maps.maglev.installed())) == (1, 3, 1)
+    assert maps.read_backends()  # the backend left is deleted only after the stale table
+    while res.tables_due:
+        res = syncer.sync(DesiredState(frontends=fewer), NODE4, NODE6)
+    backends = maps.read_backends()
+    names = sorted(b.name for b in WEB[:2])
+    for fe in fewer:
+        v = syncer.frontends[fe.key]
+        got = [backends[i].address for i in maps.maglev.read(v.group)]
+        addr = {b.name: b.address for b in WEB}
+        assert got == [addr[names[i]] for i in build_table(names, 251)]
 
 
 def test_source_ranges_follow_the_frontend(syncer, maps):
@@ -216,17 +272,36 @@ def test_algorithm_and_policy_flags(syncer):
 
 def maps_view(maps):
     """What the maps say, without ids: per frontend (count, algorithm, flags, affinity,
-    backends in slot order), every backend's flags, and which ring each Maglev one reads."""
+    backends in slot order), every backend's flags, and per frontend its Maglev table as
+    backend addresses (None: it has none); and the groups that have a table."""
     slots, backends = maps.read_slots(), maps.read_backends()
-    out, rings = {}, {}
+    out, tables = {}, {}
     for key, v in maps.read_services().items():
         group = slots.get(v.group, {})
         addrs = tuple((backends[group[s]].address, backends[group[s]].port) for s in sorted(group))
         out[key] = (v.count, v.algorithm, v.flags, v.affinity_timeout, addrs[: v.count])
-        if v.algorithm == ALG_NUM[Algorithm.MAGLEV]:
-            rings.setdefault(v.ring, set()).add(v.group)
+        table = maps.maglev.read(v.group)
+        tables[key] = None if table is None else [backends[i].address for i in table]
     flags = {(b.address, b.port): b.flags for b in backends.values()}
-    return out, flags, rings
+    return out, flags, tables, set(maps.maglev.installed())
+
+
+def expected_table(fe, ring_size):
+    """The Maglev table of a frontend's backends as addresses, from maglev.py directly."""
+    if fe.algorithm is not Algorithm.MAGLEV or not fe.backends:
+        return None
+    ordered = sorted(fe.backends, key=lambda b: b.name)
+    index = build_table([b.name for b in ordered], table_size(len(ordered), ring_size))
+    return [ordered[i].address for i in index]
+
+
+def check_tables(state, tables, groups, syncer, ring_size, step):
+    """Every Maglev frontend with backends reads exactly the table of its backends, the
+    others none, and no table is left that no frontend reads."""
+    for fe in state.frontends:
+        assert tables[fe.key] == expected_table(fe, ring_size), (step, fe.key)
+    reading = {syncer.frontends[fe.key].group for fe in state.frontends if tables[fe.key]}
+    assert groups == reading, step
 
 
 def expected_view(state):
@@ -250,8 +325,8 @@ def expected_view(state):
 def test_incremental_syncs_leave_the_maps_as_a_full_sync_would(syncer, maps, dp_config):
     """Random changes, each synced incrementally (unchanged Services handed over as the
     same objects, as the agent's translator does): after every step the maps hold exactly
-    the desired state, no two groups share a ring, and a Maglev group goes without a ring
-    only while every ring is taken. A restarted Syncer then finds nothing to change."""
+    the desired state, every Maglev group with backends reads the table of its backends,
+    and no table is left over. A restarted Syncer then finds nothing to change."""
     import random
 
     rng = random.Random(7)
@@ -291,23 +366,18 @@ def test_incremental_syncs_leave_the_maps_as_a_full_sync_would(syncer, maps, dp_
                 services[i] = make(i)
         state = DesiredState(frontends=tuple(fe for i in sorted(services) for fe in services[i]))
         syncer.sync(state, NODE4, NODE6)
-        got, flags, rings = maps_view(maps)
+        got, flags, tables, groups = maps_view(maps)
         want, want_flags = expected_view(state)
         assert set(got) == set(want), step
         for key, (count, algo, fl, aff, addrs) in want.items():
             g = got[key]
-            assert (g[0], g[2], g[3], g[4]) == (count, fl, aff, addrs), (step, key)
-            if algo is Algorithm.MAGLEV and g[1] != ALG_NUM[Algorithm.MAGLEV]:
-                assert g[1] == ALG_NUM[Algorithm.SOURCE_HASH]
-                assert len(rings) == dp_config.max_rings, (step, "a ring was free")
-            elif algo is not Algorithm.MAGLEV:
-                assert g[1] == ALG_NUM[algo]
+            assert g == (count, ALG_NUM[algo], fl, aff, addrs), (step, key)
         assert flags == want_flags, step
-        assert all(len(groups) == 1 for groups in rings.values()), step
+        check_tables(state, tables, groups, syncer, dp_config.ring_size, step)
     restarted = Syncer(Maps.open(maps.pin_root), dp_config)
     res = restarted.sync(state, NODE4, NODE6)
-    assert res.deletes == 0
-    assert maps_view(maps)[:2] == (got, flags)
+    assert (res.deletes, res.tables) == (0, 0)
+    assert maps_view(maps) == (got, flags, tables, groups)
 
 
 def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer, maps, dp_config):
@@ -360,17 +430,13 @@ def test_translator_hints_sync_only_what_changed_and_the_maps_stay_right(syncer,
         assert state == translate(svcs, sls, NODE1), step
         hinted += state.changed is not None
         syncer.sync(state, NODE4, NODE6)
-        got, flags, rings = maps_view(maps)
+        got, flags, tables, groups = maps_view(maps)
         want, want_flags = expected_view(state)
         assert set(got) == set(want), step
         for key, (count, algo, fl, aff, addrs) in want.items():
-            assert (got[key][0], got[key][2], got[key][3], got[key][4]) == (
-                count, fl, aff, addrs,
-            ), (step, key)  # fmt: skip
-            if algo is Algorithm.MAGLEV and got[key][1] != ALG_NUM[Algorithm.MAGLEV]:
-                assert len(rings) == dp_config.max_rings, (step, "a ring was free")
+            assert got[key] == (count, ALG_NUM[algo], fl, aff, addrs), (step, key)
         assert flags == want_flags, step
-        assert all(len(groups) == 1 for groups in rings.values()), step
+        check_tables(state, tables, groups, syncer, dp_config.ring_size, step)
     assert hinted > 20  # the fast path was taken, and often
 
 
@@ -384,9 +450,9 @@ def test_raw_entries_match_the_ctypes_ones_and_a_wrong_layout_is_refused(maps):
 
     key = ("fd00:10:96::10", 8080, Protocol.UDP, Scope.EXTERNAL)
     assert maps.svc_key_raw(*key) == bytes(maps.svc_key(*key))
-    value = SvcValue(7, 3, 1, 600, 12, 2, 1, 5)
+    value = SvcValue(7, 3, 600, 12, 2, 5)
     leaf = maps.services.Leaf()
-    for name in ("id", "group", "ring", "affinity_timeout", "count", "algorithm", "ring_gen"):
+    for name in ("id", "group", "affinity_timeout", "count", "algorithm"):
         setattr(leaf, name, getattr(value, name))
     leaf.flags = value.flags
     assert maps.svc_leaf_raw(value) == bytes(leaf)

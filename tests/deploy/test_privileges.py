@@ -81,7 +81,7 @@ def _prepare(node) -> None:
         "NODE_IP": NODE_IP,
     }
     args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in init["command"][1:]]
-    out = node.xlb(*args, "--cgroup", node.cgroup, "--max-rings", "4")
+    out = node.xlb(*args, "--cgroup", node.cgroup)
     assert out.returncode == 0, out.stderr
     assert "programs attached to up0" in out.stdout, out.stdout
 
@@ -90,7 +90,7 @@ def _run_agent(node, tmp: Path, caps: list[str], preloaded: bool = True) -> Agen
     manifest = tmp / "cluster.yaml"
     manifest.write_text(MANIFEST)
     args = ["-f", str(manifest), "--node", "node-1", "--uplink", "up0", "--cgroup", node.cgroup,
-            "--pin-root", node.pin_root, "--max-rings", "4"]  # fmt: skip
+            "--pin-root", node.pin_root]  # fmt: skip
     if preloaded:
         _prepare(node)
         args.append("--preloaded")

@@ -240,8 +240,17 @@ def _map_size(name: str, entries: int) -> Callable[[Run], None]:
 
 
 def _ring_size(run: Run) -> None:
-    assert run.status()["maglevRingSize"] == 1021
-    _map_size("rings", 16 * 2 * 1021)(run)  # --max-rings 16 in every row
+    status = run.status()
+    assert status["maglev"]["largestSize"] == 1021
+    # the NodePort's table is built (one backend: the smallest size, under the cap)
+    sizes = {f["maglevTable"] for f in status["frontends"] if f["algorithm"] == "maglev"}
+    assert sizes == {251}, status["frontends"]
+
+
+def _max_rings(run: Run) -> None:
+    """Accepted (a DaemonSet from before keeps starting), said to do nothing."""
+    assert "--max-rings no longer has any effect" in run.agent.text()
+    assert all(f["maglevTable"] for f in run.status()["frontends"] if f["algorithm"] == "maglev")
 
 
 def _bind_address(run: Run) -> None:
@@ -492,7 +501,7 @@ def _xdp_prog_id(topo: NodeTopology) -> int:
 
 def _prepare_node(topo: NodeTopology) -> None:
     out = topo.xlb("prepare-node", "--uplink", "up0", "--cgroup", topo.cgroup,
-                   "--pin-root", topo.pin_root, "--max-rings", "16")  # fmt: skip
+                   "--pin-root", topo.pin_root)  # fmt: skip
     assert out.returncode == 0, out.stderr
     topo.preloaded_prog = _xdp_prog_id(topo)
 
@@ -608,7 +617,7 @@ ROWS = [
     Row("--cgroup", (), _cgroup),
     Row("--pin-root", (), _pin_root),
     Row("--ct-size", ("--ct-size", "2048"), _map_size("ct", 2048)),
-    Row("--max-rings", ("--max-rings", "2"), _map_size("rings", 2 * 2 * 16381)),
+    Row("--max-rings", ("--max-rings", "2"), _max_rings),
     Row("--ring-size", ("--ring-size", "1021"), _ring_size),
     Row("--bind-address", ("--bind-address", "127.0.0.1"), _bind_address),
     Row(
@@ -769,9 +778,7 @@ def test_agent_flag(node: NodeTopology, row: Row, tmp_path):
         (tmp_path / name).write_text(content)
     args = [a.replace("{dir}", str(tmp_path)) for a in row.args]
     base = ["--node", "node-1", "--uplink", "up0", "--cgroup", node.cgroup,
-            "--pin-root", node.pin_root, "--max-rings", "16"]  # fmt: skip
-    if "--max-rings" in args:
-        base = base[:-2]
+            "--pin-root", node.pin_root]  # fmt: skip
     if "--node" in args:
         base = base[2:]
     with contextlib.ExitStack() as stack:

@@ -117,8 +117,7 @@ class Topology(NodeTopology):
         path = self.tmp / "cluster.yaml"
         path.write_text(manifests(pods))
         out = self.xlb("datapath", "up", "-f", str(path), "--node", "node-1", "--uplink", "up0",
-                       "--cgroup", self.cgroup, "--pin-root", self.pin_root,
-                       "--max-rings", "4")  # fmt: skip
+                       "--cgroup", self.cgroup, "--pin-root", self.pin_root)  # fmt: skip
         assert out.returncode == 0, out.stderr
         return out
 

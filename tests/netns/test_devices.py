@@ -50,7 +50,7 @@ def _agent(topo: NodeTopology, tmp_path, text: str, *args: str) -> AgentProcess:
     (tmp_path / "cluster.yaml").write_text(text)
     (tmp_path / "key").write_text(KEY)
     base = ["-f", str(tmp_path / "cluster.yaml"), "--node", "node-1", "--cgroup", topo.cgroup,
-            "--pin-root", topo.pin_root, "--max-rings", "4", "--pool", POOL,
+            "--pin-root", topo.pin_root, "--pool", POOL,
             "--gossip-key-file", str(tmp_path / "key")]  # fmt: skip
     agent = AgentProcess(topo, [*base, *args])
     agent.wait_ready()

@@ -83,7 +83,7 @@ def test_the_lan_hears_the_node_only_for_xlbs_addresses(node, tmp_path):
     (tmp_path / "key").write_text(KEY)
     args = ["--source", "kubernetes", "--kubeconfig", str(kubeconfig), "--node", "node-1",
             "--uplink", "up0", "--cgroup", topo.cgroup, "--pin-root", topo.pin_root,
-            "--max-rings", "4", "--pool", POOL, "--gossip-key-file", str(tmp_path / "key"),
+            "--pool", POOL, "--gossip-key-file", str(tmp_path / "key"),
             # statuses stay as the writers left them (xlb's allocator would replace a
             # class-less Service's out-of-pool address with one of its pool's)
             "--no-lb-allocator"]  # fmt: skip
