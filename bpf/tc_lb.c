@@ -12,6 +12,7 @@
 #include "lib/frag.h"
 #include "lib/csum.h"
 #include "lib/icmp.h"
+#include "lib/dsr.h"
 
 #define XLB_PULL_LEN (sizeof(struct ethhdr) + 60 + sizeof(struct tcphdr))
 /* What xlb returns for every packet it lets go on, rewritten or not: "next" (TC_ACT_UNSPEC),
@@ -75,7 +76,10 @@ int tc_lb(struct __sk_buff *skb)
 	union xlb_addr frontend = ct->nat_saddr;
 	__be16 fport = ct->nat_sport, cport = ct->nat_dport; /* cport: the client's own port */
 	__u32 svc = ct->svc;
+	__u16 flags = ct->flags;
 	xlb_ct_observe(ct, pending, &p, now); /* the backend's answer, FIN or RST; may move ct */
+	if ((flags & XLB_CT_F_DSR_IN) && p.proto == IPPROTO_TCP && (p.tcp_flags & XLB_TCP_SYN))
+		xlb_skb_clamp_mss(skb, &p, p.family == 4 ? XLB_DSR_OPT4_LEN : XLB_DSR_EXT6_LEN);
 	xlb_count_svc(svc, skb->len, 0, 0);
 	xlb_frag_note(&p, now); /* the reply's own tuple: its later fragments look it up so */
 	if (!xlb_skb_snat(skb, &p, &frontend, fport))

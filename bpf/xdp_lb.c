@@ -4,7 +4,9 @@
  * (NodePort, externalIP, LoadBalancer IP) starts a flow: source ranges, then a backend by
  * session affinity or the Service's algorithm, then DNAT (and SNAT to the node when the
  * backend is on another node), a forward and a reverse conntrack entry, and delivery: to the
- * stack for a local backend, out again via the FIB for a remote one. Everything else passes
+ * stack for a local backend, out again via the FIB for a remote one (SNATed, or with the
+ * frontend carried in the packet for direct server return, dsr.h). A packet that carries a
+ * frontend to a backend on this node has the carrier taken off here. Everything else passes
  * untouched, counted by reason. */
 #include "lib/headers.h"
 #include "lib/maps.h"
@@ -24,6 +26,7 @@
 #include "lib/frag.h"
 #include "lib/icmp.h"
 #include "lib/verify.h"
+#include "lib/dsr.h"
 
 BPF_TABLE_PINNED("prog", __u32, __u32, xlb_tail_xdp_lb, XLB_TAILS, XLB_PIN_ROOT "/tail_xdp_lb");
 
@@ -141,6 +144,28 @@ static __always_inline int xlb_time_exceeded(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
+/* Sends a DSR flow's packet (DNATed: p is its tuple now) on to its backend's node with
+ * frontend:port carried (dsr.h): XDP_TX or a redirect by the FIB; XDP_DROP, counted, if the
+ * carrier cannot be added or makes the packet too big for the uplink (for TCP, tc_lb on
+ * the backend's node lowered the MSS by the carrier's size, so only packets of clients that
+ * ignore it, or of UDP, meet this). */
+static __always_inline int xlb_dsr_send(struct xdp_md *ctx, struct xlb_pkt *p,
+					const union xlb_addr *frontend, __be16 port, __u64 now)
+{
+	if (xlb_dsr_push(ctx, p, frontend, port)) { /* (a fragment, or no headroom) */
+		xlb_count_reason(XLB_R_DSR_NOT_CARRIABLE);
+		return XDP_DROP;
+	}
+	__u32 mtu = 0;
+	if (bpf_check_mtu(ctx, 0, &mtu, 0, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED) {
+		xlb_report(XLB_R_DROP_DSR_TOO_BIG, p, XLB_EVENT_NO_SVC, ctx->ingress_ifindex,
+			   XLB_HOOK_XDP);
+		return XDP_DROP;
+	}
+	xlb_count_reason(XLB_R_DSR_CARRIED);
+	return xlb_fib_forward(ctx, p, now);
+}
+
 /* Rewrites a packet of a tracked flow and sends it on. */
 static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 				       struct xlb_ct *ct, int pending, __u32 len, __u64 now)
@@ -150,12 +175,19 @@ static __always_inline int xlb_tracked(struct xdp_md *ctx, struct xlb_pkt *p,
 	__u16 flags = ct->flags;
 	union xlb_addr saddr = ct->nat_saddr, daddr = ct->nat_daddr;
 	__be16 sport = ct->nat_sport, dport = ct->nat_dport;
-	if ((flags & XLB_CT_F_SNAT) && !xlb_hops_left(data, data_end, p->family))
+	if ((flags & (XLB_CT_F_SNAT | XLB_CT_F_DSR)) && !xlb_hops_left(data, data_end, p->family))
 		return xlb_time_exceeded(ctx); /* (before anything is noted or rewritten) */
 	xlb_count_svc(ct->svc, len, 0, 0);
 	xlb_frag_note(p, now); /* (the hot path takes no fragment) */
 	if (now) /* (0: the fast path below, which has nothing to note) */
 		xlb_ct_observe(ct, pending, p, now); /* last use of ct: it may move the entry */
+	if (flags & XLB_CT_F_DSR) { /* the frontend the client addressed, for the carrier */
+		saddr = p->daddr;
+		sport = p->dport;
+		if (xlb_rewrite(data, data_end, p, &p->saddr, p->sport, &daddr, dport))
+			return XDP_DROP;
+		return xlb_dsr_send(ctx, p, &saddr, sport, now);
+	}
 	if (xlb_rewrite(data, data_end, p, &saddr, sport, &daddr, dport))
 		return XDP_DROP;
 	if (flags & XLB_CT_F_SNAT)
@@ -192,6 +224,15 @@ int xdp_lb(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	__u32 len = data_end - data;
+	/* a DSR flow's packet to a backend on this node, its frontend carried: the tail takes
+	 * the carrier off (IPv4 with options, or IPv6 with one extension header: rare) */
+	if (p.l4_off != sizeof(struct ethhdr) + sizeof(struct iphdr) &&
+	    p.l4_off != sizeof(struct ethhdr) + sizeof(struct ipv6hdr) &&
+	    xlb_dsr_carried(data, data_end, &p)) {
+		xlb_tail_xdp_lb.call(ctx, XLB_TAIL_DSR);
+		xlb_count_reason(XLB_R_PASS_NO_TAIL);
+		return XDP_PASS;
+	}
 
 	struct xlb_ct_key ck = {};
 	xlb_ct_key_of(&p, &ck);
@@ -202,7 +243,7 @@ int xdp_lb(struct xdp_md *ctx)
 	 * flow's stamp, and a forward hit on an entry past its idle timeout would pick the same
 	 * local backend a new one would. */
 	if (ct && p.proto == IPPROTO_TCP && ct->state == XLB_CT_EST &&
-	    !(ct->flags & (XLB_CT_F_SNAT | XLB_CT_F_CLOSING | XLB_CT_F_REVERSE)) &&
+	    !(ct->flags & (XLB_CT_F_SNAT | XLB_CT_F_CLOSING | XLB_CT_F_REVERSE | XLB_CT_F_DSR)) &&
 	    !(p.tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)) && !p.frag &&
 	    xlb_ct_usable(ct, &p))
 		goto tracked; /* (one call site for the three ways there: xlb_tracked is inlined, and
@@ -258,6 +299,8 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	/* read once: clang may otherwise keep &ctx->ingress_ifindex, which the verifier refuses */
+	__u32 ifindex = ctx->ingress_ifindex;
 	struct xlb_hint *h = xlb_hint_get();
 	if (!h)
 		return XDP_PASS;
@@ -301,7 +344,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	if (!xlb_l4_csum_plausible(data, data_end, p)) { /* no flow, no answer for a bad one */
-		xlb_report(XLB_R_DROP_BAD_CSUM, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+		xlb_report(XLB_R_DROP_BAD_CSUM, p, svc->id, ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	/* svc and be point into maps the sync may rewrite meanwhile; a copy would be no more
@@ -309,13 +352,13 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 
 	if ((svc->flags & XLB_SVC_F_SOURCE_RANGES) && !xlb_range_allows(svc->id, &p->saddr)) {
 		xlb_count_svc(svc->id, len, 0, 1);
-		xlb_report(XLB_R_DROP_SOURCE_RANGE, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+		xlb_report(XLB_R_DROP_SOURCE_RANGE, p, svc->id, ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	if (svc->count == 0) {
 		xlb_count_svc(svc->id, len, 0, 1);
 		if (svc->flags & XLB_SVC_F_DROP_EMPTY) {
-			xlb_report(XLB_R_DROP_NO_BACKEND, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+			xlb_report(XLB_R_DROP_NO_BACKEND, p, svc->id, ifindex, XLB_HOOK_XDP);
 			return XDP_DROP;
 		}
 		if (p->frag) { /* the stack reassembles it and answers as a host with no listener */
@@ -324,7 +367,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		}
 		if (p->proto == IPPROTO_UDP && !xlb_icmp_allowed(now))
 			return XDP_DROP;
-		xlb_report(XLB_R_REJECT_NO_BACKEND, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+		xlb_report(XLB_R_REJECT_NO_BACKEND, p, svc->id, ifindex, XLB_HOOK_XDP);
 		if (p->proto == IPPROTO_TCP)
 			return xlb_reject_tcp(ctx, p);
 		return xlb_icmp_answer(ctx, p, XLB_ANSWER_PORT_UNREACHABLE);
@@ -336,7 +379,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		      (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK | XLB_TCP_RST)) != XLB_TCP_SYN;
 	if (not_syn && (p->tcp_flags & XLB_TCP_RST)) {
 		xlb_count_svc(svc->id, len, 0, 1);
-		xlb_report(XLB_R_DROP_NOT_SYN, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+		xlb_report(XLB_R_DROP_NOT_SYN, p, svc->id, ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	struct xlb_affinity *pin = svc->affinity_timeout ? xlb_affinity_find(svc, &p->saddr, now) : 0;
@@ -349,7 +392,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	}
 	if (!be) {
 		xlb_count_svc(svc->id, len, 0, 1);
-		xlb_report(XLB_R_DROP_BACKEND_GONE, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+		xlb_report(XLB_R_DROP_BACKEND_GONE, p, svc->id, ifindex, XLB_HOOK_XDP);
 		return XDP_DROP;
 	}
 	if (svc->affinity_timeout && !not_syn) /* a pickup continues a flow: it pins nobody */
@@ -367,10 +410,23 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	flow->stamp = now;
 	flow->state = XLB_CT_NEW;
 	int port_needed = 0; /* a source port of flow->nat_saddr's that no flow to be uses */
-	if (!(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT)) {
+	int remote = !(be->flags & XLB_BE_F_LOCAL) && !(svc->flags & XLB_SVC_F_PRESERVE_CLIENT);
+	if (remote && (svc->flags & XLB_SVC_F_DSR) && (be->flags & XLB_BE_F_DSR)) {
+		if (xlb_dsr_fits(p)) {
+			/* the client's address is kept, no port is taken: a flow picked up mid-stream
+			 * (its LB IP moved here) goes to the backend Maglev gave it before */
+			if (!xlb_hops_left(data, data_end, p->family))
+				return xlb_time_exceeded(ctx);
+			flow->flags = XLB_CT_F_DSR;
+			remote = 0;
+		} else {
+			xlb_count_reason(XLB_R_DSR_NOT_CARRIABLE); /* SNAT, as the backend were not DSR */
+		}
+	}
+	if (remote) {
 		if (not_syn) {
 			xlb_count_svc(svc->id, len, 0, 1);
-			xlb_report(XLB_R_DROP_NOT_SYN, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+			xlb_report(XLB_R_DROP_NOT_SYN, p, svc->id, ifindex, XLB_HOOK_XDP);
 			return XDP_DROP;
 		}
 		if (!cfg)
@@ -380,7 +436,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		flow->nat_saddr = p->family == 4 ? cfg->node_addr4 : cfg->node_addr6;
 		flow->flags = XLB_CT_F_SNAT;
 		port_needed = 1;
-	} else if (cfg && xlb_reply_clash(p, be, now, cfg)) {
+	} else if (!(flow->flags & XLB_CT_F_DSR) && cfg && xlb_reply_clash(p, be, now, cfg)) {
 		/* the backend already answers this client address and port for another frontend
 		 * (one client port to two frontends, an endpoint-independent NAT in front): as
 		 * netfilter does, this flow's source port is remapped, its address kept */
@@ -391,7 +447,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		flow->nat_sport = cfg ? xlb_snat_port(cfg, p, &flow->nat_saddr, be, now) : 0;
 		if (!flow->nat_sport) {
 			xlb_count_svc(svc->id, len, 0, 1);
-			xlb_report(XLB_R_DROP_SNAT_EXHAUSTED, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+			xlb_report(XLB_R_DROP_SNAT_EXHAUSTED, p, svc->id, ifindex, XLB_HOOK_XDP);
 			return XDP_DROP;
 		}
 	}
@@ -403,11 +459,84 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 	__u16 flags = flow->flags;
 	if (ct) /* the tuple's earlier flow (over, or superseded): its entries go */
 		xlb_ct_forget(&ck, ct, p->proto);
+	if (flags & XLB_CT_F_DSR) { /* one entry: the replies never come back this way */
+		if (xlb_ct_create_lone(&ck, flow))
+			xlb_report(XLB_R_CT_FULL, p, svc->id, ifindex, XLB_HOOK_XDP);
+		return xlb_dsr_send(ctx, p, &ck.daddr, ck.dport, now);
+	}
 	/* after the rewrite: it turns flow into the reverse entry */
 	if (xlb_ct_create(&ck, flow))
-		xlb_report(XLB_R_CT_FULL, p, svc->id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+		xlb_report(XLB_R_CT_FULL, p, svc->id, ifindex, XLB_HOOK_XDP);
 	if (flags & XLB_CT_F_SNAT)
 		return xlb_fib_forward(ctx, p, now);
+	return XDP_PASS;
+}
+
+/* A DSR flow's packet to a backend on this node (xdp_lb saw the carrier): the carrier comes
+ * off, and the flow is tracked as if this node had balanced it, under the tuple the client
+ * sent (to the carried frontend): the backend's replies leave from the frontend (tc_lb).
+ * A carrier is believed only for a frontend that sends flows by DSR, of the packet's
+ * protocol; anything else is a forgery (it would make a pod answer from any address) and
+ * is dropped, counted. Tail of xdp_lb. */
+int xdp_lb__dsr(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xlb_pkt p = {};
+	if (xlb_parse(data, data_end, data_end - data, &p) != XLB_OK ||
+	    !xlb_dsr_carried(data, data_end, &p))
+		return XDP_PASS;
+	struct xlb_ct_key ck = {};
+	ck.saddr = p.saddr;
+	ck.sport = p.sport;
+	ck.proto = p.proto;
+	if (xlb_dsr_pull(ctx, &p, &ck.daddr, &ck.dport))
+		return XDP_DROP;
+	struct xlb_svc_key sk = {};
+	sk.addr = ck.daddr;
+	sk.port = ck.dport;
+	sk.proto = p.proto;
+	sk.scope = XLB_SCOPE_EXTERNAL;
+	struct xlb_svc *svc = xlb_services.lookup(&sk);
+	struct xlb_config *cfg = xlb_config_get();
+	/* a NodePort of another node's address: the same NodePort of this node's */
+	if (!svc && cfg && xlb_node_addrs.lookup(&ck.daddr)) {
+		sk.addr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
+		svc = xlb_services.lookup(&sk);
+	}
+	if (!svc || !(svc->flags & XLB_SVC_F_DSR) || p.family != (ck.daddr.u32[2] ==
+	    bpf_htonl(0xffff) && !ck.daddr.u64[0] ? 4 : 6)) {
+		xlb_report(XLB_R_DROP_DSR_FORGED, &p, XLB_EVENT_NO_SVC, ctx->ingress_ifindex,
+			   XLB_HOOK_XDP);
+		return XDP_DROP;
+	}
+	__u32 svc_id = svc->id;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	int pending;
+	struct xlb_ct *ct = xlb_ct_find(&ck, &pending);
+	if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && (ct->flags & XLB_CT_F_DSR_IN) &&
+	    xlb_addr_eq(&ct->nat_daddr, &p.daddr) && ct->nat_dport == p.dport) {
+		xlb_ct_observe(ct, pending, &p, now);
+	} else if (!(p.proto == IPPROTO_TCP && (p.tcp_flags & XLB_TCP_RST))) {
+		if (ct)
+			xlb_ct_forget(&ck, ct, p.proto);
+		struct xlb_ct *flow = xlb_ct_scratch();
+		if (!flow)
+			return XDP_PASS;
+		flow->nat_saddr = p.saddr;
+		flow->nat_sport = p.sport;
+		flow->nat_daddr = p.daddr;
+		flow->nat_dport = p.dport;
+		flow->svc = svc_id; /* (no backend id: a packet to the frontend itself, if this
+				     * node takes it over, is balanced anew, as Maglev agrees) */
+		flow->stamp = now;
+		flow->state = XLB_CT_NEW;
+		flow->flags = XLB_CT_F_DSR_IN;
+		if (xlb_ct_create(&ck, flow))
+			xlb_report(XLB_R_CT_FULL, &p, svc_id, ctx->ingress_ifindex, XLB_HOOK_XDP);
+	}
+	xlb_count_svc(svc_id, data_end - data, 0, 0);
+	xlb_count_reason(XLB_R_DSR_DELIVERED);
 	return XDP_PASS;
 }
 

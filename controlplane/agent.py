@@ -178,6 +178,7 @@ class Agent:
         self.remote: set[str] = set()
         self.last_warm = 0.0
         self.retry = False
+        self.xlb_nodes: frozenset[str] = frozenset()  # as the last sync saw them (DSR)
         self.failures = 0  # syncs failed in a row: the next waits 0.1 s * 2^failures (<= 30 s)
         self.next_try = 0.0
         self.state = DesiredState()
@@ -213,14 +214,24 @@ class Agent:
             return cluster
         return dataclasses.replace(cluster, slices=slices, changes=cluster.changes.widened(widen))
 
+    def _xlb_nodes(self) -> frozenset[str]:
+        """The nodes known to run xlb, whose backends DSR may reach: the gossip's live members
+        (a node whose agent died still has its programs, which take the carrier off, but a
+        node that never joined may run none). Without the gossip, only this one."""
+        if self.members is None:
+            return frozenset({self.cfg.node})
+        return frozenset(self.members.alive() | self.members.skewed())
+
     def sync_once(self) -> None:
         cluster = self._drain_dead(self.source.snapshot())
         where = self._local_addresses()
         served = {a for a, dev in where.items() if dev in self.cfg.devices}
         # every Node's addresses: never taken by a tenant's externalIP or ingress IP
+        self.xlb_nodes = self._xlb_nodes()
         translate_cfg = dataclasses.replace(
             self.cfg.translate,
             node_addresses=frozenset(a for n in cluster.nodes for a in n.addresses),
+            xlb_nodes=self.xlb_nodes,
         )
         with collector_paused():
             state, addresses = desired_state(
@@ -640,6 +651,8 @@ class Agent:
                     # node back between a sync's drain and its election would leave its
                     # endpoints drained for good (seen in the lab under CI load)
                     self.retry = True
+                if self.members is not None and self.syncs and self._xlb_nodes() != self.xlb_nodes:
+                    self.retry = True  # DSR may reach another node's backends now, or no longer
                 if self.allocator is not None and self.allocator.lease.leading != self.leading:
                     self.leading = not self.leading
                     self.retry = True  # became (or stopped being) the allocator

@@ -112,6 +112,8 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, int pending, const
 					   __u64 now)
 {
 	int reply = ct->flags & XLB_CT_F_REVERSE;
+	/* a DSR flow's entry on its balancing node: its replies never come this way */
+	int lone = ct->flags & XLB_CT_F_DSR;
 	__u8 state = ct->state, seen = ct->seen;
 	__u16 closing = ct->flags & XLB_CT_F_CLOSING;
 	if (p->proto == IPPROTO_TCP) {
@@ -124,9 +126,9 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, int pending, const
 				seen |= XLB_CT_S_SYNACK;
 			else
 				state = XLB_CT_EST;
-		} else if (!reply && (seen & XLB_CT_S_SYNACK) && (tf & XLB_TCP_ACK) &&
+		} else if (!reply && ((seen & XLB_CT_S_SYNACK) || lone) && (tf & XLB_TCP_ACK) &&
 			   !(tf & (XLB_TCP_SYN | XLB_TCP_RST))) {
-			state = XLB_CT_EST;
+			state = XLB_CT_EST; /* (a lone DSR entry never sees the SYN-ACK: the ACK) */
 		}
 		if (tf & XLB_TCP_RST) {
 			seen = (seen | XLB_CT_S_RST) & ~(XLB_CT_S_AFTER_FWD | XLB_CT_S_AFTER_REV);
@@ -156,13 +158,20 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, int pending, const
 	ct->stamp = now;
 	struct xlb_ct_key k = {};
 	xlb_ct_twin_key(ct, p->proto, &k);
-	int twin_pending;
-	struct xlb_ct *twin = xlb_ct_find(&k, &twin_pending);
+	int twin_pending = 0;
+	struct xlb_ct *twin = lone ? 0 : xlb_ct_find(&k, &twin_pending);
 	if (twin) {
 		twin->state = state;
 		twin->seen = seen;
 		twin->flags = (twin->flags & ~XLB_CT_F_CLOSING) | closing;
 		twin->stamp = now;
+	}
+	if (lone && pending && state == XLB_CT_EST) { /* it has no twin to move first */
+		struct xlb_ct_key own = {};
+		xlb_ct_key_of(p, &own);
+		if (!xlb_ct.update(&own, ct))
+			xlb_ct_new.delete(&own);
+		return;
 	}
 	if (!pending || state != XLB_CT_EST || !twin)
 		return; /* (a lone entry, its twin evicted, stays where it is until it expires) */
@@ -217,6 +226,13 @@ static __always_inline int xlb_ct_create(struct xlb_ct_key *key, struct xlb_ct *
 	 * (xlb_reply_clash); one left here is over, and would be found first in the
 	 * established table and turn this flow's replies into that one's */
 	xlb_ct.delete(key);
+	return xlb_ct_new.update(key, val) ? -1 : 0;
+}
+
+/* Records a DSR flow on its balancing node: val under key (the client's tuple), alone and
+ * not answered yet (its replies never come this way: one insert). 0, or -1. */
+static __always_inline int xlb_ct_create_lone(struct xlb_ct_key *key, struct xlb_ct *val)
+{
 	return xlb_ct_new.update(key, val) ? -1 : 0;
 }
 

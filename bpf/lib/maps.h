@@ -37,6 +37,9 @@
 #ifndef XLB_SOCK_REV_SIZE
 #define XLB_SOCK_REV_SIZE 65536
 #endif
+#ifndef XLB_MAX_NODE_ADDRS
+#define XLB_MAX_NODE_ADDRS 16384 /* every Node's addresses, cluster-wide */
+#endif
 #ifndef XLB_MAX_SOURCE_RANGES
 #define XLB_MAX_SOURCE_RANGES 16384
 #endif
@@ -68,6 +71,7 @@ struct xlb_svc_key {
 #define XLB_SVC_F_PRESERVE_CLIENT 0x1 /* externalTrafficPolicy Local: never SNAT */
 #define XLB_SVC_F_DROP_EMPTY 0x2      /* no usable backend: drop (not reject) */
 #define XLB_SVC_F_SOURCE_RANGES 0x4   /* only clients in xlb_source_ranges may connect */
+#define XLB_SVC_F_DSR 0x8             /* flows to remote backends by direct server return (dsr.h) */
 
 struct xlb_svc {
 	__u32 id;               /* this frontend: counters */
@@ -88,6 +92,7 @@ struct xlb_slot_key {
 #define XLB_BE_F_LOCAL 0x1       /* runs on this node: deliver, never SNAT */
 #define XLB_BE_F_TERMINATING 0x2 /* existing flows only (terminating, or not ready) */
 #define XLB_BE_F_NOT_SERVING 0x4 /* its UDP flows move on (kube-proxy clears their conntrack) */
+#define XLB_BE_F_DSR 0x8         /* its node runs xlb, which takes DSR's carrier off (dsr.h) */
 
 struct xlb_backend {
 	union xlb_addr addr;
@@ -110,6 +115,12 @@ struct xlb_ct_key {
 #define XLB_CT_F_REVERSE 0x1 /* a reply entry: restores the frontend as the source */
 #define XLB_CT_F_SNAT 0x2    /* the forward flow was SNATed to the node address */
 #define XLB_CT_F_CLOSING 0x4 /* TCP: a FIN each way, or a RST: over once the close timeout passes */
+/* Direct server return, on the balancing node: a forward entry alone (the replies go to the
+ * client from the backend's node), whose packets leave with the carrier (dsr.h). */
+#define XLB_CT_F_DSR 0x8
+/* On the backend's node: the pair a carrier made, as if this node had balanced the flow; its
+ * backend's SYN-ACK has its MSS lowered by the carrier's size (tc_lb). */
+#define XLB_CT_F_DSR_IN 0x10
 
 /* A flow's state (xlb_ct.state). Established is 0, so that entries an older xlb wrote (it had
  * no state) carry over as the live flows they are. */
@@ -278,7 +289,12 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_BAD_CSUM 28     /* a new flow's first packet with a wrong TCP/UDP checksum */
 #define XLB_R_REJECT_CLUSTER_PORT 29 /* a ClusterIP on a port (or protocol) it does not serve */
 #define XLB_R_DROP_UNALLOCATED 30  /* an address of a service CIDR that no Service holds */
-#define XLB_R_MAX 31
+#define XLB_R_DSR_CARRIED 31        /* a DSR flow's packet: the frontend carried to the backend's node */
+#define XLB_R_DSR_DELIVERED 32      /* the carrier taken off at the backend's node, the pod's replies answer from the frontend */
+#define XLB_R_DROP_DSR_FORGED 33    /* a carrier naming no DSR frontend of this packet's protocol: not trusted */
+#define XLB_R_DROP_DSR_TOO_BIG 34   /* a DSR flow's packet too big for the next hop with the carrier added */
+#define XLB_R_DSR_NOT_CARRIABLE 35  /* a DSR flow's first packet with IPv4 options or IPv6 extension headers: SNAT */
+#define XLB_R_MAX 36
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {
@@ -356,6 +372,10 @@ BPF_TABLE_PINNED("array", __u32, struct xlb_config, xlb_config, 1, XLB_PIN_ROOT 
 /* The LoadBalancer IPs this node announces (the election's choice): xdp_lb answers ARP and
  * neighbour solicitations for them. */
 BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_lb_ips, XLB_MAX_LB_IPS, XLB_PIN_ROOT "/lb_ips");
+/* Every Node's addresses (the agent writes them): a DSR carrier naming one of them with a
+ * NodePort is believed, as the NodePort is every node's (dsr.h, xdp_lb__dsr). */
+BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_node_addrs, XLB_MAX_NODE_ADDRS,
+		 XLB_PIN_ROOT "/node_addrs");
 /* The devices the programs are attached to, by ifindex (the agent writes them). */
 BPF_TABLE_PINNED("hash", __u32, struct xlb_device, xlb_devices, XLB_MAX_DEVICES,
 		 XLB_PIN_ROOT "/devices");

@@ -61,4 +61,46 @@ static __always_inline int xlb_skb_dport(struct __sk_buff *skb, const struct xlb
 	return bpf_skb_store_bytes(skb, l4 + 2, &dport, sizeof(dport), 0);
 }
 
+/* Lowers the MSS that p's TCP SYN or SYN-ACK offers by `by` bytes, fixing the checksum: the
+ * client's packets of a DSR flow grow by the carrier on their way here (dsr.h), so the client
+ * must send that much less for them to fit. Walks at most 16 options; leaves an MSS below
+ * 536 + `by` alone (IPv4's minimum). */
+static __always_inline void xlb_skb_clamp_mss(struct __sk_buff *skb, const struct xlb_pkt *p,
+					      __u16 by)
+{
+	__u32 l4 = p->l4_off & XLB_L4_OFF_MASK;
+	__u32 want = l4 + 60; /* the longest TCP header */
+	if (skb->data_end - skb->data < want)
+		bpf_skb_pull_data(skb, want < skb->len ? want : skb->len);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct tcphdr *th = data + l4;
+	if ((void *)(th + 1) > data_end)
+		return;
+	__u32 end = th->doff * 4, at = sizeof(*th);
+	for (int i = 0; i < 16 && at + 4 <= end; i++) {
+		__u8 *o = data + l4 + (at & 63);
+		if ((void *)(o + 4) > data_end || o[0] == 0) /* (0: the end of the options) */
+			return;
+		if (o[0] == 1) { /* NOP */
+			at++;
+			continue;
+		}
+		if (o[0] == 2 && o[1] == 4) {
+			__be16 old = *(__be16 *)(o + 2);
+			__u16 mss = bpf_ntohs(old);
+			if (mss < 536 + by)
+				return;
+			__be16 new = bpf_htons(mss - by);
+			bpf_l4_csum_replace(skb, l4 + offsetof(struct tcphdr, check), old, new,
+					    sizeof(new));
+			bpf_skb_store_bytes(skb, l4 + (at & 63) + 2, &new, sizeof(new), 0);
+			return;
+		}
+		if (o[1] < 2)
+			return;
+		at += o[1];
+	}
+}
+
 #endif

@@ -14,6 +14,7 @@
 #define XLB_TAIL_NEW_FLOW 0   /* xdp_lb: a packet to a frontend that no live flow took */
 #define XLB_TAIL_ICMP_ERROR 1 /* xdp_lb: an ICMP error, maybe about a tracked flow */
 #define XLB_TAIL_TIME_EXCEEDED 2 /* xdp_lb: a packet it would forward, with no hop left */
+#define XLB_TAIL_DSR 3        /* xdp_lb: a DSR flow's packet to a backend here, frontend carried */
 #define XLB_TAILS 4
 
 /* What the entry program found, for its tail: the tail takes it only if magic says it was

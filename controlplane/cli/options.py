@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..model import TranslateConfig
-from ..model.state import Algorithm
+from ..model.state import Algorithm, Forwarding
 from ..sources.manifests import load_cluster
 from ..sources.simulated import ClusterConfig
 
@@ -116,6 +116,7 @@ def agent_config(args: argparse.Namespace, node: str):
         translate=TranslateConfig(
             external_algorithm=Algorithm(args.external_algorithm),
             internal_algorithm=Algorithm(args.internal_algorithm),
+            forwarding=Forwarding(args.forwarding_mode),
             proxy_name=args.proxy_name,
             nodeport_cidrs=parse_nodeport_addresses(args.nodeport_addresses or []),
             external_ips=parse_external_ips(args.external_ips),

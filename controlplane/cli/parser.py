@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..datapath.config import DatapathConfig
-from ..model.state import Algorithm
+from ..model.state import Algorithm, Forwarding
 from . import commands
 from .options import CONNTRACK_FLAGS, duration
 
@@ -340,6 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="maglev",
         help="backend choice for traffic from outside, unless a Service's xlb.io/lb-algorithm "
         "says otherwise (default maglev: every node picks the same backend for a flow)",
+    )
+    agent.add_argument(
+        "--forwarding-mode",
+        choices=[f.value for f in Forwarding],
+        default="snat",
+        help="how flows from outside reach backends on other nodes, unless a Service's "
+        "xlb.io/forwarding-mode says otherwise: snat (default: replies come back through "
+        "this node), dsr (direct server return: the backend sees the client's address and "
+        "answers it directly; needs xlb on the backend's node, known from the gossip, else "
+        "SNAT), hybrid (DSR for TCP, SNAT for UDP)",
     )
     agent.add_argument(
         "--internal-algorithm",

@@ -29,11 +29,13 @@ ALG_NAME = {v: k for k, v in ALG_NUM.items()}
 SVC_F_PRESERVE_CLIENT = value("XLB_SVC_F_PRESERVE_CLIENT")
 SVC_F_DROP_EMPTY = value("XLB_SVC_F_DROP_EMPTY")
 SVC_F_SOURCE_RANGES = value("XLB_SVC_F_SOURCE_RANGES")
+SVC_F_DSR = value("XLB_SVC_F_DSR")
 NET_CLUSTER_IP = value("XLB_NET_CLUSTER_IP")
 NET_SERVICE_CIDR = value("XLB_NET_SERVICE_CIDR")
 BE_F_LOCAL = value("XLB_BE_F_LOCAL")
 BE_F_TERMINATING = value("XLB_BE_F_TERMINATING")
 BE_F_NOT_SERVING = value("XLB_BE_F_NOT_SERVING")
+BE_F_DSR = value("XLB_BE_F_DSR")
 ANNOUNCE_GRACE_NS = value("XLB_ANNOUNCE_GRACE")  # the kernel answers while the beat is younger
 
 CLOCK_COARSE = 6  # CLOCK_MONOTONIC_COARSE (uapi time.h): what bpf_ktime_get_coarse_ns reads
@@ -140,6 +142,7 @@ class Maps:
         self.affinity = t("xlb_affinity")
         self.source_ranges = t("xlb_source_ranges")
         self.service_nets = t("xlb_service_nets")
+        self.node_addrs = t("xlb_node_addrs")
         self.stats = t("xlb_stats")
         self.reasons = t("xlb_reasons")
         self.config = t("xlb_config")
@@ -255,6 +258,15 @@ class Maps:
         set_addr(k.addr, str(net.network_address))
         return k
 
+    def addr_key(self, address: str) -> Any:
+        """An address as the maps keyed by one (union xlb_addr) hold it."""
+        k = self.node_addrs.Key()
+        set_addr(k, address)
+        return k
+
+    def read_node_addrs(self) -> set[str]:
+        return {get_addr(k) for k in self.node_addrs}
+
     def read_service_nets(self) -> dict[str, int]:
         """prefix -> XLB_NET_*; a full-length prefix as the address alone."""
         out = {}
@@ -268,9 +280,12 @@ class Maps:
     # -- counters ---------------------------------------------------------------------------------
 
     def reason_counts(self) -> dict[str, int]:
+        """Every reason's count; 0 for one the pinned map has no room for (maps of an older
+        xlb, until the loader carries them over)."""
         out = {}
         for i, name in enumerate(REASONS):
-            out[name] = sum(self.reasons[ct.c_uint32(i)])
+            found = self.reasons.lookup(ct.c_uint32(i)) if i < self.reasons.max_entries else None
+            out[name] = sum(found) if found is not None else 0
         return out
 
     def svc_counts(self, svc_id: int) -> dict[str, int]:

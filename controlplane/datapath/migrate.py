@@ -90,6 +90,8 @@ def _copy(old: PinnedTable, new: PinnedTable, key: Convert, leaf: Convert, only_
     n, old_size = 0, ct.sizeof(old.Leaf)
     for raw_key, raw_value in old.raw_items():
         new_key = key(raw_key)
+        if new.is_array and int.from_bytes(new_key[:4], "little") >= new.max_entries:
+            continue  # an array made smaller: what no longer fits is not carried
         if only_new and new.Key.from_buffer_copy(new_key) in new:
             continue
         if old.percpu:
@@ -193,6 +195,19 @@ def prepare(cfg: DatapathConfig) -> Migration | None:
         for name, entry in new_layout.items()
         if name in old_layout
         and (old_layout[name]["key"], old_layout[name]["leaf"]) != (entry[1], entry[2])
+    }
+    from .syscall import pinned_map_info
+
+    # a map maps.h sizes by a constant that changed (the drop reasons, when one is added):
+    # bcc would open the old one as it is, and the new entries would go uncounted
+    sizes = set(SIZE_FIELDS)
+    changed |= {
+        name: entry
+        for name, entry in new_layout.items()
+        if name in old_layout
+        and entry[0] not in sizes
+        and os.path.exists(os.path.join(root, entry[0]))
+        and pinned_map_info(os.path.join(root, entry[0])).max_entries != entry[3].max_entries
     }
     dropped = [e["pin"] for name, e in old_layout.items() if name not in new_layout]
     if not changed and not dropped:

@@ -16,11 +16,13 @@ from .maps import (
     ALG_NAME,
     ALG_NUM,
     ANNOUNCE_GRACE_NS,
+    BE_F_DSR,
     BE_F_LOCAL,
     BE_F_NOT_SERVING,
     BE_F_TERMINATING,
     CLOCK_COARSE,
     SVC_F_DROP_EMPTY,
+    SVC_F_DSR,
     SVC_F_PRESERVE_CLIENT,
     SVC_F_SOURCE_RANGES,
     Maps,
@@ -31,6 +33,7 @@ FLAG_NAMES = {
     SVC_F_PRESERVE_CLIENT: "preserve-client",
     SVC_F_DROP_EMPTY: "drop-if-empty",
     SVC_F_SOURCE_RANGES: "source-ranges",
+    SVC_F_DSR: "dsr",
 }
 
 
@@ -95,6 +98,7 @@ def collect(maps: Maps, rate_interval: float = 0) -> dict[str, Any]:
                 "local": bool(b.flags & BE_F_LOCAL),
                 "terminating": bool(b.flags & BE_F_TERMINATING),  # existing flows only
                 "serving": not b.flags & BE_F_NOT_SERVING,
+                "dsr": bool(b.flags & BE_F_DSR),  # its node takes DSR's carrier off
             }
             for i, b in sorted(backends.items())
         ],

@@ -33,6 +33,7 @@ from .maglev_tables import table_bytes
 from .maps import (
     ALG_NUM,
     ANNOUNCE_GRACE_NS,
+    BE_F_DSR,
     BE_F_LOCAL,
     BE_F_NOT_SERVING,
     BE_F_TERMINATING,
@@ -40,6 +41,7 @@ from .maps import (
     NET_CLUSTER_IP,
     NET_SERVICE_CIDR,
     SVC_F_DROP_EMPTY,
+    SVC_F_DSR,
     SVC_F_PRESERVE_CLIENT,
     SVC_F_SOURCE_RANGES,
     U32,
@@ -96,11 +98,13 @@ class Batch:
 
 def backend_flags(b: Backend) -> int:
     """A backend's flags in one group: local; existing flows only (terminating, or not ready:
-    a fallback candidate is terminating too); its UDP flows move on (not serving)."""
+    a fallback candidate is terminating too); its UDP flows move on (not serving); its node
+    takes DSR's carrier off."""
     return (
         (BE_F_LOCAL if b.local else 0)
         | (BE_F_TERMINATING if b.terminating or not b.ready else 0)
         | (BE_F_NOT_SERVING if not b.serving else 0)
+        | (BE_F_DSR if b.dsr else 0)
     )
 
 
@@ -171,7 +175,7 @@ class Syncer:
         self.synced = False
         self.applied: dict[GroupKey, tuple[Frontend, ...]] = {}
         self.contrib: dict[GroupKey, dict[tuple[str, int], int]] = {}  # backend flags
-        # backend -> how many groups use it with each flag value (0-7), 16 bits a count,
+        # backend -> how many groups use it with each flag value (0-15), 16 bits a count,
         # packed in one int: one entry per backend, not a dict (100,000 backends at 10k)
         self.users: dict[tuple[str, int], int] = {}
         # Maglev groups whose table was not built yet (the budget ran out): the next sync
@@ -183,6 +187,7 @@ class Syncer:
         self.ranges: dict[int, set[str]] = maps.read_source_ranges()
         self.nets: dict[str, int] = maps.read_service_nets()  # prefix -> XLB_NET_*
         self.nets_from: tuple | None = None  # the (cluster_ips, service_cidrs) written last
+        self.node_addrs: set[str] = maps.read_node_addrs()
         self.groups: dict[int, Group] = {}
         slots = maps.read_slots()
         tables = maps.maglev.installed()
@@ -263,6 +268,7 @@ class Syncer:
         self._delete_stale(plan, wanted_keys, old_counts, unused, res)
         self._remember(plan)
         self._sync_nets(state, res)
+        self._sync_node_addrs(state.node_addresses, res)
         self.synced = True
         self.serial = state.serial
         self._sync_config(node_addr4, node_addr6, uplink_mac, fib_cache, res)
@@ -330,7 +336,7 @@ class Syncer:
                 unused.append(key)
                 continue
             f = 0
-            for flag in range(1 << 3):  # OR of the flags of every group using it
+            for flag in range(1 << 4):  # OR of the flags of every group using it
                 if (users >> (16 * flag)) & 0xFFFF:
                     f |= flag
             bid = self._backend_id(key)
@@ -427,6 +433,7 @@ class Syncer:
                         (SVC_F_PRESERVE_CLIENT if fe.preserve_client_ip else 0)
                         | (SVC_F_DROP_EMPTY if fe.no_backend is NoBackend.DROP else 0)
                         | (SVC_F_SOURCE_RANGES if fe.source_ranges else 0)
+                        | (SVC_F_DSR if fe.dsr else 0)
                     ),
                 )
                 if old != value:
@@ -586,6 +593,17 @@ class Syncer:
         for net in [n for n in self.nets if n not in wanted]:
             self._delete(self.maps.service_nets, self.maps.net_key(net), res)
         self.nets, self.nets_from = wanted, given
+
+    def _sync_node_addrs(self, wanted: frozenset[str], res: SyncResult) -> None:
+        """Every Node's addresses, for xdp_lb to believe a DSR carrier with a NodePort."""
+        if wanted == self.node_addrs:
+            return
+        for address in wanted - self.node_addrs:
+            self.maps.node_addrs[self.maps.addr_key(address)] = ct.c_uint8(1)
+            res.writes += 1
+        for address in self.node_addrs - wanted:
+            self._delete(self.maps.node_addrs, self.maps.addr_key(address), res)
+        self.node_addrs = set(wanted)
 
     def _sync_ranges(self, svc_id: int, wanted: set[str], res: SyncResult) -> None:
         current = self.ranges.get(svc_id, set())

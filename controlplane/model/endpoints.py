@@ -34,12 +34,13 @@ class PortEndpoint:
     address: str
     port: int
 
-    def backend(self, node: Node | None) -> Backend:
+    def backend(self, node: Node | None, xlb_nodes: frozenset[str] = frozenset()) -> Backend:
         ep = self.endpoint
         local = bool(node and ep.node_name and ep.node_name == node.name)
         return Backend(
             self.address, self.port, ep.node_name, local, ep.terminating, ep.target,
             ready=ep.ready, serving=ep.serving,
+            dsr=bool(ep.node_name) and ep.node_name in xlb_nodes,
         )  # fmt: skip
 
 
@@ -99,7 +100,13 @@ def _for_topology(ep: Endpoint, mode: str, node: Node | None) -> bool:
     return True
 
 
-def categorize(service: Service, eps: list[PortEndpoint], node: Node | None) -> Categorized:
+def categorize(
+    service: Service,
+    eps: list[PortEndpoint],
+    node: Node | None,
+    xlb_nodes: frozenset[str] = frozenset(),
+) -> Categorized:
+    """(xlb_nodes: the nodes known to run xlb, whose backends DSR may reach: Backend.dsr.)"""
     ready = [pe for pe in eps if pe.endpoint.ready]
     fallback = [pe for pe in eps if pe.endpoint.serving and pe.endpoint.terminating]
 
@@ -114,7 +121,7 @@ def categorize(service: Service, eps: list[PortEndpoint], node: Node | None) -> 
     local = [pe for pe in ready if is_local(pe)] or [pe for pe in fallback if is_local(pe)]
 
     def to_backends(items: list[PortEndpoint]) -> tuple[Backend, ...]:
-        return tuple(pe.backend(node) for pe in items)
+        return tuple(pe.backend(node, xlb_nodes) for pe in items)
 
     return Categorized(
         cluster=to_backends(cluster),

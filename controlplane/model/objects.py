@@ -46,6 +46,7 @@ LABEL_ZONE = "topology.kubernetes.io/zone"
 LABEL_EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
 TAINT_TO_BE_DELETED = "ToBeDeletedByClusterAutoscaler"
 ANNOTATION_ALGORITHM = "xlb.io/lb-algorithm"
+ANNOTATION_FORWARDING = "xlb.io/forwarding-mode"  # snat | dsr | hybrid
 ANNOTATION_TOPOLOGY_MODE = "service.kubernetes.io/topology-mode"
 ANNOTATION_TOPOLOGY_HINTS = "service.kubernetes.io/topology-aware-hints"
 

@@ -31,6 +31,14 @@ class Algorithm(StrEnum):
     RANDOM = "random"  # chosen once per connection at connect() time
 
 
+class Forwarding(StrEnum):
+    """How flows from outside reach backends on other nodes."""
+
+    SNAT = "snat"  # source NAT to the node: replies come back through it
+    DSR = "dsr"  # direct server return: the client's address kept, replies go straight back
+    HYBRID = "hybrid"  # DSR for TCP, SNAT for UDP (a datagram near the MTU has no room)
+
+
 class NoBackend(StrEnum):
     """What a packet to a frontend with no backend gets."""
 
@@ -48,6 +56,7 @@ class Backend:
     target: str = ""  # the pod behind it, for display only
     ready: bool = True  # not ready: no new flows here (kept while its flows last)
     serving: bool = True  # not serving: its UDP flows move on too, its TCP ones stay
+    dsr: bool = False  # its node runs xlb, which takes direct server return's carrier off
 
     @property
     def name(self) -> str:
@@ -73,6 +82,9 @@ class Frontend:
     no_backend: NoBackend = NoBackend.REJECT
     source_ranges: tuple[str, ...] = ()  # empty: everyone may connect
     preserve_client_ip: bool = False  # externalTrafficPolicy Local: no SNAT, local backends only
+    # flows to backends on other nodes by direct server return (to those whose node runs
+    # xlb: Backend.dsr), not SNAT
+    dsr: bool = False
 
     @property
     def key(self) -> tuple[str, int, Protocol, Scope]:
@@ -111,6 +123,8 @@ class DesiredState:
     # the service CIDRs, whose other addresses go nowhere. Empty: both left alone.
     cluster_ips: frozenset[str] = frozenset()
     service_cidrs: tuple[str, ...] = ()
+    # every Node's addresses: a DSR carrier naming one with a NodePort is believed
+    node_addresses: frozenset[str] = frozenset()
     # From a Translator: this state's number, the number of the state it was patched from,
     # and the Services whose frontends may differ from that one (None: unknown). A sync that
     # applied `base` last need only look at those Services. Not part of the state's value.

@@ -23,6 +23,7 @@ from .diagnostics import Collector, Diagnostic
 from .endpoints import Categorized, categorize, port_endpoints
 from .objects import (
     ANNOTATION_ALGORITHM,
+    ANNOTATION_FORWARDING,
     LABEL_HEADLESS,
     LABEL_SERVICE_PROXY_NAME,
     EndpointSlice,
@@ -40,6 +41,7 @@ from .state import (
     Algorithm,
     Backend,
     DesiredState,
+    Forwarding,
     Frontend,
     FrontendKind,
     HealthCheck,
@@ -64,6 +66,12 @@ class TranslateConfig:
     external_ips: tuple[str, ...] = ("allow",)
     # every Node's addresses, cluster-wide: never taken by an externalIP or an ingress IP
     node_addresses: frozenset[str] = frozenset()
+    # --forwarding-mode: how flows from outside reach backends on other nodes, unless a
+    # Service's xlb.io/forwarding-mode says otherwise
+    forwarding: Forwarding = Forwarding.SNAT
+    # the nodes known to run xlb (the gossip's live members): only their backends take DSR,
+    # which needs xlb on the backend's node to take the carrier off; others get SNAT
+    xlb_nodes: frozenset[str] = frozenset()
 
 
 NODEPORT_PRIMARY = "primary"
@@ -99,6 +107,20 @@ def _algorithm(service: Service, scope: Scope, cfg: TranslateConfig, diag: Colle
                 f"{raw!r} is not one of maglev, source-hash, random; using the default",
             )
     return cfg.external_algorithm if scope is Scope.EXTERNAL else cfg.internal_algorithm
+
+
+def _forwarding(service: Service, cfg: TranslateConfig, diag: Collector) -> Forwarding:
+    raw = service.annotations.get(ANNOTATION_FORWARDING)
+    if raw:
+        try:
+            return Forwarding(raw)
+        except ValueError:
+            diag.warning(
+                f"metadata.annotations[{ANNOTATION_FORWARDING}]",
+                f"{raw!r} is not one of snat, dsr, hybrid; using the node's "
+                f"--forwarding-mode ({cfg.forwarding})",
+            )
+    return cfg.forwarding
 
 
 def _pick(cat: Categorized, policy: TrafficPolicy) -> tuple[tuple[Backend, ...], NoBackend]:
@@ -216,7 +238,7 @@ def _translate_service(
             )
             continue
         for family in families:
-            cat = categorize(service, port_endpoints(slices, sp, family), node)
+            cat = categorize(service, port_endpoints(slices, sp, family), node, cfg.xlb_nodes)
             local_ready.setdefault(family, set()).update(cat.local_ready)
             frontends += _port_frontends(service, sp, family, cat, node, cfg, diag)
     health = None
@@ -260,7 +282,16 @@ def _port_frontends(
                 service.load_balancer_source_ranges if kind is FrontendKind.LOAD_BALANCER else ()
             ),
             preserve_client_ip=(scope is Scope.EXTERNAL and policy is TrafficPolicy.LOCAL),
+            dsr=scope is Scope.EXTERNAL
+            and kind is not FrontendKind.CLUSTER_IP
+            and policy is not TrafficPolicy.LOCAL  # (its backends are all here)
+            and (
+                forwarding is Forwarding.DSR
+                or (forwarding is Forwarding.HYBRID and sp.protocol is Protocol.TCP)
+            ),
         )
+
+    forwarding = _forwarding(service, cfg, diag)
 
     out = [
         make(FrontendKind.CLUSTER_IP, Scope.INTERNAL, ip, sp.port, service.internal_traffic_policy)
@@ -565,6 +596,7 @@ def with_address_space(
             ip for s in services if _not_ours(s, cfg) is None for ip in s.cluster_ips
         ),
         service_cidrs=tuple(dict.fromkeys(cidrs)),
+        node_addresses=cfg.node_addresses,
     )
 
 

@@ -19,7 +19,7 @@ from controlplane.datapath.programs import DatapathError
 from controlplane.datapath.syscall import map_create, obj_pin
 from tests.datapath.conftest import small_config
 
-HASH, ARRAY, LRU_HASH = 1, 2, 9
+HASH, ARRAY, PERCPU_ARRAY, LRU_HASH = 1, 2, 6, 9
 
 
 def test_a_field_that_moved_is_carried_and_a_new_one_starts_at_zero():
@@ -204,3 +204,36 @@ def test_an_upgrade_from_the_maglev_rings_carries_the_services_and_unpins_the_ri
     assert "xlb_rings" not in read_layout(scratch_root)
     maps.close()
     assert not glob.glob(f"{scratch_root}_next_*")
+
+
+def test_a_constant_sized_map_that_grew_is_carried_into_its_new_size(scratch_root, capfd):
+    """The drop reasons grow when a reason is added: bcc would reuse the smaller pinned array
+    as it is (the new reasons uncounted, their reads out of range). The loader carries the
+    counts into an array of the new size."""
+    cfg = small_config(scratch_root)
+    loader.load(cfg)
+    layout = read_layout(scratch_root)
+    os.unlink(os.path.join(scratch_root, "reasons"))
+    fd = map_create(PERCPU_ARRAY, 4, 8, 20, "xlb_reasons")
+    obj_pin(fd, os.path.join(scratch_root, "reasons"))
+    os.close(fd)
+    old = PinnedTable.open(
+        "xlb_reasons", f"{scratch_root}/reasons", layout["xlb_reasons"]["key"],
+        layout["xlb_reasons"]["leaf"],
+    )  # fmt: skip
+    cpus = len(old[ct.c_uint32(0)])
+    old.update_raw([struct.pack("=I", 7)], [struct.pack("=Q", 5) * cpus])
+    old.close()
+    maps = Maps.open(scratch_root)
+    assert maps.reasons.max_entries == 20
+    assert maps.reason_counts()["pass_no_service"] == 5 * cpus  # the rest read as 0
+    maps.close()
+    capfd.readouterr()
+
+    loader.load(cfg)
+
+    assert "carried the maps reasons over" in capfd.readouterr().err
+    maps = Maps.open(scratch_root)
+    assert maps.reasons.max_entries == len(maps.reason_counts()) > 20
+    assert maps.reason_counts()["pass_no_service"] == 5 * cpus
+    maps.close()

@@ -184,6 +184,17 @@ def _algorithms(scope: str, algorithm: str) -> Callable[[Run], None]:
     return check
 
 
+def _forwarding_mode(run: Run) -> None:
+    """hybrid: the external TCP frontends are flagged for DSR in the kernel (their remote
+    backends would need xlb on their node: this node's backend is local, so its flows are
+    delivered here as ever), the ClusterIPs and node-internal ones never."""
+    flagged = {(f["address"], f["scope"]) for f in run.status()["frontends"] if "dsr" in f["flags"]}
+    assert (EXT_IP, "external") in flagged and (LB_IP, "external") in flagged, flagged
+    assert all(scope == "external" for _, scope in flagged), flagged
+    out = run.topo.curl(run.topo.client, f"http://{NODE_IP}:30080/")
+    assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+
+
 def _proxy_name(run: Run) -> None:
     addresses = {a for a, _, _ in run.frontends()}
     assert "10.96.0.60" in addresses and "10.96.0.50" not in addresses, addresses
@@ -608,6 +619,7 @@ ROWS = [
         ("--internal-algorithm", "maglev"),
         _algorithms("internal", "maglev"),
     ),  # fmt: skip
+    Row("--forwarding-mode", ("--forwarding-mode", "hybrid", "--pool", POOL), _forwarding_mode),
     Row("--proxy-name", ("--proxy-name", "xlb"), _proxy_name),
     Row("--proxy-name (default)", (), _unlabelled_only),
     Row("--uplink", (), _uplink),
