@@ -157,8 +157,8 @@ def test_connections_through_an_lb_ip_survive_its_owner_losing_its_cable(lab):
         holder.kill()
         if lan_ns:
             subprocess.run(["ip", "-n", lan_ns, "link", "set", port, "up"], check=True)
-    print(f"{other} answered for {ip} (by ARP probes) {took:.2f} s after {before}'s cable was pulled; "
-          f"{CONNECTIONS - len(after['errors'])} of {CONNECTIONS} connections answered again, "
-          f"the slowest after {max(after['seconds'])} s")  # fmt: skip
+    print(f"{other} seen answering for {ip} (ARP probes) {took:.2f} s after {before}'s "
+          f"cable was pulled; {CONNECTIONS - len(after['errors'])} of {CONNECTIONS} "
+          f"connections answered again, the slowest {max(after['seconds'])} s after")  # fmt: skip
     assert after["errors"] == [], after
     assert after["pods"] == first  # each on the backend it had
