@@ -14,12 +14,17 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from controlplane.datapath.syscall import prog_test_run
-from controlplane.model.state import Algorithm, DesiredState
+from controlplane.model.state import Algorithm, Backend, DesiredState
 from tests.bpf.packets import CLIENT_MAC, NODE_MAC, tcp
-from tests.bpf.test_xdp_lb import CLIENT4, NODE4, NODE6, frontend, local
+from tests.bpf.test_dsr import carried4
+from tests.bpf.test_xdp_forward import lan  # noqa: F401  (fixture: routes for the FIB)
+from tests.bpf.test_xdp_lb import CLIENT4, NODE4, NODE6, XDP_PASS, XDP_TX, frontend, local
 
 RUNS = 3000
 BACKENDS = [local(f"10.244.1.{i}", 8080) for i in range(1, 11)]
+# on node-2 (routed by the lan fixture), which runs xlb: DSR may reach them
+REMOTE = [Backend(f"10.244.2.{i}", 8080, "node-2", False, dsr=True) for i in range(1, 11)]
+LB4 = "192.168.198.240"
 STATE = DesiredState(
     frontends=(
         frontend(NODE4, 30080, "TCP", BACKENDS),
@@ -27,6 +32,10 @@ STATE = DesiredState(
         # long repeat stays on the established path with all its work
         frontend(NODE4, 30099, "TCP", [local(NODE4, 30099)]),
         frontend(NODE4, 30081, "TCP", BACKENDS, algorithm=Algorithm.RANDOM, affinity_timeout=600),
+        frontend(NODE4, 30200, "TCP", REMOTE, dsr=True),  # balanced here, by DSR
+        frontend(NODE4, 30201, "TCP", REMOTE),  # the same by SNAT
+        # this node as a DSR backend's node: carriers naming the LB IP come off here
+        frontend(LB4, 443, "TCP", [local("10.244.1.5", 8443)], dsr=True, kind="LoadBalancer"),
         *(
             frontend(
                 f"192.168.{200 + i // 250}.{i % 250}",
@@ -41,8 +50,8 @@ STATE = DesiredState(
 )
 
 
-def median_ns(fd: int, packets: list[bytes]) -> float:
-    return statistics.median(prog_test_run(fd, p).duration_ns for p in packets)
+def median_ns(fd: int, packets: list[bytes], ifindex: int = 0) -> float:
+    return statistics.median(prog_test_run(fd, p, ifindex=ifindex).duration_ns for p in packets)
 
 
 def repeated_ns(fd: int, packet: bytes, repeat: int = 100000, rounds: int = 5) -> float:
@@ -51,7 +60,7 @@ def repeated_ns(fd: int, packet: bytes, repeat: int = 100000, rounds: int = 5) -
 
 
 @pytest.fixture(scope="module")
-def programmed(xdp, tc, dp_config):
+def programmed(xdp, tc, dp_config, lan):  # noqa: F811
     from controlplane.datapath.maps import Maps
     from controlplane.datapath.sync import Syncer
 
@@ -71,6 +80,13 @@ PATHS = {
     "new_flow_maglev": ("XDP, new flow with Maglev (single runs, median of 3,000)", "≤ 200 ns"),
     "new_flow_affinity_hit": ("XDP, new flow, session-affinity hit (single runs)", ""),
     "reply_translation_tc": ("tc, reply translation (single runs)", ""),
+    "new_flow_dsr": (
+        "XDP, new flow to a remote backend by DSR: DNAT, carrier, FIB (single runs)",
+        "≤ one-insert floor + 150 ns + harness",
+    ),
+    "new_flow_snat_remote": ("XDP, the same by SNAT: a port probed, two inserts (single runs)", ""),
+    "established_dsr": ("XDP, established DSR flow: DNAT, carrier, FIB (single runs)", ""),
+    "dsr_decap": ("XDP, the backend's node: a carried packet of a known flow (single runs)", ""),
     "repeat1_overhead": ("what a single run adds over a repeated one (harness)", ""),
     "floor_empty": ("floor: an empty XDP program", ""),
     "floor_lru_hit": ("floor: one LRU hit, conntrack-sized", ""),
@@ -187,6 +203,55 @@ def test_reply_translation_tc(benchmark, programmed):
     )
     ns = benchmark.pedantic(median_ns, (tc_fd, [reply] * RUNS), rounds=1, iterations=1)
     record(benchmark, "reply_translation_tc", ns)
+
+
+def test_new_flow_dsr(benchmark, programmed, lan):  # noqa: F811
+    fd, _ = programmed
+    _, ifindex, _ = lan
+    packets = [
+        bytes(tcp(f"198.19.{i // 250}.{i % 250}", 10000 + i % 50000, NODE4, 30200))
+        for i in range(RUNS)
+    ]
+    assert prog_test_run(fd, packets[-1], ifindex=ifindex).retval == XDP_TX
+    ns = benchmark.pedantic(median_ns, (fd, packets[:-1], ifindex), rounds=1, iterations=1)
+    record(benchmark, "new_flow_dsr", ns)
+
+
+def test_new_flow_snat_remote(benchmark, programmed, lan):  # noqa: F811
+    fd, _ = programmed
+    _, ifindex, _ = lan
+    packets = [
+        bytes(tcp(f"198.20.{i // 250}.{i % 250}", 10000 + i % 50000, NODE4, 30201))
+        for i in range(RUNS)
+    ]
+    assert prog_test_run(fd, packets[-1], ifindex=ifindex).retval == XDP_TX
+    ns = benchmark.pedantic(median_ns, (fd, packets[:-1], ifindex), rounds=1, iterations=1)
+    record(benchmark, "new_flow_snat_remote", ns)
+
+
+def test_established_dsr(benchmark, programmed, lan):  # noqa: F811
+    """Its SYN and the client's ACK (a lone entry: the ACK establishes it), then ACKs with
+    data: each is DNATed and carried anew (single runs: the carrier grows the packet, so a
+    repeat would not run the same packet twice)."""
+    fd, _ = programmed
+    _, ifindex, _ = lan
+    prog_test_run(fd, bytes(tcp(CLIENT4, 42000, NODE4, 30200)), ifindex=ifindex)
+    ack = bytes(tcp(CLIENT4, 42000, NODE4, 30200, flags="A", payload=b"x" * 100))
+    assert prog_test_run(fd, ack, ifindex=ifindex).retval == XDP_TX
+    ns = benchmark.pedantic(median_ns, (fd, [ack] * RUNS, ifindex), rounds=1, iterations=1)
+    record(benchmark, "established_dsr", ns)
+
+
+def test_dsr_decap(benchmark, programmed):
+    """A DSR flow's packet at its backend's node: the carrier comes off, the flow's entry is
+    found (the first packet made it), the packet goes to the stack."""
+    fd, _ = programmed
+    to_pod = tcp(CLIENT4, 43000, "10.244.1.5", 8443, flags="A", payload=b"x" * 100)
+    pkt = bytes(carried4(to_pod, LB4, 443))
+    out = prog_test_run(fd, pkt)
+    assert out.retval == XDP_PASS and out.data == bytes(to_pod)
+    ns = benchmark.pedantic(median_ns, (fd, [pkt] * RUNS), rounds=1, iterations=1)
+    record(benchmark, "dsr_decap", ns)
 
 
 @pytest.fixture(scope="module")
