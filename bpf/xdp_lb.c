@@ -504,8 +504,14 @@ int xdp_lb__dsr(struct xdp_md *ctx)
 		sk.addr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
 		svc = xlb_services.lookup(&sk);
 	}
-	if (!svc || !(svc->flags & XLB_SVC_F_DSR) || p.family != (ck.daddr.u32[2] ==
-	    bpf_htonl(0xffff) && !ck.daddr.u64[0] ? 4 : 6)) {
+	/* (and the packet goes to a backend, not to a frontend of this node's) */
+	struct xlb_svc_key dk = {};
+	dk.addr = p.daddr;
+	dk.port = p.dport;
+	dk.proto = p.proto;
+	dk.scope = XLB_SCOPE_EXTERNAL;
+	if (!svc || !(svc->flags & XLB_SVC_F_DSR) || xlb_services.lookup(&dk) ||
+	    p.family != (ck.daddr.u32[2] == bpf_htonl(0xffff) && !ck.daddr.u64[0] ? 4 : 6)) {
 		xlb_report(XLB_R_DROP_DSR_FORGED, &p, XLB_EVENT_NO_SVC, ctx->ingress_ifindex,
 			   XLB_HOOK_XDP);
 		return XDP_DROP;

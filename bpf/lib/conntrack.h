@@ -143,7 +143,7 @@ static __always_inline void xlb_ct_observe(struct xlb_ct *ct, int pending, const
 		int fins = (seen & (XLB_CT_S_FIN_FWD | XLB_CT_S_FIN_REV)) ==
 			   (XLB_CT_S_FIN_FWD | XLB_CT_S_FIN_REV);
 		closing = (fins || (seen & XLB_CT_S_RST)) ? XLB_CT_F_CLOSING : 0;
-	} else if (reply) {
+	} else if (reply || lone) { /* (a lone DSR flow's: its client's second datagram) */
 		state = XLB_CT_EST;
 	}
 	int changed = state != ct->state || seen != ct->seen ||

@@ -211,6 +211,14 @@ def test_a_mid_stream_packet_is_picked_up_to_the_backend_maglev_gives(run, maps)
     assert fwd[IP].options[0].option == 0x1E
 
 
+def test_a_udp_flow_is_established_by_its_clients_second_datagram(run, maps):
+    """No reply ever comes this way: the client's second datagram moves the lone entry to
+    the established table, out of reach of a flood of first datagrams."""
+    for _ in range(2):
+        assert run(udp(CLIENT4, 40040, NODE4, 30053)).retval == XDP_TX
+    assert (len(maps.ct_new), len(maps.ct)) == (0, 1)
+
+
 def test_a_packet_too_big_with_the_carrier_is_dropped_and_counted(run, maps):
     big = udp(CLIENT4, 40030, NODE4, 30053, payload=b"x" * (1500 - 28))  # IP length 1500
     got = reasons_after(maps, lambda: run(big))
@@ -286,6 +294,7 @@ FORGED = [
                                                  LB4, 8443)),
     ("a NodePort's port at an address that is no Node's",
      carried4(to_pod(CLIENT4, 41014, "10.244.1.5", 8090), "198.51.100.9", 30090)),
+    ("a packet to a frontend, not a pod", carried4(to_pod(CLIENT4, 41015, LB4, 443), LB4, 443)),
     ("an IPv4 frontend in an IPv6 packet", carried6(to_pod(CLIENT6, 41013, "fd00:10:244:1::5",
                                                            8443), "::ffff:" + LB4, 443)),
 ]  # fmt: skip
