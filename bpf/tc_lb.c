@@ -2,7 +2,11 @@
  *
  * xdp_lb hands a flow to a backend on this node through the stack (DNAT, XDP_PASS); the
  * backend's reply is routed out of the uplink by the stack, past this hook, which restores
- * the frontend the client addressed as the reply's source. */
+ * the frontend the client addressed as the reply's source.
+ *
+ * tc_lb_in: on the uplink's ingress, with --local-delivery redirect, hands those DNATed
+ * packets straight to the pod's veth (bpf_redirect_peer), past the host's routing and
+ * netfilter. */
 #include "lib/headers.h"
 #include "lib/maps.h"
 #include "lib/stats.h"
@@ -85,4 +89,85 @@ int tc_lb(struct __sk_buff *skb)
 	if (!xlb_skb_snat(skb, &p, &frontend, fport))
 		xlb_skb_dport(skb, &p, cport);
 	return XLB_TC_NEXT;
+}
+
+/* Whether p's packet belongs to a flow xdp_lb handed to a backend on this node: its reply
+ * entry (the backend's tuple back to the client) is there, without SNAT. */
+static __always_inline int xlb_delivered_here(const struct xlb_pkt *p)
+{
+	struct xlb_ct_key k = {};
+	k.saddr = p->daddr;
+	k.daddr = p->saddr;
+	k.sport = p->dport;
+	k.dport = p->sport;
+	k.proto = p->proto;
+	int pending;
+	struct xlb_ct *ct = xlb_ct_find(&k, &pending);
+	return ct && (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) == XLB_CT_F_REVERSE;
+}
+
+/* Spends a hop as the kernel's forwarding would (the IPv4 checksum with it); -1 when none is
+ * left (the stack then answers time exceeded). */
+static __always_inline int xlb_skb_hop(struct __sk_buff *skb, __u8 family)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (family == 4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		if ((void *)(ip + 1) > data_end || ip->ttl <= 1)
+			return -1;
+		__be16 old = *(__be16 *)&ip->ttl; /* TTL and protocol: one 16-bit word */
+		__u8 ttl = ip->ttl - 1;
+		__be16 new = bpf_htons(((__u16)ttl << 8) | ip->protocol);
+		bpf_l3_csum_replace(skb, sizeof(struct ethhdr) + offsetof(struct iphdr, check), old,
+				    new, sizeof(new));
+		return bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + offsetof(struct iphdr, ttl),
+					   &ttl, 1, 0);
+	}
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	if ((void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1)
+		return -1;
+	__u8 hops = ip6->hop_limit - 1;
+	return bpf_skb_store_bytes(skb, sizeof(struct ethhdr) + offsetof(struct ipv6hdr, hop_limit),
+				   &hops, 1, 0);
+}
+
+int tc_lb_in(struct __sk_buff *skb)
+{
+	struct xlb_config *cfg = xlb_config_get();
+	if (!cfg || !cfg->local_redirect)
+		return XLB_TC_NEXT;
+	if (skb->data_end - skb->data < XLB_PULL_LEN)
+		bpf_skb_pull_data(skb, XLB_PULL_LEN);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct xlb_pkt p = {};
+	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK || !xlb_delivered_here(&p))
+		return XLB_TC_NEXT; /* (a later fragment too: the stack reassembles it) */
+	struct bpf_fib_lookup fib = {};
+	fib.ifindex = skb->ingress_ifindex;
+	fib.l4_protocol = p.proto;
+	fib.sport = p.sport;
+	fib.dport = p.dport;
+	if (p.family == 4) {
+		fib.family = AF_INET;
+		fib.ipv4_src = p.saddr.u32[3];
+		fib.ipv4_dst = p.daddr.u32[3];
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, &p.saddr, 16);
+		__builtin_memcpy(fib.ipv6_dst, &p.daddr, 16);
+	}
+	/* the pod's veth and its neighbour, resolved: else the stack resolves it */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS ||
+	    fib.ifindex == skb->ingress_ifindex)
+		return XLB_TC_NEXT;
+	__u32 out = fib.ifindex;
+	if (!xlb_peer_devs.lookup(&out) || xlb_skb_hop(skb, p.family))
+		return XLB_TC_NEXT;
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+		return XLB_TC_NEXT;
+	xlb_count_reason(XLB_R_LOCAL_REDIRECTED);
+	return bpf_redirect_peer(out, 0);
 }

@@ -2,12 +2,6 @@
 #ifndef XLB_FORWARD_H
 #define XLB_FORWARD_H
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
 
 /* The FIB's answers of the last 100 ms, per CPU, by destination: bpf_fib_lookup costs about
  * 105 ns a packet here (measured with bpf_stats in the packet-rate rig: 43% of xdp_lb's time

@@ -18,4 +18,12 @@
 /* Every helper is static __always_inline: bcc gives each non-static function its own section
  * and does not link calls between sections, so BPF-to-BPF calls are not available. Large
  * temporaries are kept few and short-lived to stay within the 512-byte stack. */
+/* (for bpf_fib_lookup's family) */
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
 #endif

@@ -294,7 +294,8 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_DSR_FORGED 33    /* a carrier naming no DSR frontend of this packet's protocol: not trusted */
 #define XLB_R_DROP_DSR_TOO_BIG 34   /* a DSR flow's packet too big for the next hop with the carrier added */
 #define XLB_R_DSR_NOT_CARRIABLE 35  /* a DSR flow's first packet with IPv4 options or IPv6 extension headers: SNAT */
-#define XLB_R_MAX 36
+#define XLB_R_LOCAL_REDIRECTED 36   /* --local-delivery redirect: into a local pod's namespace, past the host's stack */
+#define XLB_R_MAX 37
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {
@@ -313,7 +314,7 @@ struct xlb_config {
 	__u8 uplink_mac[6]; /* ARP and neighbour answers on a device not in xlb_devices */
 	__u8 fib_cache; /* 1: routing depends on the destination alone (no policy rules), so FIB
 			 * answers may be cached (forward.h); 0 until the agent has looked */
-	__u8 pad;
+	__u8 local_redirect; /* 1: --local-delivery redirect (tc_lb_in) */
 	__u32 ct_timeout[XLB_CT_TIMEOUTS]; /* seconds, by XLB_CT_T_*; 0: the default */
 	__u32 hash_seed; /* the cluster's: the same on every node, secret outside it; 0: maglev.h's */
 	/* the node's own network namespace (bpf_get_netns_cookie; 0: not known): its processes
@@ -376,6 +377,13 @@ BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_lb_ips, XLB_MAX_LB_IPS, XLB_P
  * NodePort is believed, as the NodePort is every node's (dsr.h, xdp_lb__dsr). */
 BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_node_addrs, XLB_MAX_NODE_ADDRS,
 		 XLB_PIN_ROOT "/node_addrs");
+/* The host ends of the node's pod veths, by ifindex (the agent writes them, with
+ * --local-delivery redirect): tc_lb_in hands a packet to a pod through bpf_redirect_peer,
+ * which drops it on a device of another kind. */
+#ifndef XLB_MAX_PEER_DEVS
+#define XLB_MAX_PEER_DEVS 4096
+#endif
+BPF_TABLE_PINNED("hash", __u32, __u8, xlb_peer_devs, XLB_MAX_PEER_DEVS, XLB_PIN_ROOT "/peer_devs");
 /* The devices the programs are attached to, by ifindex (the agent writes them). */
 BPF_TABLE_PINNED("hash", __u32, struct xlb_device, xlb_devices, XLB_MAX_DEVICES,
 		 XLB_PIN_ROOT "/devices");

@@ -76,6 +76,7 @@ def datapath_config(args: argparse.Namespace):
         pin_root=args.pin_root,
         ring_size=args.ring_size,
         ct_size=args.ct_size,
+        local_delivery=getattr(args, "local_delivery", "stack"),
         ct_timeouts=Timeouts(**given),
         hash_seed=hash_seed_of(seed) if seed else 0,
     )

@@ -59,6 +59,15 @@ def _node_datapath(
         f"{sizes.ring_size})",
     )
     parser.add_argument("--ct-size", type=int, default=sizes.ct_size, help="conntrack entries")
+    parser.add_argument(
+        "--local-delivery",
+        choices=("stack", "redirect"),
+        default=sizes.local_delivery,
+        help="how a packet from outside balanced to a pod on this node reaches it: stack "
+        "(default: through the host's routing and netfilter, as kube-proxy's) or redirect "
+        "(straight into the pod's network namespace with bpf_redirect_peer: faster, but it "
+        "skips host-level NetworkPolicy of iptables-based CNIs, which is why it is opt-in)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,12 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 # a legacy tc filter's place (kernels without tcx): a priority others rarely take
 TC_PRIO, TC_HANDLE = 0xC1B, 0xC1B
-XDP_NAME, TC_NAME = "xdp_lb", "tc_lb"
+XDP_NAME, TC_NAME, TC_IN_NAME = "xdp_lb", "tc_lb", "tc_lb_in"
+# a tc hook by direction: the program, the tcx attach type, its clsact parent, its pin prefix
+TC_HOOKS = {
+    "egress": (TC_NAME, sc.BPF_TCX_EGRESS, "ffff:fff3", "tcx"),
+    "ingress": (TC_IN_NAME, sc.BPF_TCX_INGRESS, "ffff:fff2", "tcx-in"),
+}
 ENOTSUPP = 524  # the kernel's own "not supported" (no tcx), which errno does not name
 
 # sock_lb.c's entry points, the cgroup hook each is attached to, and its program type:
@@ -44,7 +49,7 @@ SOCK_HOOKS = (
     ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME", "CGROUP_SOCK_ADDR"),
     ("sock_egress", "CGROUP_INET_EGRESS", "CGROUP_SKB"),
 )
-OUR_NAMES = {XDP_NAME, TC_NAME} | {name[:15] for name, *_ in SOCK_HOOKS}
+OUR_NAMES = {XDP_NAME, TC_NAME, TC_IN_NAME} | {name[:15] for name, *_ in SOCK_HOOKS}
 
 
 def links_dir(pin_root: str) -> str:
@@ -183,29 +188,31 @@ def _prog_name(prog_id: int) -> str:
 # -- tc (tcx, else a filter) -------------------------------------------------------------------
 
 
-def attach_tc(program: Program, ifname: str) -> str:
-    """tc_lb on ifname's egress: a tcx link (kernel 6.6+) after the programs already there,
-    else a clsact filter at xlb's own priority (never replacing another's)."""
+def attach_tc(program: Program, ifname: str, direction: str = "egress") -> str:
+    """tc_lb on ifname's egress (tc_lb_in on its ingress): a tcx link (kernel 6.6+) after the
+    programs already there, else a clsact filter at xlb's own priority (never replacing
+    another's)."""
     bcc = import_bcc()
-    fn = program.function(TC_NAME, bcc.BPF.SCHED_CLS)
+    name, attach_type, parent, prefix = TC_HOOKS[direction]
+    fn = program.function(name, bcc.BPF.SCHED_CLS)
     index = _ifindex(ifname)
-    pin = os.path.join(links_dir(program.pin_root), f"tcx-{index}")
+    pin = os.path.join(links_dir(program.pin_root), f"{prefix}-{index}")
 
     def create() -> int:
-        return sc.link_create(fn.fd, index, sc.BPF_TCX_EGRESS)
+        return sc.link_create(fn.fd, index, attach_type)
 
     try:
         done = _swap_or_create(pin, fn.fd, lambda i: i.ifindex == index, create)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
             raise DatapathError(f"xlb: cannot attach tc to {ifname}: {exc.strerror}") from None
-        _attach_tc_filter(fn, ifname)
+        _attach_tc_filter(fn, ifname, parent)
         return "attached (tc filter: no tcx in this kernel)"
-    _detach_tc_filter(ifname)  # an older xlb's filter, if any: it would run a second time
+    _detach_tc_filter(ifname, direction)  # an older xlb's filter, if any: it would run twice
     return done
 
 
-def _attach_tc_filter(fn, ifname: str) -> None:
+def _attach_tc_filter(fn, ifname: str, parent: str = "ffff:fff3") -> None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -217,21 +224,22 @@ def _attach_tc_filter(fn, ifname: str) -> None:
             if exc.code != errno.EEXIST:  # another program (or ours) already made it
                 raise DatapathError(f"xlb: cannot add clsact to {ifname}: {exc}") from None
         ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=fn.fd, name=fn.name,
-               parent="ffff:fff3", classid=1, direct_action=True, prio=TC_PRIO)  # fmt: skip
+               parent=parent, classid=1, direct_action=True, prio=TC_PRIO)  # fmt: skip
 
 
-def _detach_tc_filter(ifname: str) -> None:
-    """xlb's own legacy filters on ifname's egress (by name: tc_lb), at its priority or at
-    the one older xlbs used (1)."""
+def _detach_tc_filter(ifname: str, direction: str = "egress") -> None:
+    """xlb's own legacy filters on ifname's egress or ingress (by name: tc_lb, tc_lb_in), at
+    its priority or at the one older xlbs used (1)."""
     from pyroute2 import IPRoute
 
+    ours, _, parent, _ = TC_HOOKS[direction]
     with IPRoute() as ipr, contextlib.suppress(Exception):
         idx = ipr.link_lookup(ifname=ifname)[0]
-        for f in ipr.get_filters(idx, parent=0xFFFFFFF3):
+        for f in ipr.get_filters(idx, parent=int(parent.replace(":", ""), 16)):
             options = f.get_attr("TCA_OPTIONS")
             name = options.get_attr("TCA_BPF_NAME") if options else None
-            if name and name.split(":")[0] == TC_NAME:
-                ipr.tc("del-filter", "bpf", idx, f["handle"], parent="ffff:fff3",
+            if name and name.split(":")[0] == ours:
+                ipr.tc("del-filter", "bpf", idx, f["handle"], parent=parent,
                        prio=f["info"] >> 16)  # fmt: skip
 
 
@@ -360,6 +368,7 @@ def detach_legacy(devices: list[str], cgroup: str | None) -> None:
             with contextlib.suppress(Exception):
                 _remove_netlink_xdp(device, mode)
         _detach_tc_filter(device)
+        _detach_tc_filter(device, "ingress")
     if cgroup and os.path.isdir(cgroup):
         fd = _cgroup_fd(cgroup)
         try:

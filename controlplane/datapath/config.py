@@ -54,12 +54,18 @@ class DatapathConfig:
     # the seed of the flow and client hashes (Maglev, source hash, SNAT ports): the cluster's
     # own, the same on every node; 0: maps.h's public default
     hash_seed: int = 0
+    # how a packet DNATed to a pod on this node reaches it: "stack" (XDP_PASS: the host's
+    # routing and netfilter, as kube-proxy's) or "redirect" (tc_lb_in: straight into the
+    # pod's namespace, past host-level NetworkPolicy of iptables-based CNIs)
+    local_delivery: str = "stack"
 
     def __post_init__(self) -> None:
         if not self.ct_new_size:  # (frozen: the default is filled in once, here)
             object.__setattr__(self, "ct_new_size", max(1024, self.ct_size // 4))
         if not is_prime(self.ring_size):
             raise ValueError(f"ring_size must be prime, got {self.ring_size}")
+        if self.local_delivery not in ("stack", "redirect"):
+            raise ValueError(f"local_delivery must be stack or redirect, got {self.local_delivery}")
         lo, hi = self.snat_ports
         if not 1024 <= lo <= hi <= 65535:
             raise ValueError(f"snat_ports must be a range within 1024-65535, got {lo}-{hi}")

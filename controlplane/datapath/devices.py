@@ -94,3 +94,19 @@ def unserved(
         for service, address, port, proto in frontends
         if address in where and where[address] not in served
     ]
+
+
+def pod_veths() -> set[int]:
+    """The ifindexes of the veths whose other end is in another network namespace (a pod's,
+    as CNIs plug them): where --local-delivery redirect may hand packets with
+    bpf_redirect_peer, which drops them on a device of any other kind."""
+    from pyroute2 import IPRoute
+
+    out = set()
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            if kind == "veth" and link.get_attr("IFLA_LINK_NETNSID") is not None:
+                out.add(link["index"])
+    return out

@@ -143,6 +143,7 @@ class Maps:
         self.source_ranges = t("xlb_source_ranges")
         self.service_nets = t("xlb_service_nets")
         self.node_addrs = t("xlb_node_addrs")
+        self.peer_devs = t("xlb_peer_devs")
         self.stats = t("xlb_stats")
         self.reasons = t("xlb_reasons")
         self.config = t("xlb_config")

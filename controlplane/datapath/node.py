@@ -18,6 +18,7 @@ from ..heap import collector_paused
 from ..model.state import DesiredState
 from . import attach, conntrack, loader, migrate, sockets
 from .config import DatapathConfig
+from .devices import pod_veths
 from .maps import CLOCK_COARSE, Maps
 from .programs import DatapathError
 from .sync import Syncer, SyncResult
@@ -115,6 +116,8 @@ class NodeDatapath:
                 rules,
             )
             self.policy_rules = rules
+        if self.syncer.cfg.local_delivery == "redirect":  # (a new pod's veth: with its sync)
+            self.syncer.sync_peer_devs(pod_veths())
         return self.syncer.sync(state, node_addr4, node_addr6, self.uplink_mac, not rules)
 
     def announce(self, owned: set[str]) -> tuple[set[str], set[str]]:

@@ -119,6 +119,7 @@ def collect(maps: Maps, rate_interval: float = 0) -> dict[str, Any]:
         # the sources of SNAT to backends on other nodes
         "nodeAddresses": [get_addr(config.node_addr4), get_addr(config.node_addr6)],
         "fibCache": bool(config.fib_cache),
+        "localDelivery": "redirect" if config.local_redirect else "stack",
         "hashSeed": seed_fingerprint(config.hash_seed),
         "announcing": announcing(maps),
         "attachments": attached(maps.pin_root),
@@ -199,6 +200,7 @@ def render(status: dict[str, Any]) -> str:
         ),
         f"node addresses (SNAT): {', '.join(status['nodeAddresses'])}",
         f"hash seed: {status['hashSeed']}",
+        f"local delivery: {status['localDelivery']}",
         "FIB answers: "
         + ("cached 100 ms" if status["fibCache"] else "looked up per packet (policy routing)"),
         announcing_line(status["announcing"]),

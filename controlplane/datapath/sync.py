@@ -621,7 +621,7 @@ class Syncer:
         self, addr4: str, addr6: str, mac: str, fib_cache: bool, res: SyncResult
     ) -> None:
         value = (addr4, addr6, mac, fib_cache, self.cfg.snat_ports, self.cfg.ct_timeouts,
-                 self.cfg.hash_seed, self.netns)  # fmt: skip
+                 self.cfg.hash_seed, self.netns, self.cfg.local_delivery)  # fmt: skip
         if value == self.config_value:
             return
         leaf = self.maps.config.Leaf()
@@ -630,6 +630,7 @@ class Syncer:
         leaf.snat_port_min, leaf.snat_port_max = self.cfg.snat_ports
         leaf.ring_size = self.cfg.ring_size  # (the largest table: for `xlb status`)
         leaf.fib_cache = int(fib_cache)
+        leaf.local_redirect = int(self.cfg.local_delivery == "redirect")
         leaf.ct_timeout[:] = self.cfg.ct_timeouts.slots()
         leaf.hash_seed = self.cfg.hash_seed
         leaf.node_netns = self.netns
@@ -660,6 +661,15 @@ class Syncer:
             return set(self.lb_ips)
         self.sync_lb_ips(set())
         return set()
+
+    def sync_peer_devs(self, wanted: set[int]) -> None:
+        """The pod veths tc_lb_in may hand packets to (--local-delivery redirect)."""
+        have = {int(k.value) for k in self.maps.peer_devs}
+        for index in wanted - have:
+            self.maps.peer_devs[ct.c_uint32(index)] = ct.c_uint8(1)
+        for index in have - wanted:
+            with contextlib.suppress(KeyError):
+                del self.maps.peer_devs[ct.c_uint32(index)]
 
     def sync_devices(self, devices: dict[int, str]) -> None:
         """The devices the programs run on (ifindex -> MAC): their ARP/NDP answers carry

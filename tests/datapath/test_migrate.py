@@ -66,7 +66,7 @@ def test_an_upgrade_carries_the_flows_and_settings_of_maps_whose_layout_changed(
     # a config whose `fib_cache` byte was still padding.
     ct_old = _without(layout["xlb_ct"]["leaf"], "stamp")
     config_old = copy.deepcopy(layout["xlb_config"]["leaf"])
-    config_old[1] = [m for m in config_old[1] if m[0] not in ("fib_cache", "pad")]
+    config_old[1] = [m for m in config_old[1] if m[0] not in ("fib_cache", "local_redirect")]
     config_old[1].insert(-1, ["pad", "unsigned short"])
     os.unlink(os.path.join(scratch_root, "ct"))
     fd = map_create(LRU_HASH, 40, 48, cfg.ct_size, "xlb_ct")

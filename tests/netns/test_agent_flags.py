@@ -258,6 +258,18 @@ def _ring_size(run: Run) -> None:
     assert sizes == {251}, status["frontends"]
 
 
+def _local_delivery(run: Run) -> None:
+    """redirect: the NodePort's packets reach the local pod through tc_lb_in's redirect into
+    its namespace (counted), and the pod still sees the client, and answers it."""
+    before = run.status()["reasons"].get("local_redirected", 0)
+    for _ in range(3):
+        out = run.topo.curl(run.topo.client, f"http://{NODE_IP}:30080/")
+        assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+    status = run.status()
+    assert status["localDelivery"] == "redirect"
+    assert status["reasons"]["local_redirected"] - before >= 3 * 3  # SYN, ACK, request, ...
+
+
 def _max_rings(run: Run) -> None:
     """Accepted (a DaemonSet from before keeps starting), said to do nothing."""
     assert "--max-rings no longer has any effect" in run.agent.text()
@@ -630,6 +642,7 @@ ROWS = [
     Row("--pin-root", (), _pin_root),
     Row("--ct-size", ("--ct-size", "2048"), _map_size("ct", 2048)),
     Row("--max-rings", ("--max-rings", "2"), _max_rings),
+    Row("--local-delivery", ("--local-delivery", "redirect"), _local_delivery),
     Row("--ring-size", ("--ring-size", "1021"), _ring_size),
     Row("--bind-address", ("--bind-address", "127.0.0.1"), _bind_address),
     Row(

@@ -140,6 +140,15 @@ def _status(topo: NodeTopology) -> dict:
     return json.loads(out.stdout)
 
 
+def _local_delivery(topo: NodeTopology, out) -> None:
+    status = _status(topo)
+    assert status["localDelivery"] == "redirect"
+    before = status["reasons"]["local_redirected"]
+    got = topo.curl(topo.client, f"http://{NODE_IP}:30080/")
+    assert got.returncode == 0 and got.stdout.startswith("web-1 "), got.stderr
+    assert _status(topo)["reasons"]["local_redirected"] > before
+
+
 def _max_rings(topo: NodeTopology, out) -> None:
     """Accepted (scripts from before keep working), said to do nothing."""
     assert "--max-rings no longer has any effect" in out.stderr
@@ -167,6 +176,7 @@ ROWS = [
     Row("--pin-root", (), _pin_root),
     Row("--max-rings", ("--max-rings", "2"), _max_rings),
     Row("--ring-size", ("--ring-size", "1021"), _ring_size),
+    Row("--local-delivery", ("--local-delivery", "redirect"), _local_delivery),
     Row("--ct-size", ("--ct-size", "2048"), _size("ct", 2048)),
 ]
 
