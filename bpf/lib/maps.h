@@ -40,6 +40,9 @@
 #ifndef XLB_MAX_NODE_ADDRS
 #define XLB_MAX_NODE_ADDRS 16384 /* every Node's addresses, cluster-wide */
 #endif
+#ifndef XLB_MAX_PEER_DEVS
+#define XLB_MAX_PEER_DEVS 4096 /* pod veths on one node (--local-delivery redirect) */
+#endif
 #ifndef XLB_MAX_SOURCE_RANGES
 #define XLB_MAX_SOURCE_RANGES 16384
 #endif
@@ -380,9 +383,6 @@ BPF_TABLE_PINNED("hash", union xlb_addr, __u8, xlb_node_addrs, XLB_MAX_NODE_ADDR
 /* The host ends of the node's pod veths, by ifindex (the agent writes them, with
  * --local-delivery redirect): tc_lb_in hands a packet to a pod through bpf_redirect_peer,
  * which drops it on a device of another kind. */
-#ifndef XLB_MAX_PEER_DEVS
-#define XLB_MAX_PEER_DEVS 4096
-#endif
 BPF_TABLE_PINNED("hash", __u32, __u8, xlb_peer_devs, XLB_MAX_PEER_DEVS, XLB_PIN_ROOT "/peer_devs");
 /* The devices the programs are attached to, by ifindex (the agent writes them). */
 BPF_TABLE_PINNED("hash", __u32, struct xlb_device, xlb_devices, XLB_MAX_DEVICES,
