@@ -56,3 +56,25 @@ def test_other_egress_traffic_is_untouched(fds):
     ):
         out = prog_test_run(tc_fd, bytes(pkt))
         assert (out.retval, out.data) == (TC_NEXT, bytes(pkt))
+
+
+def test_tc_lb_in_leaves_to_the_stack_what_it_may_not_redirect(xdp, tc, maps, dp_config):
+    """tc_lb_in hands a packet to a pod only with --local-delivery redirect, only for a flow
+    xdp_lb delivered here, and only when the FIB names a pod's veth (none here: no route to
+    the pod in this namespace); every other packet goes on untouched."""
+    import dataclasses
+
+    import bcc
+
+    from controlplane.datapath.sync import Syncer
+
+    xdp_fd, in_fd = xdp.functions["xdp_lb"].fd, tc.function("tc_lb_in", bcc.BPF.SCHED_CLS).fd
+    delivered = Ether(prog_test_run(xdp_fd, bytes(tcp(CLIENT4, 50100, NODE4, 30080))).data)
+    stranger = bytes(tcp(CLIENT4, 50101, "10.244.1.5", 8080))
+    for mode in ("stack", "redirect"):
+        Syncer(maps, dataclasses.replace(dp_config, local_delivery=mode)).sync(STATE, NODE4, NODE6)
+        assert maps.config[maps.config.Key(0)].local_redirect == (mode == "redirect")
+        for pkt in (bytes(delivered), stranger):
+            out = prog_test_run(in_fd, pkt)
+            assert (out.retval, out.data) == (TC_NEXT, pkt), mode
+    assert maps.reason_counts()["local_redirected"] == 0
