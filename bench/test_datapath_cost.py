@@ -205,27 +205,25 @@ def test_reply_translation_tc(benchmark, programmed):
     record(benchmark, "reply_translation_tc", ns)
 
 
-def test_new_flow_dsr(benchmark, programmed, lan):  # noqa: F811
-    fd, _ = programmed
-    _, ifindex, _ = lan
+def remote_new_flows_ns(benchmark, fd: int, ifindex: int, net: str, port: int) -> float:
+    """New flows from clients of net (198.x) to a NodePort whose backends are on node-2, each
+    forwarded out of the uplink (single runs)."""
     packets = [
-        bytes(tcp(f"198.19.{i // 250}.{i % 250}", 10000 + i % 50000, NODE4, 30200))
+        bytes(tcp(f"{net}.{i // 250}.{i % 250}", 10000 + i % 50000, NODE4, port))
         for i in range(RUNS)
     ]
     assert prog_test_run(fd, packets[-1], ifindex=ifindex).retval == XDP_TX
-    ns = benchmark.pedantic(median_ns, (fd, packets[:-1], ifindex), rounds=1, iterations=1)
-    record(benchmark, "new_flow_dsr", ns)
+    return benchmark.pedantic(median_ns, (fd, packets[:-1], ifindex), rounds=1, iterations=1)
+
+
+def test_new_flow_dsr(benchmark, programmed, lan):  # noqa: F811
+    fd, _ = programmed
+    record(benchmark, "new_flow_dsr", remote_new_flows_ns(benchmark, fd, lan[1], "198.19", 30200))
 
 
 def test_new_flow_snat_remote(benchmark, programmed, lan):  # noqa: F811
     fd, _ = programmed
-    _, ifindex, _ = lan
-    packets = [
-        bytes(tcp(f"198.20.{i // 250}.{i % 250}", 10000 + i % 50000, NODE4, 30201))
-        for i in range(RUNS)
-    ]
-    assert prog_test_run(fd, packets[-1], ifindex=ifindex).retval == XDP_TX
-    ns = benchmark.pedantic(median_ns, (fd, packets[:-1], ifindex), rounds=1, iterations=1)
+    ns = remote_new_flows_ns(benchmark, fd, lan[1], "198.20", 30201)
     record(benchmark, "new_flow_snat_remote", ns)
 
 

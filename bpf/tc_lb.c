@@ -17,6 +17,7 @@
 #include "lib/csum.h"
 #include "lib/icmp.h"
 #include "lib/dsr.h"
+#include "lib/fib.h"
 
 #define XLB_PULL_LEN (sizeof(struct ethhdr) + 60 + sizeof(struct tcphdr))
 /* What xlb returns for every packet it lets go on, rewritten or not: "next" (TC_ACT_UNSPEC),
@@ -145,19 +146,7 @@ int tc_lb_in(struct __sk_buff *skb)
 	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK || !xlb_delivered_here(&p))
 		return XLB_TC_NEXT; /* (a later fragment too: the stack reassembles it) */
 	struct bpf_fib_lookup fib = {};
-	fib.ifindex = skb->ingress_ifindex;
-	fib.l4_protocol = p.proto;
-	fib.sport = p.sport;
-	fib.dport = p.dport;
-	if (p.family == 4) {
-		fib.family = AF_INET;
-		fib.ipv4_src = p.saddr.u32[3];
-		fib.ipv4_dst = p.daddr.u32[3];
-	} else {
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_src, &p.saddr, 16);
-		__builtin_memcpy(fib.ipv6_dst, &p.daddr, 16);
-	}
+	xlb_fib_params(&fib, &p, skb->ingress_ifindex);
 	/* the pod's veth and its neighbour, resolved: else the stack resolves it */
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS ||
 	    fib.ifindex == skb->ingress_ifindex)

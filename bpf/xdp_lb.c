@@ -32,6 +32,18 @@ BPF_TABLE_PINNED("prog", __u32, __u32, xlb_tail_xdp_lb, XLB_TAILS, XLB_PIN_ROOT 
 
 #define XLB_SNAT_TRIES 16
 
+/* The frontend addr:port/proto that traffic from outside may address (scope external). */
+static __always_inline struct xlb_svc *xlb_frontend(const union xlb_addr *addr, __be16 port,
+						    __u8 proto)
+{
+	struct xlb_svc_key k = {};
+	k.addr = *addr;
+	k.port = port;
+	k.proto = proto;
+	k.scope = XLB_SCOPE_EXTERNAL;
+	return xlb_services.lookup(&k);
+}
+
 /* Whether a conntrack hit in xdp_lb is its to act on. A forward hit keeps its backend only
  * if the backend still exists with the same address (and, for UDP, still serves), and a
  * terminating or unready backend takes no new TCP connection. */
@@ -255,12 +267,7 @@ int xdp_lb(struct xdp_md *ctx)
 	if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && xlb_ct_usable(ct, &p))
 		goto tracked;
 
-	struct xlb_svc_key sk = {};
-	sk.addr = p.daddr;
-	sk.port = p.dport;
-	sk.proto = p.proto;
-	sk.scope = XLB_SCOPE_EXTERNAL;
-	struct xlb_svc *svc = xlb_services.lookup(&sk);
+	struct xlb_svc *svc = xlb_frontend(&p.daddr, p.dport, p.proto);
 	/* an unestablished flow's packets in XDP are its client's (to a frontend) or a remote
 	 * backend's answers (to a SNAT port): only those look in xlb_ct_new, so traffic to
 	 * nothing of xlb's costs no second lookup */
@@ -324,12 +331,7 @@ int xdp_lb__new_flow(struct xdp_md *ctx)
 		if (xlb_parse(data, data_end, data_end - data, p) != XLB_OK)
 			return XDP_PASS;
 		len = data_end - data;
-		struct xlb_svc_key sk = {};
-		sk.addr = p->daddr;
-		sk.port = p->dport;
-		sk.proto = p->proto;
-		sk.scope = XLB_SCOPE_EXTERNAL;
-		svc = xlb_services.lookup(&sk);
+		svc = xlb_frontend(&p->daddr, p->dport, p->proto);
 		if (!svc)
 			return XDP_PASS;
 		xlb_ct_key_of(p, &ck);
@@ -492,25 +494,14 @@ int xdp_lb__dsr(struct xdp_md *ctx)
 	ck.proto = p.proto;
 	if (xlb_dsr_pull(ctx, &p, &ck.daddr, &ck.dport))
 		return XDP_DROP;
-	struct xlb_svc_key sk = {};
-	sk.addr = ck.daddr;
-	sk.port = ck.dport;
-	sk.proto = p.proto;
-	sk.scope = XLB_SCOPE_EXTERNAL;
-	struct xlb_svc *svc = xlb_services.lookup(&sk);
+	struct xlb_svc *svc = xlb_frontend(&ck.daddr, ck.dport, p.proto);
 	struct xlb_config *cfg = xlb_config_get();
 	/* a NodePort of another node's address: the same NodePort of this node's */
-	if (!svc && cfg && xlb_node_addrs.lookup(&ck.daddr)) {
-		sk.addr = p.family == 4 ? cfg->node_addr4 : cfg->node_addr6;
-		svc = xlb_services.lookup(&sk);
-	}
+	if (!svc && cfg && xlb_node_addrs.lookup(&ck.daddr))
+		svc = xlb_frontend(p.family == 4 ? &cfg->node_addr4 : &cfg->node_addr6, ck.dport,
+				   p.proto);
 	/* (and the packet goes to a backend, not to a frontend of this node's) */
-	struct xlb_svc_key dk = {};
-	dk.addr = p.daddr;
-	dk.port = p.dport;
-	dk.proto = p.proto;
-	dk.scope = XLB_SCOPE_EXTERNAL;
-	if (!svc || !(svc->flags & XLB_SVC_F_DSR) || xlb_services.lookup(&dk) ||
+	if (!svc || !(svc->flags & XLB_SVC_F_DSR) || xlb_frontend(&p.daddr, p.dport, p.proto) ||
 	    p.family != (ck.daddr.u32[2] == bpf_htonl(0xffff) && !ck.daddr.u64[0] ? 4 : 6)) {
 		xlb_report(XLB_R_DROP_DSR_FORGED, &p, XLB_EVENT_NO_SVC, ctx->ingress_ifindex,
 			   XLB_HOOK_XDP);

@@ -2,6 +2,7 @@
 #ifndef XLB_FORWARD_H
 #define XLB_FORWARD_H
 
+#include "fib.h"
 
 /* The FIB's answers of the last 100 ms, per CPU, by destination: bpf_fib_lookup costs about
  * 105 ns a packet here (measured with bpf_stats in the packet-rate rig: 43% of xdp_lb's time
@@ -98,19 +99,7 @@ static __always_inline int xlb_fib_forward(struct xdp_md *ctx, const struct xlb_
 		return xlb_transmit(ctx, c->dmac, c->smac, c->out_ifindex, p->family);
 
 	struct bpf_fib_lookup fib = {};
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.l4_protocol = p->proto;
-	fib.sport = p->sport;
-	fib.dport = p->dport;
-	if (p->family == 4) {
-		fib.family = AF_INET;
-		fib.ipv4_src = p->saddr.u32[3];
-		fib.ipv4_dst = p->daddr.u32[3];
-	} else {
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_src, &p->saddr, 16);
-		__builtin_memcpy(fib.ipv6_dst, &p->daddr, 16);
-	}
+	xlb_fib_params(&fib, p, ctx->ingress_ifindex);
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		xlb_count_reason(XLB_R_PASS_NO_NEIGH);

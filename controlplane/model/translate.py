@@ -17,7 +17,8 @@ import ipaddress
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from .diagnostics import Collector, Diagnostic
 from .endpoints import Categorized, categorize, port_endpoints
@@ -96,31 +97,33 @@ def nodeport_addresses(node: Node | None, cidrs: tuple[str, ...]) -> tuple[str, 
     )
 
 
-def _algorithm(service: Service, scope: Scope, cfg: TranslateConfig, diag: Collector) -> Algorithm:
-    raw = service.annotations.get(ANNOTATION_ALGORITHM)
+E = TypeVar("E", bound=StrEnum)
+
+
+def _annotated(service: Service, annotation: str, kind: type[E], fallback: E, instead: str,
+               diag: Collector) -> E:  # fmt: skip
+    """The Service's choice of kind by its annotation, else fallback; a value that is none
+    of kind's is said (with what is used instead) and ignored."""
+    raw = service.annotations.get(annotation)
     if raw:
         try:
-            return Algorithm(raw)
+            return kind(raw)
         except ValueError:
             diag.warning(
-                f"metadata.annotations[{ANNOTATION_ALGORITHM}]",
-                f"{raw!r} is not one of maglev, source-hash, random; using the default",
+                f"metadata.annotations[{annotation}]",
+                f"{raw!r} is not one of {', '.join(k.value for k in kind)}; {instead}",
             )
-    return cfg.external_algorithm if scope is Scope.EXTERNAL else cfg.internal_algorithm
+    return fallback
+
+
+def _algorithm(service: Service, scope: Scope, cfg: TranslateConfig, diag: Collector) -> Algorithm:
+    default = cfg.external_algorithm if scope is Scope.EXTERNAL else cfg.internal_algorithm
+    return _annotated(service, ANNOTATION_ALGORITHM, Algorithm, default, "using the default", diag)
 
 
 def _forwarding(service: Service, cfg: TranslateConfig, diag: Collector) -> Forwarding:
-    raw = service.annotations.get(ANNOTATION_FORWARDING)
-    if raw:
-        try:
-            return Forwarding(raw)
-        except ValueError:
-            diag.warning(
-                f"metadata.annotations[{ANNOTATION_FORWARDING}]",
-                f"{raw!r} is not one of snat, dsr, hybrid; using the node's "
-                f"--forwarding-mode ({cfg.forwarding})",
-            )
-    return cfg.forwarding
+    instead = f"using the node's --forwarding-mode ({cfg.forwarding})"
+    return _annotated(service, ANNOTATION_FORWARDING, Forwarding, cfg.forwarding, instead, diag)
 
 
 def _pick(cat: Categorized, policy: TrafficPolicy) -> tuple[tuple[Backend, ...], NoBackend]:
