@@ -5,8 +5,12 @@ nftables, and a bare XDP redirect (the ceiling), with the same generator and sin
     live-frames XDP_TX       balancer under test        XDP_DROP counter
 
 The generator is BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES on CPU 0 (about 6-7 Mpps
-here); the balancer's receive path runs as a threaded NAPI pinned to CPU 1; what the sink
-counts per second is the delivered rate. UDP to one frontend whose backend sits behind the
+where the kernel allows it). A kernel that refuses it (EPERM) gets bench/gen/afpacket.c
+instead: the same frames from user space on a packet socket (sendmmsg, qdisc bypassed),
+about 0.7 Mpps on these VMs, which then caps every balancer: a ratio between two balancers
+that both reach it says "at least". Each result names its generator. The balancer's
+receive path runs as a threaded NAPI pinned to CPU 1; what the sink counts per second is
+the delivered rate. UDP to one frontend whose backend sits behind the
 sink, with N-1 other Services programmed in front of it (kube-proxy's iptables mode walks
 them in order). kube-proxy's modes get the rules kube-proxy writes: the nat chains and its
 filter table (FORWARD, KUBE-FORWARD and the firewall chains, which every forwarded packet
@@ -20,7 +24,14 @@ walks). Mixes:
   address move), to a Service with externalTrafficPolicy Local whose backend is on this node
   (behind l1, as a pod's veth): no SNAT, so no balancer runs out of source ports, and what is
   measured is the cost of a new connection (the rule walk, the conntrack entry). xlb
-  translates in XDP and passes the packet to the stack, which forwards it, as for a local pod.
+  translates in XDP and passes the packet to the stack, which forwards it, as for a local pod;
+  xlb-redirect is the same with `--local-delivery redirect` (tc_lb_in hands the packet into
+  the pod's namespace, past the stack).
+  (xlb-dsr: the same 16 flows by direct server return.)
+* remote-new-flow: a new flow every packet to a NodePort whose backend is on another node
+  (externalTrafficPolicy Cluster): kube-proxy's modes and xlb by SNAT take a source port
+  each, xlb-dsr carries the frontend to the backend's node instead (direct server return)
+  and keeps the client's address.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.kube_proxy_rules import iptables_rules, nft_rules  # noqa: E402
+from controlplane.datapath.attach import _attach_tc_filter as attach_tc_filter  # noqa: E402
 from controlplane.datapath.config import DatapathConfig  # noqa: E402
 from controlplane.datapath.maps import Maps  # noqa: E402
 from controlplane.datapath.programs import compile_program  # noqa: E402
@@ -60,6 +72,11 @@ VIP, VPORT = "10.200.0.1", 80
 BACKEND, BPORT = "10.201.0.2", 8080
 GEN_IP, LB_IP, LB_OUT_IP, SINK_IP = "192.168.50.2", "192.168.50.1", "192.168.51.1", "192.168.51.2"
 MODES = ("xlb", "iptables", "nftables", "bare-xdp")
+# the modes that measure one mix only: local delivery's, and direct server return's
+MIX_MODES = {"xlb-redirect": {"new-flow"}, "xlb-dsr": {"established", "remote-new-flow"}}
+LIVE, AF_PACKET = "live-frames", "af-packet"
+GEN_SOURCE = Path(__file__).resolve().parent / "gen" / "afpacket.c"
+_refused: list[str] = []  # why the kernel refused the live-frames generator, once seen
 
 
 @dataclass
@@ -69,6 +86,24 @@ class Result:
     mix: str
     generated_pps: float
     delivered_pps: float
+    generator: str = LIVE
+
+
+def afpacket_binary() -> str:
+    """bench/gen/afpacket.c, compiled once per source (gcc: `make setup` installs it)."""
+    import hashlib
+    import tempfile
+
+    text = GEN_SOURCE.read_bytes()
+    path = Path(tempfile.gettempdir(), f"xlb-afpacket-{hashlib.sha256(text).hexdigest()[:12]}")
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}")
+        out = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(tmp), str(GEN_SOURCE)],
+                             capture_output=True, text=True)  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"cannot build the af-packet generator: {out.stderr.strip()}")
+        tmp.replace(path)
+    return str(path)
 
 
 def sh(*args: str, check: bool = True, input: str | None = None) -> str:
@@ -180,6 +215,8 @@ class Rig(Namespaces):
         self.sink_count = sink[b"sink_count"]
         with inside(self.sink):
             bcc.BPF.attach_xdp(b"s0", self.sink_fn, 1 << 2)
+            # what bpf_redirect_peer hands over skips the veth's XDP: counted at tc
+            attach_tc_filter(sink.load_func(b"sink_tc", bcc.BPF.SCHED_CLS), "s0", "ffff:fff2")
         gen = bcc.BPF(src_file=str(BENCH_BPF / "gen.c").encode())
         self.gen_fn = gen.load_func(b"gen", bcc.BPF.XDP)
         self.gen_tmpl = gen[b"gen_tmpl"]
@@ -217,16 +254,18 @@ class Rig(Namespaces):
         backend on this node (no SNAT), else Cluster with it on another node (SNAT)."""
         import bcc
 
-        if mode == "xlb":
+        if mode.startswith("xlb"):
             cfg = DatapathConfig(
                 pin_root=self.pin_root,
                 max_services=max(1024, 2 * services),
                 max_backends=1024,
                 ct_size=1 << 20,
+                local_delivery="redirect" if mode == "xlb-redirect" else "stack",
             )
             prog = compile_program("xdp_lb.c", cfg)
             fn = prog.function("xdp_lb", bcc.BPF.XDP)
-            be = (Backend(BACKEND, BPORT, "sink", local_backend),)
+            dsr = mode == "xlb-dsr"
+            be = (Backend(BACKEND, BPORT, "sink", local_backend, dsr=dsr),)
             fes = [
                 Frontend(
                     "bench/target",
@@ -239,6 +278,7 @@ class Rig(Namespaces):
                     be,
                     algorithm=Algorithm.MAGLEV,
                     preserve_client_ip=local_backend,
+                    dsr=dsr,
                 )
             ]
             fes += [
@@ -255,9 +295,19 @@ class Rig(Namespaces):
                 )
                 for i in range(services - 1)
             ]
-            Syncer(Maps.open(prog.pin_root), cfg).sync(DesiredState(frontends=tuple(fes)), LB_IP)
+            syncer = Syncer(Maps.open(prog.pin_root), cfg)
+            syncer.sync(DesiredState(frontends=tuple(fes)), LB_IP)
             self.programs.append(prog)
             self.attach_lb_xdp(fn)
+            if mode == "xlb-redirect":  # tc_lb_in, and l1 as the pod's veth it may use
+                tc = compile_program("tc_lb.c", cfg)
+                self.programs.append(tc)
+                with inside(self.lb):
+                    import socket
+
+                    attach_tc_filter(tc.function("tc_lb_in", bcc.BPF.SCHED_CLS), "l0",
+                                     "ffff:fff2")  # fmt: skip
+                    syncer.sync_peer_devs({socket.if_nametoindex("l1")})
         elif mode == "bare-xdp":
             with inside(self.lb):
                 import socket
@@ -324,7 +374,7 @@ class Rig(Namespaces):
         t.flows = flows
         t.sport_off = 14 + 20
         self.gen_tmpl[ct.c_int(0)] = t
-        self.raw = raw
+        self.raw, self.flows = raw, flows
 
     def answer_flows(self) -> int:
         """One reply on every UDP flow the balancer's conntrack holds, sent by the backend
@@ -365,7 +415,20 @@ class Rig(Namespaces):
     def delivered(self) -> int:
         return sum(self.sink_count[ct.c_int(0)])
 
-    def run(self, seconds: float) -> tuple[float, float]:
+    def run(self, seconds: float) -> tuple[float, float, str]:
+        """(generated pps, delivered pps, the generator) over seconds."""
+        if not _refused:
+            try:
+                return (*self._run_live(seconds), LIVE)
+            except PermissionError as exc:  # some kernels: EPERM, whatever the program
+                _refused.append(str(exc))
+                print(
+                    f"bench: the kernel refused the live-frames generator ({exc}); the "
+                    "af-packet generator measures instead (slower: it caps the rates)"
+                )
+        return (*self._run_afpacket(seconds), AF_PACKET)
+
+    def _run_live(self, seconds: float) -> tuple[float, float]:
         os.sched_setaffinity(0, {0})
         before, sent, start = self.delivered(), 0, time.perf_counter()
         with inside(self.gen):
@@ -383,16 +446,29 @@ class Rig(Namespaces):
         time.sleep(0.05)
         return sent / elapsed, (self.delivered() - before) / elapsed
 
+    def _run_afpacket(self, seconds: float) -> tuple[float, float]:
+        before, start = self.delivered(), time.perf_counter()
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.gen, "taskset", "-c", "0", afpacket_binary(), "g0",
+             f"{seconds}", str(self.flows), str(14 + 20), self.raw.hex()],
+            capture_output=True, text=True, timeout=seconds + 30,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"af-packet generator: {out.stderr.strip()}")
+        elapsed = time.perf_counter() - start
+        time.sleep(0.05)
+        return int(out.stdout) / seconds, (self.delivered() - before) / elapsed
+
 
 def measure(mode: str, services: int, mix: str, seconds: float = 2.0) -> Result:
     with Rig() as rig:
         rig.setup(mode, services, local_backend=mix == "new-flow")
-        rig.frame(0 if mix == "new-flow" else 16)
+        rig.frame(16 if mix == "established" else 0)
         rig.run(0.3)  # warm up: neighbour state, conntrack, caches
         if mix == "established" and mode in ("iptables", "nftables"):
             rig.answer_flows()  # established to conntrack too, as flows with replies are
-        gen, delivered = rig.run(seconds)
-        return Result(mode, services, mix, gen, delivered)
+        gen, delivered, generator = rig.run(seconds)
+        return Result(mode, services, mix, gen, delivered, generator)
 
 
 def matrix(
@@ -409,12 +485,12 @@ def matrix(
     for mix in mixes:
         for n in services:
             for rep in range(repeats):
-                for mode in modes:
+                for mode in (m for m in modes if mix in MIX_MODES.get(m, {mix})):
                     r = measure(mode, n, mix, seconds)
                     log(
                         f"{mode:<9} {n:>6} services  {mix:<12} run {rep + 1}: "
                         f"{r.delivered_pps / 1e6:6.2f} Mpps delivered "
-                        f"({r.generated_pps / 1e6:.2f} Mpps generated)"
+                        f"({r.generated_pps / 1e6:.2f} Mpps generated, {r.generator})"
                     )
                     results.append(r)
     return results
@@ -476,21 +552,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # the user-space generator's results beside the live frames', never in their place
+    name = "dataplane" if all(r.generator == LIVE for r in results) else "dataplane-afpacket"
     meta = {
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
         f"kernel {platform.release()}",
         "time": time.strftime("%Y-%m-%d %H:%M"),
     }
-    (out / "dataplane.json").write_text(
+    (out / f"{name}.json").write_text(
         json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=2)
     )
-    (out / "dataplane.md").write_text(
+    (out / f"{name}.md").write_text(
         f"Measured on {meta['machine']}, {meta['time']}.\n\n" + report(results)
     )
     try:
         from bench import plots
 
-        plots.dataplane(results, out / "dataplane.png", f"north-south, UDP, {meta['machine']}")
+        plots.dataplane(results, out / f"{name}.png", f"north-south, UDP, {meta['machine']}")
     except ImportError as exc:  # the table stands without the picture
         print(f"no plot ({exc}): install the bench extra (pip install -e '.[bench]')")
     print(report(results))

@@ -24,7 +24,8 @@ def dataplane(results: list, path: Path, title: str) -> None:
 
     med = medians(results)
     cells = sorted({(mix, n) for mix, n, _ in med})
-    modes = [m for m in ("xlb", "iptables", "nftables", "bare-xdp") if any(k[2] == m for k in med)]
+    order = ("xlb", "xlb-redirect", "xlb-dsr", "iptables", "nftables", "bare-xdp")
+    modes = [m for m in order if any(k[2] == m for k in med)]
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(cells), 3.6))
     width = 0.8 / max(1, len(modes))
     for j, mode in enumerate(modes):

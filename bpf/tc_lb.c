@@ -6,7 +6,11 @@
  *
  * tc_lb_in: on the uplink's ingress, with --local-delivery redirect, hands those DNATed
  * packets straight to the pod's veth (bpf_redirect_peer), past the host's routing and
- * netfilter. */
+ * netfilter.
+ *
+ * tc_lb_pod: on a pod veth's ingress (the pod's packets), with --local-delivery redirect,
+ * hands the pod's replies of those flows straight to the uplink (bpf_redirect to its
+ * egress, where tc_lb translates them as it does the stack's), past the same. */
 #include "lib/headers.h"
 #include "lib/maps.h"
 #include "lib/stats.h"
@@ -159,4 +163,53 @@ int tc_lb_in(struct __sk_buff *skb)
 		return XLB_TC_NEXT;
 	xlb_count_reason(XLB_R_LOCAL_REDIRECTED);
 	return bpf_redirect_peer(out, 0);
+}
+
+/* Whether p's packet belongs to a flow xdp_lb handed to a backend on this node: its reply
+ * entry (the backend's tuple back to the client) is there, without SNAT, and live. */
+static __always_inline int xlb_reply_delivered_here(const struct xlb_pkt *p)
+{
+	struct xlb_ct_key k = {};
+	k.saddr = p->saddr;
+	k.daddr = p->daddr;
+	k.sport = p->sport;
+	k.dport = p->dport;
+	k.proto = p->proto;
+	int pending;
+	struct xlb_ct *ct = xlb_ct_find(&k, &pending);
+	return ct && (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) == XLB_CT_F_REVERSE &&
+	       !xlb_ct_expired(ct, p->proto, bpf_ktime_get_coarse_ns(), xlb_config_get());
+}
+
+int tc_lb_pod(struct __sk_buff *skb)
+{
+	struct xlb_config *cfg = xlb_config_get();
+	if (!cfg || !cfg->local_redirect)
+		return XLB_TC_NEXT;
+	if (skb->data_end - skb->data < XLB_PULL_LEN)
+		bpf_skb_pull_data(skb, XLB_PULL_LEN);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct xlb_pkt p = {};
+	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK || !xlb_reply_delivered_here(&p))
+		return XLB_TC_NEXT; /* (an ICMP error, a later fragment: the stack, then tc_lb) */
+	struct bpf_fib_lookup fib = {};
+	xlb_fib_params(&fib, &p, skb->ingress_ifindex);
+	/* out through a device xlb serves (its tc_lb translates the reply), the client's
+	 * neighbour resolved: else the stack resolves it */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return XLB_TC_NEXT;
+	__u32 out = fib.ifindex, mtu_len = 0;
+	if (!xlb_devices.lookup(&out))
+		return XLB_TC_NEXT;
+	/* too big for the uplink: the stack answers fragmentation needed / packet too big */
+	if (bpf_check_mtu(skb, out, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return XLB_TC_NEXT;
+	if (xlb_skb_hop(skb, p.family))
+		return XLB_TC_NEXT;
+	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+		return XLB_TC_NEXT;
+	xlb_count_reason(XLB_R_LOCAL_REPLY_REDIRECTED);
+	return bpf_redirect(out, 0);
 }

@@ -485,8 +485,11 @@ int xdp_lb__dsr(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct xlb_pkt p = {};
-	if (xlb_parse(data, data_end, data_end - data, &p) != XLB_OK ||
-	    !xlb_dsr_carried(data, data_end, &p))
+	__u64 now = bpf_ktime_get_coarse_ns();
+	int r = xlb_parse(data, data_end, data_end - data, &p);
+	if (r == XLB_R_PASS_FRAGMENT && !xlb_frag_ports(&p, now))
+		r = XLB_OK; /* a later fragment: its first came by here, and noted its ports */
+	if (r != XLB_OK || !xlb_dsr_carried(data, data_end, &p))
 		return XDP_PASS;
 	struct xlb_ct_key ck = {};
 	ck.saddr = p.saddr;
@@ -508,7 +511,7 @@ int xdp_lb__dsr(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	__u32 svc_id = svc->id;
-	__u64 now = bpf_ktime_get_coarse_ns();
+	xlb_frag_note(&p, now); /* a first fragment: its later ones lose the carrier here too */
 	int pending;
 	struct xlb_ct *ct = xlb_ct_find(&ck, &pending);
 	if (ct && !xlb_ct_expired(ct, p.proto, now, cfg) && (ct->flags & XLB_CT_F_DSR_IN) &&

@@ -5,9 +5,9 @@ set -euo pipefail
 
 # Debian packages xlb uses: bcc for the datapath, kernel headers for bcc's compiler, the tools the
 # tests and the lab drive (iproute2, nftables/iptables for comparisons, nginx/wrk/hey/curl as real
-# peers; hey offers a fixed rate, which wrk cannot).
+# peers; hey offers a fixed rate, which wrk cannot; gcc builds the bench's af-packet generator).
 PACKAGES=(python3-bpfcc python3-venv linux-headers-amd64 bpftool iproute2 iptables nftables ethtool
-          iputils-ping tcpdump arping nginx-light wrk hey curl vagrant shellcheck)
+          iputils-ping tcpdump arping nginx-light wrk hey curl vagrant shellcheck gcc libc6-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -298,7 +298,8 @@ struct xlb_svc_stats {
 #define XLB_R_DROP_DSR_TOO_BIG 34   /* a DSR flow's packet too big for the next hop with the carrier added */
 #define XLB_R_DSR_NOT_CARRIABLE 35  /* a DSR flow's first packet with IPv4 options or IPv6 extension headers: SNAT */
 #define XLB_R_LOCAL_REDIRECTED 36   /* --local-delivery redirect: into a local pod's namespace, past the host's stack */
-#define XLB_R_MAX 37
+#define XLB_R_LOCAL_REPLY_REDIRECTED 37 /* --local-delivery redirect: a local pod's reply straight to the uplink, past the host's stack */
+#define XLB_R_MAX 38
 
 /* A device xlb serves (--devices), by ifindex: what its ARP and neighbour answers carry. */
 struct xlb_device {

@@ -165,7 +165,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
     lab = Lab(args.name)
     if args.action == "up":
         families = ["IPv4", "IPv6"] if args.ip_family == "dual" else [args.ip_family]
-        state = lab.up(args.filename or [str(EXAMPLES)], nodes=args.nodes, families=families)
+        state = lab.up(
+            args.filename or [str(EXAMPLES)],
+            nodes=args.nodes,
+            families=families,
+            without_xlb=args.without_xlb,
+        )
         first = state.nodes[0].addresses[0]
         host = f"[{first}]" if ":" in first else first
         print(

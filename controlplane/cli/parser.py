@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lab_up.add_argument("--nodes", type=int, default=2)
     lab_up.add_argument(
+        "--without-xlb",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="a node that runs no xlb, as in a cluster that runs it on only some nodes "
+        "(repeatable); xlb's nodes reach its pods by SNAT",
+    )
+    lab_up.add_argument(
         "--ip-family",
         choices=["dual", "IPv4", "IPv6"],
         default="dual",
@@ -180,7 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure: dataplane (packet rates against kube-proxy's iptables and nftables modes)",
     )
     bench.add_argument(
-        "what", choices=["dataplane", "eastwest", "controlplane", "failover", "ci", "readme"]
+        "what",
+        choices=[
+            "dataplane",
+            "eastwest",
+            "localdelivery",
+            "controlplane",
+            "failover",
+            "ci",
+            "readme",
+        ],
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=commands.cmd_bench)

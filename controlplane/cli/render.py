@@ -126,7 +126,10 @@ def lab_status(lab) -> int:
     print(f"lab {state.name}: manifests {', '.join(state.manifests)}")
     print(f"\n{'NODE':<10} {'ADDRESSES':<34} AGENT")
     for n in state.nodes:
-        agent = f"running (pid {n.agent_pid})" if alive(n.agent_pid) else "NOT RUNNING"
+        if not n.agent_pid:
+            agent = "none (a node without xlb)"
+        else:
+            agent = f"running (pid {n.agent_pid})" if alive(n.agent_pid) else "NOT RUNNING"
         print(f"{n.name:<10} {' '.join(n.addresses):<34} {agent}")
     print(f"\n{'POD':<44} {'NODE':<10} IPS")
     for p in state.pods:

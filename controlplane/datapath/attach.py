@@ -27,7 +27,9 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 # a legacy tc filter's place (kernels without tcx): a priority others rarely take
 TC_PRIO, TC_HANDLE = 0xC1B, 0xC1B
-XDP_NAME, TC_NAME, TC_IN_NAME = "xdp_lb", "tc_lb", "tc_lb_in"
+XDP_NAME, TC_NAME, TC_IN_NAME, TC_POD_NAME = "xdp_lb", "tc_lb", "tc_lb_in", "tc_lb_pod"
+# tc_lb_pod, pinned by the loader for the agent, which attaches it to pod veths as they come
+POD_PROG_PIN, POD_LINK_PREFIX = "progs/tc_lb_pod", "tcx-pod"
 # a tc hook by direction: the program, the tcx attach type, its clsact parent, its pin prefix
 TC_HOOKS = {
     "egress": (TC_NAME, sc.BPF_TCX_EGRESS, "ffff:fff3", "tcx"),
@@ -49,7 +51,7 @@ SOCK_HOOKS = (
     ("sock_getpeername6", "CGROUP_INET6_GETPEERNAME", "CGROUP_SOCK_ADDR"),
     ("sock_egress", "CGROUP_INET_EGRESS", "CGROUP_SKB"),
 )
-OUR_NAMES = {XDP_NAME, TC_NAME, TC_IN_NAME} | {name[:15] for name, *_ in SOCK_HOOKS}
+OUR_NAMES = {XDP_NAME, TC_NAME, TC_IN_NAME, TC_POD_NAME} | {name[:15] for name, *_ in SOCK_HOOKS}
 
 
 def links_dir(pin_root: str) -> str:
@@ -241,6 +243,59 @@ def _detach_tc_filter(ifname: str, direction: str = "egress") -> None:
             if name and name.split(":")[0] == ours:
                 ipr.tc("del-filter", "bpf", idx, f["handle"], parent=parent,
                        prio=f["info"] >> 16)  # fmt: skip
+
+
+# -- pod veths (--local-delivery redirect) --------------------------------------------------------
+
+
+def pin_pod_program(program: Program) -> None:
+    """tc_lb_pod loaded and pinned under the pin root, in place of an earlier xlb's: the
+    agent attaches it to pod veths as they appear, long after the loader has exited."""
+    bcc = import_bcc()
+    fn = program.function(TC_POD_NAME, bcc.BPF.SCHED_CLS)
+    pin = os.path.join(program.pin_root, POD_PROG_PIN)
+    os.makedirs(os.path.dirname(pin), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pin)
+    sc.obj_pin(fn.fd, pin)
+
+
+def pod_hooks(pin_root: str) -> set[int]:
+    """The ifindexes of the pod veths with tc_lb_pod's link pinned."""
+    directory = links_dir(pin_root)
+    prefix = POD_LINK_PREFIX + "-"
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return {int(n.removeprefix(prefix)) for n in names if n.startswith(prefix)}
+
+
+def hook_pods(pin_root: str, add: set[int], remove: set[int]) -> dict[int, str]:
+    """tc_lb_pod on the ingress of each pod veth in add (the host's end: the pod's packets),
+    by a tcx link pinned as links/tcx-pod-IFINDEX (an existing one takes the pinned program,
+    a new xlb's), and the links of remove (veths gone, or the mode off) unpinned. Returns
+    the veths that could not be hooked, and why: their replies take the stack, as before."""
+    for index in remove:
+        _detach_pin(os.path.join(links_dir(pin_root), f"{POD_LINK_PREFIX}-{index}"))
+    if not add:
+        return {}
+    failed: dict[int, str] = {}
+    try:
+        prog_fd = sc.obj_get(os.path.join(pin_root, POD_PROG_PIN))
+    except OSError as exc:
+        return dict.fromkeys(add, f"no pinned {TC_POD_NAME} ({exc.strerror})")
+    try:
+        for index in sorted(add):
+            pin = os.path.join(links_dir(pin_root), f"{POD_LINK_PREFIX}-{index}")
+
+            def create(index: int = index) -> int:
+                return sc.link_create(prog_fd, index, sc.BPF_TCX_INGRESS)
+
+            try:
+                _swap_or_create(pin, prog_fd, lambda i, index=index: i.ifindex == index, create)
+            except OSError as exc:  # gone meanwhile; no tcx (kernel < 6.6); not permitted
+                failed[index] = exc.strerror or str(exc)
+    finally:
+        os.close(prog_fd)
+    return failed
 
 
 def load_xdp_pass():

@@ -89,12 +89,14 @@ def _load_here(cfg: DatapathConfig, devices: list[str], cgroup: str | None, nati
                 attached = True  # a program on the new maps runs: no way back to the old ones
                 attach.attach_tc(tc, device)
                 attach.attach_tc(tc, device, "ingress")  # acts with --local-delivery redirect
+            attach.pin_pod_program(tc)  # the agent hooks pod veths with it (redirect)
             attach.attach_sock(sock, cgroup)
         else:  # loaded only to see that the verifier takes them; the pinned maps stay
             bpf = import_bcc().BPF
             xdp.function("xdp_lb", bpf.XDP)
             tc.function("tc_lb", bpf.SCHED_CLS)
             tc.function("tc_lb_in", bpf.SCHED_CLS)
+            tc.function("tc_lb_pod", bpf.SCHED_CLS)
             attach.load_sock_hooks(sock)
     except BaseException:
         if migration is not None and attached:

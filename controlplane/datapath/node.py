@@ -11,7 +11,7 @@ import shutil
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..heap import collector_paused
@@ -73,6 +73,8 @@ class NodeDatapath:
     syncer: Syncer
     uplink_mac: str = ""
     policy_rules: int = -1  # of the last sync (-1: not looked yet)
+    pods_hooked: set[int] | None = None  # pod veths this process hooked (None: none yet)
+    pods_warned: set[int] = field(default_factory=set)  # ... or said it could not
 
     @classmethod
     def load(
@@ -116,9 +118,33 @@ class NodeDatapath:
                 rules,
             )
             self.policy_rules = rules
-        if self.syncer.cfg.local_delivery == "redirect":  # (a new pod's veth: with its sync)
-            self.syncer.sync_peer_devs(pod_veths())
+        self._hook_pods()  # (a new pod's veth: with its sync)
         return self.syncer.sync(state, node_addr4, node_addr6, self.uplink_mac, not rules)
+
+    def _hook_pods(self) -> None:
+        """With --local-delivery redirect: the pod veths tc_lb_in may hand packets to, and
+        tc_lb_pod on each (the first sync puts this xlb's program into the links an earlier
+        one left). Otherwise xlb's links on pod veths go (the programs would pass anyway)."""
+        root = self.cfg.pin_root
+        pinned = attach.pod_hooks(root)
+        if self.syncer.cfg.local_delivery != "redirect":
+            if pinned:
+                attach.hook_pods(root, set(), pinned)
+            return
+        # (the devices xlb serves are not pods' veths, even when they are veths: a lab's)
+        veths = pod_veths() - {int(k.value) for k in self.syncer.maps.devices}
+        self.syncer.sync_peer_devs(veths)
+        done = self.pods_hooked or set()
+        failed = attach.hook_pods(root, veths - done, pinned - veths)
+        for index, why in failed.items():
+            if index not in self.pods_warned:
+                hint = " (the agent needs CAP_NET_ADMIN for it)" if "not permitted" in why else ""
+                log.warning("pod veth %d: replies take the stack (cannot attach tc_lb_pod: %s)%s",
+                            index, why, hint)  # fmt: skip
+        self.pods_warned = set(failed)
+        # (a veth gone and its ifindex given to a new one between two syncs keeps a dead
+        # link: that pod's replies take the stack; the kernel hands ifindexes out in turn)
+        self.pods_hooked = veths - set(failed)
 
     def announce(self, owned: set[str]) -> tuple[set[str], set[str]]:
         return self.syncer.sync_lb_ips(owned)

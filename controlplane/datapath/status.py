@@ -214,11 +214,14 @@ def render(status: dict[str, Any]) -> str:
 
 
 def attachments_line(links: list[dict[str, Any]]) -> str:
+    pods = sum(1 for a in links if a["link"].startswith("tcx-pod-"))  # one per pod veth
     parts = [
         f"XDP on {a['device']} ({a['mode']})" if a["kind"] == "xdp" else f"tcx on {a['device']}"
         for a in links
-        if a["kind"] in ("xdp", "tcx")
+        if a["kind"] in ("xdp", "tcx") and not a["link"].startswith("tcx-pod-")
     ]
+    if pods:
+        parts.append(f"tcx on {pods} pod veth{'s' if pods > 1 else ''}")
     hooks = sum(1 for a in links if a["kind"] == "cgroup")
     if hooks:
         parts.append(f"{hooks} socket hooks on the cgroup")

@@ -123,14 +123,23 @@ class Lab:
         log=print,
         families: list[str] | tuple[str, ...] = FAMILIES,
         agent_args: list[str] | None = None,
+        without_xlb: list[str] | tuple[str, ...] = (),
     ) -> LabState:
-        """Builds the lab and starts its agents (agent_args: more flags for each)."""
+        """Builds the lab and starts its agents (agent_args: more flags for each). The nodes
+        named in without_xlb run no agent and no xlb program: plain Linux routers with pods,
+        as a node of a cluster that runs xlb on only some of its nodes."""
         if (self.dir / "state.json").exists() or topo.netns_list(self.prefix):
             raise LabError(
                 f"xlb lab: lab {self.name!r} is already up; `xlb lab down --name {self.name}` first"
             )
         if nodes < 1:
             raise LabError("xlb lab: --nodes must be at least 1")
+        names = {f"node-{i}" for i in range(1, nodes + 1)}
+        if set(without_xlb) - names or len(set(without_xlb)) >= nodes:
+            raise LabError(
+                f"xlb lab: --without-xlb: some of {', '.join(sorted(names))}, but not all, "
+                f"not {', '.join(without_xlb)}"
+            )
         if not families or set(families) - set(FAMILIES):
             raise LabError(f"xlb lab: --ip-family: IPv4, IPv6 or both, not {list(families)}")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -142,13 +151,13 @@ class Lab:
             agent_args=list(agent_args or []),
         )
         try:
-            self._build(state, nodes, log)
+            self._build(state, nodes, log, set(without_xlb))
         except BaseException:
             self.down(quiet=True)
             raise
         return state
 
-    def _build(self, state: LabState, nodes: int, log) -> None:
+    def _build(self, state: LabState, nodes: int, log, without_xlb: set[str]) -> None:
         cfg = lab_cluster_config(nodes, state.families)
         from ..datapath.attach import load_xdp_pass
 
@@ -189,12 +198,14 @@ class Lab:
         )
         self._reconcile(state, log)
         for node in state.nodes:
-            node.agent_pid = self._start_agent(node, state)
+            if node.name not in without_xlb:
+                node.agent_pid = self._start_agent(node, state)
         self.save(state)
         self._wait_for_agents(state)
         log(
             f"lab {self.name}: {len(state.pods)} pods, agents running on "
-            f"{', '.join(n.name for n in state.nodes)}"
+            f"{', '.join(n.name for n in state.nodes if n.agent_pid)}"
+            + (f"; no xlb on {', '.join(sorted(without_xlb))}" if without_xlb else "")
         )
 
     @staticmethod
@@ -548,8 +559,9 @@ class Lab:
         (one key a line, the first signs): the node keeps it across later restarts."""
         state = self.load()
         node = next(n for n in state.nodes if n.name == node_name)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(node.agent_pid, signal.SIGTERM if graceful else signal.SIGKILL)
+        if node.agent_pid:  # (a node without xlb gets its first agent)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.agent_pid, signal.SIGTERM if graceful else signal.SIGKILL)
         deadline = time.monotonic() + timeout
         while graceful and alive(node.agent_pid):
             if time.monotonic() > deadline:
@@ -566,7 +578,7 @@ class Lab:
         synced, and past the gossip's settle, so that LoadBalancer IPs are answered."""
         deadline = time.monotonic() + timeout
         for node in state.nodes:
-            while True:
+            while node.agent_pid:  # (0: a node without xlb)
                 record = runstate.read(node.pin_root) or {}
                 if record.get("pid") == node.agent_pid and record.get("ready"):
                     break

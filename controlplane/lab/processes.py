@@ -53,7 +53,11 @@ def wait_listening(ns: str, ports: list[list], timeout: float = 10) -> None:
 
 
 def alive(pid: int) -> bool:
-    """Whether pid runs; an exited child of this process (a zombie until reaped) does not."""
+    """Whether pid runs; an exited child of this process (a zombie until reaped) does not.
+    0 (no process: a lab node without xlb) never runs, and must not reach waitpid or kill,
+    where it means the whole process group."""
+    if pid <= 0:
+        return False
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False

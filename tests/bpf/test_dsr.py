@@ -57,6 +57,7 @@ STATE = DesiredState(
         # a NodePort: a carrier names the balancing node's address, which is this node's
         # NodePort too
         frontend(NODE4, 30090, "TCP", [local("10.244.1.5", 8090)], dsr=True),
+        frontend(NODE4, 30054, "UDP", [local("10.244.1.5", 5354)], dsr=True),
     ),
     node_addresses=frozenset({NODE4, NODE6, NODE2_4, "fd00:198::202"}),
 )
@@ -305,3 +306,78 @@ def test_a_carrier_naming_no_dsr_frontend_is_dropped_and_makes_no_entry(run, map
     got = reasons_after(maps, lambda: run(pkt))
     assert got == {"drop_dsr_forged": 1}, what
     assert (len(maps.ct_new), len(maps.ct)) == (0, 0)
+
+
+def fragments(datagram: Ether, size: int) -> list[Ether]:
+    from scapy.layers.inet import fragment
+
+    return [Ether(src=datagram.src, dst=datagram.dst) / f
+            for f in fragment(datagram[IP], fragsize=size)]  # fmt: skip
+
+
+def reassembled(frames: list[Ether]) -> IP:
+    """The datagram the frames' fragments make, its UDP checksum checked."""
+    from scapy.layers.inet import defragment
+
+    whole = IP(bytes(defragment([IP(bytes(f[IP])) for f in frames])[0]))
+    sent_sum = whole[UDP].chksum
+    del whole[UDP].chksum
+    assert IP(bytes(whole))[UDP].chksum == sent_sum, "UDP checksum"
+    return whole
+
+
+def test_a_flow_that_starts_fragmented_goes_by_snat_fragment_by_fragment(run, maps):
+    """IPv4: a first fragment at the MTU has no room for the carrier, so a flow whose first
+    packet is a fragment is SNATed (dsr_not_carriable), and its later fragment, which has no
+    ports, follows it by the fragment's id (frag.h): both from the node, to the backend."""
+    datagram = udp(CLIENT4, 40050, NODE4, 30053, payload=b"y" * 2000)
+    datagram[IP].id = 4242
+    frames = fragments(datagram, 1480)
+    outs = []
+    got = reasons_after(maps, lambda: outs.extend(run(f) for f in frames))
+    assert [o.retval for o in outs] == [XDP_TX, XDP_TX], got
+    assert got.get("dsr_not_carriable") == 1 and "dsr_carried" not in got, got
+    forwarded = [Ether(o.data) for o in outs]
+    for fwd in forwarded:
+        assert (fwd[IP].src, fwd[IP].dst, fwd[IP].id, fwd[IP].ihl) == (NODE4, REMOTE4, 4242, 5)
+    whole = reassembled(forwarded)
+    assert (whole[UDP].dport, bytes(whole[UDP].payload)) == (5353, b"y" * 2000)
+
+
+def test_a_dsr_flows_fragments_are_carried_each(run, maps):
+    """IPv4: a flow that started by DSR keeps it: each fragment of its later datagram gets
+    the carrier (an option a router copies into every fragment: 0x9e), the first found by
+    its ports, the later by the fragment's id, and the datagram they make is the client's,
+    DNATed."""
+    assert run(udp(CLIENT4, 40060, NODE4, 30053)).retval == XDP_TX  # the flow, by DSR
+    datagram = udp(CLIENT4, 40060, NODE4, 30053, payload=b"z" * 2000)
+    datagram[IP].id = 4343
+    frames = fragments(datagram, 1200)
+    outs = []
+    got = reasons_after(maps, lambda: outs.extend(run(f) for f in frames))
+    assert [o.retval for o in outs] == [XDP_TX, XDP_TX] and got.get("dsr_carried") == 2, got
+    forwarded = [Ether(o.data) for o in outs]
+    for fwd, sent in zip(forwarded, frames, strict=True):
+        assert (fwd[IP].src, fwd[IP].dst, fwd[IP].id) == (CLIENT4, REMOTE4, 4343)
+        assert fwd[IP].options[0].option == 0x1E  # 0x9e: copied, class 0, number 30
+        assert (fwd[IP].frag, fwd[IP].flags) == (sent[IP].frag, sent[IP].flags)
+    whole = reassembled(forwarded)
+    assert (whole[UDP].dport, bytes(whole[UDP].payload)) == (5353, b"z" * 2000)
+
+
+def test_the_backends_node_takes_the_carrier_off_each_fragment(run, maps):
+    """IPv4: a DSR datagram's fragments, carried from another node's NodePort, reach the pod
+    here each without the carrier (the later one known by the first's id), and make the
+    datagram the balancing node sent."""
+    datagram = udp(CLIENT4, 41100, "10.244.1.5", 5354, payload=b"w" * 2000)
+    datagram[IP].id = 4444
+    frames = [carried4(f, NODE2_4, 30054) for f in fragments(datagram, 1200)]
+    outs = []
+    got = reasons_after(maps, lambda: outs.extend(run(f) for f in frames))
+    assert [o.retval for o in outs] == [XDP_PASS, XDP_PASS], got
+    assert got.get("dsr_delivered") == 2 and "drop_dsr_forged" not in got, got
+    delivered = [Ether(o.data) for o in outs]
+    for out, sent in zip(delivered, frames, strict=True):
+        assert (out[IP].ihl, out[IP].id, out[IP].frag) == (5, 4444, sent[IP].frag)
+        assert (out[IP].src, out[IP].dst) == (CLIENT4, "10.244.1.5")
+    assert bytes(reassembled(delivered)[UDP].payload) == b"w" * 2000

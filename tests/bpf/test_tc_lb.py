@@ -78,3 +78,31 @@ def test_tc_lb_in_leaves_to_the_stack_what_it_may_not_redirect(xdp, tc, maps, dp
             out = prog_test_run(in_fd, pkt)
             assert (out.retval, out.data) == (TC_NEXT, pkt), mode
     assert maps.reason_counts()["local_redirected"] == 0
+
+
+def test_tc_lb_pod_leaves_to_the_stack_what_it_may_not_redirect(xdp, tc, maps, dp_config):
+    """tc_lb_pod hands a pod's packet to the uplink only with --local-delivery redirect, only
+    for a reply of a flow xdp_lb delivered here, and only when the FIB names a device xlb
+    serves (none here: this namespace routes nowhere); the rest goes on untouched, uncounted.
+    The redirect itself is shown end to end (tests/netns: test_agent_flags'
+    --local-delivery row, the pod's answers counted as local_reply_redirected)."""
+    import dataclasses
+
+    import bcc
+
+    from controlplane.datapath.sync import Syncer
+
+    xdp_fd, pod_fd = xdp.functions["xdp_lb"].fd, tc.function("tc_lb_pod", bcc.BPF.SCHED_CLS).fd
+    to_pod = Ether(prog_test_run(xdp_fd, bytes(tcp(CLIENT4, 50200, NODE4, 30080))).data)
+    reply = bytes(
+        Ether(src=NODE_MAC, dst=CLIENT_MAC)
+        / IP(src=to_pod[IP].dst, dst=CLIENT4)
+        / TCP(sport=to_pod[TCP].dport, dport=50200, flags="SA")
+    )
+    stranger = bytes(tcp(to_pod[IP].dst, to_pod[TCP].dport, CLIENT4, 50201))  # no such flow
+    for mode in ("stack", "redirect"):
+        Syncer(maps, dataclasses.replace(dp_config, local_delivery=mode)).sync(STATE, NODE4, NODE6)
+        for pkt in (reply, stranger):
+            out = prog_test_run(pod_fd, pkt)
+            assert (out.retval, out.data) == (TC_NEXT, pkt), mode
+    assert maps.reason_counts()["local_reply_redirected"] == 0

@@ -260,14 +260,17 @@ def _ring_size(run: Run) -> None:
 
 def _local_delivery(run: Run) -> None:
     """redirect: the NodePort's packets reach the local pod through tc_lb_in's redirect into
-    its namespace (counted), and the pod still sees the client, and answers it."""
-    before = run.status()["reasons"].get("local_redirected", 0)
+    its namespace, and the pod's answers the uplink through tc_lb_pod's (both counted); the
+    pod still sees the client, and the client gets its answers from the NodePort."""
+    reasons = run.status()["reasons"]
+    before = reasons.get("local_redirected", 0), reasons.get("local_reply_redirected", 0)
     for _ in range(3):
         out = run.topo.curl(run.topo.client, f"http://{NODE_IP}:30080/")
-        assert out.returncode == 0 and out.stdout.startswith("web-1 "), out.stderr
+        assert out.returncode == 0 and out.stdout.startswith(f"web-1 {CLIENT_IP}"), out.stderr
     status = run.status()
     assert status["localDelivery"] == "redirect"
-    assert status["reasons"]["local_redirected"] - before >= 3 * 3  # SYN, ACK, request, ...
+    assert status["reasons"]["local_redirected"] - before[0] >= 3 * 3  # SYN, ACK, request, ...
+    assert status["reasons"]["local_reply_redirected"] - before[1] >= 3 * 2  # SYN-ACK, answer
 
 
 def _max_rings(run: Run) -> None:

@@ -141,12 +141,19 @@ def _status(topo: NodeTopology) -> dict:
 
 
 def _local_delivery(topo: NodeTopology, out) -> None:
+    """Into the pod by tc_lb_in, its answers out by tc_lb_pod, past the node's stack."""
     status = _status(topo)
     assert status["localDelivery"] == "redirect"
-    before = status["reasons"]["local_redirected"]
+    before = status["reasons"]["local_redirected"], status["reasons"]["local_reply_redirected"]
     got = topo.curl(topo.client, f"http://{NODE_IP}:30080/")
-    assert got.returncode == 0 and got.stdout.startswith("web-1 "), got.stderr
-    assert _status(topo)["reasons"]["local_redirected"] > before
+    assert got.returncode == 0 and got.stdout == f"web-1 {CLIENT_IP}\n", got.stderr
+    status = _status(topo)
+    after = status["reasons"]
+    assert after["local_redirected"] > before[0] and after["local_reply_redirected"] > before[1]
+    pods = {a["device"] for a in status["attachments"] if a["link"].startswith("tcx-pod-")}
+    # the pod's veth, never the uplink xlb serves (up1 is a veth to another namespace too:
+    # to xlb, a pod's for all it can tell; tc_lb_pod there would pass all it sees)
+    assert "vpod0" in pods and "up0" not in pods, status["attachments"]
 
 
 def _max_rings(topo: NodeTopology, out) -> None:
@@ -210,5 +217,29 @@ def test_datapath_up_flag(node: NodeTopology, row: Row, tmp_path):
         out = node.xlb("datapath", "up", *base, *row.args)
         assert (out.returncode != 0) == row.fails, out.stderr
         row.check(node, out)
+    finally:
+        node.down()
+
+
+def test_local_delivery_back_to_stack_unhooks_the_pod_veths(node: NodeTopology, tmp_path):
+    """The pod veths' links are xlb's only while it redirects: a datapath brought up again
+    with `stack` removes them (the programs would pass every packet anyway), and the pod is
+    still served, through the stack."""
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER)
+    base = ["-f", str(path), "--uplink", "up0", "--cgroup", node.cgroup, "--pin-root",
+            node.pin_root, "--node", "node-1"]  # fmt: skip
+
+    def pod_links() -> set[str]:
+        links = _status(node)["attachments"]
+        return {a["device"] for a in links if a["link"].startswith("tcx-pod-")}
+
+    try:
+        for mode in ("redirect", "stack", "redirect"):
+            out = node.xlb("datapath", "up", *base, "--local-delivery", mode)
+            assert out.returncode == 0, out.stderr
+            assert ("vpod0" in pod_links()) == (mode == "redirect"), (mode, pod_links())
+            assert mode == "redirect" or not pod_links()
+            _serves(node, out)
     finally:
         node.down()

@@ -1,7 +1,9 @@
 """Direct server return in the lab: a client on the LAN reaches a pod on node-2 through
 node-1's NodePort. By DSR the pod sees the client's own address under externalTrafficPolicy
 Cluster, and its answers reach the client from node-2's port on the LAN (node-1 never sees
-them); by SNAT (the default, and UDP in hybrid mode) the pod sees node-1. IPv4 and IPv6."""
+them); by SNAT (the default, and UDP in hybrid mode) the pod sees node-1. IPv4 and IPv6.
+node-3 runs no xlb at all: its pod is reached by SNAT even through a DSR Service, because
+no xlb there would take the carrier off or answer from the frontend."""
 
 from __future__ import annotations
 
@@ -60,7 +62,30 @@ MANIFEST = textwrap.dedent("""
                 "{name: dns, port: 53, targetPort: 53, protocol: UDP, nodePort: 30653}]"),
         service("snat", None, "[{name: http, port: 80, targetPort: 80, nodePort: 30602}]"),
     )
-)  # fmt: skip
+) + textwrap.dedent("""
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: plain}
+    spec:
+      selector: {matchLabels: {app: plain}}
+      replicas: 1
+      template:
+        metadata: {labels: {app: plain}}
+        spec:
+          nodeName: node-3
+          containers: [{name: plain, ports: [{containerPort: 80}]}]
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata:
+      name: on-a-node-without-xlb
+      annotations: {xlb.io/forwarding-mode: dsr}
+    spec:
+      type: NodePort
+      ipFamilyPolicy: PreferDualStack
+      selector: {app: plain}
+      ports: [{name: http, port: 80, targetPort: 80, nodePort: 30603}]
+""")  # fmt: skip
 
 
 def dsr_known(lab) -> bool:
@@ -78,7 +103,7 @@ def dsr_known(lab) -> bool:
 def lab(tmp_path_factory):
     d = tmp_path_factory.mktemp("lab-dsr")
     (d / "web.yaml").write_text(MANIFEST)
-    with running_lab(d, nodes=2) as lab:
+    with running_lab(d, nodes=3, without_xlb=["node-3"]) as lab:
         wait_until(lambda: dsr_known(lab), timeout=30, every=0.2, what="node-2 known to run xlb")
         yield lab
 
@@ -100,6 +125,17 @@ def curl(lab, host: str, port: int) -> tuple[str, str, str]:
 def address_of(client: str) -> str:
     """The address of a pod server's `client=` (IPv6 in brackets, then the port)."""
     return client.rsplit(":", 1)[0].strip("[]")
+
+
+def backend_flags(lab, node_name: str, pod_node: str) -> set[int]:
+    """The flags node_name's kernel holds for the backends on pod_node's pods."""
+    ips = {ip for p in lab.load().pods if p.node == pod_node for ip in p.ips}
+    node = next(n for n in lab.load().nodes if n.name == node_name)
+    maps = Maps.open(node.pin_root)
+    try:
+        return {b.flags for b in maps.read_backends().values() if b.address in ips}
+    finally:
+        maps.close()
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -159,3 +195,17 @@ def test_the_answers_come_from_node_2_on_the_lan(lab):
         maps.close()
     assert counts["node-1"]["dsr_carried"] > 0 and counts["node-2"]["dsr_delivered"] > 0
     print({n: {k: v for k, v in c.items() if k.startswith("dsr")} for n, c in counts.items()})
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_pod_on_a_node_without_xlb_is_reached_by_snat(lab, family):
+    """The gossip never heard of node-3, so node-1 holds its pod without the DSR flag: the
+    DSR Service reaches it by SNAT (the pod sees node-1), and the connection works."""
+    flags = backend_flags(lab, "node-1", "node-3")
+    assert flags and not any(f & BE_F_DSR for f in flags), flags
+    assert any(f & BE_F_DSR for f in backend_flags(lab, "node-1", "node-2"))
+    node1 = node_address(lab, "node-1", family)
+    pod, node, seen = curl(lab, node1, 30603)
+    assert node == "node-3" and address_of(seen) == node1, (pod, node, seen)
+    _, node, seen = curl(lab, node1, 30600)  # the same node-1, to node-2's pod: DSR
+    assert node == "node-2" and address_of(seen) != node1
