@@ -1,4 +1,4 @@
-"""The benchmark CI runs after the tests (`make bench-ci`, about eight minutes): xlb against
+"""The benchmark CI runs after the tests (`make bench-ci`, about six minutes): xlb against
 kube-proxy's iptables and nftables modes and the bare-XDP ceiling, north-south at 1 Service
 (established flows) and 10,000 Services (a new flow per packet), east-west through a ClusterIP
 with nginx and wrk at 10,000 Services (closed-loop, and hey at one fixed rate for every
