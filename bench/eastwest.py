@@ -119,6 +119,72 @@ def _latency_ms(text: str, pct: str) -> float:
     return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
 
 
+def short_connections(*namespaces: str) -> None:
+    """Room in each namespace for a few hundred thousand short connections."""
+    for ns in namespaces:
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+
+
+def start_nginx(ns: str, conf: Path) -> subprocess.Popen:
+    """Debian's nginx in ns on CPU 1, with conf (NGINX_CONF filled in)."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, "taskset", "-c", "1", "nginx", "-c", str(conf), "-g",
+         "daemon off;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wrk(ns: str, url: str, seconds: float, close: bool, connections: int = 16,
+        preexec_fn=None) -> Result:  # fmt: skip
+    """wrk from ns on CPU 0 (one thread): its rate, latencies and errors (mode left blank)."""
+    cmd = ["ip", "netns", "exec", ns, "taskset", "-c", "0", "wrk", "-t1"]
+    cmd += [f"-c{connections}", f"-d{seconds:.0f}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    out = subprocess.run(
+        [*cmd, url], capture_output=True, text=True, preexec_fn=preexec_fn, timeout=seconds + 30
+    ).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    errors += int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1])
+    return Result(
+        "",
+        "close" if close else "keepalive",
+        float(rps.group(1)) if rps else 0.0,
+        _latency_ms(out, "50"),
+        _latency_ms(out, "99"),
+        errors,
+    )
+
+
+def hey(ns: str, url: str, rate: float, seconds: float, workers: int = 8,
+        preexec_fn=None) -> FixedRate:  # fmt: skip
+    """rate new connections a second (one request each) from ns for seconds, on CPU 0 (mode
+    and Service count left blank)."""
+    cmd = ["ip", "netns", "exec", ns, "taskset", "-c", "0", "hey", "-cpus", "1"]
+    cmd += ["-z", f"{seconds:.0f}s", "-c", str(workers), "-q", f"{rate / workers:.3f}"]
+    cmd += ["-disable-keepalive", "-t", "5", "-o", "csv", url]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=preexec_fn, timeout=seconds + 60
+    ).stdout
+    times, errors = parse_hey_csv(out)
+    return FixedRate(
+        "", 0, rate, len(times) / seconds,
+        _percentile(times, 0.50), _percentile(times, 0.99), _percentile(times, 0.999),
+        len(times), errors,
+    )  # fmt: skip
+
+
 class Pods(Namespaces):
     """Two pods and their node; nginx in one; the balancer under test set up per mode."""
 
@@ -139,24 +205,10 @@ class Pods(Namespaces):
             sh("ip", "-n", self.node, "addr", "add", f"{gw}/24", "dev", port)
             sh("ip", "-n", pod, "route", "add", "default", "via", gw)
         sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for ns in (self.cli, self.srv):  # a few hundred thousand short connections
-            sh(
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_local_port_range=1024 65000",
-            )
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
-        Path(self.tmp, "nginx.conf").write_text(NGINX_CONF.format(dir=self.tmp, addr=POD_SRV))
-        self.nginx = subprocess.Popen(
-            ["ip", "netns", "exec", self.srv, "taskset", "-c", "1", "nginx", "-c"]
-            + [f"{self.tmp}/nginx.conf", "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        short_connections(self.cli, self.srv)
+        conf = Path(self.tmp, "nginx.conf")
+        conf.write_text(NGINX_CONF.format(dir=self.tmp, addr=POD_SRV))
+        self.nginx = start_nginx(self.srv, conf)
         deadline = time.monotonic() + 5
         while "ok" not in self.curl(POD_SRV):
             if time.monotonic() > deadline:
@@ -173,12 +225,7 @@ class Pods(Namespaces):
         return out.stdout
 
     def __exit__(self, *exc) -> None:
-        if self.nginx is not None:
-            self.nginx.terminate()
-            try:
-                self.nginx.wait(5)
-            except subprocess.TimeoutExpired:
-                self.nginx.kill()
+        stop(self.nginx)
         if self.cgroup:
             from controlplane.datapath.attach import detach_sock
 
@@ -245,47 +292,13 @@ class Pods(Namespaces):
         attach_sock(sock, self.cgroup)
 
     def wrk(self, seconds: float, close: bool, connections: int = 16) -> Result:
-        cmd = ["ip", "netns", "exec", self.cli, "taskset", "-c", "0", "wrk", "-t1"]
-        cmd += [f"-c{connections}", f"-d{seconds:.0f}s", "--latency"]
-        if close:
-            cmd += ["-H", "Connection: close"]
-        out = subprocess.run(
-            [*cmd, f"http://{CLUSTER_IP}/"],
-            capture_output=True,
-            text=True,
-            preexec_fn=functools.partial(join_cgroup, self.cgroup),
-            timeout=seconds + 30,
-        ).stdout
-        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-        errors += int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1])
-        return Result(
-            "",
-            "close" if close else "keepalive",
-            float(rps.group(1)) if rps else 0.0,
-            _latency_ms(out, "50"),
-            _latency_ms(out, "99"),
-            errors,
-        )
+        join = functools.partial(join_cgroup, self.cgroup)
+        return wrk(self.cli, f"http://{CLUSTER_IP}/", seconds, close, connections, join)
 
     def hey(self, rate: float, seconds: float, workers: int = 8) -> FixedRate:
         """rate new connections a second (one request each) for seconds, from CPU 0."""
-        cmd = ["ip", "netns", "exec", self.cli, "taskset", "-c", "0", "hey", "-cpus", "1"]
-        cmd += ["-z", f"{seconds:.0f}s", "-c", str(workers), "-q", f"{rate / workers:.3f}"]
-        cmd += ["-disable-keepalive", "-t", "5", "-o", "csv", f"http://{CLUSTER_IP}/"]
-        out = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            preexec_fn=functools.partial(join_cgroup, self.cgroup),
-            timeout=seconds + 60,
-        ).stdout
-        times, errors = parse_hey_csv(out)
-        return FixedRate(
-            "", 0, rate, len(times) / seconds,
-            _percentile(times, 0.50), _percentile(times, 0.99), _percentile(times, 0.999),
-            len(times), errors,
-        )  # fmt: skip
+        join = functools.partial(join_cgroup, self.cgroup)
+        return hey(self.cli, f"http://{CLUSTER_IP}/", rate, seconds, workers, join)
 
 
 def measure(

@@ -41,8 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import eastwest  # noqa: E402
 from bench.dataplane import Namespaces, sh  # noqa: E402
-from bench.eastwest import NGINX_CONF, FixedRate, _latency_ms, _percentile, parse_hey_csv  # noqa: E402
+from bench.eastwest import NGINX_CONF, FixedRate  # noqa: E402
 
 MODES = ("stack", "redirect", "routed")  # routed: to the pod's own address, no Service
 NODE_IP, CLIENT_IP, POD_IP, POD_GW = "192.168.210.1", "192.168.210.2", "10.244.1.5", "10.244.1.1"
@@ -129,31 +130,16 @@ class Node(Namespaces):
         sh("ip", "-n", self.node, "addr", "add", f"{POD_GW}/32", "dev", "vpod0")
         sh("ip", "-n", self.node, "route", "add", f"{POD_IP}/32", "dev", "vpod0")
         sh("ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for ns in (self.cli, self.pod):  # a few hundred thousand short connections
-            sh(
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_local_port_range=1024 65000",
-            )
-            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+        eastwest.short_connections(self.cli, self.pod)
         Path(self.tmp, "cluster.yaml").write_text(MANIFEST)
         listen = f"listen {POD_IP}:80 reuseport backlog=4096;"
         conf = NGINX_CONF.format(dir=self.tmp, addr=POD_IP)
         Path(self.tmp, "nginx.conf").write_text(
             conf.replace(listen, f"{listen} listen {POD_IP}:{ROUTED_PORT} backlog=4096;")
         )
+        self.nginx = eastwest.start_nginx(self.pod, Path(self.tmp, "nginx.conf"))
         self.cgroup = os.path.join(cgroup2_root(), f"xlb-benchld-{os.getpid()}")
         os.mkdir(self.cgroup)
-        self.nginx = subprocess.Popen(
-            ["ip", "netns", "exec", self.pod, "taskset", "-c", "1", "nginx", "-c"]
-            + [f"{self.tmp}/nginx.conf", "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
 
     def xlb(self, *args: str) -> str:
         """The real CLI on the node (only the network namespace entered: the pins stay)."""
@@ -212,47 +198,22 @@ class Node(Namespaces):
         ).stdout
 
     def wrk(self, mode: str, seconds: float, close: bool, connections: int = 16) -> Run:
-        cmd = ["ip", "netns", "exec", self.cli, "taskset", "-c", "0", "wrk", "-t1"]
-        cmd += [f"-c{connections}", f"-d{seconds:.0f}s", "--latency"]
-        if close:
-            cmd += ["-H", "Connection: close"]
         before = self.redirected()
-        out = subprocess.run(
-            [*cmd, url(mode)], capture_output=True, text=True, timeout=seconds + 30
-        ).stdout
-        import re
-
-        rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-        errors += int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1])
-        return Run(
-            mode, "close" if close else "keepalive", float(rate.group(1)) if rate else 0.0,
-            _latency_ms(out, "50"), _latency_ms(out, "99"), errors, self.redirected() - before,
-        )  # fmt: skip
+        r = eastwest.wrk(self.cli, url(mode), seconds, close, connections)
+        return Run(mode, r.test, r.requests_per_s, r.p50_ms, r.p99_ms, r.errors,
+                   self.redirected() - before)  # fmt: skip
 
     def hey(self, mode: str, rate: float, seconds: float, workers: int = 8) -> FixedRate:
-        cmd = ["ip", "netns", "exec", self.cli, "taskset", "-c", "0", "hey", "-cpus", "1"]
-        cmd += ["-z", f"{seconds:.0f}s", "-c", str(workers), "-q", f"{rate / workers:.3f}"]
-        cmd += ["-disable-keepalive", "-t", "5", "-o", "csv", url(mode)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-        times, errors = parse_hey_csv(out)
-        return FixedRate(
-            mode, 1, rate, len(times) / seconds,
-            _percentile(times, 0.50), _percentile(times, 0.99), _percentile(times, 0.999),
-            len(times), errors,
-        )  # fmt: skip
+        f = eastwest.hey(self.cli, url(mode), rate, seconds, workers)
+        f.mode, f.services = mode, 1
+        return f
 
     def __exit__(self, *exc) -> None:
         try:
             self.down()
         except RuntimeError as err:
             print(f"bench localdelivery: {err}", file=sys.stderr)
-        if self.nginx is not None:
-            self.nginx.terminate()
-            try:
-                self.nginx.wait(5)
-            except subprocess.TimeoutExpired:
-                self.nginx.kill()
+        eastwest.stop(self.nginx)
         if self.cgroup:
             os.rmdir(self.cgroup)
             self.cgroup = ""

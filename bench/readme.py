@@ -67,6 +67,14 @@ def _medians(rows: list[dict], key: Callable[[dict], tuple], value: str) -> dict
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
+def _runs(rows: list[dict], key: Callable[[dict], tuple]) -> int:
+    """How many runs a cell of rows (by key) has: the most of any."""
+    counts: dict[tuple, int] = {}
+    for r in rows:
+        counts[key(r)] = counts.get(key(r), 0) + 1
+    return max(counts.values())
+
+
 def _n(x: int) -> str:
     return f"{x:,}"
 
@@ -154,10 +162,7 @@ def north_south(name: str = "dataplane.json") -> str:
                 f"| {ratio('iptables')} | {ratio('nftables')} | {bare} |"
             )
     generators = sorted({r.get("generator", "live-frames") for r in data["results"]})
-    repeats = max(
-        sum(1 for r in data["results"] if (r["mix"], r["services"], r["mode"]) == k)
-        for k in {(r["mix"], r["services"], r["mode"]) for r in data["results"]}
-    )
+    repeats = _runs(data["results"], lambda r: (r["mix"], r["services"], r["mode"]))
     how = (
         f"medians of {repeats} interleaved runs of `xlb bench dataplane`, generator: "
         + ", ".join(generators)
@@ -220,7 +225,7 @@ def east_west_fixed() -> str:
             f"| {got['p50_ms']:.2f} ms | {got['p99_ms']:.2f} ms | {got['p999_ms']:.2f} ms "
             f"| {of} |"
         )
-    runs = max(sum(1 for r in fixed if key(r) == k) for k in {key(r) for r in fixed})
+    runs = _runs(fixed, key)
     how = f"medians of {runs} interleaved runs of `xlb bench eastwest --rates` (hey)"
     return "\n".join(rows) + "\n\n" + _source("eastwest.json", data, how)
 
@@ -249,7 +254,7 @@ def local_delivery() -> str:
             f"| {_n(round(routed)) if routed else '—'} "
             f"| {p99[(test, 'stack')]:.2f} / {p99.get((test, 'redirect'), 0):.2f} ms |"
         )
-    repeats = max(sum(1 for r in runs if key(r) == k) for k in {key(r) for r in runs})
+    repeats = _runs(runs, key)
     how = f"medians of {repeats} interleaved runs of `xlb bench localdelivery`"
     return "\n".join(rows) + "\n\n" + _source("localdelivery.json", data, how)
 

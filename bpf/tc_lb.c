@@ -47,6 +47,14 @@ static __always_inline int xlb_tc_icmp(struct __sk_buff *skb, struct xlb_pkt *p)
 	return XLB_TC_NEXT;
 }
 
+/* The entry under k of a flow xdp_lb handed to a backend on this node: its reply entry (the
+ * backend's tuple back to the client), without SNAT; or NULL. */
+static __always_inline struct xlb_ct *xlb_local_reply(const struct xlb_ct_key *k, int *pending)
+{
+	struct xlb_ct *ct = xlb_ct_find(k, pending);
+	return ct && (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) == XLB_CT_F_REVERSE ? ct : 0;
+}
+
 int tc_lb(struct __sk_buff *skb)
 {
 	if (skb->data_end - skb->data < XLB_PULL_LEN)
@@ -67,14 +75,10 @@ int tc_lb(struct __sk_buff *skb)
 		return XLB_TC_NEXT;
 
 	struct xlb_ct_key k = {};
-	k.saddr = p.saddr;
-	k.daddr = p.daddr;
-	k.sport = p.sport;
-	k.dport = p.dport;
-	k.proto = p.proto;
+	xlb_ct_key_of(&p, &k);
 	int pending;
-	struct xlb_ct *ct = xlb_ct_find(&k, &pending);
-	if (!ct || (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) != XLB_CT_F_REVERSE)
+	struct xlb_ct *ct = xlb_local_reply(&k, &pending);
+	if (!ct)
 		return XLB_TC_NEXT; /* not a reply of a flow xdp_lb handed to a local backend */
 	/* a reply is translated only while its flow lives: the backend's own connection to the
 	 * same client address and port, once the Service's flow is over, leaves as it is */
@@ -96,8 +100,8 @@ int tc_lb(struct __sk_buff *skb)
 	return XLB_TC_NEXT;
 }
 
-/* Whether p's packet belongs to a flow xdp_lb handed to a backend on this node: its reply
- * entry (the backend's tuple back to the client) is there, without SNAT. */
+/* Whether p's packet, on its way in, belongs to a flow xdp_lb handed to a backend on this
+ * node (its reply entry is there). */
 static __always_inline int xlb_delivered_here(const struct xlb_pkt *p)
 {
 	struct xlb_ct_key k = {};
@@ -107,8 +111,21 @@ static __always_inline int xlb_delivered_here(const struct xlb_pkt *p)
 	k.dport = p->sport;
 	k.proto = p->proto;
 	int pending;
-	struct xlb_ct *ct = xlb_ct_find(&k, &pending);
-	return ct && (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) == XLB_CT_F_REVERSE;
+	return xlb_local_reply(&k, &pending) != 0;
+}
+
+/* With --local-delivery redirect, skb's packet parsed into p: 0, or -1 (the mode is off, or
+ * a packet xlb does not parse whole: an ICMP error, a later fragment, for the stack). */
+static __always_inline int xlb_redirect_parse(struct __sk_buff *skb, struct xlb_pkt *p)
+{
+	struct xlb_config *cfg = xlb_config_get();
+	if (!cfg || !cfg->local_redirect)
+		return -1;
+	if (skb->data_end - skb->data < XLB_PULL_LEN)
+		bpf_skb_pull_data(skb, XLB_PULL_LEN);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	return xlb_parse(data, data_end, skb->len, p) == XLB_OK ? 0 : -1;
 }
 
 /* Spends a hop as the kernel's forwarding would (the IPv4 checksum with it); -1 when none is
@@ -137,17 +154,21 @@ static __always_inline int xlb_skb_hop(struct __sk_buff *skb, __u8 family)
 				   &hops, 1, 0);
 }
 
+/* Makes skb's frame the next hop's, as fib found it: a hop spent, its MACs. 0, or -1 (no hop
+ * left: the stack answers time exceeded). */
+static __always_inline int xlb_skb_next_hop(struct __sk_buff *skb, __u8 family,
+					    const struct bpf_fib_lookup *fib)
+{
+	if (xlb_skb_hop(skb, family) || bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0))
+		return -1;
+	return 0;
+}
+
 int tc_lb_in(struct __sk_buff *skb)
 {
-	struct xlb_config *cfg = xlb_config_get();
-	if (!cfg || !cfg->local_redirect)
-		return XLB_TC_NEXT;
-	if (skb->data_end - skb->data < XLB_PULL_LEN)
-		bpf_skb_pull_data(skb, XLB_PULL_LEN);
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct xlb_pkt p = {};
-	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK || !xlb_delivered_here(&p))
+	if (xlb_redirect_parse(skb, &p) || !xlb_delivered_here(&p))
 		return XLB_TC_NEXT; /* (a later fragment too: the stack reassembles it) */
 	struct bpf_fib_lookup fib = {};
 	xlb_fib_params(&fib, &p, skb->ingress_ifindex);
@@ -156,43 +177,23 @@ int tc_lb_in(struct __sk_buff *skb)
 	    fib.ifindex == skb->ingress_ifindex)
 		return XLB_TC_NEXT;
 	__u32 out = fib.ifindex;
-	if (!xlb_peer_devs.lookup(&out) || xlb_skb_hop(skb, p.family))
-		return XLB_TC_NEXT;
-	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+	if (!xlb_peer_devs.lookup(&out) || xlb_skb_next_hop(skb, p.family, &fib))
 		return XLB_TC_NEXT;
 	xlb_count_reason(XLB_R_LOCAL_REDIRECTED);
 	return bpf_redirect_peer(out, 0);
 }
 
-/* Whether p's packet belongs to a flow xdp_lb handed to a backend on this node: its reply
- * entry (the backend's tuple back to the client) is there, without SNAT, and live. */
-static __always_inline int xlb_reply_delivered_here(const struct xlb_pkt *p)
-{
-	struct xlb_ct_key k = {};
-	k.saddr = p->saddr;
-	k.daddr = p->daddr;
-	k.sport = p->sport;
-	k.dport = p->dport;
-	k.proto = p->proto;
-	int pending;
-	struct xlb_ct *ct = xlb_ct_find(&k, &pending);
-	return ct && (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) == XLB_CT_F_REVERSE &&
-	       !xlb_ct_expired(ct, p->proto, bpf_ktime_get_coarse_ns(), xlb_config_get());
-}
-
 int tc_lb_pod(struct __sk_buff *skb)
 {
-	struct xlb_config *cfg = xlb_config_get();
-	if (!cfg || !cfg->local_redirect)
-		return XLB_TC_NEXT;
-	if (skb->data_end - skb->data < XLB_PULL_LEN)
-		bpf_skb_pull_data(skb, XLB_PULL_LEN);
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct xlb_pkt p = {};
-	if (xlb_parse(data, data_end, skb->len, &p) != XLB_OK || !xlb_reply_delivered_here(&p))
+	if (xlb_redirect_parse(skb, &p))
 		return XLB_TC_NEXT; /* (an ICMP error, a later fragment: the stack, then tc_lb) */
+	struct xlb_ct_key k = {};
+	xlb_ct_key_of(&p, &k);
+	int pending;
+	struct xlb_ct *ct = xlb_local_reply(&k, &pending); /* a reply of a flow delivered here */
+	if (!ct || xlb_ct_expired(ct, p.proto, bpf_ktime_get_coarse_ns(), xlb_config_get()))
+		return XLB_TC_NEXT;
 	struct bpf_fib_lookup fib = {};
 	xlb_fib_params(&fib, &p, skb->ingress_ifindex);
 	/* out through a device xlb serves (its tc_lb translates the reply), the client's
@@ -203,12 +204,8 @@ int tc_lb_pod(struct __sk_buff *skb)
 	if (!xlb_devices.lookup(&out))
 		return XLB_TC_NEXT;
 	/* too big for the uplink: the stack answers fragmentation needed / packet too big */
-	if (bpf_check_mtu(skb, out, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
-		return XLB_TC_NEXT;
-	if (xlb_skb_hop(skb, p.family))
-		return XLB_TC_NEXT;
-	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
-	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+	if (bpf_check_mtu(skb, out, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS ||
+	    xlb_skb_next_hop(skb, p.family, &fib))
 		return XLB_TC_NEXT;
 	xlb_count_reason(XLB_R_LOCAL_REPLY_REDIRECTED);
 	return bpf_redirect(out, 0);

@@ -24,7 +24,7 @@ from tests.netns.test_lab import run, running_lab
 POD_RE = re.compile(r"pod=(\S+) node=(\S+) client=(\S+)")
 
 
-def service(name: str, mode: str | None, ports: str) -> str:
+def service(name: str, mode: str | None, ports: str, app: str = "web") -> str:
     annotations = f"annotations: {{xlb.io/forwarding-mode: {mode}}}" if mode else ""
     return textwrap.dedent(f"""
         apiVersion: v1
@@ -35,57 +35,42 @@ def service(name: str, mode: str | None, ports: str) -> str:
         spec:
           type: NodePort
           ipFamilyPolicy: PreferDualStack
-          selector: {{app: web}}
+          selector: {{app: {app}}}
           ports: {ports}
         ---
     """)
 
 
-MANIFEST = textwrap.dedent("""
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: web}
-    spec:
-      selector: {matchLabels: {app: web}}
-      replicas: 1
-      template:
-        metadata: {labels: {app: web}}
+def deployment(app: str, node: str, ports: str) -> str:
+    """One pod of app on node, its container's ports as given."""
+    return textwrap.dedent(f"""
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: {app}}}
         spec:
-          nodeName: node-2
-          containers: [{name: web, ports: [{containerPort: 80}, {containerPort: 53,
-                                                                   protocol: UDP}]}]
-    ---
-""") + "".join(
+          selector: {{matchLabels: {{app: {app}}}}}
+          replicas: 1
+          template:
+            metadata: {{labels: {{app: {app}}}}}
+            spec:
+              nodeName: {node}
+              containers: [{{name: {app}, ports: {ports}}}]
+        ---
+    """)
+
+
+MANIFEST = "".join(
     (
+        deployment("web", "node-2", "[{containerPort: 80}, {containerPort: 53, protocol: UDP}]"),
         service("dsr", "dsr", "[{name: http, port: 80, targetPort: 80, nodePort: 30600}]"),
         service("hybrid", "hybrid", "[{name: http, port: 80, targetPort: 80, nodePort: 30601}, "
                 "{name: dns, port: 53, targetPort: 53, protocol: UDP, nodePort: 30653}]"),
         service("snat", None, "[{name: http, port: 80, targetPort: 80, nodePort: 30602}]"),
+        deployment("plain", "node-3", "[{containerPort: 80}]"),
+        service("on-a-node-without-xlb", "dsr",
+                "[{name: http, port: 80, targetPort: 80, nodePort: 30603}]", app="plain"),
     )
-) + textwrap.dedent("""
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: plain}
-    spec:
-      selector: {matchLabels: {app: plain}}
-      replicas: 1
-      template:
-        metadata: {labels: {app: plain}}
-        spec:
-          nodeName: node-3
-          containers: [{name: plain, ports: [{containerPort: 80}]}]
-    ---
-    apiVersion: v1
-    kind: Service
-    metadata:
-      name: on-a-node-without-xlb
-      annotations: {xlb.io/forwarding-mode: dsr}
-    spec:
-      type: NodePort
-      ipFamilyPolicy: PreferDualStack
-      selector: {app: plain}
-      ports: [{name: http, port: 80, targetPort: 80, nodePort: 30603}]
-""")  # fmt: skip
+)  # fmt: skip
 
 
 def dsr_known(lab) -> bool:
