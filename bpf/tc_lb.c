@@ -49,7 +49,7 @@ static __always_inline int xlb_tc_icmp(struct __sk_buff *skb, struct xlb_pkt *p)
 
 /* The entry under k of a flow xdp_lb handed to a backend on this node: its reply entry (the
  * backend's tuple back to the client), without SNAT; or NULL. */
-static __always_inline struct xlb_ct *xlb_local_reply(const struct xlb_ct_key *k, int *pending)
+static __always_inline struct xlb_ct *xlb_local_reply(struct xlb_ct_key *k, int *pending)
 {
 	struct xlb_ct *ct = xlb_ct_find(k, pending);
 	return ct && (ct->flags & (XLB_CT_F_REVERSE | XLB_CT_F_SNAT)) == XLB_CT_F_REVERSE ? ct : 0;
@@ -157,7 +157,7 @@ static __always_inline int xlb_skb_hop(struct __sk_buff *skb, __u8 family)
 /* Makes skb's frame the next hop's, as fib found it: a hop spent, its MACs. 0, or -1 (no hop
  * left: the stack answers time exceeded). */
 static __always_inline int xlb_skb_next_hop(struct __sk_buff *skb, __u8 family,
-					    const struct bpf_fib_lookup *fib)
+					    struct bpf_fib_lookup *fib)
 {
 	if (xlb_skb_hop(skb, family) || bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) ||
 	    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0))
